@@ -1,0 +1,124 @@
+"""``email``: a plain-text (and optionally HTML) alert over SMTP.
+
+SMTP 4xx replies and connection failures are retried; 5xx replies (unknown recipient,
+authentication refused) are permanent and say which.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from ..action import Action, Delivery, Option
+from ..errors import PermanentError, RetryableError
+
+SMTP_KEYS = {"host": str, "port": int, "username": str, "password": str, "starttls": bool,
+             "ssl": bool, "timeout_seconds": (int, float)}
+
+
+class EmailAction(Action):
+    description = "send an email alert over SMTP"
+    options = {
+        "to": Option((list, str), required=True, help="recipient address or list"),
+        "cc": Option((list, str), default=[]),
+        "bcc": Option((list, str), default=[]),
+        "from": Option(str, default="suki-relay@localhost"),
+        "reply_to": Option(str),
+        "subject": Option(str, default="Suki session {{ event.status }}: {{ event.session_id }}"),
+        "body": Option(str, default="Suki session {{ event.session_id }} (encounter "
+                                    "{{ event.encounter_id }}): {{ event.status }}\n"),
+        "html": Option(str, html=True, help="HTML alternative, autoescaped"),
+        "smtp": Option(dict, default={}, template=False,
+                       help="host, port, username, password, starttls, ssl, timeout_seconds"),
+    }
+
+    def check(self) -> list[str]:
+        problems = []
+        smtp = self.values["smtp"]
+        for key, value in smtp.items():
+            want = SMTP_KEYS.get(key)
+            if want is None:
+                problems.append(f"smtp.{key}: unknown; expected one of {', '.join(SMTP_KEYS)}")
+            elif not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+                problems.append(f"smtp.{key}: wrong type {type(value).__name__}")
+        if smtp.get("ssl") and smtp.get("starttls"):
+            problems.append("smtp: choose ssl or starttls, not both")
+        if bool(smtp.get("username")) != bool(smtp.get("password")):
+            problems.append("smtp: username and password go together")
+        return problems
+
+    def message(self, delivery: Delivery) -> tuple[EmailMessage, list[str]]:
+        def addresses(option: str) -> list[str]:
+            value = self.render(option, delivery)
+            return [value] if isinstance(value, str) else [str(v) for v in value]
+
+        msg = EmailMessage()
+        msg["From"] = self.render("from", delivery)
+        to, cc, bcc = addresses("to"), addresses("cc"), addresses("bcc")
+        msg["To"] = ", ".join(to)
+        if cc:
+            msg["Cc"] = ", ".join(cc)
+        if self.values["reply_to"]:
+            msg["Reply-To"] = self.render("reply_to", delivery)
+        msg["Subject"] = " ".join(self.render("subject", delivery).split())
+        msg["Date"] = formatdate(localtime=False)
+        msg["Message-ID"] = make_msgid(idstring=delivery.id.replace("_", ""), domain="suki-relay")
+        msg.set_content(self.render("body", delivery), charset="utf-8")
+        if self.values["html"] is not None:
+            msg.add_alternative(self.render("html", delivery), subtype="html", charset="utf-8")
+        return msg, to + cc + bcc
+
+    def deliver(self, delivery: Delivery) -> str | None:
+        msg, recipients = self.message(delivery)
+        smtp = self.values["smtp"]
+        host, timeout = smtp.get("host", "localhost"), float(smtp.get("timeout_seconds", 30))
+        port = smtp.get("port", 465 if smtp.get("ssl") else 25)
+        try:
+            if smtp.get("ssl"):
+                client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout,
+                                                        context=ssl.create_default_context())
+            else:
+                client = smtplib.SMTP(host, port, timeout=timeout)
+            with client:
+                if smtp.get("starttls"):
+                    client.starttls(context=ssl.create_default_context())
+                if smtp.get("username"):
+                    client.login(smtp["username"], smtp["password"])
+                refused = client.send_message(msg, to_addrs=recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise _smtp_error("every recipient refused", _worst(exc.recipients)) from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise _smtp_error("authentication refused", exc.smtp_code) from None
+        except smtplib.SMTPResponseException as exc:
+            raise _smtp_error("server refused the message", exc.smtp_code) from None
+        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+            raise RetryableError(f"SMTP connection failed ({type(exc).__name__})") from None
+        if refused:
+            return f"sent; {len(refused)} recipient(s) refused"
+        return f"sent to {len(recipients)} recipient(s)"
+
+    def preview(self, delivery: Delivery) -> dict[str, Any]:
+        msg, recipients = self.message(delivery)
+        shown: dict[str, Any] = {k: v for k, v in msg.items() if k in ("From", "To", "Cc",
+                                                                         "Subject")}
+        shown["recipients"] = recipients
+        shown["body"] = self.render("body", delivery)
+        if self.values["html"] is not None:
+            shown["html"] = self.render("html", delivery)
+        shown["smtp"] = {k: "***" if k == "password" else v for k, v in self.values["smtp"].items()}
+        return shown
+
+
+def _worst(recipients: dict[str, tuple[int, bytes]]) -> int:
+    codes = [code for code, _ in recipients.values()]
+    return max(codes) if codes else 550
+
+
+def _smtp_error(what: str, code: int) -> Exception:
+    if 400 <= code < 500:
+        return RetryableError(f"SMTP {code}: {what} (temporary)", status=code)
+    return PermanentError(f"SMTP {code}: {what}", status=code)

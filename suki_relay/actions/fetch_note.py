@@ -1,0 +1,131 @@
+"""``fetch_note``: fetch the note (and friends) a success event links to, and save it.
+
+Credentials come from the top-level ``suki:`` section and go only to its base URL. Files
+are written atomically (temporary file, fsync, rename), owner-only (0600, folders 0700),
+at a path rendered from a template that may not leave ``directory``. Running the same
+delivery again overwrites the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..action import Action, Delivery, Option
+from ..errors import PermanentError
+from ..suki_api import SukiClient
+
+RELATIONS = ("contents", "encounter_content", "structured_data", "encounter_structured_data",
+             "status", "transcripts")
+DEFAULT_PATH = "{{ event.encounter_id }}/{{ event.session_id }}/{{ rel }}.json"
+
+
+class FetchNoteAction(Action):
+    description = "fetch linked note content from Suki's API and save it as files"
+    options = {
+        "links": Option(list, default=["contents"], template=False,
+                        help=f"link relations to fetch: {', '.join(RELATIONS)}"),
+        "directory": Option(str, required=True, template=False,
+                            help="where files are saved (relative to actions.yaml)"),
+        "path": Option(str, default=DEFAULT_PATH, help="file path template; sees `rel`"),
+        "format": Option(str, default="json", choices=("json", "text"), template=False,
+                         help="text: also save the note summary as plain text"),
+    }
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.client = SukiClient(self.relay.suki) if self.relay.suki else None
+        self.directory = (self.relay.base_dir / self.values["directory"]).resolve()
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.relay.suki is None:
+            problems.append("needs the top-level `suki:` section (base_url, partner_id, "
+                            "partner_token)")
+        bad = [r for r in self.values["links"] if r not in RELATIONS]
+        if bad:
+            problems.append(f"links: unknown relation(s) {', '.join(map(str, bad))}; expected "
+                            f"any of {', '.join(RELATIONS)}")
+        return problems
+
+    def target(self, delivery: Delivery, rel: str, suffix: str = "") -> Path:
+        """The file for one relation; refuses anything that would leave `directory`."""
+        rendered = str(self.render("path", delivery, rel=rel)) + suffix
+        parts = PurePosixPath(rendered).parts
+        if not rendered or "\x00" in rendered or "\\" in rendered or rendered.startswith("/") \
+                or ".." in parts or not parts:
+            raise PermanentError(f"path for {rel!r} refused: it would leave the directory")
+        path = (self.directory / Path(*parts)).resolve()
+        if not path.is_relative_to(self.directory):
+            raise PermanentError(f"path for {rel!r} refused: it would leave the directory")
+        return path
+
+    def links(self, delivery: Delivery) -> list[tuple[str, str]]:
+        links = delivery.event.get("_links") if isinstance(delivery.event, dict) else None
+        if not isinstance(links, dict):
+            raise PermanentError("event has no _links: nothing to fetch")
+        found = []
+        for rel in self.values["links"]:
+            for i, link in enumerate(links.get(rel) or []):
+                href = link.get("href") if isinstance(link, dict) else None
+                if isinstance(href, str):
+                    found.append((rel if i == 0 else f"{rel}-{i}", href))
+        if not found:
+            raise PermanentError(f"event links none of: {', '.join(self.values['links'])}")
+        return found
+
+    def deliver(self, delivery: Delivery) -> str | None:
+        assert self.client is not None
+        planned = [(rel, href, self.target(delivery, rel)) for rel, href in self.links(delivery)]
+        for rel, href, path in planned:
+            document = self.client.get(href).content
+            write_private(path, document, self.directory)
+            if self.values["format"] == "text" and rel.startswith(("contents",
+                                                                   "encounter_content")):
+                write_private(path.with_suffix(".txt"), note_text(document), self.directory)
+        return f"saved {len(planned)} file(s)"
+
+    def preview(self, delivery: Delivery) -> dict[str, Any]:
+        return {"fetch": [{"rel": rel, "href": href,
+                           "file": str(self.target(delivery, rel))}
+                          for rel, href in self.links(delivery)],
+                "suki_base_url": self.relay.suki.base_url if self.relay.suki else None}
+
+
+def note_text(document: bytes) -> bytes:
+    """The note summary as plain text: each section's title, then its content."""
+    try:
+        data = json.loads(document)
+    except ValueError:
+        raise PermanentError("Suki content is not JSON") from None
+    sections = data.get("summary") if isinstance(data, dict) else None
+    lines: list[str] = []
+    for section in sections or []:
+        if isinstance(section, dict):
+            lines += [str(section.get("title", "")).upper(), str(section.get("content", "")), ""]
+    return "\n".join(lines).encode("utf-8")
+
+
+def write_private(path: Path, data: bytes, root: Path) -> None:
+    """Atomically replace ``path`` with ``data``, owner-only; parents 0700 up to ``root``."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,75 @@
+"""``slack``: post to a Slack incoming webhook (text, optionally Block Kit blocks).
+
+Every string taken from the payload has Slack's control characters (& < >) escaped before
+templates see it, so an error message cannot add mentions or links; text written in the
+template itself is sent as written. 429 honours Retry-After, 5xx retries, and Slack's 4xx
+answers (invalid_payload, no_service, channel_not_found, ...) are permanent and named.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import requests
+
+from .. import outbound
+from ..action import MASK, Action, Delivery, Option
+from ..templates import render_value, slack_escape
+
+_SLACK_ERROR = re.compile(r"[a-z_]{2,60}")
+
+
+def escape_payload(value: Any) -> Any:
+    if isinstance(value, str):
+        return slack_escape(value)
+    if isinstance(value, dict):
+        return {k: escape_payload(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_payload(v) for v in value]
+    return value
+
+
+class SlackAction(Action):
+    description = "post a message to a Slack incoming webhook"
+    options = {
+        "webhook_url": Option(str, required=True, secret=True, template=False,
+                              help="https://hooks.slack.com/services/..."),
+        "text": Option(str, default="Suki session {{ event.session_id }}: {{ event.status }}"),
+        "blocks": Option(list, help="Block Kit blocks; strings are templates"),
+        "username": Option(str),
+        "icon_emoji": Option(str),
+        "timeout_seconds": Option(float, default=10.0, template=False),
+    }
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._local = threading.local()
+
+    def check(self) -> list[str]:
+        if not str(self.values["webhook_url"]).startswith(("https://", "http://")):
+            return ["webhook_url: expected an https:// URL"]
+        return []
+
+    def payload(self, delivery: Delivery) -> dict[str, Any]:
+        context = delivery.context()
+        context["event"] = escape_payload(delivery.event)
+        body: dict[str, Any] = {"text": render_value(self.values["text"], context)}
+        for key in ("blocks", "username", "icon_emoji"):
+            if self.values[key] is not None:
+                body[key] = render_value(self.values[key], context)
+        return body
+
+    def deliver(self, delivery: Delivery) -> str | None:
+        session = getattr(self._local, "session", None) or requests.Session()
+        self._local.session = session
+        resp = outbound.send(session, "POST", self.values["webhook_url"],
+                             json=self.payload(delivery), timeout=self.values["timeout_seconds"],
+                             what="Slack")
+        text = resp.text.strip()[:60]
+        outbound.raise_for_status(resp, "Slack", text if _SLACK_ERROR.fullmatch(text) else "")
+        return "posted"
+
+    def preview(self, delivery: Delivery) -> dict[str, Any]:
+        return {"webhook_url": MASK, "json": self.payload(delivery)}

@@ -1,0 +1,247 @@
+"""Delivering: claim due deliveries from the store, run their actions, record each attempt.
+
+One claimer thread per process hands deliveries to a fixed set of delivery threads. The
+claim sets a lease; while an attempt runs, the claimer renews it. If the process dies
+(``kill -9``), the lease runs out and any process claims the delivery again, so nothing
+accepted is lost (at-least-once; the ``http`` action's Idempotency-Key lets targets tell).
+On a graceful stop, in-flight attempts get ``shutdown_seconds`` to finish; the leases of
+the rest are given back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+
+import jinja2
+
+from . import logs, metrics
+from .action import Delivery
+from .config import Config
+from .errors import PermanentError, RetryableError
+from .store import DONE, FAILED, PENDING, Claimed, Outcome, Store, StoreUnavailable
+
+log = logging.getLogger("suki_relay.deliver")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outcome:
+    """Run one attempt of one delivery and decide what happens next. No store I/O."""
+    started = time.time() if now is None else now
+    t0 = time.perf_counter()
+    spec = config.actions.get(claimed.action)
+    http_status: int | None = None
+    note: str | None = None
+    try:
+        if spec is None:
+            raise PermanentError(f"action {claimed.action!r} is no longer in the config")
+        delivery = Delivery(
+            id=claimed.id, event_id=claimed.event_id, action=claimed.action,
+            attempt=claimed.attempt, event=json.loads(claimed.body), raw_body=claimed.body,
+            received_at=iso(claimed.received_at),
+        )
+        note = spec.action.deliver(delivery)
+    except RetryableError as exc:
+        http_status = exc.status
+        duration = time.perf_counter() - t0
+        policy = spec.retry if spec else None
+        out_of_budget = policy is None or claimed.tries >= policy.max_attempts or (
+            started - claimed.cycle_started_at >= policy.max_age_seconds)
+        if out_of_budget:
+            return Outcome("failed", started, duration, FAILED, None, http_status,
+                           f"gave up after {claimed.tries} tries: {exc}")
+        assert policy is not None
+        delay = policy.delay(claimed.tries, exc.retry_after)
+        return Outcome("retry", started, duration, PENDING, time.time() + delay, http_status,
+                       str(exc))
+    except PermanentError as exc:
+        return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, exc.status,
+                       str(exc))
+    except jinja2.TemplateError as exc:
+        return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, None,
+                       f"template error: {exc}")
+    except Exception as exc:  # a bug in an action: retry, it may be transient
+        policy = spec.retry if spec else None
+        duration = time.perf_counter() - t0
+        message = f"unexpected {type(exc).__name__} in action"
+        if policy is None or claimed.tries >= policy.max_attempts:
+            return Outcome("failed", started, duration, FAILED, None, None, message)
+        return Outcome("retry", started, duration, PENDING,
+                       time.time() + policy.delay(claimed.tries), None, message)
+    return Outcome("ok", started, time.perf_counter() - t0, DONE, None, None, None,
+                   note[:500] if isinstance(note, str) else None)
+
+
+class Deliverer:
+    def __init__(self, config: Config, store: Store, owner: str | None = None):
+        self.config = config
+        self.store = store
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.settings = config.delivery
+        self.concurrency = {name: spec.max_concurrency for name, spec in config.actions.items()}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._queue: queue.Queue[Claimed | None] = queue.Queue()
+        self._inflight: dict[str, Claimed] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started_pid: int | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._started_pid = os.getpid()
+        self._threads = [threading.Thread(target=self._claim_loop, name="suki-claim", daemon=True)]
+        self._threads += [threading.Thread(target=self._work_loop, name=f"suki-deliver-{i}",
+                                           daemon=True) for i in range(self.settings.threads)]
+        for t in self._threads:
+            t.start()
+        atexit.register(self.stop)
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        """Threads do not survive fork (gunicorn --preload): start afresh in the child."""
+        if self._started_pid is not None and self._started_pid != os.getpid():
+            self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+            self._reset()
+            self.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; let in-flight attempts finish within the timeout; release the rest."""
+        if self._started_pid != os.getpid() or self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + (self.settings.shutdown_seconds if timeout is None
+                                       else timeout)
+        for _ in range(self.settings.threads):
+            self._queue.put(None)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._inflight:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self._inflight)
+        if left:
+            try:
+                released = self.store.release(self.owner, left)
+                logs.event(log, "released unfinished deliveries", logging.WARNING,
+                           count=released)
+            except Exception as exc:
+                logs.event(log, "could not release deliveries; their leases will expire",
+                           logging.WARNING, error_class=type(exc).__name__)
+
+    # ---------------------------------------------------------------- claiming
+
+    def _claim_loop(self) -> None:
+        idle_wait = 0.05
+        last_renew = time.monotonic()
+        while not self._stopping.is_set():
+            with self._lock:
+                free = self.settings.threads - len(self._inflight)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = self.store.claim(self.owner, free, self.settings.lease_seconds,
+                                               self.concurrency)
+                except StoreUnavailable as exc:
+                    logs.event(log, "store unavailable; delivery paused", logging.WARNING,
+                               error=str(exc)[:200])
+                    self._stopping.wait(min(5.0, self.settings.poll_seconds * 2))
+                    continue
+                except Exception as exc:
+                    logs.event(log, "claim failed", logging.ERROR, error_class=type(exc).__name__)
+                    self._stopping.wait(self.settings.poll_seconds)
+                    continue
+                with self._lock:
+                    for c in claimed:
+                        self._inflight[c.id] = c
+                for c in claimed:
+                    self._queue.put(c)
+            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
+                self._renew()
+                last_renew = time.monotonic()
+            if claimed and len(claimed) == free:
+                idle_wait = 0.05
+                self._wake.wait(idle_wait)  # more may be due; look again when a thread is free
+            else:
+                idle_wait = 0.05 if claimed else min(self.settings.poll_seconds, idle_wait * 2)
+                self._wake.wait(idle_wait)
+            self._wake.clear()
+
+    def _renew(self) -> None:
+        with self._lock:
+            ids = list(self._inflight)
+        try:
+            self.store.extend(self.owner, ids, self.settings.lease_seconds)
+        except Exception as exc:
+            logs.event(log, "lease renewal failed", logging.WARNING,
+                       error_class=type(exc).__name__)
+
+    # ---------------------------------------------------------------- attempting
+
+    def _work_loop(self) -> None:
+        while True:
+            claimed = self._queue.get()
+            if claimed is None:
+                return
+            try:
+                self._run(claimed)
+            finally:
+                with self._lock:
+                    self._inflight.pop(claimed.id, None)
+                self._wake.set()
+
+    def _run(self, claimed: Claimed) -> None:
+        result = attempt(self.config, claimed)
+        metrics.DELIVERIES.labels(claimed.action, result.outcome).inc()
+        metrics.DELIVERY_SECONDS.labels(claimed.action).observe(result.duration)
+        if result.outcome == "retry":
+            metrics.RETRIES.labels(claimed.action).inc()
+        if result.outcome == "ok":
+            metrics.LAG_SECONDS.labels(claimed.action).observe(time.time() - claimed.received_at)
+        logs.event(log, "delivery attempt", logging.INFO if result.outcome == "ok"
+                   else logging.WARNING, event_id=claimed.event_id, delivery_id=claimed.id,
+                   action=claimed.action, attempt=claimed.attempt, outcome=result.outcome,
+                   http_status=result.http_status, duration_ms=round(result.duration * 1000, 1),
+                   error_class=_error_class(result))
+        self._finish(claimed, result)
+
+    def _finish(self, claimed: Claimed, result: Outcome) -> None:
+        """Record the attempt; if the store is down, keep trying while the lease lasts."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                self.store.finish(claimed, self.owner, result)
+                return
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    logs.event(log, "attempt not recorded; it will be retried", logging.ERROR,
+                               delivery_id=claimed.id)
+                    return
+                time.sleep(0.5)
+
+
+def _error_class(result: Outcome) -> str | None:
+    if result.outcome == "ok":
+        return None
+    if result.error and result.error.startswith("template error"):
+        return "template"
+    return f"http_{result.http_status}" if result.http_status else result.outcome

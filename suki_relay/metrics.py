@@ -1,0 +1,88 @@
+"""Prometheus metrics. No payload value is ever a label (status is reduced to a safe token).
+
+Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (``suki-relay serve``
+does) and every worker's counts are summed at scrape time. Queue depth and the age of
+the oldest pending delivery are read from the store at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from .store import Store
+
+_TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+REQUESTS = Counter("suki_relay_requests_total", "Webhook requests by outcome", ["outcome"])
+EVENTS = Counter("suki_relay_events_total", "Accepted events by status", ["status"])
+DELIVERIES = Counter("suki_relay_delivery_attempts_total", "Delivery attempts by outcome",
+                     ["action", "outcome"])
+RETRIES = Counter("suki_relay_delivery_retries_total", "Attempts that will be retried",
+                  ["action"])
+ACK_SECONDS = Histogram("suki_relay_ack_seconds", "Time from request to acknowledgement",
+                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+DELIVERY_SECONDS = Histogram("suki_relay_delivery_seconds", "Duration of one delivery attempt",
+                             ["action"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
+                        "From acceptance to successful delivery", ["action"],
+                        buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
+
+
+def status_label(status: str | None) -> str:
+    if status is None:
+        return "malformed"
+    return status if _TOKEN.fullmatch(status) else "other"
+
+
+class StoreCollector:
+    """Queue depth and oldest pending age, read when scraped."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            stats = self.store.stats()
+        except Exception:
+            return
+        depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
+                                  labels=["state"])
+        for state, n in stats["deliveries"].items():
+            depth.add_metric([state], n)
+        yield depth
+        yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
+                                "Age of the oldest unfinished delivery",
+                                value=stats["oldest_pending_age_seconds"])
+
+
+def render(store: Store) -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY  # type: ignore[assignment]
+        return generate_latest(registry) + _store_metrics(store), CONTENT_TYPE_LATEST
+    registry.register(StoreCollector(store))  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _store_metrics(store: Store) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))  # type: ignore[arg-type]
+    return generate_latest(registry)

@@ -1,0 +1,58 @@
+"""Outbound HTTP for actions: one place that turns what happened into retry or give up.
+
+Retryable: connection errors, timeouts, 408, 429 and 5xx (honouring Retry-After).
+Permanent: every other non-2xx, redirects included (they are not followed, so a
+credential never travels to a host the config did not name). Messages carry the status
+and never the URL, which may itself be a secret (a Slack webhook URL is).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import requests
+
+from .errors import PermanentError, RetryableError
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait, from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
+         **kwargs: Any) -> requests.Response:
+    """Make one request; transport failures become RetryableError."""
+    try:
+        return session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
+    except requests.Timeout:
+        raise RetryableError(f"{what}: no answer within {timeout:g}s") from None
+    except requests.ConnectionError:
+        raise RetryableError(f"{what}: connection failed") from None
+    except requests.RequestException as exc:
+        raise PermanentError(f"{what}: request could not be made ({type(exc).__name__})") from None
+
+
+def raise_for_status(resp: requests.Response, what: str, detail: str = "") -> None:
+    code = resp.status_code
+    if 200 <= code < 300:
+        return
+    suffix = f": {detail}" if detail else ""
+    if code in (408, 429) or code >= 500:
+        raise RetryableError(f"{what} answered {code}{suffix}",
+                             retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                             status=code)
+    if 300 <= code < 400:
+        suffix = suffix or ": redirects are not followed"
+    raise PermanentError(f"{what} answered {code}{suffix}", status=code)

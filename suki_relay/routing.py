@@ -1,0 +1,134 @@
+"""Rules from actions.yaml: conditions compiled once, matched against each payload.
+
+A condition is a tree of small predicate functions; compile errors are collected as
+(where, message) pairs so `suki-relay check` can list them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Predicate = Callable[[Any], bool]
+_MISSING = object()
+OPERATORS = ("regex", "exists", "not", "in")
+COMBINATORS = ("any", "all", "not")
+
+
+def lookup(payload: Any, path: str) -> Any:
+    """Follow a dotted path through mappings (and lists, by index)."""
+    value = payload
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part, _MISSING)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def _equals(expected: Any) -> Predicate:
+    is_bool = isinstance(expected, bool)  # so that `true` never equals 1
+    return lambda v: v is not _MISSING and v == expected and isinstance(v, bool) == is_bool
+
+
+def _value_test(spec: Any, where: str, errors: list[tuple[str, str]]) -> Predicate:
+    """A test of one value: scalar equals, list any-of, or {operator: ...}."""
+    if isinstance(spec, list):
+        tests = [_value_test(s, where, errors) for s in spec]
+        return lambda v: any(t(v) for t in tests)
+    if isinstance(spec, dict):
+        if len(spec) != 1 or next(iter(spec)) not in OPERATORS:
+            errors.append((where, f"expected one operator of {', '.join(OPERATORS)}, got "
+                                  f"{', '.join(map(str, spec)) or 'nothing'}"))
+            return lambda v: False
+        op, arg = next(iter(spec.items()))
+        if op == "regex":
+            try:
+                pattern = re.compile(str(arg))
+            except re.error as exc:
+                errors.append((where, f"invalid regex: {exc}"))
+                return lambda v: False
+            return lambda v: isinstance(v, str | int | float) and bool(pattern.search(str(v)))
+        if op == "exists":
+            if not isinstance(arg, bool):
+                errors.append((where, "exists: expected true or false"))
+            want = bool(arg)
+            return lambda v: (v is not _MISSING) == want
+        if op == "in":
+            if not isinstance(arg, list):
+                errors.append((where, "in: expected a list"))
+                return lambda v: False
+            return _value_test(arg, where, errors)
+        inner = _value_test(arg, where, errors)  # not
+        return lambda v: not inner(v)
+    return _equals(spec)
+
+
+def compile_condition(when: Any, where: str, errors: list[tuple[str, str]]) -> Predicate:
+    """Compile a `when:` mapping; every entry must hold. Empty matches everything."""
+    if when is None or when == {}:
+        return lambda payload: True
+    if not isinstance(when, dict):
+        errors.append((where, "expected a mapping of field: value"))
+        return lambda payload: False
+    tests: list[Predicate] = []
+    for key, spec in when.items():
+        sub = f"{where}.{key}"
+        if key in ("any", "all"):
+            if not isinstance(spec, list) or not spec:
+                errors.append((sub, f"{key}: expected a non-empty list of conditions"))
+                continue
+            parts = [compile_condition(c, f"{sub}[{i}]", errors) for i, c in enumerate(spec)]
+            combine = any if key == "any" else all
+            tests.append(lambda p, parts=parts, combine=combine: combine(t(p) for t in parts))
+        elif key == "not":
+            inner = compile_condition(spec, sub, errors)
+            tests.append(lambda p, inner=inner: not inner(p))
+        elif not isinstance(key, str) or not key:
+            errors.append((sub, "a condition key must be a dotted field path"))
+        else:
+            test = _value_test(spec, sub, errors)
+            tests.append(lambda p, key=key, test=test: test(lookup(p, key)))
+    return lambda payload: all(t(payload) for t in tests)
+
+
+@dataclass
+class Rule:
+    name: str
+    condition: Predicate
+    actions: list[str]
+    stop: bool = False
+
+
+@dataclass
+class Plan:
+    """What routing decided for one event."""
+
+    rules: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.rules)
+
+
+def route(rules: list[Rule], unmatched: list[str], payload: Any) -> Plan:
+    plan = Plan()
+    for rule in rules:
+        if not rule.condition(payload):
+            continue
+        plan.rules.append(rule.name)
+        for action in rule.actions:
+            if action not in plan.actions:
+                plan.actions.append(action)
+        if rule.stop:
+            break
+    if not plan.rules:
+        plan.actions = list(unmatched)
+    return plan

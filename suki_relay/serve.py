@@ -1,0 +1,91 @@
+"""`suki-relay serve`: gunicorn, with the relay's defaults and a safe reload.
+
+The master validates actions.yaml at start and on every SIGHUP; workers are built from
+the last config that passed, so a broken edit is logged and never takes the relay down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import logs
+from .config import config_path, parse_config
+from .errors import ConfigError
+
+log = logging.getLogger("suki_relay.serve")
+
+DEFAULTS: dict[str, Any] = {
+    "bind": "127.0.0.1:8000",
+    "workers": 2,
+    "worker_class": "gthread",
+    "threads": 16,
+    "timeout": 30,
+    "graceful_timeout": 30,
+    "keepalive": 5,
+}
+
+
+class RelayServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config_file: str | None, options: dict[str, Any]):
+        self.config_file = config_path(config_file)
+        self.options = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        self.snapshot: str | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Runs in the master, at start and on SIGHUP."""
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
+            self.cfg.set("control_socket_disable", True)
+        self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("worker_exit", _worker_exit)
+        try:
+            text = self.config_file.read_text(encoding="utf-8")
+            parse_config(text, self.config_file)
+        except (OSError, ConfigError) as exc:
+            if self.snapshot is None:
+                raise
+            problems = getattr(exc, "problems", [exc])
+            for p in problems:
+                logs.event(log, "config rejected; still running the previous one",
+                           logging.ERROR, problem=str(p))
+            return
+        if self.snapshot is not None and text != self.snapshot:
+            logs.event(log, "config reloaded", file=str(self.config_file))
+        self.snapshot = text
+
+    def load(self) -> Any:
+        """Runs in each worker: the app from the last config that passed."""
+        from .app import create_app
+
+        assert self.snapshot is not None
+        return create_app(config=parse_config(self.snapshot, self.config_file))
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    deliverer = getattr(app, "deliverer", None)
+    if deliverer is not None:
+        deliverer.stop()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def serve(config_file: str | None, options: dict[str, Any]) -> None:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="suki-relay-metrics-")
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    logs.setup()
+    RelayServer(config_file, options).run()

@@ -1,0 +1,39 @@
+"""Suki's request signature: HMAC-SHA-256 over ``generated-at + ":" + raw body``, hex.
+
+Pure functions with no I/O, shared by the receiver (verify), ``suki-relay send`` and the
+``http`` action's ``sign_secret`` (sign).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+
+def signature(secret: str, generated_at: str, body: bytes) -> str:
+    message = generated_at.encode("ascii") + b":" + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """The two headers Suki sends, for a body signed now."""
+    generated_at = str(int((time.time() if now is None else now) * 1000))
+    return {
+        "Content-Type": "application/json",
+        "generated-at": generated_at,
+        "X-API-Key": signature(secret, generated_at, body),
+    }
+
+
+def matches(secrets: list[str], generated_at: str, body: bytes, given: str) -> bool:
+    """True if any secret signs the request to ``given`` (hex, either case).
+
+    Every secret is tried, so the time taken does not tell which one (if any) matched.
+    """
+    given_bytes = given.lower().encode("ascii", "replace")
+    ok = False
+    for secret in secrets:
+        expected = signature(secret, generated_at, body).encode("ascii")
+        ok |= hmac.compare_digest(expected, given_bytes)
+    return ok

@@ -1,0 +1,38 @@
+"""The ledger: one interface (base.Store), two backends chosen by the `store:` URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import (
+    DONE,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    Claimed,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Recorded,
+    Store,
+    StoreUnavailable,
+)
+
+__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "Claimed", "EventFilter", "NewEvent",
+           "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
+
+
+def open_store(url: str, base_dir: Path | None = None) -> Store:
+    """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://..."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return SqliteStore(path)
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError("store URL must start with sqlite:/// or postgresql://")

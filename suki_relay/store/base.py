@@ -1,0 +1,148 @@
+"""What the relay keeps, and the interface every store backend implements.
+
+An event is one accepted notification; planned at receipt, each (event, action) pair is a
+delivery; each try of a delivery is an attempt. Deliveries move
+
+    pending -> in_flight -> done
+                  |  ^ \\-> failed          (permanent, or out of retries; replay re-opens)
+                  v  |
+               pending (retry later)    in_flight with an expired lease is claimable again
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
+STATES = (PENDING, IN_FLIGHT, DONE, FAILED)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot commit right now (database down, disk full, locked too long)."""
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered, unique across nodes: sorts newest last."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(5)}"
+
+
+@dataclass
+class NewEvent:
+    """An accepted request, with its routing plan, ready to commit."""
+
+    dedup_key: str
+    body: bytes
+    generated_at: int | None
+    status: str | None
+    session_id: str | None
+    encounter_id: str | None
+    malformed: bool
+    rules: list[str]
+    actions: list[str]
+    id: str = field(default_factory=lambda: new_id("evt"))
+    received_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery claimed for one attempt, with what the action needs."""
+
+    id: str
+    event_id: str
+    action: str
+    attempt: int
+    tries: int
+    cycle_started_at: float
+    body: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt."""
+
+    outcome: str  # ok, retry, failed
+    started_at: float
+    duration: float
+    state: str
+    next_attempt_at: float | None = None
+    http_status: int | None = None
+    error: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    status: str | None = None
+    session_id: str | None = None
+    encounter_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    matched: bool | None = None
+    malformed: bool | None = None
+    limit: int = 50
+
+
+class Store:
+    """The interface; see sql.py for the one implementation over two backends."""
+
+    url: str
+
+    def record(self, events: list[NewEvent]) -> list[Recorded]:
+        """Commit events and their deliveries atomically; duplicates are found, not added."""
+        raise NotImplementedError
+
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              concurrency: dict[str, int]) -> list[Claimed]:
+        raise NotImplementedError
+
+    def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
+        raise NotImplementedError
+
+    def finish(self, claimed: Claimed, owner: str, result: Outcome) -> bool:
+        raise NotImplementedError
+
+    def release(self, owner: str, ids: list[str] | None = None) -> int:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # inspection and repair
+    def events(self, f: EventFilter) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def deliveries(self, state: str | None = None, action: str | None = None,
+                   event_id: str | None = None, since: float | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def reopen(self, delivery_ids: list[str]) -> int:
+        raise NotImplementedError
+
+    def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def prune(self, before: float) -> int:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError

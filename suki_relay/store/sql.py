@@ -1,0 +1,378 @@
+"""The store over SQL, written once for both backends (SQLite and PostgreSQL).
+
+A backend supplies connections and its few dialect differences (placeholders, the binary
+type, how claiming is serialised); everything the relay does with its ledger is here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .base import (
+    DONE,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    Claimed,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Recorded,
+    Store,
+    new_id,
+)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    received_at DOUBLE PRECISION NOT NULL,
+    dedup_key TEXT NOT NULL UNIQUE,
+    generated_at BIGINT,
+    status TEXT,
+    session_id TEXT,
+    encounter_id TEXT,
+    malformed INTEGER NOT NULL DEFAULT 0,
+    matched INTEGER NOT NULL DEFAULT 0,
+    rules TEXT NOT NULL DEFAULT '[]',
+    body {blob} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+CREATE INDEX IF NOT EXISTS events_session ON events (session_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    cycle_started_at DOUBLE PRECISION NOT NULL,
+    next_attempt_at DOUBLE PRECISION NOT NULL,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION,
+    last_error TEXT,
+    last_status INTEGER,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    error TEXT,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+"""
+
+EVENT_COLUMNS = ("id, received_at, generated_at, status, session_id, encounter_id, malformed, "
+                 "matched, rules")
+ERROR_MAX = 500
+
+
+class Tx:
+    """A cursor in one transaction; SQL is written with ``?`` placeholders."""
+
+    def __init__(self, cursor: Any, placeholder: str):
+        self.cursor = cursor
+        self.placeholder = placeholder
+
+    def exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        self.cursor.execute(sql, params)
+        return self.cursor
+
+    def many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        if rows:
+            if self.placeholder != "?":
+                sql = sql.replace("?", self.placeholder)
+            self.cursor.executemany(sql, rows)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.exec(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+
+class SqlStore(Store):
+    placeholder = "?"
+    blob_type = "BLOB"
+    skip_locked = ""
+
+    @contextmanager
+    def tx(self, write: bool = True) -> Iterator[Tx]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def lock_claims(self, tx: Tx) -> None:
+        """Serialise claimers, so per-action concurrency limits hold across processes."""
+
+    def create_schema(self, tx: Tx) -> None:
+        for statement in SCHEMA.format(blob=self.blob_type).split(";"):
+            if statement.strip():
+                tx.exec(statement)
+        tx.exec("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)")
+        row = tx.one("SELECT max(version) AS v FROM relay_schema")
+        version = row["v"] if row else None
+        if version is None:
+            tx.exec("INSERT INTO relay_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version > SCHEMA_VERSION:
+            raise RuntimeError(f"store schema version {version} is newer than this relay "
+                               f"({SCHEMA_VERSION}): upgrade suki-relay")
+
+    # ------------------------------------------------------------ the request path
+
+    def record(self, events: list[NewEvent]) -> list[Recorded]:
+        results: list[Recorded] = []
+        with self.tx() as tx:
+            for ev in events:
+                cur = tx.exec(
+                    "INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
+                    "session_id, encounter_id, malformed, matched, rules, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+                    (ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status,
+                     ev.session_id, ev.encounter_id, int(ev.malformed), int(bool(ev.rules)),
+                     json.dumps(ev.rules), ev.body),
+                )
+                if cur.rowcount == 0:
+                    row = tx.one("SELECT id FROM events WHERE dedup_key = ?", (ev.dedup_key,))
+                    results.append(Recorded(row["id"] if row else ev.id, True))
+                    continue
+                self._insert_deliveries(tx, ev.id, ev.actions, ev.received_at)
+                results.append(Recorded(ev.id, False))
+        return results
+
+    def _insert_deliveries(self, tx: Tx, event_id: str, actions: list[str],
+                           now: float) -> list[str]:
+        ids = [new_id("dlv") for _ in actions]
+        tx.many(
+            "INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+            "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(i, event_id, a, PENDING, now, now, now) for i, a in zip(ids, actions, strict=True)],
+        )
+        return ids
+
+    # ------------------------------------------------------------ the delivery path
+
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              concurrency: dict[str, int]) -> list[Claimed]:
+        now = time.time()
+        with self.tx() as tx:
+            self.lock_claims(tx)
+            busy = {r["action"]: r["n"] for r in tx.all(
+                "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
+                "GROUP BY action", (IN_FLIGHT, now))}
+            room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
+            full = [a for a, n in room.items() if n <= 0]
+            exclude = f" AND action NOT IN ({', '.join('?' * len(full))})" if full else ""
+            rows = tx.all(
+                "SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
+                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "WHERE ((d.state = ? AND d.next_attempt_at <= ?) OR (d.state = ? AND d.lease_until < ?))"
+                f"{exclude} ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}",
+                (PENDING, now, IN_FLIGHT, now, *full, limit * 4),
+            )
+            claimed: list[Claimed] = []
+            for row in rows:
+                if len(claimed) >= limit:
+                    break
+                action = row["action"]
+                if room.get(action, 1) <= 0:
+                    continue
+                room[action] = room.get(action, 1) - 1
+                if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
+                    tx.exec("INSERT INTO attempts (delivery_id, attempt, started_at, duration, "
+                            "outcome, error) VALUES (?, ?, ?, 0, 'lost', ?)",
+                            (row["id"], row["attempts"], now,
+                             "worker stopped before finishing; lease expired"))
+                tx.exec("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
+                        "attempts = attempts + 1, tries = tries + 1, updated_at = ? WHERE id = ?",
+                        (IN_FLIGHT, owner, now + lease_seconds, now, row["id"]))
+                claimed.append(Claimed(
+                    row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
+                    row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+        return claimed
+
+    def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
+        if not ids:
+            return
+        with self.tx() as tx:
+            tx.many("UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                    "AND state = ?",
+                    [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
+
+    def finish(self, claimed: Claimed, owner: str, result: Outcome) -> bool:
+        error = result.error[:ERROR_MAX] if result.error else None
+        with self.tx() as tx:
+            tx.exec("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
+                    "http_status, error, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (claimed.id, claimed.attempt, result.started_at, result.duration,
+                     result.outcome, result.http_status, error, result.note))
+            cur = tx.exec(
+                "UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
+                "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND state = ?",
+                (result.state, result.next_attempt_at or time.time(), error, result.http_status,
+                 time.time(), claimed.id, owner, IN_FLIGHT))
+            return bool(cur.rowcount)
+
+    def release(self, owner: str, ids: list[str] | None = None) -> int:
+        """Give back claimed deliveries (shutdown): pending again, due now."""
+        now = time.time()
+        where = "lease_owner = ? AND state = ?"
+        params: list[Any] = [owner, IN_FLIGHT]
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({', '.join('?' * len(ids))})"
+            params += ids
+        with self.tx() as tx:
+            cur = tx.exec(f"UPDATE deliveries SET state = ?, lease_owner = NULL, "
+                          f"lease_until = NULL, next_attempt_at = ?, updated_at = ? WHERE {where}",
+                          (PENDING, now, now, *params))
+            return cur.rowcount
+
+    def ping(self) -> None:
+        with self.tx() as tx:
+            tx.exec("UPDATE relay_schema SET version = version WHERE version < 0")
+
+    # ------------------------------------------------------------ inspection and repair
+
+    def events(self, f: EventFilter) -> list[dict[str, Any]]:
+        where, params = ["1 = 1"], []
+        for column, value in (("status", f.status), ("session_id", f.session_id),
+                              ("encounter_id", f.encounter_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if f.since is not None:
+            where.append("received_at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("received_at < ?")
+            params.append(f.until)
+        if f.matched is not None:
+            where.append("matched = ?")
+            params.append(int(f.matched))
+        if f.malformed is not None:
+            where.append("malformed = ?")
+            params.append(int(f.malformed))
+        with self.tx(write=False) as tx:
+            rows = tx.all(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                          "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
+            for row in rows:
+                self._event_fields(row)
+                counts = tx.all("SELECT state, count(*) AS n FROM deliveries WHERE event_id = ? "
+                                "GROUP BY state", (row["id"],))
+                row["deliveries"] = {c["state"]: c["n"] for c in counts}
+        return rows
+
+    @staticmethod
+    def _event_fields(row: dict[str, Any]) -> None:
+        row["rules"] = json.loads(row["rules"])
+        row["malformed"] = bool(row["malformed"])
+        row["matched"] = bool(row["matched"])
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        with self.tx(write=False) as tx:
+            row = tx.one(f"SELECT {EVENT_COLUMNS}, body FROM events WHERE id = ?", (event_id,))
+            if row is None:
+                return None
+            self._event_fields(row)
+            row["body"] = bytes(row["body"])
+            row["delivery_list"] = tx.all(
+                "SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", (event_id,))
+            for d in row["delivery_list"]:
+                d["attempt_list"] = tx.all(
+                    "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY started_at, attempt",
+                    (d["id"],))
+        return row
+
+    def deliveries(self, state: str | None = None, action: str | None = None,
+                   event_id: str | None = None, since: float | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        where, params = ["1 = 1"], []
+        for column, value in (("d.state", state), ("d.action", action), ("d.event_id", event_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("d.updated_at >= ?")
+            params.append(since)
+        with self.tx(write=False) as tx:
+            return tx.all(
+                "SELECT d.*, e.status AS event_status, e.session_id FROM deliveries d "
+                f"JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)} "
+                "ORDER BY d.updated_at DESC, d.id DESC LIMIT ?", (*params, limit))
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        with self.tx(write=False) as tx:
+            return tx.all("SELECT * FROM attempts WHERE delivery_id = ? "
+                          "ORDER BY started_at, attempt", (delivery_id,))
+
+    def reopen(self, delivery_ids: list[str]) -> int:
+        """Replay: due now, with a fresh retry budget; its attempts so far are kept."""
+        if not delivery_ids:
+            return 0
+        now = time.time()
+        with self.tx() as tx:
+            tx.many("UPDATE deliveries SET state = ?, tries = 0, cycle_started_at = ?, "
+                    "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state <> ?",
+                    [(PENDING, now, now, now, i, IN_FLIGHT) for i in delivery_ids])
+        return len(delivery_ids)
+
+    def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
+        """Reroute: plan deliveries for actions the event does not have yet."""
+        now = time.time()
+        with self.tx() as tx:
+            have = {r["action"] for r in tx.all(
+                "SELECT action FROM deliveries WHERE event_id = ?", (event_id,))}
+            new = [a for a in actions if a not in have]
+            tx.exec("UPDATE events SET rules = ?, matched = ? WHERE id = ?",
+                    (json.dumps(rules), int(bool(rules)), event_id))
+            return self._insert_deliveries(tx, event_id, new, now)
+
+    def prune(self, before: float) -> int:
+        """Delete events received before ``before`` whose deliveries are all finished."""
+        with self.tx() as tx:
+            ids = [r["id"] for r in tx.all(
+                "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM "
+                "deliveries d WHERE d.event_id = e.id AND d.state IN (?, ?))",
+                (before, PENDING, IN_FLIGHT))]
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                marks = ", ".join("?" * len(part))
+                tx.exec(f"DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries "
+                        f"WHERE event_id IN ({marks}))", part)
+                tx.exec(f"DELETE FROM deliveries WHERE event_id IN ({marks})", part)
+                tx.exec(f"DELETE FROM events WHERE id IN ({marks})", part)
+        return len(ids)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        with self.tx(write=False) as tx:
+            states = {r["state"]: r["n"] for r in tx.all(
+                "SELECT state, count(*) AS n FROM deliveries GROUP BY state")}
+            oldest = tx.one("SELECT min(cycle_started_at) AS t FROM deliveries WHERE state IN (?, ?)",
+                            (PENDING, IN_FLIGHT))
+            events = tx.one("SELECT count(*) AS n FROM events")
+        t = oldest["t"] if oldest else None
+        return {
+            "events": events["n"] if events else 0,
+            "deliveries": {s: states.get(s, 0) for s in (PENDING, IN_FLIGHT, DONE, FAILED)},
+            "oldest_pending_age_seconds": (now - t) if t else 0.0,
+        }

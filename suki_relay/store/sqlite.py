@@ -1,0 +1,68 @@
+"""The embedded default: one SQLite file, WAL, every commit fsynced (synchronous=FULL).
+
+One connection per thread and process (connections never cross a fork). Writers take the
+database lock up front (BEGIN IMMEDIATE), which also serialises claimers across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .base import StoreUnavailable
+from .sql import SqlStore, Tx
+
+
+class SqliteStore(SqlStore):
+    placeholder = "?"
+    blob_type = "BLOB"
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0):
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.tx() as tx:
+            self.create_schema(tx)
+        os.chmod(path, 0o600)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def tx(self, write: bool = True) -> Iterator[Tx]:
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+        try:
+            yield Tx(cur, self.placeholder)
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.commit()
+        except sqlite3.OperationalError as exc:
+            conn.rollback()
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+            self._local.conn = None

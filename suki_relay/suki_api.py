@@ -1,0 +1,102 @@
+"""Suki's follow-up API: login, token cache, and fetching a link from a notification.
+
+Credentials go to ``base_url`` and nowhere else: every href is joined to the base URL
+and refused if the result names another scheme, host or port, or leaves its path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from . import outbound
+from .errors import PermanentError, RetryableError
+
+TOKEN_LIFETIME = 3600.0
+REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
+
+
+@dataclass(frozen=True)
+class SukiSettings:
+    base_url: str
+    partner_id: str
+    partner_token: str
+    provider_id: str | None = None
+    timeout_seconds: float = 20.0
+
+
+def safe_url(base_url: str, href: str) -> str:
+    """``href`` joined to ``base_url``, or PermanentError if it would leave it."""
+    base = urlsplit(base_url)
+    if not href or any(c in href for c in "\\\x00\r\n"):
+        raise PermanentError("link href refused: empty or has control characters")
+    joined = urlsplit(urljoin(base_url.rstrip("/") + "/", href.lstrip("/")))
+    if (joined.scheme, joined.hostname, joined.port) != (base.scheme, base.hostname, base.port):
+        raise PermanentError("link href refused: it names a host other than the Suki base URL")
+    base_path = base.path.rstrip("/") + "/"
+    normalized = posixpath.normpath(joined.path) if joined.path else "/"
+    if ".." in joined.path.split("/") or not (normalized + "/").startswith(base_path):
+        raise PermanentError("link href refused: it leaves the Suki base URL's path")
+    return joined.geturl()
+
+
+class SukiClient:
+    """One per process and settings: caches the token across deliveries and threads."""
+
+    def __init__(self, settings: SukiSettings):
+        self.settings = settings
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+
+    def _login(self) -> str:
+        s = self.settings
+        body: dict[str, Any] = {"partner_id": s.partner_id, "partner_token": s.partner_token}
+        if s.provider_id:
+            body["provider_id"] = s.provider_id
+        url = s.base_url.rstrip("/") + "/api/v1/auth/login"
+        resp = outbound.send(self._session, "POST", url, json=body, timeout=s.timeout_seconds,
+                             what="Suki login")
+        if resp.status_code in (401, 403):
+            raise PermanentError(f"Suki login refused the partner credentials ({resp.status_code})",
+                                 status=resp.status_code)
+        outbound.raise_for_status(resp, "Suki login")
+        try:
+            token = resp.json()["suki_token"]
+        except (ValueError, KeyError, TypeError):
+            raise RetryableError("Suki login answered without a suki_token") from None
+        if not isinstance(token, str) or not token:
+            raise RetryableError("Suki login answered without a suki_token")
+        return token
+
+    def token(self, refresh: bool = False) -> str:
+        with self._lock:
+            if refresh or self._token is None or time.time() >= self._expires:
+                self._token = self._login()
+                self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
+            return self._token
+
+    def get(self, href: str) -> requests.Response:
+        """GET a link from a notification, with the token; one re-login on 401."""
+        url = safe_url(self.settings.base_url, href)
+        for refresh in (False, True):
+            headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
+            resp = outbound.send(self._session, "GET", url, headers=headers,
+                                 timeout=self.settings.timeout_seconds, what="Suki API")
+            if resp.status_code != 401:
+                break
+        if resp.status_code in (404, 409):
+            raise RetryableError(f"Suki answered {resp.status_code}: content not ready yet",
+                                 status=resp.status_code)
+        if resp.status_code in (401, 403):
+            raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
+                                 status=resp.status_code)
+        outbound.raise_for_status(resp, "Suki API")
+        return resp
