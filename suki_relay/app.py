@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .deliver import Deliverer
 
 log = logging.getLogger("suki_relay.receiver")
+ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
 
 
 def json_response(status: int, body: dict[str, Any]) -> Response:
@@ -142,6 +144,7 @@ def create_app(config_path: str | None = None, deliver: bool = True,
     logs.setup()
     config = config or load_config(config_path)
     store = open_store(config.store_url, config.base_dir)
+    deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()

@@ -94,8 +94,8 @@ class RetryPolicy:
         """Seconds before the next try, after ``tries`` failed ones (1-based)."""
         base = min(self.max_seconds, self.initial_seconds * 2 ** (tries - 1))
         delay = base * random.uniform(0.75, 1.25)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_seconds))
+        if retry_after is not None:  # the target knows best, within the retry window
+            delay = max(delay, min(retry_after, self.max_age_seconds))
         return delay
 
 

@@ -50,9 +50,7 @@ class PostgresStore(SqlStore):
         self._pool: ConnectionPool | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        with self.tx() as tx:
-            tx.exec("SELECT pg_advisory_xact_lock(%s)" % SCHEMA_LOCK)
-            self.create_schema(tx)
+        self.ensure_schema()
 
     def _get_pool(self) -> ConnectionPool:
         with self._lock:
@@ -72,6 +70,9 @@ class PostgresStore(SqlStore):
                 yield Tx(cur, self.placeholder)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
+
+    def lock_schema(self, tx: Tx) -> None:
+        tx.exec("SELECT pg_advisory_xact_lock(%s)" % SCHEMA_LOCK)
 
     def lock_claims(self, tx: Tx) -> None:
         tx.exec("SELECT pg_advisory_xact_lock(%s)" % CLAIM_LOCK)

@@ -23,6 +23,7 @@ from .base import (
     Outcome,
     Recorded,
     Store,
+    StoreUnavailable,
     new_id,
 )
 
@@ -120,6 +121,24 @@ class SqlStore(Store):
 
     def lock_claims(self, tx: Tx) -> None:
         """Serialise claimers, so per-action concurrency limits hold across processes."""
+
+    def lock_schema(self, tx: Tx) -> None:
+        """Serialise schema creation and upgrades between nodes starting together."""
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the schema, unless it is current (then no DDL, no locks)."""
+        try:
+            with self.tx(write=False) as tx:
+                row = tx.one("SELECT max(version) AS v FROM relay_schema")
+            if row and row["v"] == SCHEMA_VERSION:
+                return
+        except StoreUnavailable:
+            raise
+        except Exception:  # noqa: S110 - no schema yet
+            pass
+        with self.tx() as tx:
+            self.lock_schema(tx)
+            self.create_schema(tx)
 
     def create_schema(self, tx: Tx) -> None:
         for statement in SCHEMA.format(blob=self.blob_type).split(";"):

@@ -27,8 +27,7 @@ class SqliteStore(SqlStore):
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.tx() as tx:
-            self.create_schema(tx)
+        self.ensure_schema()
         os.chmod(path, 0o600)
 
     def _connection(self) -> sqlite3.Connection:

@@ -1,0 +1,298 @@
+"""Test helpers for the relay and for plugin authors: real servers, real processes.
+
+* :class:`Sink` - an HTTP server on 127.0.0.1 that records what it receives and answers
+  as scripted (status sequence, delay, headers); stops itself after ``lifetime`` seconds.
+* :func:`build_action` - an action built through the registry and the config loader,
+  validated exactly as actions.yaml would be.
+* :func:`make_delivery` - a Delivery for a sample or a payload of your own.
+* :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
+* :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from . import signing
+from .action import Action, Delivery
+from .config import Config, parse_config
+from .dryrun import sample
+
+SECRET = "test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll until predicate() is truthy; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def post_signed(url: str, body: bytes, secret: str = SECRET, *, timeout: float = 10.0,
+                headers: dict[str, str] | None = None, now: float | None = None
+                ) -> requests.Response:
+    sent = signing.signed_headers(secret, body, now)
+    sent.update(headers or {})
+    return requests.post(url, data=body, headers=sent, timeout=timeout)
+
+
+def unique_body(name: str = "failure", **fields: Any) -> bytes:
+    """A sample with a fresh session id (and any fields replaced)."""
+    payload = json.loads(sample(name))
+    payload["session_id"] = os.urandom(8).hex()
+    payload.update(fields)
+    return json.dumps(payload).encode()
+
+
+# ---------------------------------------------------------------- a recording HTTP server
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b"ok"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class Sink:
+    """A real local HTTP server. ``replies`` are used in order, then ``default`` forever.
+
+    ``handler`` may instead decide each reply from the request. Requests are recorded
+    before the reply (and its delay), so a stalled request is already visible.
+    """
+
+    def __init__(self, default: Reply | None = None, replies: Iterable[Reply] = (),
+                 handler: Callable[[Received], Reply] | None = None, lifetime: float = 120.0):
+        self.default = default or Reply()
+        self.replies = list(replies)
+        self.handler = handler
+        self.received: list[Received] = []
+        self.active = 0
+        self.max_active = 0
+        self.completed = 0
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                got = Received(self.command, self.path, dict(self.headers.items()),
+                               self.rfile.read(length), time.time())
+                reply = sink._reply(got)
+                if reply.delay:
+                    sink._release.wait(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                finally:
+                    with sink._lock:
+                        sink.active -= 1
+                        sink.completed += 1
+
+            do_GET = do_POST = do_PUT = do_PATCH = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        self._timer = threading.Timer(lifetime, self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _reply(self, got: Received) -> Reply:
+        with self._lock:
+            self.received.append(got)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            if self.handler is not None:
+                return self.handler(got)
+            return self.replies.pop(0) if self.replies else self.default
+
+    def release(self) -> None:
+        """End every delay now (and any later one)."""
+        self._release.set()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- actions in isolation
+
+
+def build_config(config: dict[str, Any], base_dir: Path) -> Config:
+    """Write ``config`` (with a test secret if none) to base_dir/actions.yaml and load it."""
+    config = {"receiver": {"secrets": [SECRET]}, **config}
+    path = base_dir / "actions.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return parse_config(path.read_text(encoding="utf-8"), path)
+
+
+def build_action(type_name: str, options: dict[str, Any], base_dir: Path,
+                 **top_level: Any) -> Action:
+    """One action, validated and built exactly as from actions.yaml (ConfigError if bad)."""
+    config = build_config({"actions": {"under-test": {"type": type_name, **options}},
+                           **top_level}, base_dir)
+    return config.actions["under-test"].action
+
+
+def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-test",
+                  attempt: int = 1) -> Delivery:
+    body = sample(event) if isinstance(event, str) else json.dumps(event).encode()
+    return Delivery(id="dlv_test", event_id="evt_test", action=action, attempt=attempt,
+                    event=json.loads(body), raw_body=body, received_at="2026-01-01T00:00:00.000Z")
+
+
+# ---------------------------------------------------------------- a real relay
+
+
+class RelayProcess:
+    """`suki-relay serve` (or plain gunicorn) on a free port, stopped by its PID only."""
+
+    def __init__(self, config_file: Path, *, plain_gunicorn: bool = False, workers: int = 2,
+                 threads: int = 4, env: dict[str, str] | None = None,
+                 log_file: Path | None = None):
+        self.config_file = config_file
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = log_file or config_file.parent / f"relay-{self.port}.log"
+        self.plain = plain_gunicorn
+        self.workers, self.threads = workers, threads
+        self.env = {**os.environ, "SUKI_RELAY_CONFIG": str(config_file),
+                    "PROMETHEUS_MULTIPROC_DIR": str(config_file.parent / f"prom-{self.port}"),
+                    **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def webhook(self) -> str:
+        return self.url + "/webhooks/notification"
+
+    def start(self, wait: bool = True) -> RelayProcess:
+        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
+        if self.plain:
+            cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                   "--workers", str(self.workers), "--no-control-socket",
+                   "suki_relay.wsgi:app"]
+        else:
+            cmd = [sys.executable, "-m", "suki_relay.cli", "-c", str(self.config_file), "serve",
+                   "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+                   "--threads", str(self.threads)]
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env,
+                                     cwd=self.config_file.parent, start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(up, timeout, 0.1, "the relay to be ready")
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill9(self) -> None:
+        """kill -9 the master and every worker it started, by PID."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        workers = self.worker_pids()
+        for pid in [self.proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

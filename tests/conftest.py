@@ -1,0 +1,103 @@
+"""Fixtures: a store URL for each backend, configs on disk, real relays and real sinks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from suki_relay.testing import SECRET, RelayProcess, Sink
+
+PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+def _pg_available() -> str | None:
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
+
+
+PG_PROBLEM = _pg_available()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema on the machine's PostgreSQL, dropped afterwards."""
+    if PG_PROBLEM:
+        if os.environ.get("CI"):
+            pytest.fail(PG_PROBLEM)
+        pytest.skip(PG_PROBLEM)
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return "sqlite:///relay.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+FAST_DELIVERY = {"lease_seconds": 2, "poll_seconds": 0.2, "shutdown_seconds": 5, "threads": 4}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, store_url: str) -> Callable[..., Path]:
+    """Write actions.yaml with a test secret, the parametrised store and fast delivery."""
+
+    def write(config: dict[str, Any] | None = None, name: str = "actions.yaml") -> Path:
+        full: dict[str, Any] = {"receiver": {"secrets": [SECRET]}, "store": store_url,
+                                "delivery": dict(FAST_DELIVERY)}
+        full.update(config or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def relay() -> Iterator[Callable[..., RelayProcess]]:
+    started: list[RelayProcess] = []
+
+    def start(config_file: Path, **kwargs: Any) -> RelayProcess:
+        proc = RelayProcess(config_file, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop(timeout=15)
+
+
+@pytest.fixture
+def sink() -> Iterator[Callable[..., Sink]]:
+    made: list[Sink] = []
+
+    def make(*args: Any, **kwargs: Any) -> Sink:
+        s = Sink(*args, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def http_action(url: str, **options: Any) -> dict[str, Any]:
+    return {"type": "http", "url": url, "timeout_seconds": 5,
+            "retry": {"initial_seconds": 0.2, "max_seconds": 1, "max_attempts": 5}, **options}
