@@ -146,13 +146,14 @@ def validate_options(
         if key not in raw or raw[key] is None:
             if opt.required:
                 problems.append((key, f"required option missing ({opt.help or _kind_name(opt.kind)})"))
-            values[key] = opt.default
+            default = opt.default
+            values[key] = templates.compile_value(default, opt.html) if opt.template else default
             continue
         value = raw[key]
         kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             problems.append((key, f"expected {_kind_name(opt.kind)}, got {type(value).__name__}"))
             continue
         if opt.choices and value not in opt.choices:

@@ -8,6 +8,7 @@ commit that holds its own event before it is answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -24,10 +25,8 @@ MAX_BATCH = 128
 def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
     """Parse and route; a body that is not a JSON object with a string status is malformed."""
     payload: Any = None
-    try:
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        pass
     dedup = f"{verified.generated_at_ms}:{verified.signature}"
     status = payload.get("status") if isinstance(payload, dict) else None
     if not isinstance(status, str):

@@ -32,16 +32,27 @@ class SukiSettings:
 
 
 def safe_url(base_url: str, href: str) -> str:
-    """``href`` joined to ``base_url``, or PermanentError if it would leave it."""
-    base = urlsplit(base_url)
-    if not href or any(c in href for c in "\\\x00\r\n"):
+    """``href`` joined to ``base_url``, or PermanentError if it would leave it.
+
+    A path is appended to the base URL (Suki's hrefs are paths such as /api/v1/...); an
+    absolute or protocol-relative href must name the base's own scheme, host and port.
+    Either way the result must stay under the base URL's path.
+    """
+    if not href or any(c in href for c in "\\\x00\r\n\t "):
         raise PermanentError("link href refused: empty or has control characters")
-    joined = urlsplit(urljoin(base_url.rstrip("/") + "/", href.lstrip("/")))
-    if (joined.scheme, joined.hostname, joined.port) != (base.scheme, base.hostname, base.port):
-        raise PermanentError("link href refused: it names a host other than the Suki base URL")
+    base = urlsplit(base_url)
+    ref = urlsplit(href)
+    if ref.scheme or ref.netloc or href.startswith("//"):
+        joined = urlsplit(urljoin(base_url, href))
+        if (joined.scheme, joined.hostname, joined.port) != (base.scheme, base.hostname,
+                                                             base.port):
+            raise PermanentError("link href refused: it names a host other than the Suki "
+                                 "base URL")
+    else:
+        joined = urlsplit(base_url.rstrip("/") + "/" + href.lstrip("/"))
     base_path = base.path.rstrip("/") + "/"
-    normalized = posixpath.normpath(joined.path) if joined.path else "/"
-    if ".." in joined.path.split("/") or not (normalized + "/").startswith(base_path):
+    if ".." in joined.path.split("/") or not (posixpath.normpath(joined.path) + "/").startswith(
+            base_path):
         raise PermanentError("link href refused: it leaves the Suki base URL's path")
     return joined.geturl()
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -271,10 +272,8 @@ class RelayProcess:
             return
         workers = self.worker_pids()
         for pid in [self.proc.pid, *workers]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int | None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import requests
 
 from suki_relay.dryrun import sample
+from suki_relay.signing import signed_headers
 from suki_relay.store import EventFilter, open_store
 from suki_relay.testing import SECRET, post_signed, unique_body
-from suki_relay.signing import signed_headers
 
 
 def stored(config_file: Path, store_url: str):  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ authentication refused) are permanent and say which.
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -43,7 +42,7 @@ class EmailAction(Action):
             want = SMTP_KEYS.get(key)
             if want is None:
                 problems.append(f"smtp.{key}: unknown; expected one of {', '.join(SMTP_KEYS)}")
-            elif not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+            elif not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
                 problems.append(f"smtp.{key}: wrong type {type(value).__name__}")
         if smtp.get("ssl") and smtp.get("starttls"):
             problems.append("smtp: choose ssl or starttls, not both")
@@ -95,7 +94,7 @@ class EmailAction(Action):
             raise _smtp_error("authentication refused", exc.smtp_code) from None
         except smtplib.SMTPResponseException as exc:
             raise _smtp_error("server refused the message", exc.smtp_code) from None
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise RetryableError(f"SMTP connection failed ({type(exc).__name__})") from None
         if refused:
             return f"sent; {len(refused)} recipient(s) refused"

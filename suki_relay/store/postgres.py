@@ -72,10 +72,10 @@ class PostgresStore(SqlStore):
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
 
     def lock_schema(self, tx: Tx) -> None:
-        tx.exec("SELECT pg_advisory_xact_lock(%s)" % SCHEMA_LOCK)
+        tx.exec(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
 
     def lock_claims(self, tx: Tx) -> None:
-        tx.exec("SELECT pg_advisory_xact_lock(%s)" % CLAIM_LOCK)
+        tx.exec(f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():

@@ -134,7 +134,7 @@ class SqlStore(Store):
                 return
         except StoreUnavailable:
             raise
-        except Exception:  # noqa: S110 - no schema yet
+        except Exception:
             pass
         with self.tx() as tx:
             self.lock_schema(tx)

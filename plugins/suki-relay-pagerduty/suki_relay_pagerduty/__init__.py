@@ -1,0 +1,59 @@
+"""``pagerduty``: trigger a PagerDuty incident through the Events API v2.
+
+An example of a third-party suki-relay plugin: one class, options declared as data,
+``deliver`` raising RetryableError or PermanentError through suki_relay.outbound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from suki_relay import outbound
+from suki_relay.action import MASK, Action, Delivery, Option
+
+EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+class PagerDutyAction(Action):
+    description = "trigger a PagerDuty incident (Events API v2)"
+    options = {
+        "routing_key": Option(str, required=True, secret=True, template=False,
+                              help="the integration key of a PagerDuty service"),
+        "summary": Option(str, default="Suki session {{ event.status }}: "
+                                       "{{ event.error_code | default('no error code') }}"),
+        "severity": Option(str, default="error", template=False,
+                           choices=("critical", "error", "warning", "info")),
+        "source": Option(str, default="suki-relay"),
+        "dedup_key": Option(str, default="suki-{{ event.session_id }}"),
+        "events_url": Option(str, default=EVENTS_URL, template=False),
+        "timeout_seconds": Option(float, default=10.0, template=False),
+    }
+
+    def event(self, delivery: Delivery) -> dict[str, Any]:
+        return {
+            "routing_key": self.values["routing_key"],
+            "event_action": "trigger",
+            "dedup_key": self.render("dedup_key", delivery),
+            "payload": {
+                "summary": self.render("summary", delivery)[:1024],
+                "source": self.render("source", delivery),
+                "severity": self.values["severity"],
+                "custom_details": {"session_id": delivery.event.get("session_id"),
+                                   "encounter_id": delivery.event.get("encounter_id"),
+                                   "status": delivery.event.get("status"),
+                                   "relay_event_id": delivery.event_id},
+            },
+        }
+
+    def deliver(self, delivery: Delivery) -> str | None:
+        resp = outbound.send(requests.Session(), "POST", self.values["events_url"],
+                             json=self.event(delivery), timeout=self.values["timeout_seconds"],
+                             what="PagerDuty")
+        outbound.raise_for_status(resp, "PagerDuty")
+        return "incident triggered"
+
+    def preview(self, delivery: Delivery) -> dict[str, Any]:
+        return {"url": self.values["events_url"], "json": {**self.event(delivery),
+                                                           "routing_key": MASK}}

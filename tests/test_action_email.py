@@ -1,0 +1,116 @@
+"""The email action against a real SMTP server (aiosmtpd) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from suki_relay.errors import PermanentError, RetryableError
+from suki_relay.testing import build_action, free_port, make_delivery
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
+        self.rcpt_reply: str | None = None
+        self.data_reply: str | None = None
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Recorder, int]]:
+    handler = Recorder()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def alert(port: int, tmp_path: Path, **options: Any):  # type: ignore[no-untyped-def]
+    return build_action("email", {
+        "to": ["oncall@clinic.example"], "cc": "lead@clinic.example",
+        "bcc": ["audit@clinic.example"], "from": "relay@clinic.example",
+        "subject": "Suki {{ event.status }}: {{ event.error_code }}",
+        "body": "Session {{ event.session_id }} failed: {{ event.error_code }}\n",
+        "smtp": {"host": "127.0.0.1", "port": port, "timeout_seconds": 5}, **options,
+    }, tmp_path)
+
+
+def test_sends_a_proper_message(smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    handler, port = smtp
+    action = alert(port, tmp_path,
+                   html="<p>Session <b>{{ event.session_id }}</b>: {{ event.error_detail }}</p>")
+    delivery = make_delivery({"status": "failure", "session_id": "s-1", "encounter_id": "e-1",
+                              "error_code": "E_X", "error_detail": "<script>café</script>",
+                              "transcript": "PATIENT SAID SOMETHING PRIVATE"})
+    assert action.deliver(delivery) == "sent to 3 recipient(s)"
+    (rcpts, msg), = handler.messages
+    assert sorted(rcpts) == ["audit@clinic.example", "lead@clinic.example",
+                             "oncall@clinic.example"]
+    assert msg["To"] == "oncall@clinic.example" and msg["Cc"] == "lead@clinic.example"
+    assert "Bcc" not in msg
+    assert msg["Subject"] == "Suki failure: E_X"
+    assert msg["Message-ID"] and msg["Date"]
+    assert msg.get_content_type() == "multipart/alternative"
+    plain = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert plain.replace("\r\n", "\n") == "Session s-1 failed: E_X\n"
+    assert "&lt;script&gt;café&lt;/script&gt;" in html  # autoescaped, UTF-8 intact
+    raw = msg.as_string()
+    assert "PATIENT SAID" not in raw  # only what the templates put there
+
+
+def test_plain_text_only_without_html(smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    handler, port = smtp
+    alert(port, tmp_path).deliver(make_delivery("failure"))
+    (_, msg), = handler.messages
+    assert msg.get_content_type() == "text/plain"
+
+
+@pytest.mark.parametrize("reply, error, fragment", [
+    ("450 mailbox busy", RetryableError, "SMTP 450"),
+    ("550 no such user", PermanentError, "SMTP 550"),
+])
+def test_smtp_replies_decide_retry(smtp, tmp_path: Path, reply: str, error: type,
+                                   fragment: str) -> None:  # type: ignore[no-untyped-def]
+    handler, port = smtp
+    handler.rcpt_reply = reply
+    with pytest.raises(error, match=fragment):
+        alert(port, tmp_path).deliver(make_delivery("failure"))
+
+
+def test_no_server_is_retryable(tmp_path: Path) -> None:
+    with pytest.raises(RetryableError, match="connection failed"):
+        alert(free_port(), tmp_path).deliver(make_delivery("failure"))
+
+
+def test_smtp_options_are_checked(tmp_path: Path) -> None:
+    from suki_relay.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        build_action("email", {"to": "a@b", "smtp": {"hots": "x", "ssl": True,
+                                                     "starttls": True}}, tmp_path)
+    text = str(info.value)
+    assert "smtp.hots: unknown" in text and "ssl or starttls" in text
