@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import yaml
 
+from suki_relay.store import Store, open_store
 from suki_relay.testing import SECRET, RelayProcess, Sink
 
 PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
@@ -101,3 +102,20 @@ def sink() -> Iterator[Callable[..., Sink]]:
 def http_action(url: str, **options: Any) -> dict[str, Any]:
     return {"type": "http", "url": url, "timeout_seconds": 5,
             "retry": {"initial_seconds": 0.2, "max_seconds": 1, "max_attempts": 5}, **options}
+
+
+_OPENED: list[Store] = []
+
+
+def open_test_store(url: str, base_dir: Path | None = None) -> Store:
+    """A store for a test to look at; closed when the test ends."""
+    store = open_store(url, base_dir)
+    _OPENED.append(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()

@@ -12,10 +12,9 @@ import pytest
 import requests
 import yaml
 
-from suki_relay.store import open_store
 from suki_relay.testing import SECRET, Reply, post_signed, unique_body, wait_until
 
-from .conftest import FAST_DELIVERY, http_action
+from .conftest import FAST_DELIVERY, http_action, open_test_store
 
 
 def cluster_config(tmp_path: Path, pg_url: str, target: str, name: str = "actions.yaml") -> Path:
@@ -43,7 +42,7 @@ def test_failover_after_kill_9(tmp_path: Path, pg_url: str, relay, sink) -> None
     for _ in range(20):  # the stream goes on to the surviving node
         accepted.append(post_signed(b.webhook, unique_body()).json()["event_id"])
 
-    store = open_store(pg_url)
+    store = open_test_store(pg_url)
 
     def all_done() -> bool:
         rows = store.deliveries(limit=1000)
@@ -73,7 +72,7 @@ def pg_cluster() -> list[str]:
 def test_database_restart_mid_stream(tmp_path: Path, pg_url: str, relay, sink) -> None:  # type: ignore[no-untyped-def]
     cluster = pg_cluster()
     target = sink()
-    cfg = cluster_config(tmp_path, pg_url, target.url)
+    cfg = cluster_config(tmp_path, pg_url + "&pool_timeout=1", target.url)
     node = relay(cfg)
     results: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -112,7 +111,7 @@ def test_database_restart_mid_stream(tmp_path: Path, pg_url: str, relay, sink) -
     assert 503 in statuses  # refused while it could not commit
     assert statuses <= {200, 503}
     accepted = [e for s, e in results if s == 200]
-    store = open_store(pg_url)
+    store = open_test_store(pg_url)
     for event_id in accepted:  # every 2xx was committed
         assert store.event(event_id) is not None, event_id
     wait_until(lambda: len({g.headers["Idempotency-Key"] for g in target.received})

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 from suki_relay import signing
-from suki_relay.store import open_store
 from suki_relay.testing import Reply, post_signed, unique_body, wait_until
 
-from .conftest import http_action
+from .conftest import http_action, open_test_store
 
 
 def store_of(cfg: Path, url: str):  # type: ignore[no-untyped-def]
-    return open_store(url, cfg.parent)
+    return open_test_store(url, cfg.parent)
 
 
 def one_rule(action: dict, **more) -> dict:  # type: ignore[no-untyped-def]

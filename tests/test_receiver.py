@@ -11,12 +11,14 @@ import requests
 
 from suki_relay.dryrun import sample
 from suki_relay.signing import signed_headers
-from suki_relay.store import EventFilter, open_store
+from suki_relay.store import EventFilter
 from suki_relay.testing import SECRET, post_signed, unique_body
+
+from .conftest import open_test_store
 
 
 def stored(config_file: Path, store_url: str):  # type: ignore[no-untyped-def]
-    return open_store(store_url, config_file.parent)
+    return open_test_store(store_url, config_file.parent)
 
 
 def test_receiving_answers_precisely(write_config, relay, store_url) -> None:  # type: ignore[no-untyped-def]
