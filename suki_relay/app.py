@@ -85,8 +85,7 @@ class RelayApp:
                                       "the notification could not be stored; not accepted"), \
                 "store_unavailable"
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.labels(outcome).inc()
-        metrics.ACK_SECONDS.observe(elapsed)
+        metrics.count_request(outcome, elapsed)
         level = logging.WARNING if response.status_code >= 500 else logging.INFO
         logs.event(log, "request", level, outcome=outcome, http_status=response.status_code,
                    duration_ms=round(elapsed * 1000, 2), **fields)

@@ -6,9 +6,12 @@ error details from targets, or secrets. ``--log-format json|text`` picks the ren
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import time
 from typing import Any
@@ -38,19 +41,41 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
-    """Install one handler on the relay's logger (idempotent)."""
+    """Log through a queue: request threads never wait on the output (idempotent)."""
+    global _listener
     fmt = fmt or os.environ.get(ENV_FORMAT, "text")
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level)
+    if _listener is not None:
+        _listener.stop()
     for handler in list(logger.handlers):
         if getattr(handler, "_suki_relay", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = logging.handlers.QueueHandler(records)
+    handler.prepare = lambda record: record  # type: ignore[method-assign]  # format on output
     handler._suki_relay = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.addHandler(handler)
     logger.propagate = False
+    _listener = logging.handlers.QueueListener(records, output)
+    _listener.start()
+
+
+def flush() -> None:
+    """Write out what is queued (at exit, and after fork in the child)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(flush)
 
 
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:

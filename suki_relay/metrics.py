@@ -42,6 +42,17 @@ LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
                         buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
 
 
+def count_request(outcome: str, seconds: float) -> None:
+    child = _REQUESTS_BY_OUTCOME.get(outcome)
+    if child is None:
+        child = _REQUESTS_BY_OUTCOME[outcome] = REQUESTS.labels(outcome)
+    child.inc()
+    ACK_SECONDS.observe(seconds)
+
+
+_REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
+
+
 def status_label(status: str | None) -> str:
     if status is None:
         return "malformed"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
@@ -50,55 +49,74 @@ def _id_field(payload: dict[str, Any], key: str) -> str | None:
     return str(value)[:200] if isinstance(value, str | int) else None
 
 
-@dataclass
 class _Slot:
-    event: NewEvent
-    result: Recorded | None = None
-    error: BaseException | None = None
-    done: bool = False
+    """One waiting request; its lock is released when it is done or made the leader."""
+
+    __slots__ = ("done", "error", "event", "lead", "result", "wake")
+
+    def __init__(self, event: NewEvent):
+        self.event = event
+        self.result: Recorded | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.lead = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class Recorder:
-    """Group commit over a Store; thread-safe; each call returns once its event is durable."""
+    """Group commit over a Store; thread-safe; each call returns once its event is durable.
+
+    The first request to arrive leads: it takes the store's write lock, gathers everything
+    queued by then, commits it in one transaction, wakes exactly the requests it
+    committed, and hands the lead to the next one queued (no thundering herd).
+    """
 
     def __init__(self, store: Store):
         self.store = store
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Slot] = []
         self._committing = False
 
     def record(self, event: NewEvent) -> Recorded:
         slot = _Slot(event)
-        with self._cond:
+        with self._lock:
             self._queue.append(slot)
-        while True:
-            with self._cond:
-                while not slot.done and self._committing:
-                    self._cond.wait()
-                if slot.done:
-                    return self._result(slot)
-                self._committing = True
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            self._commit(batch)
+            if not self._committing:
+                self._committing = slot.lead = True
+        if not slot.lead:
+            slot.wake.acquire()  # until committed by a leader, or made the leader
+        if not slot.done:
+            self._lead()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
 
-    def _commit(self, batch: list[_Slot]) -> None:
+    def _lead(self) -> None:
+        batch: list[_Slot] = []
         try:
-            results = self.store.record([s.event for s in batch])
+            with self.store.exclusive():  # while waiting for it, more requests queue up
+                with self._lock:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                results = self.store.record([s.event for s in batch])
             for s, r in zip(batch, results, strict=True):
                 s.result = r
         except BaseException as exc:
             for s in batch:
                 s.error = exc
+            if not batch:
+                raise
         finally:
-            with self._cond:
+            with self._lock:
                 for s in batch:
                     s.done = True
-                self._committing = False
-                self._cond.notify_all()
-
-    @staticmethod
-    def _result(slot: _Slot) -> Recorded:
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
+                following = self._queue[0] if self._queue else None
+                if following is not None:
+                    following.lead = True
+                else:
+                    self._committing = False
+            for s in batch[1:]:
+                s.wake.release()
+            if following is not None:
+                following.wake.release()

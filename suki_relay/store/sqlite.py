@@ -6,11 +6,12 @@ database lock up front (BEGIN IMMEDIATE), which also serialises claimers across 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from .base import StoreUnavailable
@@ -39,26 +40,48 @@ class SqliteStore(SqlStore):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn, self._local.pid = conn, os.getpid()
+            self._local.lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         return conn
 
     @contextmanager
     def tx(self, write: bool = True) -> Iterator[Tx]:
+        conn = self._connection()
+        with self.exclusive() if write else nullcontext():
+            try:
+                cur = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+            try:
+                yield Tx(cur, self.placeholder)
+            except BaseException:
+                conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except sqlite3.OperationalError as exc:
+                conn.rollback()
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the write lock across processes and threads.
+
+        Writers queue on a lock file in the kernel instead of in SQLite's sleep-and-retry
+        busy handler; the Recorder takes it before it gathers a batch, so the time spent
+        waiting for another process's commit fills the next group commit.
+        """
+        self._connection()
+        if getattr(self._local, "held", False):
+            yield
+            return
+        fcntl.flock(self._local.lock, fcntl.LOCK_EX)
+        self._local.held = True
         try:
-            conn = self._connection()
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from None
-        try:
-            yield Tx(cur, self.placeholder)
-        except BaseException:
-            conn.rollback()
-            raise
-        try:
-            conn.commit()
-        except sqlite3.OperationalError as exc:
-            conn.rollback()
-            raise StoreUnavailable(f"sqlite: {exc}") from None
+            yield
+        finally:
+            self._local.held = False
+            fcntl.flock(self._local.lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -1,0 +1,51 @@
+"""Baselines for the acknowledgement benchmark, served by the same gunicorn settings.
+
+``bare``: reads the body and answers 200 (the ceiling). ``flask_app``: the handler from
+Suki's documentation (verify, parse, branch), which stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+SECRET = os.environ.get("SUKI_WEBHOOK_SECRET", "bench-secret").encode()
+
+
+def bare(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+    return [b"{}"]
+
+
+def flask_app() -> Any:
+    """gunicorn 'bench.apps:flask_app()'."""
+    from flask import Flask, request
+
+    app = Flask(__name__)
+
+    @app.post("/webhooks/notification")
+    def notification() -> tuple[str, int]:
+        generated_at = request.headers.get("generated-at")
+        signature = request.headers.get("X-API-Key")
+        raw = request.get_data()
+        if not generated_at or not signature:
+            return "", 401
+        expected = hmac.new(SECRET, generated_at.encode() + b":" + raw,
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            return "", 401
+        payload = json.loads(raw)
+        if payload.get("status") == "success":
+            pass  # fetch the note here
+        elif payload.get("status") == "failure":
+            pass  # log error_code, alert
+        return "", 200
+
+    return app
+

@@ -1,0 +1,507 @@
+"""suki-relay benchmarks: every figure is a ratio against a baseline measured in the same run.
+
+    python bench/run.py                 # everything (about 10 minutes on 2 cores)
+    python bench/run.py --only ack      # one part: ack, stall, delivery, routing, memory
+    python bench/run.py --rounds 3 --duration 3
+
+Needs wrk (Debian: apt-get install wrk) and Flask (pip install -e '.[bench]').
+Load goes to 127.0.0.1 only; every server started here is stopped here, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from suki_relay import signing  # noqa: E402
+from suki_relay.testing import free_port, wait_until  # noqa: E402
+
+SECRET = "bench-secret"
+PY = sys.executable
+SERVE_DEFAULTS = ["-k", "gthread", "-w", "2", "--threads", "16"]  # as `suki-relay serve`
+SAMPLE = json.loads((REPO / "suki_relay" / "samples" / "failure.json").read_text())
+ENV = {**os.environ, "SUKI_WEBHOOK_SECRET": SECRET}
+
+
+# ---------------------------------------------------------------- processes
+
+
+@contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str] | None = None,
+           cwd: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=log, stderr=log,
+                            start_new_session=True)
+    try:
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited: see {log.name}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, 30, 0.1, "the server")
+        time.sleep(1.0)  # workers booted
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+
+
+def gunicorn(app: str, port: int, extra: list[str] | None = None) -> list[str]:
+    return [PY, "-m", "gunicorn", *SERVE_DEFAULTS, *(extra or []), "--bind",
+            f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning", app]
+
+
+def relay_config(folder: Path, actions: dict[str, Any] | None = None,
+                 store: str = "sqlite:///relay.db") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "actions.yaml"
+    config: dict[str, Any] = {"receiver": {"secrets": [SECRET]}, "store": store,
+                              "metrics": {"enabled": True}}
+    config["actions"] = actions or {}
+    config["rules"] = [{"name": "all", "do": list(actions or {})}]
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+def relay_cmd(cfg: Path, port: int) -> list[str]:
+    return [PY, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind", f"127.0.0.1:{port}"]
+
+
+def relay_env(folder: Path) -> dict[str, str]:
+    prom = folder / "prom"
+    prom.mkdir(exist_ok=True)
+    return {**ENV, "PROMETHEUS_MULTIPROC_DIR": str(prom), "SUKI_RELAY_LOG_FORMAT": "json"}
+
+
+# ---------------------------------------------------------------- load
+
+
+def signed_lines(count: int, path: Path) -> Path:
+    """Distinct signed requests, one per line: generated-at, signature, body."""
+    now = str(int(time.time() * 1000))
+    with path.open("w") as f:
+        for i in range(count):
+            body = json.dumps({**SAMPLE, "session_id": f"bench-{os.getpid()}-{now}-{i}"})
+            f.write(f"{now}\t{signing.signature(SECRET, now, body.encode())}\t{body}\n")
+    return path
+
+
+def wrk(port: int, lines: Path, duration: float, connections: int, threads: int = 2,
+        once: bool = False) -> dict[str, float]:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency",
+           "-s", str(REPO / "bench" / "requests.lua"),
+           f"http://127.0.0.1:{port}/webhooks/notification", "--", str(lines), str(threads)]
+    if once:
+        cmd.append("once")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 600).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "requests": total, "non2xx": int(bad.group(1)) if bad else 0,
+            "p50_ms": int(re.search(r"p50_us (\d+)", out).group(1)) / 1000,  # type: ignore[union-attr]
+            "p99_ms": int(re.search(r"p99_us (\d+)", out).group(1)) / 1000,  # type: ignore[union-attr]
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def stored_events(folder: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(folder / "relay.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+# ---------------------------------------------------------------- targets
+
+
+class StallTarget:
+    """An HTTP target that answers every request after ``delay`` seconds."""
+
+    def __init__(self, delay: float):
+        outer = self
+        self.count = 0
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.count += 1
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------- 1, 2: acknowledgement
+
+
+def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Relay (SQLite, committed before 2xx) against bare WSGI and Suki's Flask handler."""
+    handlers: dict[str, Callable[[Path, int], tuple[list[str], dict[str, str]]]] = {
+        "bare WSGI (read body, 200)": lambda d, p: (gunicorn("bench.apps:bare", p), ENV),
+        "Suki's Flask handler (verify, parse, branch)":
+            lambda d, p: (gunicorn("bench.apps:flask_app()", p), ENV),
+        "suki-relay (verify, route, commit, 200)":
+            lambda d, p: (relay_cmd(relay_config(d), p), relay_env(d)),
+    }
+    saturated: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
+    single: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
+    for rnd in range(args.rounds):
+        for name, make in handlers.items():
+            folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
+            folder.mkdir(parents=True)
+            port = free_port()
+            cmd, env = make(folder, port)
+            with server(cmd, port, env):
+                lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                result = wrk(port, lines, args.duration, args.connections)
+                saturated[name].append(result)
+                lines1 = signed_lines(int(args.duration * 3000), folder / "load1.txt")
+                single[name].append(wrk(port, lines1, args.duration / 2, 1, threads=1))
+            if name.startswith("suki-relay"):
+                accepted = result["requests"] - result["non2xx"]
+                committed = stored_events(folder)
+                assert committed >= accepted, f"{accepted} acknowledged, {committed} stored"
+                result["committed"] = committed
+            print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
+    base = median(saturated["bare WSGI (read body, 200)"], "rps")
+    rows = []
+    for name in handlers:
+        rows.append({"handler": name, "req_s": median(saturated[name], "rps"),
+                     "ratio": median(saturated[name], "rps") / base,
+                     "p50_ms": median(saturated[name], "p50_ms"),
+                     "p99_ms": median(saturated[name], "p99_ms"),
+                     "one_conn_p50_ms": median(single[name], "p50_ms"),
+                     "one_conn_p99_ms": median(single[name], "p99_ms"),
+                     "non2xx": sum(r["non2xx"] for r in saturated[name])})
+    out["ack"] = rows
+
+
+def bench_stall(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Acknowledgement with every event routed to a target that stalls 5 s, vs no actions."""
+    target = StallTarget(5.0)
+    configs = {
+        "no actions": None,
+        "every event to a 5 s stalled http target": {
+            "stalled": {"type": "http", "url": target.url, "timeout_seconds": 10}},
+    }
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
+    try:
+        for rnd in range(args.rounds):
+            for name, actions in configs.items():
+                folder = work / f"stall-{rnd}-{len(runs[name])}-{len(name)}"
+                port = free_port()
+                cfg = relay_config(folder, actions)
+                with server(relay_cmd(cfg, port), port, relay_env(folder)):
+                    lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                    runs[name].append(wrk(port, lines, args.duration, args.connections))
+                print(f"  round {rnd + 1} {name}: p99 {runs[name][-1]['p99_ms']:.1f} ms",
+                      file=sys.stderr)
+    finally:
+        target.stop()
+    base = median(runs["no actions"], "p99_ms")
+    out["stall"] = [{"config": name, "req_s": median(r, "rps"), "p50_ms": median(r, "p50_ms"),
+                     "p99_ms": median(r, "p99_ms"), "p99_ratio": median(r, "p99_ms") / base}
+                    for name, r in runs.items()]
+
+
+# ---------------------------------------------------------------- 3: delivery
+
+
+def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Store -> fast local target, against a bare `requests` loop of the same concurrency."""
+    from suki_relay.store import NewEvent, open_store
+
+    n, concurrency = args.deliveries, 8
+    port = free_port()
+    body = json.dumps(SAMPLE).encode()
+    results: dict[str, list[float]] = {"requests loop": [], "suki-relay worker": []}
+    with server(gunicorn("bench.apps:bare", port), port):
+        url = f"http://127.0.0.1:{port}/"
+        for rnd in range(args.rounds):
+            # the ceiling: the same number of POSTs from `concurrency` threads
+            def loop(count: int) -> None:
+                with requests.Session() as s:
+                    for _ in range(count):
+                        s.post(url, data=body, headers={"Content-Type": "application/json"},
+                               timeout=10)
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=loop, args=(n // concurrency,))
+                       for _ in range(concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            results["requests loop"].append(n / (time.perf_counter() - t0))
+
+            folder = work / f"delivery-{rnd}"
+            cfg = relay_config(folder, {"fast": {"type": "http", "url": url,
+                                                 "max_concurrency": concurrency}})
+            data = yaml.safe_load(cfg.read_text())
+            data["delivery"] = {"threads": concurrency}
+            cfg.write_text(yaml.safe_dump(data))
+            store = open_store("sqlite:///relay.db", folder)
+            batch = [NewEvent(f"k{i}", body, 0, "failure", None, None, False, ["all"], ["fast"])
+                     for i in range(n)]
+            for i in range(0, n, 500):
+                store.record(batch[i:i + 500])
+            t0 = time.perf_counter()
+            worker = subprocess.Popen([PY, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+                                      env=relay_env(folder), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                wait_until(lambda s=store: s.stats()["deliveries"]["done"] == n, 600, 0.05,
+                           "all deliveries done")
+                results["suki-relay worker"].append(n / (time.perf_counter() - t0))
+            finally:
+                os.kill(worker.pid, signal.SIGTERM)
+                worker.wait(30)
+                store.close()
+            print(f"  round {rnd + 1}: loop {results['requests loop'][-1]:.0f}/s, relay "
+                  f"{results['suki-relay worker'][-1]:.0f}/s", file=sys.stderr)
+    base = statistics.median(results["requests loop"])
+    out["delivery"] = [{"path": k, "events_s": statistics.median(v),
+                        "ratio": statistics.median(v) / base} for k, v in results.items()]
+    out["lag"] = bench_lag(args, work)
+
+
+def bench_lag(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Acknowledgement to delivery at a steady 50 events/s."""
+    from suki_relay.testing import Sink
+
+    sink = Sink(lifetime=600)
+    folder = work / "lag"
+    cfg = relay_config(folder, {"fast": {"type": "http", "url": sink.url}})
+    port = free_port()
+    acked: dict[str, float] = {}
+    try:
+        with server(relay_cmd(cfg, port), port, relay_env(folder)):
+            url = f"http://127.0.0.1:{port}/webhooks/notification"
+            with requests.Session() as s:
+                for i in range(int(args.duration * 2 * 50)):
+                    start = time.perf_counter()
+                    body = json.dumps({**SAMPLE, "session_id": f"lag-{i}"}).encode()
+                    resp = s.post(url, data=body, headers=signing.signed_headers(SECRET, body),
+                                  timeout=10)
+                    acked[resp.json()["event_id"]] = time.time()
+                    time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
+            wait_until(lambda: len(sink.received) >= len(acked), 60, 0.05, "deliveries")
+    finally:
+        sink.stop()
+    lags = sorted((g.at - acked[g.headers["X-Suki-Relay-Event"]]) * 1000 for g in sink.received)
+    return {"rate_per_s": 50, "events": len(lags), "p50_ms": lags[len(lags) // 2],
+            "p99_ms": lags[int(len(lags) * 0.99) - 1]}
+
+
+# ---------------------------------------------------------------- 4: routing and rendering
+
+
+def bench_routing(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """In process: 50 rules, 20 actions with templated url, headers and body."""
+    from suki_relay.action import Delivery
+    from suki_relay.routing import route
+    from suki_relay.templates import render_value
+    from suki_relay.testing import build_config
+
+    actions = {f"a{i}": {"type": "http", "url": f"http://127.0.0.1:9/{i}/{{{{ event.status }}}}",
+                         "headers": {"X-Session": "{{ event.session_id }}",
+                                     "X-Code": "{{ event.error_code | default('') }}"},
+                         "body": '{"s": "{{ event.session_id }}", "e": "{{ event_id }}"}'}
+               for i in range(20)}
+    statuses = ["success", "failure", "timeout", "cancelled"]
+    rules = [{"name": f"r{i}", "when": {"status": statuses[i % 4],
+                                        "error_code": {"regex": f"^ERR_{i}"} if i % 3 == 0
+                                        else {"exists": i % 2 == 0}},
+              "do": [f"a{i % 20}", f"a{(i * 7) % 20}"]} for i in range(48)]
+    rules.append({"name": "failures", "when": {"status": "failure"}, "do": ["a1", "a2"]})
+    rules.append({"name": "any-specialty", "when": {"additional_info.specialty":
+                                                    ["family-medicine", "pediatrics"]},
+                  "do": ["a3"]})
+    folder = work / "routing"
+    folder.mkdir()
+    config = build_config({"actions": actions, "rules": rules}, folder)
+    payloads = [json.loads((REPO / "suki_relay" / "samples" / f"{s}.json").read_text())
+                for s in statuses]
+    n, rendered = 20000, 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        payload = payloads[i % 4]
+        plan = route(config.rules, config.unmatched, payload)
+        d = Delivery("dlv_x", "evt_x", "", 1, payload, b"", "2026-01-01T00:00:00Z")
+        ctx = d.context()
+        for name in plan.actions:
+            render_value(config.actions[name].action.values, ctx)
+            rendered += 1
+    elapsed = time.perf_counter() - t0
+    out["routing"] = {"rules": len(rules), "actions": len(actions), "events_s": n / elapsed,
+                      "renders_per_event": rendered / n}
+
+
+# ---------------------------------------------------------------- 5, 6: memory and store size
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_memory(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Worker RSS after 10,000 and 100,000 events; bytes per event; prune keeps it bounded."""
+    folder = work / "memory"
+    cfg = relay_config(folder)
+    port = free_port()
+    points: dict[int, int] = {}
+    sizes: dict[str, int] = {}
+
+    def db_bytes() -> int:
+        return sum(p.stat().st_size for p in folder.glob("relay.db*"))
+
+    with server(relay_cmd(cfg, port), port, relay_env(folder)) as proc:
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                                  capture_output=True, text=True).stdout.split()]
+        sent = 0
+        for target in (10_000, args.events):
+            lines = signed_lines(target - sent, folder / f"mem-{target}.txt")
+            wrk(port, lines, 3600, args.connections, once=True)
+            sent = stored_events(folder)
+            points[sent] = max(rss_kb(w) for w in workers)
+            print(f"  {sent} events: worker RSS {points[sent]} kB", file=sys.stderr)
+        sizes["after"] = db_bytes()
+        events = stored_events(folder)
+        prune = subprocess.run([PY, "-m", "suki_relay.cli", "-c", str(cfg), "prune",
+                                "--older-than", "0s", "--json"], capture_output=True, text=True,
+                               env=ENV, timeout=600)
+        sizes["pruned_events"] = json.loads(prune.stdout)["deleted_events"]
+        lines = signed_lines(events, folder / "mem-again.txt")
+        wrk(port, lines, 3600, args.connections, once=True)
+        sizes["after_prune_and_as_many_again"] = db_bytes()
+    first, last = sorted(points)[0], sorted(points)[-1]
+    out["memory"] = {"events": points, "rss_ratio": points[last] / points[first]}
+    out["store"] = {"events": events, "bytes": sizes["after"],
+                    "bytes_per_event": sizes["after"] / events,
+                    "pruned": sizes["pruned_events"],
+                    "bytes_after_prune_and_refill": sizes["after_prune_and_as_many_again"]}
+
+
+# ---------------------------------------------------------------- profile
+
+
+def profile_request_path(work: Path, out: dict[str, Any]) -> None:
+    """cProfile of the in-process request path (SQLite store, no actions)."""
+    from werkzeug.test import EnvironBuilder
+
+    from suki_relay.app import create_app
+    from suki_relay.config import load_config
+
+    folder = work / "profile"
+    cfg = relay_config(folder)
+    app = create_app(config=load_config(cfg), deliver=False)
+    n = 2000
+    environs = []
+    for i in range(n):
+        body = json.dumps({**SAMPLE, "session_id": f"p-{i}"}).encode()
+        environs.append(EnvironBuilder(path="/webhooks/notification", method="POST", data=body,
+                                       headers=signing.signed_headers(SECRET, body)).get_environ())
+
+    def run() -> None:
+        for env in environs:
+            list(app(env, lambda *a: None))
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = []
+    for (file, _, func), (_, _, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append((tt, f"{Path(file).name}:{func}"))
+    rows.sort(reverse=True)
+    out["profile"] = {"requests": n, "us_per_request": total / n * 1e6,
+                      "top_self_time": [{"where": w, "share": round(t / total, 3)}
+                                        for t, w in rows[:10]]}
+
+
+# ---------------------------------------------------------------- main
+
+
+PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
+         "routing": bench_routing, "memory": bench_memory}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=[*PARTS, "profile"], default=None)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--deliveries", type=int, default=3000)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    out: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {
+        "out": str(args.out)}}
+    with tempfile.TemporaryDirectory(prefix="suki-relay-bench-") as tmp:
+        work = Path(tmp)
+        for name in args.only or [*PARTS, "profile"]:
+            print(f"== {name}", file=sys.stderr)
+            if name == "profile":
+                profile_request_path(work, out)
+            else:
+                PARTS[name](args, work, out)
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

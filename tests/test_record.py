@@ -1,0 +1,69 @@
+"""Group commit: concurrent requests share transactions, and each learns its own fate."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from suki_relay.record import Recorder
+from suki_relay.store import EventFilter, NewEvent
+
+from .conftest import open_test_store
+
+
+def event(key: str) -> NewEvent:
+    return NewEvent(key, b'{"status": "failure"}', 1, "failure", "s", "e", False, ["r"], ["a"])
+
+
+def test_concurrent_records_are_all_committed_once(tmp_path: Path) -> None:
+    store = open_test_store("sqlite:///r.db", tmp_path)
+    recorder = Recorder(store)
+    results: dict[str, list] = {}
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        for i in range(40):
+            key = f"k{(n * 40 + i) % 300}"  # 480 requests, 300 distinct: duplicates race
+            r = recorder.record(event(key))
+            with lock:
+                results.setdefault(key, []).append(r)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 300
+    for key, recorded in results.items():
+        assert len({r.event_id for r in recorded}) == 1, key  # one event per request identity
+        assert sum(not r.duplicate for r in recorded) == 1, key
+    assert len(store.events(EventFilter(limit=1000))) == 300
+    assert len(store.deliveries(limit=1000)) == 300
+
+
+def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
+    store = open_test_store("sqlite:///r.db", tmp_path)
+    recorder = Recorder(store)
+    with sqlite3.connect(tmp_path / "r.db") as other:  # a real failure, from outside
+        other.execute("DROP TABLE attempts")
+        other.execute("DROP TABLE deliveries")
+        other.execute("DROP TABLE events")
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            recorder.record(event(f"x{i}"))
+        except sqlite3.Error as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(errors) == 8  # nobody is told "accepted"
+    with pytest.raises(sqlite3.Error):  # and the next request is not stuck behind them
+        recorder.record(event("y"))
