@@ -10,7 +10,6 @@ end
 
 function init(args)
   local n = tonumber(args[2])
-  once = args[3] == "once"
   reqs = {}
   local lineno = 0
   for line in io.lines(args[1]) do
@@ -27,10 +26,7 @@ end
 
 function request()
   i = i + 1
-  if i > #reqs then
-    if once then wrk.thread:stop() end
-    i = 1
-  end
+  if i > #reqs then i = 1 end  -- run.py makes more than wrk can send
   return reqs[i]
 end
 

@@ -116,13 +116,11 @@ def signed_lines(count: int, path: Path) -> Path:
     return path
 
 
-def wrk(port: int, lines: Path, duration: float, connections: int, threads: int = 2,
-        once: bool = False) -> dict[str, float]:
+def wrk(port: int, lines: Path, duration: float, connections: int,
+        threads: int = 2) -> dict[str, float]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency",
            "-s", str(REPO / "bench" / "requests.lua"),
            f"http://127.0.0.1:{port}/webhooks/notification", "--", str(lines), str(threads)]
-    if once:
-        cmd.append("once")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 600).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -388,6 +386,30 @@ def bench_routing(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> 
 # ---------------------------------------------------------------- 5, 6: memory and store size
 
 
+def send_events(port: int, count: int, threads: int = 8) -> None:
+    """Exactly ``count`` distinct signed events, over keep-alive connections."""
+    import http.client
+
+    stamp = f"{os.getpid()}-{time.time()}"
+
+    def worker(first: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in range(first, count, threads):
+            body = json.dumps({**SAMPLE, "session_id": f"mem-{stamp}-{i}"}).encode()
+            conn.request("POST", "/webhooks/notification", body,
+                         signing.signed_headers(SECRET, body))
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200, resp.status
+        conn.close()
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -403,16 +425,15 @@ def bench_memory(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> N
     points: dict[int, int] = {}
     sizes: dict[str, int] = {}
 
-    def db_bytes() -> int:
-        return sum(p.stat().st_size for p in folder.glob("relay.db*"))
+    def db_bytes() -> int:  # the file and its WAL
+        return sum(p.stat().st_size for p in folder.glob("relay.db*") if p.suffix != ".lock")
 
     with server(relay_cmd(cfg, port), port, relay_env(folder)) as proc:
         workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
                                                   capture_output=True, text=True).stdout.split()]
         sent = 0
         for target in (10_000, args.events):
-            lines = signed_lines(target - sent, folder / f"mem-{target}.txt")
-            wrk(port, lines, 3600, args.connections, once=True)
+            send_events(port, target - sent)
             sent = stored_events(folder)
             points[sent] = max(rss_kb(w) for w in workers)
             print(f"  {sent} events: worker RSS {points[sent]} kB", file=sys.stderr)
@@ -422,8 +443,7 @@ def bench_memory(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> N
                                 "--older-than", "0s", "--json"], capture_output=True, text=True,
                                env=ENV, timeout=600)
         sizes["pruned_events"] = json.loads(prune.stdout)["deleted_events"]
-        lines = signed_lines(events, folder / "mem-again.txt")
-        wrk(port, lines, 3600, args.connections, once=True)
+        send_events(port, events)
         sizes["after_prune_and_as_many_again"] = db_bytes()
     first, last = sorted(points)[0], sorted(points)[-1]
     out["memory"] = {"events": points, "rss_ratio": points[last] / points[first]}

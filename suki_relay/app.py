@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import logs, metrics, verify
 from .config import Config
-from .record import Recorder, to_event
+from .record import recorder, to_event
 from .store import Store, StoreUnavailable
 from .verify import Rejected
 
@@ -43,7 +43,7 @@ class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None):
         self.config = config
         self.store = store
-        self.recorder = Recorder(store)
+        self.recorder = recorder(store)
         self.deliverer = deliverer
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -113,7 +113,7 @@ class RelayApp:
             return resp, r.reason
 
         event = to_event(body, verified, self.config)
-        recorded = self.recorder.record(event)
+        recorded = self.recorder.submit(event)
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
         if event.malformed:

@@ -27,6 +27,7 @@ from .action import Delivery
 from .config import Config
 from .errors import PermanentError, RetryableError
 from .store import DONE, FAILED, PENDING, Claimed, Outcome, Store, StoreUnavailable
+from .store.group_commit import GroupCommit
 
 log = logging.getLogger("suki_relay.deliver")
 
@@ -89,6 +90,7 @@ class Deliverer:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.settings = config.delivery
         self.concurrency = {name: spec.max_concurrency for name, spec in config.actions.items()}
+        self._finisher = GroupCommit(store.finish, store.exclusive)
         self._reset()
 
     def _reset(self) -> None:
@@ -229,7 +231,7 @@ class Deliverer:
         deadline = time.monotonic() + self.settings.lease_seconds
         while True:
             try:
-                self.store.finish(claimed, self.owner, result)
+                self._finisher.submit((claimed, self.owner, result))
                 return
             except StoreUnavailable:
                 if time.monotonic() > deadline:

@@ -1,24 +1,21 @@
 """Recording: turn a verified body into an event with its plan, and commit it.
 
 Routing happens here, at receipt, so the deliveries are committed in the same transaction
-as the event. Concurrent requests in one process share a transaction (group commit): the
-first to arrive commits everything queued behind it, and each request waits for the
-commit that holds its own event before it is answered.
+as the event. Concurrent requests in one process share a transaction (group commit, see
+store/group_commit.py); each request is answered once the commit holding its event is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from typing import Any
 
 from .config import Config
 from .routing import route
 from .store import NewEvent, Recorded, Store
+from .store.group_commit import GroupCommit
 from .verify import Verified
-
-MAX_BATCH = 128
 
 
 def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
@@ -49,74 +46,6 @@ def _id_field(payload: dict[str, Any], key: str) -> str | None:
     return str(value)[:200] if isinstance(value, str | int) else None
 
 
-class _Slot:
-    """One waiting request; its lock is released when it is done or made the leader."""
-
-    __slots__ = ("done", "error", "event", "lead", "result", "wake")
-
-    def __init__(self, event: NewEvent):
-        self.event = event
-        self.result: Recorded | None = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.lead = False
-        self.wake = threading.Lock()
-        self.wake.acquire()
-
-
-class Recorder:
-    """Group commit over a Store; thread-safe; each call returns once its event is durable.
-
-    The first request to arrive leads: it takes the store's write lock, gathers everything
-    queued by then, commits it in one transaction, wakes exactly the requests it
-    committed, and hands the lead to the next one queued (no thundering herd).
-    """
-
-    def __init__(self, store: Store):
-        self.store = store
-        self._lock = threading.Lock()
-        self._queue: list[_Slot] = []
-        self._committing = False
-
-    def record(self, event: NewEvent) -> Recorded:
-        slot = _Slot(event)
-        with self._lock:
-            self._queue.append(slot)
-            if not self._committing:
-                self._committing = slot.lead = True
-        if not slot.lead:
-            slot.wake.acquire()  # until committed by a leader, or made the leader
-        if not slot.done:
-            self._lead()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
-
-    def _lead(self) -> None:
-        batch: list[_Slot] = []
-        try:
-            with self.store.exclusive():  # while waiting for it, more requests queue up
-                with self._lock:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                results = self.store.record([s.event for s in batch])
-            for s, r in zip(batch, results, strict=True):
-                s.result = r
-        except BaseException as exc:
-            for s in batch:
-                s.error = exc
-            if not batch:
-                raise
-        finally:
-            with self._lock:
-                for s in batch:
-                    s.done = True
-                following = self._queue[0] if self._queue else None
-                if following is not None:
-                    following.lead = True
-                else:
-                    self._committing = False
-            for s in batch[1:]:
-                s.wake.release()
-            if following is not None:
-                following.wake.release()
+def recorder(store: Store) -> GroupCommit[NewEvent, Recorded]:
+    """Records events for concurrent requests, many per transaction."""
+    return GroupCommit(store.record, store.exclusive)

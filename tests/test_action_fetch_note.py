@@ -79,7 +79,8 @@ def test_fetches_and_saves_owner_only(tmp_path: Path, suki: FakeSuki) -> None:
     assert text.startswith("ASSESSMENT\nPHI-NOTE-TEXT stable angina")
     for f in folder.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
-    assert stat.S_IMODE((tmp_path / "notes").stat().st_mode) == 0o700
+    for parent in (tmp_path / "notes", tmp_path / "notes" / ENCOUNTER, folder):
+        assert stat.S_IMODE(parent.stat().st_mode) == 0o700, parent
     assert suki.logins == [{"partner_id": "p-1", "partner_token": "pt-SECRET",
                             "provider_id": "dr-7"}]
     assert not list(folder.glob(".tmp-*"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.record import Recorder
+from suki_relay.record import recorder
 from suki_relay.store import EventFilter, NewEvent
 
 from .conftest import open_test_store
@@ -20,14 +20,14 @@ def event(key: str) -> NewEvent:
 
 def test_concurrent_records_are_all_committed_once(tmp_path: Path) -> None:
     store = open_test_store("sqlite:///r.db", tmp_path)
-    recorder = Recorder(store)
+    commits = recorder(store)
     results: dict[str, list] = {}
     lock = threading.Lock()
 
     def work(n: int) -> None:
         for i in range(40):
             key = f"k{(n * 40 + i) % 300}"  # 480 requests, 300 distinct: duplicates race
-            r = recorder.record(event(key))
+            r = commits.submit(event(key))
             with lock:
                 results.setdefault(key, []).append(r)
 
@@ -46,7 +46,7 @@ def test_concurrent_records_are_all_committed_once(tmp_path: Path) -> None:
 
 def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
     store = open_test_store("sqlite:///r.db", tmp_path)
-    recorder = Recorder(store)
+    commits = recorder(store)
     with sqlite3.connect(tmp_path / "r.db") as other:  # a real failure, from outside
         other.execute("DROP TABLE attempts")
         other.execute("DROP TABLE deliveries")
@@ -55,7 +55,7 @@ def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
 
     def work(i: int) -> None:
         try:
-            recorder.record(event(f"x{i}"))
+            commits.submit(event(f"x{i}"))
         except sqlite3.Error as exc:
             errors.append(exc)
 
@@ -66,4 +66,13 @@ def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
         t.join(30)
     assert len(errors) == 8  # nobody is told "accepted"
     with pytest.raises(sqlite3.Error):  # and the next request is not stuck behind them
-        recorder.record(event("y"))
+        commits.submit(event("y"))
+
+
+def test_the_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    store = open_test_store("sqlite:///private/r.db", tmp_path)
+    recorder(store).submit(event("k"))
+    files = sorted(p.name for p in (tmp_path / "private").iterdir())
+    assert "r.db" in files and "r.db-wal" in files
+    for name in files:
+        assert (tmp_path / "private" / name).stat().st_mode & 0o077 == 0, name

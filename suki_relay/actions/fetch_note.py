@@ -112,7 +112,9 @@ def note_text(document: bytes) -> bytes:
 def write_private(path: Path, data: bytes, root: Path) -> None:
     """Atomically replace ``path`` with ``data``, owner-only; parents 0700 up to ``root``."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in reversed(path.parent.relative_to(root).parents[:-1] or []):
+        (root / folder).mkdir(mode=0o700, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -128,7 +128,8 @@ class Store:
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
         raise NotImplementedError
 
-    def finish(self, claimed: Claimed, owner: str, result: Outcome) -> bool:
+    def finish(self, finished: list[tuple[Claimed, str, Outcome]]) -> list[None]:
+        """Record attempts (claimed, owner, outcome) in one transaction."""
         raise NotImplementedError
 
     def release(self, owner: str, ids: list[str] | None = None) -> int:

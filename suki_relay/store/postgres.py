@@ -64,9 +64,11 @@ class PostgresStore(SqlStore):
             return self._pool
 
     @contextmanager
-    def tx(self, write: bool = True) -> Iterator[Tx]:
+    def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
         try:
             with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+                if not durable:
+                    cur.execute("SET LOCAL synchronous_commit TO OFF")
                 yield Tx(cur, self.placeholder)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None

@@ -28,8 +28,10 @@ class SqliteStore(SqlStore):
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.ensure_schema()
+        # owner-only before SQLite opens it: its -wal and -shm files copy these permissions
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(path, 0o600)
+        self.ensure_schema()
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -39,36 +41,46 @@ class SqliteStore(SqlStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks back to 16 MiB
             self._local.conn, self._local.pid = conn, os.getpid()
             self._local.lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         return conn
 
     @contextmanager
-    def tx(self, write: bool = True) -> Iterator[Tx]:
+    def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
         conn = self._connection()
         with self.exclusive() if write else nullcontext():
+            if not durable:
+                conn.execute("PRAGMA synchronous=OFF")
             try:
-                cur = conn.cursor()
-                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite: {exc}") from None
-            try:
-                yield Tx(cur, self.placeholder)
-            except BaseException:
-                conn.rollback()
-                raise
-            try:
-                conn.commit()
-            except sqlite3.OperationalError as exc:
-                conn.rollback()
-                raise StoreUnavailable(f"sqlite: {exc}") from None
+                yield from self._tx(conn, write)
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
+
+    def _tx(self, conn: sqlite3.Connection, write: bool) -> Iterator[Tx]:
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+        try:
+            yield Tx(cur, self.placeholder)
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.commit()
+        except sqlite3.OperationalError as exc:
+            conn.rollback()
+            raise StoreUnavailable(f"sqlite: {exc}") from None
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the write lock across processes and threads.
 
         Writers queue on a lock file in the kernel instead of in SQLite's sleep-and-retry
-        busy handler; the Recorder takes it before it gathers a batch, so the time spent
+        busy handler; group commit takes it before it gathers a batch, so the time spent
         waiting for another process's commit fills the next group commit.
         """
         self._connection()
@@ -82,6 +94,13 @@ class SqliteStore(SqlStore):
         finally:
             self._local.held = False
             fcntl.flock(self._local.lock, fcntl.LOCK_UN)
+
+    def prune(self, before: float) -> int:
+        """Delete, then fold the WAL back into the file: freed pages are reused by new events."""
+        deleted = super().prune(before)
+        with self.exclusive():
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
