@@ -20,7 +20,7 @@ import yaml
 from . import plugins
 from .action import Action, RelayContext, validate_options
 from .errors import ConfigError, Problem
-from .routing import Rule, compile_condition
+from .routing import Rule, compile_condition, required_statuses
 from .suki_api import SukiSettings
 from .templates import Templates
 
@@ -439,7 +439,8 @@ class _Builder:
             stop = item.get("stop", False)
             if not isinstance(stop, bool):
                 self.problem(f"{where}.stop", "expected true or false", _line(item, "stop"))
-            rules.append(Rule(name, condition, do, bool(stop)))
+            rules.append(Rule(name, condition, do, bool(stop),
+                              required_statuses(item.get("when"))))
         return rules
 
     def retention(self, raw: Any, line: int | None) -> float | None:

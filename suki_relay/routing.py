@@ -104,6 +104,17 @@ class Rule:
     condition: Predicate
     actions: list[str]
     stop: bool = False
+    statuses: frozenset[str] | None = None  # a quick pre-check; None: any status may match
+
+
+def required_statuses(when: Any) -> frozenset[str] | None:
+    """The statuses a `when:` can match at all, when it says so plainly (status: x or [x, y])."""
+    spec = when.get("status") if isinstance(when, dict) else None
+    if isinstance(spec, str):
+        return frozenset([spec])
+    if isinstance(spec, list) and spec and all(isinstance(v, str) for v in spec):
+        return frozenset(spec)
+    return None
 
 
 @dataclass
@@ -120,7 +131,10 @@ class Plan:
 
 def route(rules: list[Rule], unmatched: list[str], payload: Any) -> Plan:
     plan = Plan()
+    status = payload.get("status") if isinstance(payload, dict) else None
     for rule in rules:
+        if rule.statuses is not None and status not in rule.statuses:
+            continue
         if not rule.condition(payload):
             continue
         plan.rules.append(rule.name)

@@ -81,3 +81,14 @@ def test_unmatched_actions_run_only_when_nothing_matched() -> None:
     assert route(rules, ["fallback"], SUCCESS).actions == ["fallback"]
     assert not route(rules, ["fallback"], SUCCESS).matched
     assert route(rules, [], SUCCESS).actions == []
+
+
+def test_the_status_pre_check_agrees_with_the_condition() -> None:
+    from suki_relay.routing import required_statuses
+
+    for when in ({"status": "failure"}, {"status": ["failure", "timeout"]},
+                 {"status": {"not": "success"}}, {"error_code": {"exists": True}}):
+        rule = Rule("r", cond(when), ["a"], statuses=required_statuses(when))
+        for payload in (SUCCESS, FAILURE, {"status": "timeout"}, {"status": 7}, {}):
+            expected = cond(when)(payload)
+            assert route([rule], [], payload).matched == expected, (when, payload)
