@@ -30,6 +30,7 @@ from .store import DONE, FAILED, PENDING, Claimed, Outcome, Store, StoreUnavaila
 from .store.group_commit import GroupCommit
 
 log = logging.getLogger("suki_relay.deliver")
+PRUNE_EVERY = 3600.0  # seconds between retention prunes, when retention.days is set
 
 
 def iso(ts: float) -> str:
@@ -155,6 +156,7 @@ class Deliverer:
     def _claim_loop(self) -> None:
         idle_wait = 0.05
         last_renew = time.monotonic()
+        next_prune = time.monotonic()  # at start, then hourly
         while not self._stopping.is_set():
             with self._lock:
                 free = self.settings.threads - len(self._inflight)
@@ -180,6 +182,9 @@ class Deliverer:
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 self._renew()
                 last_renew = time.monotonic()
+            if self.config.retention_days and time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + PRUNE_EVERY
             if claimed and len(claimed) == free:
                 idle_wait = 0.05
                 self._wake.wait(idle_wait)  # more may be due; look again when a thread is free
@@ -187,6 +192,19 @@ class Deliverer:
                 idle_wait = 0.05 if claimed else min(self.settings.poll_seconds, idle_wait * 2)
                 self._wake.wait(idle_wait)
             self._wake.clear()
+
+    def _prune(self) -> None:
+        """Retention: drop finished events older than retention.days (never unfinished)."""
+        assert self.config.retention_days
+        try:
+            n = self.store.prune(time.time() - self.config.retention_days * 86400)
+        except Exception as exc:
+            logs.event(log, "retention prune failed", logging.WARNING,
+                       error_class=type(exc).__name__)
+            return
+        if n:
+            logs.event(log, "retention pruned finished events", count=n,
+                       days=self.config.retention_days)
 
     def _renew(self) -> None:
         with self._lock:

@@ -111,6 +111,23 @@ def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store
     assert pending in ids and finished not in ids
 
 
+def test_retention_prunes_by_itself(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
+    target = sink(default=Reply(503))
+    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+                        "rules": [{"name": "failures", "when": {"status": "failure"},
+                                   "do": ["ehr"]}],
+                        "retention": {"days": 1 / 86400}})  # one second
+    first = relay(cfg)
+    pending = post_signed(first.webhook, unique_body("failure")).json()["event_id"]
+    finished = post_signed(first.webhook, unique_body("timeout")).json()["event_id"]
+    time.sleep(1.5)
+    first.stop()
+    second = relay(cfg)  # prunes when it starts, then hourly
+    wait_until(lambda: "retention pruned finished events" in second.logs(), message="prune")
+    ids = [e["id"] for e in cli_json(cfg, "events")]
+    assert pending in ids and finished not in ids
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from suki_relay.record import recorder
-from suki_relay.store import EventFilter, NewEvent
+from suki_relay.store import EventFilter, NewEvent, StoreUnavailable
 
 from .conftest import open_test_store
 
@@ -56,7 +56,7 @@ def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
     def work(i: int) -> None:
         try:
             commits.submit(event(f"x{i}"))
-        except sqlite3.Error as exc:
+        except StoreUnavailable as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
@@ -65,7 +65,7 @@ def test_a_failed_commit_fails_every_request_in_it(tmp_path: Path) -> None:
     for t in threads:
         t.join(30)
     assert len(errors) == 8  # nobody is told "accepted"
-    with pytest.raises(sqlite3.Error):  # and the next request is not stuck behind them
+    with pytest.raises(StoreUnavailable):  # and the next request is not stuck behind them
         commits.submit(event("y"))
 
 

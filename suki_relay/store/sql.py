@@ -23,7 +23,6 @@ from .base import (
     Outcome,
     Recorded,
     Store,
-    StoreUnavailable,
     new_id,
 )
 
@@ -143,9 +142,7 @@ class SqlStore(Store):
                 row = tx.one("SELECT max(version) AS v FROM relay_schema")
             if row and row["v"] == SCHEMA_VERSION:
                 return
-        except StoreUnavailable:
-            raise
-        except Exception:
+        except Exception:  # no schema yet (if the store is unreachable, creating it says so)
             pass
         with self.tx() as tx:
             self.lock_schema(tx)

@@ -66,6 +66,9 @@ class SqliteStore(SqlStore):
             raise StoreUnavailable(f"sqlite: {exc}") from None
         try:
             yield Tx(cur, self.placeholder)
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked too long
+            conn.rollback()
+            raise StoreUnavailable(f"sqlite: {exc}") from None
         except BaseException:
             conn.rollback()
             raise
