@@ -158,6 +158,7 @@ class Deliverer:
         last_renew = time.monotonic()
         next_prune = time.monotonic()  # at start, then hourly
         while not self._stopping.is_set():
+            self._wake.clear()  # before looking: a wake-up from now on is never lost
             with self._lock:
                 free = self.settings.threads - len(self._inflight)
             claimed: list[Claimed] = []
@@ -185,13 +186,9 @@ class Deliverer:
             if self.config.retention_days and time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + PRUNE_EVERY
-            if claimed and len(claimed) == free:
-                idle_wait = 0.05
-                self._wake.wait(idle_wait)  # more may be due; look again when a thread is free
-            else:
-                idle_wait = 0.05 if claimed else min(self.settings.poll_seconds, idle_wait * 2)
-                self._wake.wait(idle_wait)
-            self._wake.clear()
+            # busy: look again soon (or when a thread is free); idle: back off to poll_seconds
+            idle_wait = 0.05 if claimed else min(self.settings.poll_seconds, idle_wait * 2)
+            self._wake.wait(idle_wait)
 
     def _prune(self) -> None:
         """Retention: drop finished events older than retention.days (never unfinished)."""

@@ -248,9 +248,13 @@ class SqlStore(Store):
                     [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
 
     def finish(self, finished: list[tuple[Claimed, str, Outcome]]) -> list[None]:
-        """Record attempts; a delivery whose lease was lost keeps its new owner's state."""
+        """Record attempts; a delivery whose lease was lost keeps its new owner's state.
+
+        Not fsynced: if the machine loses power before the next durable commit, these
+        deliveries are simply attempted again (at-least-once; the Idempotency-Key tells).
+        """
         now = time.time()
-        with self.tx() as tx:
+        with self.tx(durable=False) as tx:
             tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
                     "http_status, error, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(c.id, c.attempt, r.started_at, r.duration, r.outcome, r.http_status,
