@@ -26,7 +26,16 @@ from . import logs, metrics
 from .action import Delivery
 from .config import Config
 from .errors import PermanentError, RetryableError
-from .store import DONE, FAILED, PENDING, Claimed, Outcome, Store, StoreUnavailable
+from .store import (
+    DONE,
+    FAILED,
+    PENDING,
+    Claimed,
+    ClaimRequest,
+    Outcome,
+    Store,
+    StoreUnavailable,
+)
 from .store.group_commit import GroupCommit
 
 log = logging.getLogger("suki_relay.deliver")
@@ -91,7 +100,7 @@ class Deliverer:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.settings = config.delivery
         self.concurrency = {name: spec.max_concurrency for name, spec in config.actions.items()}
-        self._finisher = GroupCommit(store.finish, store.exclusive)
+        self._finisher = GroupCommit(self._finish_batch, store.exclusive)
         self._reset()
 
     def _reset(self) -> None:
@@ -215,18 +224,25 @@ class Deliverer:
     # ---------------------------------------------------------------- attempting
 
     def _work_loop(self) -> None:
+        """Take a claimed delivery; after each attempt, the same transaction that records
+        it claims this thread's next one, so a busy thread never waits for the claimer."""
         while True:
-            claimed = self._queue.get()
+            claimed: Claimed | None = self._queue.get()
             if claimed is None:
                 return
-            try:
-                self._run(claimed)
-            finally:
-                with self._lock:
-                    self._inflight.pop(claimed.id, None)
-                self._wake.set()
+            while claimed is not None:
+                following: Claimed | None = None
+                try:
+                    following = self._run(claimed)
+                finally:
+                    with self._lock:
+                        self._inflight.pop(claimed.id, None)
+                        if following is not None:
+                            self._inflight[following.id] = following
+                claimed = following
+            self._wake.set()
 
-    def _run(self, claimed: Claimed) -> None:
+    def _run(self, claimed: Claimed) -> Claimed | None:
         result = attempt(self.config, claimed)
         metrics.DELIVERIES.labels(claimed.action, result.outcome).inc()
         metrics.DELIVERY_SECONDS.labels(claimed.action).observe(result.duration)
@@ -239,21 +255,29 @@ class Deliverer:
                    action=claimed.action, attempt=claimed.attempt, outcome=result.outcome,
                    http_status=result.http_status, duration_ms=round(result.duration * 1000, 1),
                    error_class=_error_class(result))
-        self._finish(claimed, result)
+        return self._finish(claimed, result)
 
-    def _finish(self, claimed: Claimed, result: Outcome) -> None:
-        """Record the attempt; if the store is down, keep trying while the lease lasts."""
+    def _finish(self, claimed: Claimed, result: Outcome) -> Claimed | None:
+        """Record the attempt (and get this thread's next delivery); if the store is down,
+        keep trying while the lease lasts."""
         deadline = time.monotonic() + self.settings.lease_seconds
         while True:
             try:
-                self._finisher.submit((claimed, self.owner, result))
-                return
+                return self._finisher.submit((claimed, result))
             except StoreUnavailable:
                 if time.monotonic() > deadline:
                     logs.event(log, "attempt not recorded; it will be retried", logging.ERROR,
                                delivery_id=claimed.id)
-                    return
+                    return None
                 time.sleep(0.5)
+
+    def _finish_batch(self, items: list[tuple[Claimed, Outcome]]) -> list[Claimed | None]:
+        """One transaction for every thread that just finished: record, then claim as many."""
+        wanted = 0 if self._stopping.is_set() else len(items)
+        following: list[Claimed | None] = list(self.store.finish(
+            [(c, self.owner, r) for c, r in items],
+            ClaimRequest(self.owner, wanted, self.settings.lease_seconds, self.concurrency)))
+        return following + [None] * (len(items) - len(following))
 
 
 def _error_class(result: Outcome) -> str | None:

@@ -10,6 +10,7 @@ from .base import (
     IN_FLIGHT,
     PENDING,
     Claimed,
+    ClaimRequest,
     EventFilter,
     NewEvent,
     Outcome,
@@ -18,7 +19,7 @@ from .base import (
     StoreUnavailable,
 )
 
-__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "Claimed", "EventFilter", "NewEvent",
+__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "ClaimRequest", "Claimed", "EventFilter", "NewEvent",
            "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
 
 

@@ -83,6 +83,16 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """Who claims, how many, for how long, within which per-action limits."""
+
+    owner: str
+    limit: int
+    lease_seconds: float
+    concurrency: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The result of one attempt."""
 
@@ -128,8 +138,9 @@ class Store:
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
         raise NotImplementedError
 
-    def finish(self, finished: list[tuple[Claimed, str, Outcome]]) -> list[None]:
-        """Record attempts (claimed, owner, outcome) in one transaction."""
+    def finish(self, finished: list[tuple[Claimed, str, Outcome]],
+               then_claim: ClaimRequest | None = None) -> list[Claimed]:
+        """Record attempts (claimed, owner, outcome) and claim the next, in one transaction."""
         raise NotImplementedError
 
     def release(self, owner: str, ids: list[str] | None = None) -> int:

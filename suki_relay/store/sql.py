@@ -18,6 +18,7 @@ from .base import (
     IN_FLIGHT,
     PENDING,
     Claimed,
+    ClaimRequest,
     EventFilter,
     NewEvent,
     Outcome,
@@ -203,40 +204,46 @@ class SqlStore(Store):
         if not due:
             return []
         with self.tx(durable=False) as tx:
-            self.lock_claims(tx)
-            busy = {r["action"]: r["n"] for r in tx.all(
-                "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
-                "GROUP BY action", (IN_FLIGHT, now))}
-            room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
-            full = [a for a, n in room.items() if n <= 0]
-            if concurrency and all(room[a] <= 0 for a in concurrency):
-                return []  # every action is at its limit: nothing to scan
-            exclude = f" AND action NOT IN ({', '.join('?' * len(full))})" if full else ""
-            rows = tx.all(
-                "SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
-                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id "
-                f"WHERE ({DUE_D}){exclude} ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}",
-                (PENDING, now, IN_FLIGHT, now, *full, limit * 4),
-            )
-            claimed: list[Claimed] = []
-            for row in rows:
-                if len(claimed) >= limit:
-                    break
-                action = row["action"]
-                if room.get(action, 1) <= 0:
-                    continue
-                room[action] = room.get(action, 1) - 1
-                if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
-                    tx.exec("INSERT INTO attempts (delivery_id, attempt, started_at, duration, "
-                            "outcome, error) VALUES (?, ?, ?, 0, 'lost', ?)",
-                            (row["id"], row["attempts"], now,
+            return self._claim_in(tx, owner, limit, lease_seconds, concurrency)
+
+    def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
+                  concurrency: dict[str, int]) -> list[Claimed]:
+        now = time.time()
+        self.lock_claims(tx)
+        busy = {r["action"]: r["n"] for r in tx.all(
+            "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
+            "GROUP BY action", (IN_FLIGHT, now))}
+        room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
+        full = [a for a, n in room.items() if n <= 0]
+        if concurrency and all(room[a] <= 0 for a in concurrency):
+            return []  # every action is at its limit: nothing to scan
+        exclude = f" AND action NOT IN ({', '.join('?' * len(full))})" if full else ""
+        rows = tx.all(
+            "SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
+            "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"WHERE ({DUE_D}){exclude} ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}",
+            (PENDING, now, IN_FLIGHT, now, *full, limit * 4),
+        )
+        claimed: list[Claimed] = []
+        lost: list[tuple[Any, ...]] = []
+        for row in rows:
+            if len(claimed) >= limit:
+                break
+            action = row["action"]
+            if room.get(action, 1) <= 0:
+                continue
+            room[action] = room.get(action, 1) - 1
+            if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
+                lost.append((row["id"], row["attempts"], now,
                              "worker stopped before finishing; lease expired"))
-                tx.exec("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
-                        "attempts = attempts + 1, tries = tries + 1, updated_at = ? WHERE id = ?",
-                        (IN_FLIGHT, owner, now + lease_seconds, now, row["id"]))
-                claimed.append(Claimed(
-                    row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
-                    row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+            claimed.append(Claimed(
+                row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
+                row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+        tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
+                "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
+        tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
+                "attempts = attempts + 1, tries = tries + 1, updated_at = ? WHERE id = ?",
+                [(IN_FLIGHT, owner, now + lease_seconds, now, c.id) for c in claimed])
         return claimed
 
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
@@ -247,11 +254,13 @@ class SqlStore(Store):
                     "AND state = ?",
                     [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
 
-    def finish(self, finished: list[tuple[Claimed, str, Outcome]]) -> list[None]:
-        """Record attempts; a delivery whose lease was lost keeps its new owner's state.
+    def finish(self, finished: list[tuple[Claimed, str, Outcome]],
+               then_claim: ClaimRequest | None = None) -> list[Claimed]:
+        """Record attempts and, in the same transaction, claim what comes next.
 
-        Not fsynced: if the machine loses power before the next durable commit, these
-        deliveries are simply attempted again (at-least-once; the Idempotency-Key tells).
+        A delivery whose lease was lost keeps its new owner's state. Not fsynced: if the
+        machine loses power before the next durable commit, these deliveries are simply
+        attempted again (at-least-once; the Idempotency-Key tells).
         """
         now = time.time()
         with self.tx(durable=False) as tx:
@@ -264,7 +273,10 @@ class SqlStore(Store):
                     "WHERE id = ? AND lease_owner = ? AND state = ?",
                     [(r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now,
                       c.id, owner, IN_FLIGHT) for c, owner, r in finished])
-        return [None] * len(finished)
+            if then_claim is None or then_claim.limit <= 0:
+                return []
+            return self._claim_in(tx, then_claim.owner, then_claim.limit,
+                                  then_claim.lease_seconds, then_claim.concurrency)
 
     def release(self, owner: str, ids: list[str] | None = None) -> int:
         """Give back claimed deliveries (shutdown): pending again, due now."""
