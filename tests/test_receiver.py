@@ -12,7 +12,7 @@ import requests
 from suki_relay.dryrun import sample
 from suki_relay.signing import signed_headers
 from suki_relay.store import EventFilter
-from suki_relay.testing import SECRET, post_signed, unique_body
+from suki_relay.testing import SECRET, post_signed, unique_body, wait_until
 
 from .conftest import open_test_store
 
@@ -106,7 +106,8 @@ def test_unmatched_events_are_kept_and_reported(write_config, relay, store_url) 
     event = stored(cfg, store_url).event(resp.json()["event_id"])
     assert event["status"] == "timeout" and event["matched"] is False
     assert event["delivery_list"] == []
-    assert "unmatched event" in r.logs() and resp.json()["event_id"] in r.logs()
+    wait_until(lambda: "unmatched event" in r.logs() and resp.json()["event_id"] in r.logs(),
+               message="the unmatched event in the log")
 
 
 def test_oversized_body_is_refused_before_it_is_read(write_config, relay) -> None:  # type: ignore[no-untyped-def]
