@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .templates import Template, Templates, render_value, source_of
+from .templates import Template, Templates, render_value
 
 if TYPE_CHECKING:
     from .suki_api import SukiSettings
@@ -176,6 +176,5 @@ __all__ = [
     "RelayContext",
     "Template",
     "mask_secret_keys",
-    "source_of",
     "validate_options",
 ]

@@ -77,14 +77,3 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [render_value(v, context) for v in value]
     return value
-
-
-def source_of(value: Any) -> Any:
-    """The YAML as written, for printing."""
-    if isinstance(value, Template):
-        return value.source
-    if isinstance(value, dict):
-        return {k: source_of(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [source_of(v) for v in value]
-    return value
