@@ -58,10 +58,9 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(args.config)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(config: Any) -> Any:
     from .store import open_store
 
-    config = _config(args)
     return open_store(config.store_url, config.base_dir)
 
 
@@ -185,11 +184,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import logs
     from .deliver import Deliverer
-    from .store import open_store
 
     logs.setup(args.log_format)
     config = _config(args)
-    deliverer = Deliverer(config, open_store(config.store_url, config.base_dir))
+    deliverer = Deliverer(config, _store(config))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -207,7 +205,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
                     since=parse_since(args.since), until=parse_since(args.until),
                     matched=args.matched, malformed=args.malformed, limit=args.limit)
-    rows = _store(args).events(f)
+    rows = _store(_config(args)).events(f)
     for r in rows:
         r["received"] = _when(r["received_at"])
         r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(r["deliveries"].items())) or \
@@ -219,7 +217,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    event = _store(args).event(args.event_id)
+    event = _store(_config(args)).event(args.event_id)
     if event is None:
         raise RelayError(f"no event {args.event_id}")
     body = event.pop("body")
@@ -251,7 +249,7 @@ def _indent(text: str) -> str:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    rows = _store(args).deliveries(state=args.state, action=args.action,
+    rows = _store(_config(args)).deliveries(state=args.state, action=args.action,
                                    since=parse_since(args.since), limit=args.limit)
     for r in rows:
         r["updated"] = _when(r["updated_at"])
@@ -261,7 +259,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = _store(_config(args))
     if args.event_id:
         event = store.event(args.event_id)
         if event is None:
@@ -290,9 +288,7 @@ def cmd_reroute(args: argparse.Namespace) -> int:
     from .routing import route
 
     config = _config(args)
-    from .store import open_store
-
-    store = open_store(config.store_url, config.base_dir)
+    store = _store(config)
     event = store.event(args.event_id)
     if event is None:
         raise RelayError(f"no event {args.event_id}")
@@ -312,14 +308,12 @@ def cmd_reroute(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     config = _config(args)
-    from .store import open_store
-
     older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
     if older is None:
         raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
     before = parse_since(older)
     assert before is not None
-    n = open_store(config.store_url, config.base_dir).prune(before)
+    n = _store(config).prune(before)
     emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
                                       f"{_when(before)}")
     return 0

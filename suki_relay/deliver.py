@@ -24,7 +24,7 @@ import jinja2
 
 from . import logs, metrics
 from .action import Delivery
-from .config import Config
+from .config import ActionSpec, Config
 from .errors import PermanentError, RetryableError
 from .store import (
     DONE,
@@ -51,7 +51,6 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
     started = time.time() if now is None else now
     t0 = time.perf_counter()
     spec = config.actions.get(claimed.action)
-    http_status: int | None = None
     note: str | None = None
     try:
         if spec is None:
@@ -63,18 +62,8 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
         )
         note = spec.action.deliver(delivery)
     except RetryableError as exc:
-        http_status = exc.status
-        duration = time.perf_counter() - t0
-        policy = spec.retry if spec else None
-        out_of_budget = policy is None or claimed.tries >= policy.max_attempts or (
-            started - claimed.cycle_started_at >= policy.max_age_seconds)
-        if out_of_budget:
-            return Outcome("failed", started, duration, FAILED, None, http_status,
-                           f"gave up after {claimed.tries} tries: {exc}")
-        assert policy is not None
-        delay = policy.delay(claimed.tries, exc.retry_after)
-        return Outcome("retry", started, duration, PENDING, time.time() + delay, http_status,
-                       str(exc))
+        return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0, str(exc),
+                                 exc.status, exc.retry_after)
     except PermanentError as exc:
         return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, exc.status,
                        str(exc))
@@ -82,15 +71,24 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
         return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, None,
                        f"template error: {exc}")
     except Exception as exc:  # a bug in an action: retry, it may be transient
-        policy = spec.retry if spec else None
-        duration = time.perf_counter() - t0
-        message = f"unexpected {type(exc).__name__} in action"
-        if policy is None or claimed.tries >= policy.max_attempts:
-            return Outcome("failed", started, duration, FAILED, None, None, message)
-        return Outcome("retry", started, duration, PENDING,
-                       time.time() + policy.delay(claimed.tries), None, message)
+        return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0,
+                                 f"unexpected {type(exc).__name__} in action")
     return Outcome("ok", started, time.perf_counter() - t0, DONE, None, None, None,
                    note[:500] if isinstance(note, str) else None)
+
+
+def _retry_or_give_up(spec: ActionSpec | None, claimed: Claimed, started: float,
+                      duration: float, message: str, http_status: int | None = None,
+                      retry_after: float | None = None) -> Outcome:
+    """Retry later with backoff, or fail for good once the action's retry budget is spent."""
+    policy = spec.retry if spec else None
+    if policy is None or claimed.tries >= policy.max_attempts or (
+            started - claimed.cycle_started_at >= policy.max_age_seconds):
+        return Outcome("failed", started, duration, FAILED, None, http_status,
+                       f"gave up after {claimed.tries} tries: {message}")
+    delay = policy.delay(claimed.tries, retry_after)
+    return Outcome("retry", started, duration, PENDING, time.time() + delay, http_status,
+                   message)
 
 
 class Deliverer:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -81,19 +82,12 @@ class StoreCollector:
 
 
 def render(store: Store) -> tuple[bytes, str]:
-    registry = CollectorRegistry()
+    """This process's counts (or every worker's, in multiprocess mode), then the store's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        counts = CollectorRegistry()
+        MultiProcessCollector(counts)
     else:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY  # type: ignore[assignment]
-        return generate_latest(registry) + _store_metrics(store), CONTENT_TYPE_LATEST
-    registry.register(StoreCollector(store))  # type: ignore[arg-type]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-def _store_metrics(store: Store) -> bytes:
-    registry = CollectorRegistry()
-    registry.register(StoreCollector(store))  # type: ignore[arg-type]
-    return generate_latest(registry)
+        counts = REGISTRY
+    queue = CollectorRegistry()
+    queue.register(StoreCollector(store))  # type: ignore[arg-type]
+    return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST

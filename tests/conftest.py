@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,13 @@ def sink() -> Iterator[Callable[..., Sink]]:
     yield make
     for s in made:
         s.stop()
+
+
+def run_cli(*args: str, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`suki-relay ARGS` as a user runs it, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 def http_action(url: str, **options: Any) -> dict[str, Any]:

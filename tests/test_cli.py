@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from suki_relay.testing import SECRET
+
+from .conftest import run_cli
 
 CONFIG = """
 receiver: {secret: test-secret}
@@ -28,8 +29,7 @@ rules:
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "actions.yaml").write_text(CONFIG)
-    return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=tmp_path,
-                          text=True, capture_output=True, timeout=60)
+    return run_cli(*args, cwd=tmp_path)
 
 
 def test_routes_test_shows_rendered_actions_with_secrets_masked(tmp_path: Path) -> None:
@@ -63,13 +63,9 @@ def test_routes_test_reads_a_file(tmp_path: Path) -> None:
 def test_send_signs_and_posts_to_a_running_relay(write_config, relay) -> None:  # type: ignore[no-untyped-def]
     cfg = write_config()
     r = relay(cfg)
-    result = subprocess.run([sys.executable, "-m", "suki_relay.cli", "-c", str(cfg), "send",
-                             "success", "--url", r.webhook], text=True, capture_output=True,
-                            timeout=60)
+    result = run_cli("-c", str(cfg), "send", "success", "--url", r.webhook)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("200 OK") and '"accepted"' in result.stdout
-    bad = subprocess.run([sys.executable, "-m", "suki_relay.cli", "-c", str(cfg), "send",
-                          "success", "--url", r.webhook, "--secret", "wrong"], text=True,
-                         capture_output=True, timeout=60)
+    bad = run_cli("-c", str(cfg), "send", "success", "--url", r.webhook, "--secret", "wrong")
     assert bad.returncode == 1 and bad.stdout.startswith("401")
     assert SECRET not in bad.stdout

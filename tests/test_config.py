@@ -12,6 +12,8 @@ import pytest
 from suki_relay.config import parse_config
 from suki_relay.errors import ConfigError
 
+from .conftest import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -25,12 +27,6 @@ def problems(tmp_path: Path, text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text)
     return [str(p) for p in info.value.problems]
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 MINIMAL = """

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,11 @@ import yaml
 
 from suki_relay.testing import SECRET, Reply, post_signed, unique_body, wait_until
 
-from .conftest import http_action, open_test_store
+from .conftest import http_action, open_test_store, run_cli
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "suki_relay.cli", "-c", str(cfg), *args],
-                          text=True, capture_output=True, timeout=60)
+    return run_cli("-c", str(cfg), *args)
 
 
 def cli_json(cfg: Path, *args: str) -> Any:

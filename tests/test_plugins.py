@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,10 @@ from suki_relay.action import Action, Option
 from suki_relay.plugins import discover
 from suki_relay.testing import Reply, post_signed, unique_body, wait_until
 
+from .conftest import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = {"http", "email", "slack", "fetch_note"}
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=60)
 
 
 def test_built_ins_come_through_the_entry_point_group() -> None:
@@ -51,7 +46,7 @@ def test_every_built_in_is_documented(name: str) -> None:
 
 
 def test_plugins_command_lists_the_third_party_package(tmp_path: Path) -> None:
-    result = cli("plugins", cwd=tmp_path)
+    result = run_cli("plugins", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("pagerduty"))
     assert "suki-relay-pagerduty" in line and "0.1.0" in line
@@ -66,7 +61,7 @@ actions:
     routing_key: k
     severity: apocalyptic
 """)
-    result = cli("check", cwd=tmp_path)
+    result = run_cli("check", cwd=tmp_path)
     assert result.returncode == 1
     assert "actions.page.severity: expected one of" in result.stderr
 
