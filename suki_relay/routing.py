@@ -19,8 +19,12 @@ COMBINATORS = ("any", "all", "not")
 
 def lookup(payload: Any, path: str) -> Any:
     """Follow a dotted path through mappings (and lists, by index)."""
+    return _lookup_parts(payload, path.split("."))
+
+
+def _lookup_parts(payload: Any, parts: list[str]) -> Any:
     value = payload
-    for part in path.split("."):
+    for part in parts:
         if isinstance(value, dict):
             value = value.get(part, _MISSING)
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
@@ -30,6 +34,27 @@ def lookup(payload: Any, path: str) -> Any:
         if value is _MISSING:
             return _MISSING
     return value
+
+
+def _field(path: str) -> Callable[[Any], Any]:
+    """A compiled lookup of one dotted path (a top-level key is one dict.get)."""
+    if "." not in path:
+        return lambda p: p.get(path, _MISSING) if isinstance(p, dict) else _MISSING
+    parts = path.split(".")
+    return lambda p: _lookup_parts(p, parts)
+
+
+def _all(tests: list[Predicate]) -> Predicate:
+    if len(tests) == 1:
+        return tests[0]
+
+    def every(payload: Any) -> bool:  # a loop: all() over a generator costs a frame per rule
+        for test in tests:  # noqa: SIM110
+            if not test(payload):
+                return False
+        return True
+
+    return every
 
 
 def _equals(expected: Any) -> Predicate:
@@ -93,9 +118,9 @@ def compile_condition(when: Any, where: str, errors: list[tuple[str, str]]) -> P
         elif not isinstance(key, str) or not key:
             errors.append((sub, "a condition key must be a dotted field path"))
         else:
-            test = _value_test(spec, sub, errors)
-            tests.append(lambda p, key=key, test=test: test(lookup(p, key)))
-    return lambda payload: all(t(payload) for t in tests)
+            test, get = _value_test(spec, sub, errors), _field(key)
+            tests.append(lambda p, test=test, get=get: test(get(p)))
+    return _all(tests)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -20,6 +21,19 @@ _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 def slack_escape(value: Any) -> str:
     """Escape Slack's control characters so payload text cannot add mentions or links."""
     return str(value).translate(_SLACK_ESCAPES)
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``event.status`` on a payload: for a plain dict, the attribute lookup Jinja tries
+        first can only find dict's own methods, so skip straight to the key when it is
+        not one of them (same result, without raising and catching AttributeError)."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
 
 class Template:
@@ -32,16 +46,33 @@ class Template:
         self.compiled = compiled
 
     def render(self, context: dict[str, Any]) -> str:
-        return self.compiled.render(context)
+        return self.render_in(scope(context))
+
+    def render_in(self, scope: dict[str, Any]) -> str:
+        """Render with a scope from ``scope()``: Jinja's own ``render`` merges the globals
+        into a new dict on every call, which costs more than the template itself."""
+        env = self.compiled.environment
+        try:
+            return env.concat(self.compiled.root_render_func(  # type: ignore[attr-defined]
+                env.context_class(env, scope, self.compiled.name, {})))
+        except Exception:
+            env.handle_exception()
+            raise  # not reached: handle_exception re-raises
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
 
 
+def scope(context: dict[str, Any]) -> dict[str, Any]:
+    """The names a template sees: Jinja's default globals (range, dict, namespace, ...;
+    the environment adds none), then the context."""
+    return {**DEFAULT_NAMESPACE, **context}
+
+
 class Templates:
     def __init__(self, folder: Path | None = None):
         loader = jinja2.FileSystemLoader(str(folder)) if folder else None
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _Environment(
             loader=loader,
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -69,11 +100,17 @@ class Templates:
 
 
 def render_value(value: Any, context: dict[str, Any]) -> Any:
-    """Render a structure produced by Templates.compile_value."""
+    """Render a structure produced by Templates.compile_value (one scope for all of it)."""
+    if isinstance(value, str):
+        return value
+    return _render(value, scope(context))
+
+
+def _render(value: Any, scope: dict[str, Any]) -> Any:
     if isinstance(value, Template):
-        return value.render(context)
+        return value.render_in(scope)
     if isinstance(value, dict):
-        return {k: render_value(v, context) for k, v in value.items()}
+        return {k: _render(v, scope) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_value(v, context) for v in value]
+        return [_render(v, scope) for v in value]
     return value

@@ -78,8 +78,11 @@ CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 EVENT_COLUMNS = ("id, received_at, generated_at, status, session_id, encounter_id, malformed, "
                  "matched, rules")
 ERROR_MAX = 500
-INSERT_DELIVERY = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
-                   "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+                     "next_attempt_at, updated_at) VALUES ")
+DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
+INSERT_DELIVERY = INSERT_DELIVERIES + DELIVERY_ROW
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
 DUE_D = "(d.state = ? AND d.next_attempt_at <= ?) OR (d.state = ? AND d.lease_until < ?)"
 
@@ -165,24 +168,32 @@ class SqlStore(Store):
     # ------------------------------------------------------------ the request path
 
     def record(self, events: list[NewEvent]) -> list[Recorded]:
-        """A whole batch in a constant number of statements (few round trips, few GIL
-        hand-offs); a dedup key seen before keeps its first event and plans nothing."""
-        keys = [ev.dedup_key for ev in events]
-        marks = ", ".join("?" * len(keys))
+        """A whole batch in as few statements as possible: each statement is a round trip
+        (PostgreSQL) or a release of the GIL (SQLite), and both lengthen the time the write
+        lock is held. A dedup key seen before keeps its first event and plans nothing."""
         with self.tx() as tx:
-            tx.many(
+            inserted = tx.exec(
                 "INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
-                "session_id, encounter_id, malformed, matched, rules, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
-                [(ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status,
-                  ev.session_id, ev.encounter_id, int(ev.malformed), int(bool(ev.rules)),
-                  json.dumps(ev.rules), ev.body) for ev in events])
-            owner = {r["dedup_key"]: r["id"] for r in tx.all(
-                f"SELECT id, dedup_key FROM events WHERE dedup_key IN ({marks})", keys)}
-            new = [ev for ev in events if owner.get(ev.dedup_key) == ev.id]
+                "session_id, encounter_id, malformed, matched, rules, body) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(events))
+                + " ON CONFLICT (dedup_key) DO NOTHING",
+                [value for ev in events for value in (
+                    ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status,
+                    ev.session_id, ev.encounter_id, int(ev.malformed), int(bool(ev.rules)),
+                    json.dumps(ev.rules), ev.body)]).rowcount
+            owner = {ev.dedup_key: ev.id for ev in events}
+            if inserted != len(events):  # a duplicate: find which event holds each key
+                keys = list(owner)
+                owner = {r["dedup_key"]: r["id"] for r in tx.all(
+                    f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
+                    f"({', '.join('?' * len(keys))})", keys)}
             rows = [(new_id("dlv"), ev.id, action, PENDING, ev.received_at, ev.received_at,
-                     ev.received_at) for ev in new for action in ev.actions]
-            tx.many(INSERT_DELIVERY, rows)
+                     ev.received_at) for ev in events if owner.get(ev.dedup_key) == ev.id
+                    for action in ev.actions]
+            for i in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[i:i + ROWS_PER_INSERT]
+                tx.exec(INSERT_DELIVERIES + ", ".join([DELIVERY_ROW] * len(chunk)),
+                        [value for row in chunk for value in row])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
 
