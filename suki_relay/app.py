@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.wrappers import Request, Response
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from . import logs, metrics, verify
 from .config import Config
@@ -31,12 +32,27 @@ log = logging.getLogger("suki_relay.receiver")
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
 
 
-def json_response(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
+class Reply:
+    """A short JSON answer, written straight to the WSGI server (no framework objects:
+    on the webhook path they cost more than verifying the signature)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()):
+        self.status = status
+        self.body = json.dumps(body).encode()
+        self.headers = headers
+
+    def __call__(self, start_response: StartResponse) -> list[bytes]:
+        start_response(f"{self.status} {HTTP_STATUS_CODES.get(self.status, '')}",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(self.body))), *self.headers])
+        return [self.body]
 
 
-def error(status: int, reason: str, message: str) -> Response:
-    return json_response(status, {"error": reason, "message": message})
+def error(status: int, reason: str, message: str) -> Reply:
+    return Reply(status, {"error": reason, "message": message},
+                 (("Allow", "POST"),) if status == 405 else ())
 
 
 class RelayApp:
@@ -47,70 +63,62 @@ class RelayApp:
         self.deliverer = deliverer
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return self.wsgi_app(environ, start_response)
-
-    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request(environ)
-        return self.dispatch(request)(environ, start_response)
-
-    def dispatch(self, request: Request) -> Response:
-        path = request.path
+        path = environ.get("PATH_INFO", "")
         if path == self.config.receiver.path:
-            return self.receive(request)
+            return self.receive(environ)(start_response)
         if path == "/healthz":
-            return json_response(200, {"status": "alive"})
+            return Reply(200, {"status": "alive"})(start_response)
         if path == "/readyz":
-            return self.ready()
+            return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
             body, content_type = metrics.render(self.store)
-            return Response(body, content_type=content_type)
-        return error(404, "not_found", "no such path")
+            start_response("200 OK", [("Content-Type", content_type),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        return error(404, "not_found", "no such path")(start_response)
 
-    def ready(self) -> Response:
+    def ready(self) -> Reply:
         try:
             self.store.ping()
         except Exception:
             return error(503, "store_unavailable", "the store cannot commit")
-        return json_response(200, {"status": "ready"})
+        return Reply(200, {"status": "ready"})
 
     # ---------------------------------------------------------------- the webhook
 
-    def receive(self, request: Request) -> Response:
+    def receive(self, environ: WSGIEnvironment) -> Reply:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
         try:
-            response, outcome = self._receive(request, fields)
+            reply, outcome = self._receive(environ, fields)
         except StoreUnavailable:
-            response, outcome = error(503, "store_unavailable",
-                                      "the notification could not be stored; not accepted"), \
+            reply, outcome = error(503, "store_unavailable",
+                                   "the notification could not be stored; not accepted"), \
                 "store_unavailable"
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if response.status_code >= 500 else logging.INFO
-        logs.event(log, "request", level, outcome=outcome, http_status=response.status_code,
+        level = logging.WARNING if reply.status >= 500 else logging.INFO
+        logs.event(log, "request", level, outcome=outcome, http_status=reply.status,
                    duration_ms=round(elapsed * 1000, 2), **fields)
-        return response
+        return reply
 
-    def _receive(self, request: Request, fields: dict[str, Any]) -> tuple[Response, str]:
+    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Reply, str]:
         receiver = self.config.receiver
         try:
-            if request.method != "POST":
+            if environ.get("REQUEST_METHOD") != "POST":
                 raise Rejected(405, "method_not_allowed", "only POST is accepted")
-            verify.check_content_type(request.headers.get("Content-Type"))
-            verify.check_length(request.content_length, receiver.max_body_bytes)
-            generated_at = request.headers.get("generated-at")
-            api_key = request.headers.get("X-API-Key")
+            verify.check_content_type(environ.get("CONTENT_TYPE"))
+            verify.check_length(get_content_length(environ), receiver.max_body_bytes)
+            generated_at = environ.get("HTTP_GENERATED_AT")
+            api_key = environ.get("HTTP_X_API_KEY")
             verify.check_headers(generated_at, api_key)
-            body = request.stream.read(receiver.max_body_bytes + 1)
+            body = get_input_stream(environ).read(receiver.max_body_bytes + 1)
             verify.check_length(len(body), receiver.max_body_bytes)
             verified = verify.verify(generated_at or "", api_key or "", body,
                                      list(receiver.secrets), receiver.tolerance_seconds,
                                      time.time())
         except Rejected as r:
-            resp = error(r.status, r.reason, r.message)
-            if r.status == 405:
-                resp.headers["Allow"] = "POST"
-            return resp, r.reason
+            return error(r.status, r.reason, r.message), r.reason
 
         event = to_event(body, verified, self.config)
         recorded = self.recorder.submit(event)
@@ -121,7 +129,7 @@ class RelayApp:
                          "signed body is not a JSON object with a string status; "
                          f"kept as {recorded.event_id}"), "malformed"
         if recorded.duplicate:
-            return json_response(200, {"status": "duplicate", "event_id": recorded.event_id}), \
+            return Reply(200, {"status": "duplicate", "event_id": recorded.event_id}), \
                 "duplicate"
         metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
         if not event.rules:
@@ -129,8 +137,7 @@ class RelayApp:
                        status=event.status, deliveries=len(event.actions))
         if self.deliverer is not None and event.actions:
             self.deliverer.wake()
-        return json_response(200, {"status": "accepted", "event_id": recorded.event_id}), \
-            "accepted"
+        return Reply(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
 def create_app(config_path: str | None = None, deliver: bool = True,

@@ -130,7 +130,11 @@ class Deliverer:
             self.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        """New work was recorded. Wake the claimer only if a delivery thread is free to
+        take it (a thread that frees up wakes the claimer itself) and nobody woke it yet:
+        a request thread that wakes another thread for nothing pays a context switch."""
+        if len(self._inflight) < self.settings.threads and not self._wake.is_set():
+            self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; let in-flight attempts finish within the timeout; release the rest."""

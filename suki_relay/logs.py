@@ -9,11 +9,11 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
 import os
-import queue
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any
 
 LOGGER = "suki_relay"
@@ -41,41 +41,104 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
 
 
-_listener: logging.handlers.QueueListener | None = None
+class BatchWriter(logging.Handler):
+    """Keeps records in memory; one thread formats and writes them every ``interval``
+    seconds, in one write. A request thread only appends to a deque: it never waits on
+    the output, and never wakes another thread (a wake-up per line costs more, under
+    load, than the line). Warnings and errors are written at once."""
+
+    def __init__(self, formatter: logging.Formatter, stream: Any, interval: float = 0.05):
+        super().__init__()
+        self.setFormatter(formatter)
+        self.stream = stream
+        self.interval = interval
+        self.records: deque[logging.LogRecord] = deque()
+        self.wake = threading.Event()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="suki-relay-log", daemon=True)
+        self.thread.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: deque is atomic
+        self.records.append(record)
+        if record.levelno >= logging.WARNING:
+            self.wake.set()
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+    def _run(self) -> None:
+        while self.running:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            self.write_out()
+
+    def write_out(self) -> None:
+        lines = []
+        while True:
+            try:
+                record = self.records.popleft()
+            except IndexError:
+                break
+            try:
+                lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        """Stop the thread, then write out what is left."""
+        self.running = False
+        self.wake.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+        self.write_out()
+        super().close()
+
+
+_writer: BatchWriter | None = None
 
 
 def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
-    """Log through a queue: request threads never wait on the output (idempotent)."""
-    global _listener
+    """Log through a batch writer (idempotent; call again in a forked child)."""
+    global _writer
     fmt = fmt or os.environ.get(ENV_FORMAT, "text")
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level)
-    if _listener is not None:
-        _listener.stop()
-    for handler in list(logger.handlers):
-        if getattr(handler, "_suki_relay", False):
-            logger.removeHandler(handler)
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = logging.handlers.QueueHandler(records)
-    handler.prepare = lambda record: record  # type: ignore[method-assign]  # format on output
-    handler._suki_relay = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    flush()
+    _writer = BatchWriter(JsonFormatter() if fmt == "json" else TextFormatter(), sys.stderr)
+    logger.addHandler(_writer)
     logger.propagate = False
-    _listener = logging.handlers.QueueListener(records, output)
-    _listener.start()
 
 
 def flush() -> None:
-    """Write out what is queued (at exit, and after fork in the child)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    """Write out what is buffered and stop the writer (at exit, and before a new setup)."""
+    global _writer
+    if _writer is not None:
+        logging.getLogger(LOGGER).removeHandler(_writer)
+        _writer.close()
+        _writer = None
+
+
+def _after_fork_in_child() -> None:
+    """The parent's writer thread is not in the child, and its buffered lines are the
+    parent's to write: start afresh with the same output."""
+    global _writer
+    if _writer is not None:
+        old, _writer = _writer, None
+        logger = logging.getLogger(LOGGER)
+        logger.removeHandler(old)
+        _writer = BatchWriter(old.formatter or TextFormatter(), old.stream, old.interval)
+        logger.addHandler(_writer)
 
 
 atexit.register(flush)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
