@@ -9,12 +9,43 @@ and never the URL, which may itself be a secret (a Slack webhook URL is).
 from __future__ import annotations
 
 import email.utils
+import os
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import requests
 
 from .errors import PermanentError, RetryableError
+
+
+def new_session() -> requests.Session:
+    """A requests session that reads the environment once, not on every request (those
+    lookups cost more than a local POST, and include reading ~/.netrc, whose credentials
+    must never reach a target). A CA bundle from REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is
+    used as requests would; when a proxy is configured, requests' own handling (with
+    NO_PROXY) is kept."""
+    session = requests.Session()
+    session.trust_env = bool(urllib.request.getproxies())
+    if not session.trust_env:
+        session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                          or os.environ.get("CURL_CA_BUNDLE") or True)
+    return session
+
+
+class Sessions:
+    """One session per thread (connections are reused; a session is not shared between
+    threads)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = new_session()
+        return session
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -65,7 +65,7 @@ class SukiClient:
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
-        self._session = requests.Session()
+        self._session = outbound.new_session()
 
     def _login(self) -> str:
         s = self.settings

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
-
-import requests
 
 from .. import outbound, signing
 from ..action import Action, Delivery, Option, mask_secret_keys
@@ -26,7 +23,7 @@ class HttpAction(Action):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._local = threading.local()
+        self._sessions = outbound.Sessions()
 
     def check(self) -> list[str]:
         url = self.values["url"]
@@ -35,12 +32,6 @@ class HttpAction(Action):
         if not 0 < self.values["timeout_seconds"] <= 300:
             return ["timeout_seconds: expected more than 0 and at most 300"]
         return []
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
 
     def request(self, delivery: Delivery) -> tuple[str, dict[str, str], bytes]:
         """The url, headers and body this delivery sends."""
@@ -60,7 +51,7 @@ class HttpAction(Action):
 
     def deliver(self, delivery: Delivery) -> str | None:
         url, headers, body = self.request(delivery)
-        resp = outbound.send(self._session(), self.values["method"], url, headers=headers,
+        resp = outbound.send(self._sessions.get(), self.values["method"], url, headers=headers,
                              data=body, timeout=self.values["timeout_seconds"],
                              what=f"{self.name} target")
         outbound.raise_for_status(resp, f"{self.name} target")

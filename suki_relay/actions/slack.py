@@ -9,10 +9,7 @@ answers (invalid_payload, no_service, channel_not_found, ...) are permanent and 
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
-
-import requests
 
 from .. import outbound
 from ..action import MASK, Action, Delivery, Option
@@ -45,7 +42,7 @@ class SlackAction(Action):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._local = threading.local()
+        self._sessions = outbound.Sessions()
 
     def check(self) -> list[str]:
         if not str(self.values["webhook_url"]).startswith(("https://", "http://")):
@@ -62,9 +59,7 @@ class SlackAction(Action):
         return body
 
     def deliver(self, delivery: Delivery) -> str | None:
-        session = getattr(self._local, "session", None) or requests.Session()
-        self._local.session = session
-        resp = outbound.send(session, "POST", self.values["webhook_url"],
+        resp = outbound.send(self._sessions.get(), "POST", self.values["webhook_url"],
                              json=self.payload(delivery), timeout=self.values["timeout_seconds"],
                              what="Slack")
         text = resp.text.strip()[:60]

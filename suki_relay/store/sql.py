@@ -84,7 +84,8 @@ DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
 INSERT_DELIVERY = INSERT_DELIVERIES + DELIVERY_ROW
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
-DUE_D = "(d.state = ? AND d.next_attempt_at <= ?) OR (d.state = ? AND d.lease_until < ?)"
+CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
+                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
 
 
 def _short(error: str | None) -> str | None:
@@ -228,13 +229,16 @@ class SqlStore(Store):
         full = [a for a, n in room.items() if n <= 0]
         if concurrency and all(room[a] <= 0 for a in concurrency):
             return []  # every action is at its limit: nothing to scan
-        exclude = f" AND action NOT IN ({', '.join('?' * len(full))})" if full else ""
-        rows = tx.all(
-            "SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
-            "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id "
-            f"WHERE ({DUE_D}){exclude} ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}",
-            (PENDING, now, IN_FLIGHT, now, *full, limit * 4),
-        )
+        exclude = f" AND d.action NOT IN ({', '.join('?' * len(full))})" if full else ""
+        # two queries, each walking an index in order and stopping at its limit (one query
+        # with OR would gather, join and sort the whole backlog on every claim): first
+        # deliveries whose owner died mid-attempt, then pending ones, oldest due first
+        rows = [row for state, due in ((IN_FLIGHT, "lease_until <"),
+                                       (PENDING, "next_attempt_at <="))
+                for row in tx.all(
+                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{due} ?{exclude} "
+                    f"ORDER BY d.{due.split()[0]} LIMIT ?{self.skip_locked}",
+                    (state, now, *full, limit * 4))]
         claimed: list[Claimed] = []
         lost: list[tuple[Any, ...]] = []
         for row in rows:
