@@ -136,7 +136,7 @@ class RelayApp:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))
         if self.deliverer is not None and event.actions:
-            self.deliverer.wake()
+            self.deliverer.wake(event.actions)
         return Reply(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 

@@ -106,6 +106,7 @@ class Deliverer:
         self._stopping = threading.Event()
         self._queue: queue.Queue[Claimed | None] = queue.Queue()
         self._inflight: dict[str, Claimed] = {}
+        self._full: frozenset[str] = frozenset()  # actions at their limit at the last look
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started_pid: int | None = None
@@ -129,11 +130,14 @@ class Deliverer:
             self._reset()
             self.start()
 
-    def wake(self) -> None:
-        """New work was recorded. Wake the claimer only if a delivery thread is free to
-        take it (a thread that frees up wakes the claimer itself) and nobody woke it yet:
-        a request thread that wakes another thread for nothing pays a context switch."""
-        if len(self._inflight) < self.settings.threads and not self._wake.is_set():
+    def wake(self, actions: list[str]) -> None:
+        """Deliveries for ``actions`` were recorded. Wake the claimer only if it could take
+        one: a delivery thread is free (a thread that frees up wakes the claimer itself),
+        not every one of these actions was at its max_concurrency at the last look (the
+        claimer looks again when a delivery finishes, and every poll), and nobody woke it
+        yet. A request thread that wakes another thread for nothing pays a context switch."""
+        if (len(self._inflight) < self.settings.threads and not self._wake.is_set()
+                and not self._full.issuperset(actions)):
             self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -191,6 +195,10 @@ class Deliverer:
                         self._inflight[c.id] = c
                 for c in claimed:
                     self._queue.put(c)
+                try:
+                    self._full = frozenset() if claimed else self.store.full(self.concurrency)
+                except Exception:
+                    self._full = frozenset()
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 self._renew()
                 last_renew = time.monotonic()

@@ -135,6 +135,10 @@ class Store:
               concurrency: dict[str, int]) -> list[Claimed]:
         raise NotImplementedError
 
+    def full(self, concurrency: dict[str, int]) -> frozenset[str]:
+        """The actions at their max_concurrency right now (a read, no lock)."""
+        raise NotImplementedError
+
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
         raise NotImplementedError
 

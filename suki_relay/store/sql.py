@@ -88,6 +88,11 @@ CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle
                 "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
 
 
+def _not_in(actions: list[str], prefix: str = "") -> str:
+    """A condition leaving out deliveries of these actions (parameters follow)."""
+    return f" AND {prefix}action NOT IN ({', '.join('?' * len(actions))})" if actions else ""
+
+
 def _short(error: str | None) -> str | None:
     return error[:ERROR_MAX] if error else None
 
@@ -210,33 +215,42 @@ class SqlStore(Store):
     def claim(self, owner: str, limit: int, lease_seconds: float,
               concurrency: dict[str, int]) -> list[Claimed]:
         now = time.time()
-        with self.tx(write=False) as tx:  # a look without the write lock: is anything due?
-            due = tx.one(f"SELECT 1 AS due FROM deliveries WHERE {DUE} LIMIT 1",
-                         (PENDING, now, IN_FLIGHT, now))
+        with self.tx(write=False) as tx:  # a look without the write lock: anything to take?
+            _, full = self._room(tx, concurrency, now)
+            due = tx.one(f"SELECT 1 AS due FROM deliveries WHERE ({DUE}){_not_in(full)} "
+                         "LIMIT 1", (PENDING, now, IN_FLIGHT, now, *full))
         if not due:
             return []
         with self.tx(durable=False) as tx:
             return self._claim_in(tx, owner, limit, lease_seconds, concurrency)
 
-    def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
-                  concurrency: dict[str, int]) -> list[Claimed]:
-        now = time.time()
-        self.lock_claims(tx)
+    def full(self, concurrency: dict[str, int]) -> frozenset[str]:
+        with self.tx(write=False) as tx:
+            return frozenset(self._room(tx, concurrency, time.time())[1])
+
+    def _room(self, tx: Tx, concurrency: dict[str, int],
+              now: float) -> tuple[dict[str, int], list[str]]:
+        """Free places per action under max_concurrency, and the actions with none."""
         busy = {r["action"]: r["n"] for r in tx.all(
             "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
             "GROUP BY action", (IN_FLIGHT, now))}
         room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
-        full = [a for a, n in room.items() if n <= 0]
+        return room, [a for a, n in room.items() if n <= 0]
+
+    def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
+                  concurrency: dict[str, int]) -> list[Claimed]:
+        now = time.time()
+        self.lock_claims(tx)
+        room, full = self._room(tx, concurrency, now)
         if concurrency and all(room[a] <= 0 for a in concurrency):
             return []  # every action is at its limit: nothing to scan
-        exclude = f" AND d.action NOT IN ({', '.join('?' * len(full))})" if full else ""
         # two queries, each walking an index in order and stopping at its limit (one query
         # with OR would gather, join and sort the whole backlog on every claim): first
         # deliveries whose owner died mid-attempt, then pending ones, oldest due first
         rows = [row for state, due in ((IN_FLIGHT, "lease_until <"),
                                        (PENDING, "next_attempt_at <="))
                 for row in tx.all(
-                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{due} ?{exclude} "
+                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{due} ?{_not_in(full, 'd.')} "
                     f"ORDER BY d.{due.split()[0]} LIMIT ?{self.skip_locked}",
                     (state, now, *full, limit * 4))]
         claimed: list[Claimed] = []
