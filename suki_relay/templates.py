@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.runtime
 from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -46,15 +47,13 @@ class Template:
         self.compiled = compiled
 
     def render(self, context: dict[str, Any]) -> str:
-        return self.render_in(scope(context))
+        return self.render_in(Scope(context))
 
-    def render_in(self, scope: dict[str, Any]) -> str:
-        """Render with a scope from ``scope()``: Jinja's own ``render`` merges the globals
-        into a new dict on every call, which costs more than the template itself."""
+    def render_in(self, scope: Scope) -> str:
         env = self.compiled.environment
         try:
             return env.concat(self.compiled.root_render_func(  # type: ignore[attr-defined]
-                env.context_class(env, scope, self.compiled.name, {})))
+                scope.context(env)))
         except Exception:
             env.handle_exception()
             raise  # not reached: handle_exception re-raises
@@ -63,10 +62,27 @@ class Template:
         return f"Template({self.source!r})"
 
 
-def scope(context: dict[str, Any]) -> dict[str, Any]:
-    """The names a template sees: Jinja's default globals (range, dict, namespace, ...;
-    the environment adds none), then the context."""
-    return {**DEFAULT_NAMESPACE, **context}
+class Scope:
+    """What the templates of one delivery see: Jinja's default globals (range, dict,
+    namespace, ...; the environment adds none), then the context. Jinja's own ``render``
+    merges the globals into a new dict and builds a new context on every call, which
+    costs more than a short template itself; a scope does both once, and clears what a
+    template set before the next one renders (a ``{% set %}`` never leaks)."""
+
+    __slots__ = ("_context", "names")
+
+    def __init__(self, context: dict[str, Any]):
+        self.names = {**DEFAULT_NAMESPACE, **context}
+        self._context: jinja2.runtime.Context | None = None
+
+    def context(self, env: jinja2.Environment) -> jinja2.runtime.Context:
+        ctx = self._context
+        if ctx is None or ctx.environment is not env:
+            ctx = self._context = env.context_class(env, self.names, None, {})
+        else:
+            ctx.vars = {}
+            ctx.exported_vars = set()
+        return ctx
 
 
 class Templates:
@@ -103,10 +119,10 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
     """Render a structure produced by Templates.compile_value (one scope for all of it)."""
     if isinstance(value, str):
         return value
-    return _render(value, scope(context))
+    return _render(value, Scope(context))
 
 
-def _render(value: Any, scope: dict[str, Any]) -> Any:
+def _render(value: Any, scope: Scope) -> Any:
     if isinstance(value, Template):
         return value.render_in(scope)
     if isinstance(value, dict):
