@@ -32,7 +32,7 @@ log = logging.getLogger("suki_relay.receiver")
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
 
 
-class Reply:
+class Answer:
     """A short JSON answer, written straight to the WSGI server (no framework objects:
     on the webhook path they cost more than verifying the signature)."""
 
@@ -50,8 +50,8 @@ class Reply:
         return [self.body]
 
 
-def error(status: int, reason: str, message: str) -> Reply:
-    return Reply(status, {"error": reason, "message": message},
+def error(status: int, reason: str, message: str) -> Answer:
+    return Answer(status, {"error": reason, "message": message},
                  (("Allow", "POST"),) if status == 405 else ())
 
 
@@ -67,7 +67,7 @@ class RelayApp:
         if path == self.config.receiver.path:
             return self.receive(environ)(start_response)
         if path == "/healthz":
-            return Reply(200, {"status": "alive"})(start_response)
+            return Answer(200, {"status": "alive"})(start_response)
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
@@ -77,32 +77,32 @@ class RelayApp:
             return [body]
         return error(404, "not_found", "no such path")(start_response)
 
-    def ready(self) -> Reply:
+    def ready(self) -> Answer:
         try:
             self.store.ping()
         except Exception:
             return error(503, "store_unavailable", "the store cannot commit")
-        return Reply(200, {"status": "ready"})
+        return Answer(200, {"status": "ready"})
 
     # ---------------------------------------------------------------- the webhook
 
-    def receive(self, environ: WSGIEnvironment) -> Reply:
+    def receive(self, environ: WSGIEnvironment) -> Answer:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
         try:
-            reply, outcome = self._receive(environ, fields)
+            answer, outcome = self._receive(environ, fields)
         except StoreUnavailable:
-            reply, outcome = error(503, "store_unavailable",
-                                   "the notification could not be stored; not accepted"), \
+            answer, outcome = error(503, "store_unavailable",
+                                    "the notification could not be stored; not accepted"), \
                 "store_unavailable"
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if reply.status >= 500 else logging.INFO
-        logs.event(log, "request", level, outcome=outcome, http_status=reply.status,
+        level = logging.WARNING if answer.status >= 500 else logging.INFO
+        logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
                    duration_ms=round(elapsed * 1000, 2), **fields)
-        return reply
+        return answer
 
-    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Reply, str]:
+    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Answer, str]:
         receiver = self.config.receiver
         try:
             if environ.get("REQUEST_METHOD") != "POST":
@@ -129,7 +129,7 @@ class RelayApp:
                          "signed body is not a JSON object with a string status; "
                          f"kept as {recorded.event_id}"), "malformed"
         if recorded.duplicate:
-            return Reply(200, {"status": "duplicate", "event_id": recorded.event_id}), \
+            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id}), \
                 "duplicate"
         metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
         if not event.rules:
@@ -137,7 +137,7 @@ class RelayApp:
                        status=event.status, deliveries=len(event.actions))
         if self.deliverer is not None and event.actions:
             self.deliverer.wake(event.actions)
-        return Reply(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
+        return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
 def create_app(config_path: str | None = None, deliver: bool = True,
