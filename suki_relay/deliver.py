@@ -179,8 +179,8 @@ class Deliverer:
             claimed: list[Claimed] = []
             if free > 0:
                 try:
-                    claimed = self.store.claim(self.owner, free, self.settings.lease_seconds,
-                                               self.concurrency)
+                    claimed, full = self.store.claim(self.owner, free,
+                                                     self.settings.lease_seconds, self.concurrency)
                 except StoreUnavailable as exc:
                     logs.event(log, "store unavailable; delivery paused", logging.WARNING,
                                error=str(exc)[:200])
@@ -195,10 +195,7 @@ class Deliverer:
                         self._inflight[c.id] = c
                 for c in claimed:
                     self._queue.put(c)
-                try:
-                    self._full = frozenset() if claimed else self.store.full(self.concurrency)
-                except Exception:
-                    self._full = frozenset()
+                self._full = frozenset() if claimed else full
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 self._renew()
                 last_renew = time.monotonic()

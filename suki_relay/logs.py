@@ -105,7 +105,7 @@ _writer: BatchWriter | None = None
 
 
 def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
-    """Log through a batch writer (idempotent; call again in a forked child)."""
+    """Log through a batch writer (idempotent: a new setup replaces the last)."""
     global _writer
     fmt = fmt or os.environ.get(ENV_FORMAT, "text")
     logger = logging.getLogger(LOGGER)

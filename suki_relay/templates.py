@@ -46,10 +46,7 @@ class Template:
         self.source = source
         self.compiled = compiled
 
-    def render(self, context: dict[str, Any]) -> str:
-        return self.render_in(Scope(context))
-
-    def render_in(self, scope: Scope) -> str:
+    def render(self, scope: Scope) -> str:
         env = self.compiled.environment
         try:
             return env.concat(self.compiled.root_render_func(  # type: ignore[attr-defined]
@@ -124,7 +121,7 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
 
 def _render(value: Any, scope: Scope) -> Any:
     if isinstance(value, Template):
-        return value.render_in(scope)
+        return value.render(scope)
     if isinstance(value, dict):
         return {k: _render(v, scope) for k, v in value.items()}
     if isinstance(value, list):

@@ -132,11 +132,9 @@ class Store:
         return nullcontext()
 
     def claim(self, owner: str, limit: int, lease_seconds: float,
-              concurrency: dict[str, int]) -> list[Claimed]:
-        raise NotImplementedError
-
-    def full(self, concurrency: dict[str, int]) -> frozenset[str]:
-        """The actions at their max_concurrency right now (a read, no lock)."""
+              concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
+        """Lease up to ``limit`` due deliveries; also says which actions were at their
+        max_concurrency when it looked."""
         raise NotImplementedError
 
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:

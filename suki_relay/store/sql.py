@@ -78,11 +78,13 @@ CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 EVENT_COLUMNS = ("id, received_at, generated_at, status, session_id, encounter_id, malformed, "
                  "matched, rules")
 ERROR_MAX = 500
+INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
+                 "session_id, encounter_id, malformed, matched, rules, body) VALUES ")
+EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
                      "next_attempt_at, updated_at) VALUES ")
 DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
-INSERT_DELIVERY = INSERT_DELIVERIES + DELIVERY_ROW
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
 CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
                 "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
@@ -115,6 +117,16 @@ class Tx:
             if self.placeholder != "?":
                 sql = sql.replace("?", self.placeholder)
             self.cursor.executemany(sql, rows)
+
+    def insert(self, head: str, row: str, rows: list[Sequence[Any]], tail: str = "") -> int:
+        """``rows`` in multi-row INSERTs (``head`` + ``row``, ``row``, ... + ``tail``) of at
+        most ROWS_PER_INSERT rows each; returns how many rows were inserted."""
+        inserted = 0
+        for i in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[i:i + ROWS_PER_INSERT]
+            inserted += self.exec(head + ", ".join([row] * len(chunk)) + tail,
+                                  [value for r in chunk for value in r]).rowcount
+        return inserted
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self.exec(sql, params)
@@ -178,55 +190,42 @@ class SqlStore(Store):
         (PostgreSQL) or a release of the GIL (SQLite), and both lengthen the time the write
         lock is held. A dedup key seen before keeps its first event and plans nothing."""
         with self.tx() as tx:
-            inserted = tx.exec(
-                "INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
-                "session_id, encounter_id, malformed, matched, rules, body) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(events))
-                + " ON CONFLICT (dedup_key) DO NOTHING",
-                [value for ev in events for value in (
-                    ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status,
-                    ev.session_id, ev.encounter_id, int(ev.malformed), int(bool(ev.rules)),
-                    json.dumps(ev.rules), ev.body)]).rowcount
+            inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
+                ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
+                ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
+                ev.body) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
             owner = {ev.dedup_key: ev.id for ev in events}
             if inserted != len(events):  # a duplicate: find which event holds each key
                 keys = list(owner)
                 owner = {r["dedup_key"]: r["id"] for r in tx.all(
                     f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
                     f"({', '.join('?' * len(keys))})", keys)}
-            rows = [(new_id("dlv"), ev.id, action, PENDING, ev.received_at, ev.received_at,
-                     ev.received_at) for ev in events if owner.get(ev.dedup_key) == ev.id
-                    for action in ev.actions]
-            for i in range(0, len(rows), ROWS_PER_INSERT):
-                chunk = rows[i:i + ROWS_PER_INSERT]
-                tx.exec(INSERT_DELIVERIES + ", ".join([DELIVERY_ROW] * len(chunk)),
-                        [value for row in chunk for value in row])
+            self._plan(tx, [(ev.id, action, ev.received_at) for ev in events
+                            if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
 
-    def _insert_deliveries(self, tx: Tx, event_id: str, actions: list[str],
-                           now: float) -> list[str]:
-        ids = [new_id("dlv") for _ in actions]
-        tx.many(INSERT_DELIVERY, [(i, event_id, a, PENDING, now, now, now)
-                                  for i, a in zip(ids, actions, strict=True)])
+    def _plan(self, tx: Tx, planned: list[tuple[str, str, float]]) -> list[str]:
+        """Insert pending deliveries, one per (event id, action, time planned)."""
+        ids = [new_id("dlv") for _ in planned]
+        tx.insert(INSERT_DELIVERIES, DELIVERY_ROW, [
+            (i, event_id, action, PENDING, at, at, at)
+            for i, (event_id, action, at) in zip(ids, planned, strict=True)])
         return ids
 
     # ------------------------------------------------------------ the delivery path
 
     def claim(self, owner: str, limit: int, lease_seconds: float,
-              concurrency: dict[str, int]) -> list[Claimed]:
+              concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
         now = time.time()
         with self.tx(write=False) as tx:  # a look without the write lock: anything to take?
             _, full = self._room(tx, concurrency, now)
             due = tx.one(f"SELECT 1 AS due FROM deliveries WHERE ({DUE}){_not_in(full)} "
                          "LIMIT 1", (PENDING, now, IN_FLIGHT, now, *full))
         if not due:
-            return []
+            return [], frozenset(full)
         with self.tx(durable=False) as tx:
-            return self._claim_in(tx, owner, limit, lease_seconds, concurrency)
-
-    def full(self, concurrency: dict[str, int]) -> frozenset[str]:
-        with self.tx(write=False) as tx:
-            return frozenset(self._room(tx, concurrency, time.time())[1])
+            return self._claim_in(tx, owner, limit, lease_seconds, concurrency), frozenset(full)
 
     def _room(self, tx: Tx, concurrency: dict[str, int],
               now: float) -> tuple[dict[str, int], list[str]]:
@@ -247,11 +246,11 @@ class SqlStore(Store):
         # two queries, each walking an index in order and stopping at its limit (one query
         # with OR would gather, join and sort the whole backlog on every claim): first
         # deliveries whose owner died mid-attempt, then pending ones, oldest due first
-        rows = [row for state, due in ((IN_FLIGHT, "lease_until <"),
-                                       (PENDING, "next_attempt_at <="))
+        rows = [row for state, column, op in ((IN_FLIGHT, "lease_until", "<"),
+                                              (PENDING, "next_attempt_at", "<="))
                 for row in tx.all(
-                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{due} ?{_not_in(full, 'd.')} "
-                    f"ORDER BY d.{due.split()[0]} LIMIT ?{self.skip_locked}",
+                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{column} {op} ?"
+                    f"{_not_in(full, 'd.')} ORDER BY d.{column} LIMIT ?{self.skip_locked}",
                     (state, now, *full, limit * 4))]
         claimed: list[Claimed] = []
         lost: list[tuple[Any, ...]] = []
@@ -421,7 +420,7 @@ class SqlStore(Store):
             new = [a for a in actions if a not in have]
             tx.exec("UPDATE events SET rules = ?, matched = ? WHERE id = ?",
                     (json.dumps(rules), int(bool(rules)), event_id))
-            return self._insert_deliveries(tx, event_id, new, now)
+            return self._plan(tx, [(event_id, action, now) for action in new])
 
     def prune(self, before: float) -> int:
         """Delete events received before ``before`` whose deliveries are all finished."""
