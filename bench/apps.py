@@ -49,3 +49,28 @@ def flask_app() -> Any:
 
     return app
 
+
+
+def relay_without(part: str) -> Any:
+    """The relay with part of recording taken out, to show where acknowledgement time goes
+    (``bench/run.py --only breakdown``); configured by $SUKI_RELAY_CONFIG, served like the
+    relay. ``store``: no store at all, every event answered as accepted at once; ``sqlite``:
+    group commit and the cross-process writer lock around a batch that writes nothing;
+    ``nothing``: the relay as it is. Not for real use: the first two store nothing."""
+    from suki_relay.app import create_app
+    from suki_relay.store import Recorded
+    from suki_relay.store.group_commit import GroupCommit
+
+    app = create_app()
+    if part == "store":
+        class Accept:
+            def submit(self, event: Any) -> Recorded:
+                return Recorded(event.id, False)
+
+        app.recorder = Accept()  # type: ignore[assignment]
+    elif part == "sqlite":
+        app.recorder = GroupCommit(lambda events: [Recorded(e.id, False) for e in events],
+                                   app.store.exclusive)
+    elif part != "nothing":
+        raise ValueError(part)
+    return app

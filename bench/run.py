@@ -2,6 +2,7 @@
 
     python bench/run.py                 # everything (about 10 minutes on 2 cores)
     python bench/run.py --only ack      # one part: ack, stall, delivery, routing, memory
+    python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --rounds 3 --duration 3
 
 Needs wrk (Debian: apt-get install wrk) and Flask (pip install -e '.[bench]').
@@ -16,6 +17,7 @@ import json
 import os
 import pstats
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -256,6 +258,50 @@ def bench_stall(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
                      "p99_ms": median(r, "p99_ms"),
                      "p99_ratio": paired_ratio([x["p99_ms"] for x in r], base)}
                     for name, r in runs.items()]
+
+
+def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Where acknowledgement throughput goes: the relay with recording taken out step by
+    step (bench/apps.py:relay_without), each against bare WSGI in the same round."""
+    shm = Path("/dev/shm")
+    steps: dict[str, tuple[str, str]] = {
+        "bare WSGI (read body, 200)": ("bench.apps:bare", ""),
+        "relay, nothing stored (verify, parse, route, log, count)":
+            ("bench.apps:relay_without('store')", "sqlite:///relay.db"),
+        "+ group commit and the writer lock around an empty batch":
+            ("bench.apps:relay_without('sqlite')", "sqlite:///relay.db"),
+        "+ SQLite on tmpfs (commits, no disk)": ("bench.apps:relay_without('nothing')", "tmpfs"),
+        "+ the disk: the relay as it ships": ("bench.apps:relay_without('nothing')",
+                                               "sqlite:///relay.db"),
+    }
+    if not shm.is_dir():
+        del steps["+ SQLite on tmpfs (commits, no disk)"]
+    runs: dict[str, list[float]] = {k: [] for k in steps}
+    for rnd in range(args.rounds):
+        for name, (app, store) in steps.items():
+            folder = work / f"breakdown-{rnd}-{len(runs[name])}-{abs(hash(name))}"
+            port = free_port()
+            ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir=shm)) if store == "tmpfs" \
+                else None
+            try:
+                env = ENV
+                if store:
+                    url = f"sqlite:///{ram}/relay.db" if ram else store
+                    cfg = relay_config(folder, store=url)
+                    env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg)}
+                else:
+                    folder.mkdir(parents=True)
+                with server(gunicorn(app, port), port, env):
+                    lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                    result = wrk(port, lines, args.duration, args.connections)
+            finally:
+                if ram:
+                    shutil.rmtree(ram, ignore_errors=True)
+            runs[name].append(result["rps"])
+            print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
+    bare = runs["bare WSGI (read body, 200)"]
+    out["breakdown"] = [{"step": name, "req_s": statistics.median(r),
+                         "ratio": paired_ratio(r, bare)} for name, r in runs.items()]
 
 
 # ---------------------------------------------------------------- 3: delivery
@@ -522,11 +568,12 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
          "routing": bench_routing, "memory": bench_memory}
+EXTRA = {"breakdown": bench_breakdown}  # run only when named in --only
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", nargs="*", choices=[*PARTS, "profile"], default=None)
+    p.add_argument("--only", nargs="*", choices=[*PARTS, *EXTRA, "profile"], default=None)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=16)
@@ -543,7 +590,7 @@ def main() -> None:
             if name == "profile":
                 profile_request_path(work, out)
             else:
-                PARTS[name](args, work, out)
+                (PARTS | EXTRA)[name](args, work, out)
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.out:
