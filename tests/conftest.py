@@ -108,6 +108,16 @@ def run_cli(*args: str, cwd: Path | None = None,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
+def check_fails(folder: Path, config: str) -> str:
+    """`suki-relay check` on ``config`` saved as the folder's actions.yaml: it must fail
+    with exit status 1 and a report, not a traceback. Returns the report."""
+    (folder / "actions.yaml").write_text(config)
+    result = run_cli("check", cwd=folder)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
 def http_action(url: str, **options: Any) -> dict[str, Any]:
     return {"type": "http", "url": url, "timeout_seconds": 5,
             "retry": {"initial_seconds": 0.2, "max_seconds": 1, "max_attempts": 5}, **options}

@@ -10,7 +10,7 @@ from suki_relay.action import Action, Option
 from suki_relay.plugins import discover
 from suki_relay.testing import Reply, post_signed, unique_body, wait_until
 
-from .conftest import run_cli
+from .conftest import check_fails, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = {"http", "email", "slack", "fetch_note"}
@@ -53,7 +53,7 @@ def test_plugins_command_lists_the_third_party_package(tmp_path: Path) -> None:
 
 
 def test_check_validates_third_party_options(tmp_path: Path) -> None:
-    (tmp_path / "actions.yaml").write_text("""
+    report = check_fails(tmp_path, """
 receiver: {secret: s}
 actions:
   page:
@@ -61,9 +61,7 @@ actions:
     routing_key: k
     severity: apocalyptic
 """)
-    result = run_cli("check", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "actions.page.severity: expected one of" in result.stderr
+    assert "actions.page.severity: expected one of" in report
 
 
 def test_a_signed_event_reaches_the_third_party_action(write_config, relay, sink,
