@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -144,11 +144,32 @@ def paired_ratio(values: list[float], baselines: list[float]) -> float:
     return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
 
 
-def stored_events(folder: Path) -> int:
-    import sqlite3
+def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
+    from suki_relay.store import open_store
 
-    with sqlite3.connect(folder / "relay.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    store = open_store(url, folder)
+    try:
+        with store.tx(write=False) as tx:  # type: ignore[attr-defined]
+            return int(tx.one("SELECT count(*) AS n FROM events")["n"])
+    finally:
+        store.close()
+
+
+@contextmanager
+def pg_schema(url: str) -> Iterator[str]:
+    """A fresh schema on the given PostgreSQL for one run, dropped afterwards."""
+    import secrets
+
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # ---------------------------------------------------------------- targets
@@ -190,32 +211,37 @@ class StallTarget:
 
 def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Relay (SQLite, committed before 2xx) against bare WSGI and Suki's Flask handler."""
-    handlers: dict[str, Callable[[Path, int], tuple[list[str], dict[str, str]]]] = {
-        "bare WSGI (read body, 200)": lambda d, p: (gunicorn("bench.apps:bare", p), ENV),
+    sqlite = "sqlite:///relay.db"
+    handlers: dict[str, tuple[str, Callable[[Path, int, str], tuple[list[str], dict[str, str]]]]] = {
+        "bare WSGI (read body, 200)": ("", lambda d, p, u: (gunicorn("bench.apps:bare", p), ENV)),
         "Suki's Flask handler (verify, parse, branch)":
-            lambda d, p: (gunicorn("bench.apps:flask_app()", p), ENV),
+            ("", lambda d, p, u: (gunicorn("bench.apps:flask_app()", p), ENV)),
         "suki-relay (verify, route, commit, 200)":
-            lambda d, p: (relay_cmd(relay_config(d), p), relay_env(d)),
+            (sqlite, lambda d, p, u: (relay_cmd(relay_config(d, store=u), p), relay_env(d))),
     }
+    if args.pg:
+        handlers["suki-relay on PostgreSQL (verify, route, commit, 200)"] = \
+            (args.pg, handlers["suki-relay (verify, route, commit, 200)"][1])
     saturated: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     single: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     for rnd in range(args.rounds):
-        for name, make in handlers.items():
+        for name, (store, make) in handlers.items():
             folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
             folder.mkdir(parents=True)
             port = free_port()
-            cmd, env = make(folder, port)
-            with server(cmd, port, env):
-                lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
-                result = wrk(port, lines, args.duration, args.connections)
-                saturated[name].append(result)
-                lines1 = signed_lines(int(args.duration * 3000), folder / "load1.txt")
-                single[name].append(wrk(port, lines1, args.duration / 2, 1, threads=1))
-            if name.startswith("suki-relay"):
-                accepted = result["requests"] - result["non2xx"]
-                committed = stored_events(folder)
-                assert committed >= accepted, f"{accepted} acknowledged, {committed} stored"
-                result["committed"] = committed
+            with pg_schema(store) if store.startswith("postgres") else nullcontext(store) as url:
+                cmd, env = make(folder, port, url or "")
+                with server(cmd, port, env):
+                    lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                    result = wrk(port, lines, args.duration, args.connections)
+                    saturated[name].append(result)
+                    lines1 = signed_lines(int(args.duration * 3000), folder / "load1.txt")
+                    single[name].append(wrk(port, lines1, args.duration / 2, 1, threads=1))
+                if url:
+                    accepted = result["requests"] - result["non2xx"]
+                    committed = stored_events(folder, url)
+                    assert committed >= accepted, f"{accepted} acknowledged, {committed} stored"
+                    result["committed"] = committed
             print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
     bare = saturated["bare WSGI (read body, 200)"]
     rows = []
@@ -579,6 +605,8 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--deliveries", type=int, default=3000)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--pg", default=None, metavar="URL",
+                   help="also measure acknowledgement on this PostgreSQL (a schema per run)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     out: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {
