@@ -253,7 +253,8 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
                      "p99_ms": median(saturated[name], "p99_ms"),
                      "one_conn_p50_ms": median(single[name], "p50_ms"),
                      "one_conn_p99_ms": median(single[name], "p99_ms"),
-                     "non2xx": sum(r["non2xx"] for r in saturated[name])})
+                     "non2xx": sum(r["non2xx"] for r in saturated[name]),
+                     "req_s_by_round": [r["rps"] for r in saturated[name]]})
     out["ack"] = rows
 
 
@@ -282,7 +283,8 @@ def bench_stall(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
     base = [r["p99_ms"] for r in runs["no actions"]]
     out["stall"] = [{"config": name, "req_s": median(r, "rps"), "p50_ms": median(r, "p50_ms"),
                      "p99_ms": median(r, "p99_ms"),
-                     "p99_ratio": paired_ratio([x["p99_ms"] for x in r], base)}
+                     "p99_ratio": paired_ratio([x["p99_ms"] for x in r], base),
+                     "p99_ms_by_round": [x["p99_ms"] for x in r]}
                     for name, r in runs.items()]
 
 
@@ -327,7 +329,8 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
             print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
     bare = runs["bare WSGI (read body, 200)"]
     out["breakdown"] = [{"step": name, "req_s": statistics.median(r),
-                         "ratio": paired_ratio(r, bare)} for name, r in runs.items()]
+                         "ratio": paired_ratio(r, bare), "req_s_by_round": r}
+                        for name, r in runs.items()]
 
 
 # ---------------------------------------------------------------- 3: delivery
