@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from suki_relay import signing  # noqa: E402
-from suki_relay.testing import free_port, wait_until  # noqa: E402
+from suki_relay.testing import free_port, pg_schema, wait_until  # noqa: E402
 
 SECRET = "bench-secret"
 PY = sys.executable
@@ -155,23 +155,6 @@ def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
         store.close()
 
 
-@contextmanager
-def pg_schema(url: str) -> Iterator[str]:
-    """A fresh schema on the given PostgreSQL for one run, dropped afterwards."""
-    import secrets
-
-    import psycopg
-
-    schema = f"bench_{secrets.token_hex(6)}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 # ---------------------------------------------------------------- targets
 
 
@@ -229,7 +212,7 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
             folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
             folder.mkdir(parents=True)
             port = free_port()
-            with pg_schema(store) if store.startswith("postgres") else nullcontext(store) as url:
+            with pg_schema(store, "bench") if store.startswith("postgres") else nullcontext(store) as url:
                 cmd, env = make(folder, port, url or "")
                 with server(cmd, port, env):
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")

@@ -6,6 +6,7 @@
   validated exactly as actions.yaml would be.
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
+* :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
 * :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
 """
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -295,3 +296,21 @@ class RelayProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def pg_schema(url: str, prefix: str = "t") -> Iterator[str]:
+    """A fresh, empty schema on the PostgreSQL at ``url``, as a store URL that uses it;
+    the schema and everything in it is dropped afterwards."""
+    import secrets
+
+    import psycopg
+
+    schema = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
