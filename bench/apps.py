@@ -50,7 +50,6 @@ def flask_app() -> Any:
     return app
 
 
-
 def relay_without(part: str) -> Any:
     """The relay with part of recording taken out, to show where acknowledgement time goes
     (``bench/run.py --only breakdown``); configured by $SUKI_RELAY_CONFIG, served like the

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,24 @@ def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
         store.close()
 
 
+@contextmanager
+def run_store(spec: str) -> Iterator[str]:
+    """The store URL for one run, cleaned up afterwards: a PostgreSQL URL gets a fresh
+    schema there; ``tmpfs``, SQLite in a fresh folder under /dev/shm; anything else (a
+    SQLite URL, or "" for a handler without a store) is used as it is."""
+    if spec.startswith("postgres"):
+        with pg_schema(spec, "bench") as url:
+            yield url
+    elif spec == "tmpfs":
+        ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir="/dev/shm"))
+        try:
+            yield f"sqlite:///{ram}/relay.db"
+        finally:
+            shutil.rmtree(ram, ignore_errors=True)
+    else:
+        yield spec
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -212,8 +230,8 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
             folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
             folder.mkdir(parents=True)
             port = free_port()
-            with pg_schema(store, "bench") if store.startswith("postgres") else nullcontext(store) as url:
-                cmd, env = make(folder, port, url or "")
+            with run_store(store) as url:
+                cmd, env = make(folder, port, url)
                 with server(cmd, port, env):
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
                     result = wrk(port, lines, args.duration, args.connections)
@@ -274,7 +292,6 @@ def bench_stall(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
 def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Where acknowledgement throughput goes: the relay with recording taken out step by
     step (bench/apps.py:relay_without), each against bare WSGI in the same round."""
-    shm = Path("/dev/shm")
     steps: dict[str, tuple[str, str]] = {
         "bare WSGI (read body, 200)": ("bench.apps:bare", ""),
         "relay, nothing stored (verify, parse, route, log, count)":
@@ -285,19 +302,16 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
         "+ the disk: the relay as it ships": ("bench.apps:relay_without('nothing')",
                                                "sqlite:///relay.db"),
     }
-    if not shm.is_dir():
+    if not Path("/dev/shm").is_dir():
         del steps["+ SQLite on tmpfs (commits, no disk)"]
     runs: dict[str, list[float]] = {k: [] for k in steps}
     for rnd in range(args.rounds):
         for name, (app, store) in steps.items():
             folder = work / f"breakdown-{rnd}-{len(runs[name])}-{abs(hash(name))}"
             port = free_port()
-            ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir=shm)) if store == "tmpfs" \
-                else None
-            try:
+            with run_store(store) as url:
                 env = ENV
-                if store:
-                    url = f"sqlite:///{ram}/relay.db" if ram else store
+                if url:
                     cfg = relay_config(folder, store=url)
                     env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg)}
                 else:
@@ -305,9 +319,6 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
                 with server(gunicorn(app, port), port, env):
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
                     result = wrk(port, lines, args.duration, args.connections)
-            finally:
-                if ram:
-                    shutil.rmtree(ram, ignore_errors=True)
             runs[name].append(result["rps"])
             print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
     bare = runs["bare WSGI (read body, 200)"]

@@ -24,8 +24,8 @@ def new_session() -> requests.Session:
     """A requests session that reads the environment once, not on every request (those
     lookups cost more than a local POST, and include reading ~/.netrc, whose credentials
     must never reach a target). A CA bundle from REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is
-    used as requests would; when a proxy is configured, requests' own handling (with
-    NO_PROXY) is kept."""
+    used as requests would. When a proxy is configured, requests' own handling of the
+    environment is kept whole (NO_PROXY, and ~/.netrc with it)."""
     session = requests.Session()
     session.trust_env = bool(urllib.request.getproxies())
     if not session.trust_env:

@@ -19,8 +19,8 @@ from .base import (
     StoreUnavailable,
 )
 
-__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "ClaimRequest", "Claimed", "EventFilter", "NewEvent",
-           "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "ClaimRequest", "Claimed", "EventFilter",
+           "NewEvent", "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
 
 
 def open_store(url: str, base_dir: Path | None = None) -> Store:
