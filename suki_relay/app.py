@@ -19,7 +19,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 
 from . import logs, metrics, verify
 from .config import Config
-from .record import recorder, to_event
+from .record import commit, recorder, to_event
 from .store import Store, StoreUnavailable
 from .verify import Rejected
 
@@ -120,8 +120,7 @@ class RelayApp:
         except Rejected as r:
             return error(r.status, r.reason, r.message), r.reason
 
-        event = to_event(body, verified, self.config)
-        recorded = self.recorder.submit(event)
+        event, recorded = commit(self.recorder, to_event(body, verified, self.config))
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
         if event.malformed:
