@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .deliver import Deliverer
 
 log = logging.getLogger("suki_relay.receiver")
+READY_SECONDS = 1.0  # /readyz asks the store at most this often
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
 
 
@@ -60,7 +61,12 @@ class RelayApp:
         self.config = config
         self.store = store
         self.recorder = recorder(store)
+        self.count_event = metrics.event_counter(
+            s for rule in config.rules for s in rule.statuses or ())
         self.deliverer = deliverer
+        self.store_stats = metrics.StoreStats(store)
+        self._ready: tuple[float, Answer | None] = (0.0, None)
+        self.ready_seconds = READY_SECONDS
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -71,18 +77,26 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store)
+            body, content_type = metrics.render(self.store_stats)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
-        try:
-            self.store.ping()
-        except Exception:
-            return error(503, "store_unavailable", "the store cannot commit")
-        return Answer(200, {"status": "ready"})
+        """Can this process commit? Asked of the store (a write transaction) at most once
+        every ``ready_seconds``, however often probes come."""
+        at, answer = self._ready
+        now = time.monotonic()
+        if answer is None or now - at >= self.ready_seconds:
+            try:
+                self.store.ping()
+            except Exception:
+                answer = error(503, "store_unavailable", "the store cannot commit")
+            else:
+                answer = Answer(200, {"status": "ready"})
+            self._ready = (now, answer)
+        return answer
 
     # ---------------------------------------------------------------- the webhook
 
@@ -130,7 +144,7 @@ class RelayApp:
         if recorded.duplicate:
             return Answer(200, {"status": "duplicate", "event_id": recorded.event_id}), \
                 "duplicate"
-        metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
+        self.count_event(event.status or "")
         if not event.rules:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, RelayError
+from .printable import printable
+
+ERROR_MAX = 500  # errors are stored up to this long; `show` prints them whole
 
 # ---------------------------------------------------------------- output helpers
 
@@ -25,8 +28,10 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+def table(rows: list[dict[str, Any]], columns: list[str], limit: int = 200) -> str:
+    """Rows as aligned columns; payload values escaped and cut (see printable.py)."""
+    cells = [[printable(r[c], limit) if r.get(c) is not None else "-" for c in columns]
+             for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -223,9 +228,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     body = event.pop("body")
     if args.payload:
         event["payload"] = body.decode("utf-8", "replace")
-    lines = [f"event {event['id']}  received {_when(event['received_at'])}  "
-             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}",
-             f"session {event['session_id']}  encounter {event['encounter_id']}",
+    status = printable(event["status"]) if not event["malformed"] else "MALFORMED"
+    lines = [f"event {event['id']}  received {_when(event['received_at'])}  status {status}",
+             f"session {printable(event['session_id'])}  "
+             f"encounter {printable(event['encounter_id'])}",
              f"rules matched: {', '.join(event['rules']) or '(none)'}"]
     for d in event["delivery_list"]:
         lines.append(f"\ndelivery {d['id']}  action {d['action']}  state {d['state']}  "
@@ -237,9 +243,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         if d["attempt_list"]:
             lines.append(_indent(table(d["attempt_list"],
                                        ["attempt", "started", "outcome", "http_status", "ms",
-                                        "error"])))
+                                        "error"], limit=ERROR_MAX)))
     if args.payload:
-        lines.append("\npayload:\n" + event["payload"])
+        lines.append("\npayload:\n" + printable(event["payload"], None, keep_newlines=True))
     emit(args, event, "\n".join(lines))
     return 0
 

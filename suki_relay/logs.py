@@ -16,6 +16,8 @@ import time
 from collections import deque
 from typing import Any
 
+from .printable import LIMIT, printable
+
 LOGGER = "suki_relay"
 ENV_FORMAT = "SUKI_RELAY_LOG_FORMAT"
 
@@ -29,14 +31,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
-        return json.dumps(line, default=str)
+        for k, v in getattr(record, "fields", {}).items():
+            line[k] = v if not isinstance(v, str) or len(v) <= LIMIT else v[:LIMIT] + "\u2026"
+        return json.dumps(line, default=str)  # json escapes control characters itself
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        extra = " ".join(f"{k}={printable(v)}" for k, v in fields.items() if v is not None)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
         return f"{stamp} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
 

@@ -2,15 +2,16 @@
 
 Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (``suki-relay serve``
 does) and every worker's counts are summed at scrape time. Queue depth and the age of
-the oldest pending delivery are read from the store at scrape time.
+the oldest pending delivery are read from the store when scraped, at most every 2 s.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -54,22 +55,52 @@ def count_request(outcome: str, seconds: float) -> None:
 _REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
 
 
-def status_label(status: str | None) -> str:
-    if status is None:
-        return "malformed"
-    return status if _TOKEN.fullmatch(status) else "other"
+ALWAYS_LABELLED = ("success", "failure")
+
+
+def event_counter(known: Iterable[str]) -> Callable[[str], None]:
+    """Counts accepted events by status. Label values are bounded: the statuses the
+    config's rules name (plus success and failure); any other status is ``other``, so a
+    signed payload cannot make up new time series."""
+    children = {s: EVENTS.labels(s) for s in {*ALWAYS_LABELLED, *known} if _TOKEN.fullmatch(s)}
+    other = EVENTS.labels("other")
+
+    def count(status: str) -> None:
+        children.get(status, other).inc()
+
+    return count
+
+
+class StoreStats:
+    """The store's counts (queue depth, oldest pending age), read at most every
+    ``seconds``: a scrape, or several scrapers, must not count whole tables each time."""
+
+    def __init__(self, store: Store, seconds: float = 2.0):
+        self.store = store
+        self.seconds = seconds
+        self._at: float | None = None
+        self._stats: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any] | None:
+        now = time.monotonic()
+        if self._at is None or now - self._at >= self.seconds:
+            try:
+                self._stats = self.store.stats()
+            except Exception:
+                self._stats = None
+            self._at = now
+        return self._stats
 
 
 class StoreCollector:
-    """Queue depth and oldest pending age, read when scraped."""
+    """Queue depth and oldest pending age, as last read by StoreStats."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, stats: Callable[[], dict[str, Any] | None]):
+        self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            stats = self.store.stats()
-        except Exception:
+        stats = self.stats()
+        if stats is None:
             return
         depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
                                   labels=["state"])
@@ -81,7 +112,7 @@ class StoreCollector:
                                 value=stats["oldest_pending_age_seconds"])
 
 
-def render(store: Store) -> tuple[bytes, str]:
+def render(stats: Callable[[], dict[str, Any] | None]) -> tuple[bytes, str]:
     """This process's counts (or every worker's, in multiprocess mode), then the store's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
@@ -89,5 +120,5 @@ def render(store: Store) -> tuple[bytes, str]:
     else:
         counts = REGISTRY
     queue = CollectorRegistry()
-    queue.register(StoreCollector(store))  # type: ignore[arg-type]
+    queue.register(StoreCollector(stats))  # type: ignore[arg-type]
     return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import signing
 
-_DIGITS = re.compile(r"\d{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: \d also matches other scripts' digits
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 

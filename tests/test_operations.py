@@ -160,6 +160,8 @@ def test_metrics_match_what_was_sent(write_config, relay, sink, store_url) -> No
 
     wait_until(lambda: metric(scraped(), "suki_relay_delivery_attempts_total", outcome="ok") == 8,
                message="delivery metrics")
+    wait_until(lambda: metric(scraped(), "suki_relay_deliveries", state="done") == 8,
+               interval=0.5, message="the queue depth (read from the store every 2 s)")
     text = scraped()
     assert metric(text, "suki_relay_requests_total", outcome="accepted") == 8
     assert metric(text, "suki_relay_requests_total", outcome="duplicate") == 1
