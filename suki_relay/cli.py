@@ -317,11 +317,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
     if older is None:
         raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
-    before = parse_since(older)
-    assert before is not None
-    n = _store(config).prune(before)
-    emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
-                                      f"{_when(before)}")
+    from .retention import prune
+
+    asked = parse_since(older)
+    assert asked is not None
+    n, before = prune(_store(config), config, asked)
+    kept = "" if before >= asked else (" (events inside the replay window are kept: "
+                                       "twice receiver.tolerance_seconds plus a minute)")
+    emit(args, {"deleted_events": n, "before": before},
+         f"deleted {n} finished events received before {_when(before)}{kept}")
     return 0
 
 

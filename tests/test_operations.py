@@ -94,36 +94,51 @@ def test_events_listing_filters_and_reroute(write_config, relay, sink, store_url
     assert cli_json(cfg, "reroute", timeout)["new_actions"] == []  # idempotent
 
 
+def _old_events(store_url: str, cfg: Path, hours: float = 2) -> tuple[str, str]:
+    """One pending and one finished event, received ``hours`` ago (outside any replay
+    window), committed as the receiver commits them."""
+    from suki_relay.store import NewEvent
+
+    store = open_test_store(store_url, cfg.parent)
+    at = time.time() - hours * 3600
+    pending = NewEvent("old:1", unique_body("failure"), 1, "failure", "s1", None, False,
+                       ["failures"], ["ehr"], received_at=at)
+    finished = NewEvent("old:2", unique_body("timeout"), 2, "timeout", "s2", None, False,
+                        [], [], received_at=at)
+    store.record([pending, finished])
+    return pending.id, finished.id
+
+
 def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry={"initial_seconds": 60})},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}]})
     r = relay(cfg)
-    pending = post_signed(r.webhook, unique_body("failure")).json()["event_id"]
-    finished = post_signed(r.webhook, unique_body("timeout")).json()["event_id"]
-    time.sleep(1.2)
-    assert cli_json(cfg, "prune", "--older-than", "1h")["deleted_events"] == 0
-    assert cli_json(cfg, "prune", "--older-than", "1s")["deleted_events"] == 1
+    pending, finished = _old_events(store_url, cfg)
+    recent = post_signed(r.webhook, unique_body("timeout")).json()["event_id"]
+    assert cli_json(cfg, "prune", "--older-than", "3h")["deleted_events"] == 0
+    assert cli_json(cfg, "prune", "--older-than", "1h")["deleted_events"] == 1
     ids = [e["id"] for e in cli_json(cfg, "events")]
-    assert pending in ids and finished not in ids
+    assert pending in ids and finished not in ids and recent in ids
 
 
 def test_retention_prunes_by_itself(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry={"initial_seconds": 60})},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}],
                         "retention": {"days": 1 / 86400}})  # one second
     first = relay(cfg)
-    pending = post_signed(first.webhook, unique_body("failure")).json()["event_id"]
-    finished = post_signed(first.webhook, unique_body("timeout")).json()["event_id"]
-    time.sleep(1.5)
+    recent = post_signed(first.webhook, unique_body("timeout")).json()["event_id"]
     first.stop()
+    pending, finished = _old_events(store_url, cfg)
+    time.sleep(1.5)
     second = relay(cfg)  # prunes when it starts, then hourly
     wait_until(lambda: "retention pruned finished events" in second.logs(), message="prune")
     ids = [e["id"] for e in cli_json(cfg, "events")]
     assert pending in ids and finished not in ids
+    assert recent in ids  # inside the replay window: kept whatever retention.days says
 
 
 def metric(text: str, name: str, **labels: str) -> float:
