@@ -56,6 +56,7 @@ class BatchWriter(logging.Handler):
         self.stream = stream
         self.interval = interval
         self.records: deque[logging.LogRecord] = deque()
+        self.pid = os.getpid()  # a forked child's copy writes nothing: those are the parent's
         self.wake = threading.Event()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="suki-relay-log", daemon=True)
@@ -77,6 +78,9 @@ class BatchWriter(logging.Handler):
             self.write_out()
 
     def write_out(self) -> None:
+        if self.pid != os.getpid():  # the parent's lines, queued before a fork
+            self.records.clear()
+            return
         lines = []
         while True:
             try:
@@ -130,7 +134,8 @@ def flush() -> None:
 
 def _after_fork_in_child() -> None:
     """The parent's writer thread is not in the child, and its buffered lines are the
-    parent's to write: start afresh with the same output."""
+    parent's to write: start afresh with the same output. (The parent's writer stays
+    known to logging, which closes every handler at exit; it then writes nothing.)"""
     global _writer
     if _writer is not None:
         old, _writer = _writer, None
