@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_content_length
 
 from . import logs, metrics, verify
+from .body import TooSlow, read_body
 from .config import Config
 from .record import commit, recorder, to_event
 from .store import Store, StoreUnavailable
@@ -52,8 +53,9 @@ class Answer:
 
 
 def error(status: int, reason: str, message: str) -> Answer:
-    return Answer(status, {"error": reason, "message": message},
-                 (("Allow", "POST"),) if status == 405 else ())
+    headers = (("Allow", "POST"),) if status == 405 else (
+        (("Connection", "close"),) if status == 408 else ())
+    return Answer(status, {"error": reason, "message": message}, headers)
 
 
 class RelayApp:
@@ -126,7 +128,12 @@ class RelayApp:
             generated_at = environ.get("HTTP_GENERATED_AT")
             api_key = environ.get("HTTP_X_API_KEY")
             verify.check_headers(generated_at, api_key)
-            body = get_input_stream(environ).read(receiver.max_body_bytes + 1)
+            try:
+                body = read_body(environ, receiver.max_body_bytes + 1,
+                                 receiver.read_timeout_seconds)
+            except TooSlow:
+                raise Rejected(408, "request_timeout", "the body did not arrive within "
+                               f"{receiver.read_timeout_seconds:g} seconds") from None
             verify.check_length(len(body), receiver.max_body_bytes)
             verified = verify.verify(generated_at or "", api_key or "", body,
                                      list(receiver.secrets), receiver.tolerance_seconds,

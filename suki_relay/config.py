@@ -79,6 +79,7 @@ class Receiver:
     secrets: tuple[str, ...] = ()
     tolerance_seconds: float = 300.0
     max_body_bytes: int = 1024 * 1024
+    read_timeout_seconds: float = 10.0  # the whole body must arrive within this
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class _Builder:
         if not str(fields.path).startswith("/"):
             self.problem("receiver.path", "expected a path starting with /", _line(raw, "path"))
         return Receiver(fields.path, tuple(secrets), fields.tolerance_seconds,
-                        fields.max_body_bytes)
+                        fields.max_body_bytes, fields.read_timeout_seconds)
 
     def templates_dir(self, raw: Any, line: int | None) -> Path | None:
         if raw is None:
