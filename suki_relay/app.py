@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES
@@ -20,6 +21,7 @@ from werkzeug.wsgi import get_content_length
 from . import logs, metrics, verify
 from .body import TooSlow, read_body
 from .config import Config
+from .config_state import ConfigState, load_or_last_good, version
 from .record import commit, recorder, to_event
 from .store import Store, StoreUnavailable
 from .verify import Rejected
@@ -59,8 +61,10 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 
 class RelayApp:
-    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None):
+    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
+                 state: ConfigState | None = None):
         self.config = config
+        self.config_state = state or ConfigState(version(config.text))
         self.store = store
         self.recorder = recorder(store)
         self.count_event = metrics.event_counter(
@@ -79,7 +83,7 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store_stats)
+            body, content_type = metrics.render(self.store_stats, self.config_state)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -96,7 +100,7 @@ class RelayApp:
             except Exception:
                 answer = error(503, "store_unavailable", "the store cannot commit")
             else:
-                answer = Answer(200, {"status": "ready"})
+                answer = Answer(200, {"status": "ready", **self.config_state.describe()})
             self._ready = (now, answer)
         return answer
 
@@ -161,17 +165,21 @@ class RelayApp:
 
 
 def create_app(config_path: str | None = None, deliver: bool = True,
-               config: Config | None = None) -> RelayApp:
-    """Load config, open the store, start this process's delivery threads."""
-    from .config import load_config
+               config: Config | None = None, state: ConfigState | None = None,
+               shared: Path | None = None) -> RelayApp:
+    """Load config, open the store, start this process's delivery threads.
+
+    ``shared``: the folder a gunicorn master's workers share (runtime.py); a config that
+    fails to load there falls back to the last one that loaded."""
     from .deliver import Deliverer
     from .store import open_store
 
     logs.setup()
-    config = config or load_config(config_path)
+    if config is None:
+        config, state = load_or_last_good(config_path, shared)
     store = open_store(config.store_url, config.base_dir)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
-    return RelayApp(config, store, deliverer)
+    return RelayApp(config, store, deliverer, state)

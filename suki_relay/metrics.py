@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
+    from .config_state import ConfigState
     from .store import Store
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -112,7 +113,25 @@ class StoreCollector:
                                 value=stats["oldest_pending_age_seconds"])
 
 
-def render(stats: Callable[[], dict[str, Any] | None]) -> tuple[bytes, str]:
+class ConfigCollector:
+    """Which config runs, and whether the last edit of actions.yaml was rejected."""
+
+    def __init__(self, state: ConfigState):
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("suki_relay_config_info", "The config running (version)",
+                                 labels=["version"])
+        info.add_metric([self.state.version], 1)
+        yield info
+        yield GaugeMetricFamily("suki_relay_config_reload_rejected",
+                                "1 while the last edit of actions.yaml failed to load and "
+                                "the previous config keeps running",
+                                value=int(self.state.rejected is not None))
+
+
+def render(stats: Callable[[], dict[str, Any] | None],
+           config: ConfigState | None = None) -> tuple[bytes, str]:
     """This process's counts (or every worker's, in multiprocess mode), then the store's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
@@ -121,4 +140,6 @@ def render(stats: Callable[[], dict[str, Any] | None]) -> tuple[bytes, str]:
         counts = REGISTRY
     queue = CollectorRegistry()
     queue.register(StoreCollector(stats))  # type: ignore[arg-type]
+    if config is not None:
+        queue.register(ConfigCollector(config))  # type: ignore[arg-type]
     return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST
