@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from .config_state import ConfigState
-    from .store import Store
+    from .store import Stats, Store
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -80,9 +80,9 @@ class StoreStats:
         self.store = store
         self.seconds = seconds
         self._at: float | None = None
-        self._stats: dict[str, Any] | None = None
+        self._stats: Stats | None = None
 
-    def __call__(self) -> dict[str, Any] | None:
+    def __call__(self) -> Stats | None:
         now = time.monotonic()
         if self._at is None or now - self._at >= self.seconds:
             try:
@@ -96,7 +96,7 @@ class StoreStats:
 class StoreCollector:
     """Queue depth and oldest pending age, as last read by StoreStats."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any] | None]):
+    def __init__(self, stats: Callable[[], Stats | None]):
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -105,12 +105,12 @@ class StoreCollector:
             return
         depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
                                   labels=["state"])
-        for state, n in stats["deliveries"].items():
+        for state, n in stats.deliveries.items():
             depth.add_metric([state], n)
         yield depth
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
-                                value=stats["oldest_pending_age_seconds"])
+                                value=stats.oldest_pending_age_seconds)
 
 
 class ConfigCollector:
@@ -130,7 +130,7 @@ class ConfigCollector:
                                 value=int(self.state.rejected is not None))
 
 
-def render(stats: Callable[[], dict[str, Any] | None],
+def render(stats: Callable[[], Stats | None],
            config: ConfigState | None = None) -> tuple[bytes, str]:
     """This process's counts (or every worker's, in multiprocess mode), then the store's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -18,9 +18,9 @@ def test_an_event_the_store_refuses_is_kept_as_malformed(store_url: str, tmp_pat
                    ["r"], ["a"])  # as if a field had reached the store unescaped
     kept, recorded = commit(recorder(store), raw)
     assert kept.malformed and kept.actions == [] and not recorded.duplicate
-    event = store.event(recorded.event_id)
-    assert event is not None and event["malformed"] and event["body"] == raw.body
-    assert event["delivery_list"] == []
+    detail = store.event(recorded.event_id)
+    assert detail is not None and detail.event.malformed and detail.body == raw.body
+    assert detail.deliveries == []
 
 
 def test_ids_are_stored_in_a_safe_form(store_url: str, tmp_path: Path) -> None:
@@ -31,10 +31,10 @@ def test_ids_are_stored_in_a_safe_form(store_url: str, tmp_path: Path) -> None:
     event = to_event(body, Verified(1, "ab" * 32), config)
     assert not event.malformed
     _, recorded = commit(recorder(store), event)
-    row = store.event(recorded.event_id)
-    assert row is not None and row["body"] == body
-    assert (row["status"], row["session_id"]) == ("a\\u0000b", "\\ud800x")
-    assert row["encounter_id"] == "e" * 200
+    detail = store.event(recorded.event_id)
+    assert detail is not None and detail.body == body
+    assert (detail.event.status, detail.event.session_id) == ("a\\u0000b", "\\ud800x")
+    assert detail.event.encounter_id == "e" * 200
 
 
 def test_nesting_past_the_recursion_limit_is_malformed_not_an_error(tmp_path: Path) -> None:

@@ -50,13 +50,13 @@ def test_poison_bodies_among_good_ones(write_config, relay, sink, store_url) -> 
     store = open_test_store(store_url, cfg.parent)
     events = store.events(EventFilter(limit=1000))
     assert len(events) == len(good) + 3 * len(POISON)  # every request kept
-    by_session = {e["session_id"]: e for e in events}
-    assert by_session["\\ud800"]["encounter_id"] == "E\\udfff1"  # kept, in a safe form
-    assert by_session["nul\\u0000here"]["status"] == "failure"
-    assert by_session["line\nbreak"]["status"] == "failure"
-    assert by_session["s-surrogate-status"]["status"] == "fail\\ud800ure"
+    by_session = {e.session_id: e for e in events}
+    assert by_session["\\ud800"].encounter_id == "E\\udfff1"  # kept, in a safe form
+    assert by_session["nul\\u0000here"].status == "failure"
+    assert by_session["line\nbreak"].status == "failure"
+    assert by_session["s-surrogate-status"].status == "fail\\ud800ure"
     # the accepted poison bodies that match a rule are delivered too, raw bytes unchanged
     delivered = {g.body for g in target.received}
     assert POISON[0] in delivered and POISON[2] in delivered
-    assert sum(e["malformed"] for e in events) == 3 * 3  # too deep (twice), too many digits
+    assert sum(e.malformed for e in events) == 3 * 3  # too deep (twice), too many digits
     assert "Traceback" not in r.logs()
