@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import subprocess
@@ -17,6 +19,7 @@ from werkzeug.test import Client, TestResponse
 
 from suki_relay import signing
 from suki_relay.app import RelayApp
+from suki_relay.cli import main
 from suki_relay.config import load_config
 from suki_relay.deliver import Deliverer
 from suki_relay.store import Store, open_store
@@ -182,11 +185,26 @@ def run_cli(*args: str, cwd: Path | None = None,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`suki-relay ARGS` run in this process (no interpreter to start): what it prints,
+    and its exit status (argparse's usage errors included). An exception that the CLI
+    would show as a traceback propagates, and fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["suki-relay", *args], status, out.getvalue(),
+                                       err.getvalue())
+
+
 def check_fails(folder: Path, config: str) -> str:
     """`suki-relay check` on ``config`` saved as the folder's actions.yaml: it must fail
     with exit status 1 and a report, not a traceback. Returns the report."""
     (folder / "actions.yaml").write_text(config)
-    result = run_cli("check", cwd=folder)
+    result = cli_here("check", cwd=folder)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr
