@@ -28,8 +28,7 @@ from suki_relay.testing import (
 
 from .conftest import FAST_DELIVERY, check_fails, open_test_store, run_cli
 
-# The recipe from the README ("the note into your application over HTTP"), as written;
-# only the URL points at a local server.
+# The recipe of issue 13 ("forward the note to your own application"), as written.
 RECIPE = """
 note-to-app:
   type: http
@@ -37,6 +36,9 @@ note-to-app:
   fetch: [contents]
   body: '{"session": "{{ event.session_id }}", "note": {{ fetched.contents | json }}, "text": {{ fetched.contents | note_text | json }}}'
 """  # noqa: E501
+README = Path(__file__).resolve().parents[1] / "README.md"
+HTTP_RECIPE = "The note into your application over HTTP"
+FHIR_RECIPE = "The note into the EHR over FHIR"
 PHI = ("PHI-NOTE", "stable angina", "follow up in 2 weeks", "pt-SECRET", "tok-1")
 
 
@@ -46,10 +48,34 @@ def suki() -> Iterator[SukiStandIn]:
         yield fake
 
 
+def readme_recipe(heading: str) -> str:
+    """The first YAML block under a README heading."""
+    text = README.read_text().split(f"### {heading}\n", 1)[1]
+    return text.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
 def recipe(url: str) -> dict[str, Any]:
-    actions = yaml.safe_load(RECIPE.replace("https://app.example.org/suki/notes", url))
+    """The README's HTTP recipe, as written; only the URL points at a local server."""
+    actions = yaml.safe_load(readme_recipe(HTTP_RECIPE))["actions"]
+    actions["note-to-app"]["url"] = url
     actions["note-to-app"]["retry"] = {"initial_seconds": 0.2, "max_seconds": 0.5}
     return actions
+
+
+def test_the_readme_shows_the_recipe_as_the_issue_wrote_it() -> None:
+    assert RECIPE.strip() in readme_recipe(HTTP_RECIPE).replace("\n  ", "\n")
+    assert yaml.safe_load(readme_recipe(HTTP_RECIPE))["actions"] == yaml.safe_load(RECIPE)
+
+
+@pytest.mark.parametrize("heading", [HTTP_RECIPE, FHIR_RECIPE])
+def test_the_readme_recipes_pass_check(tmp_path: Path, heading: str) -> None:
+    (tmp_path / "actions.yaml").write_text("receiver: {secret: s}\n" + readme_recipe(heading))
+    env = {"SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t", "EHR_CLIENT_SECRET": "c"}
+    result = run_cli("check", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    shown = run_cli("routes", "test", "success", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "would fetch contents: GET https://sdp.suki.ai/api/v1/ambient/session/" in shown.stdout
 
 
 def relay_config(folder: Path, suki: SukiStandIn, actions: dict[str, Any]) -> Path:
