@@ -22,7 +22,7 @@ from urllib.parse import quote
 import requests
 
 from .. import oauth, outbound
-from ..action import Action, Delivery, Option, mask_secret_keys
+from ..action import MASK, Action, Delivery, Option, mask_secret_keys
 from ..errors import PermanentError
 from ..fetch import CONTENT_RELATIONS, note_text
 
@@ -154,7 +154,7 @@ class FhirAction(Action):
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         headers, body = self.request(delivery)
         if self.credentials is not None:
-            headers["Authorization"] = "Bearer ***"
+            headers["Authorization"] = MASK
         return {"method": "POST", "url": self.url, "headers": mask_secret_keys(headers),
                 "resource": json.loads(body)}
 
