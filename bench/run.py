@@ -372,7 +372,7 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                                       env=relay_env(folder), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             try:
-                wait_until(lambda s=store: s.stats()["deliveries"]["done"] == n, 600, 0.05,
+                wait_until(lambda s=store: s.stats().deliveries["done"] == n, 600, 0.05,
                            "all deliveries done")
                 results["suki-relay worker"].append(n / (time.perf_counter() - t0))
             finally:
@@ -417,10 +417,9 @@ def bench_lag(args: argparse.Namespace, work: Path) -> dict[str, float]:
 
 def drained(store: Any, n: int) -> bool:
     """All ``n`` deliveries done; a failed one ends the benchmark (it would never drain)."""
-    counts = store.stats()["deliveries"]
+    counts = store.stats().deliveries
     if counts["failed"]:
-        errors = {a["error"] for d in store.deliveries(state="failed", limit=5)
-                  for a in store.attempts(d["id"])}
+        errors = {d.last_error for d in store.deliveries(state="failed", limit=5)}
         raise RuntimeError(f"{counts['failed']} deliveries failed: {sorted(map(str, errors))}")
     return bool(counts["done"] == n)
 
@@ -471,7 +470,7 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
                                           env=relay_env(folder), stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
                 try:  # timed from the first delivery done: the worker's start-up is not in it
-                    first = wait_until(lambda s=store: s.stats()["deliveries"]["done"], 60,
+                    first = wait_until(lambda s=store: s.stats().deliveries["done"], 60,
                                        0.01, f"a first {name} delivery")
                     t0 = time.perf_counter()
                     wait_until(lambda s=store: drained(s, n), 600, 0.05,

@@ -341,7 +341,8 @@ def test_a_lost_answer_is_retried_and_leaves_one_document_and_nothing_leaks(
     sessions = [d["identifier"][0]["value"] for d in ehr.documents.values()]
     assert sessions == [json.loads(body)["session_id"], json.loads(second)["session_id"]]
     assert len(ehr.token_requests) == 2 and ehr.unauthorized == 1
-    notes = sorted(store.attempts(d["id"])[-1]["note"] for d in store.deliveries(state="done"))
+    notes = sorted(detail.attempts[-1].note or "" for d in store.deliveries(state="done")
+                   for detail in store.event(d.event_id).deliveries)  # type: ignore[union-attr]
     assert notes == ["already filed DocumentReference/1", "created DocumentReference/2"]
     r.stop()
     logs = r.logs()

@@ -108,7 +108,9 @@ def test_the_http_recipe_delivers_the_note_and_its_text(relay, sink, suki: SukiS
     assert len(suki.logins) == 1  # one token for every attempt of the process
     store = open_test_store("sqlite:///relay.db", tmp_path)
     wait_until(lambda: store.deliveries(state="done"), message="the delivery recorded done")
-    errors = [a["error"] for a in store.attempts(store.deliveries()[0]["id"])]
+    detail = store.event(store.deliveries()[0].event_id)
+    assert detail is not None
+    errors = [a.error for a in detail.deliveries[0].attempts]
     assert errors[0] == "fetch contents: Suki answered 404: content not ready yet"
     r.stop()
     logs = r.logs()
