@@ -7,26 +7,24 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
-from werkzeug.test import Client
 
-from suki_relay.app import create_app
 from suki_relay.signing import signed_headers
 from suki_relay.store import NewEvent
-from suki_relay.testing import SECRET, build_config
+from suki_relay.testing import SECRET
 
 from .conftest import open_test_store
 
-
-def _app(tmp_path: Path, **config):  # type: ignore[no-untyped-def]
-    return create_app(config=build_config({"store": "sqlite:///relay.db", **config}, tmp_path),
-                      deliver=False)
+SQLITE = pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])
 
 
-def test_readyz_does_not_take_the_write_lock_on_every_probe(tmp_path: Path) -> None:
-    app = _app(tmp_path)
-    app.ready_seconds = 3600  # long enough for this test on any machine
-    client = Client(app)
+@SQLITE
+def test_readyz_does_not_take_the_write_lock_on_every_probe(write_config, local_relay,
+                                                            tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = local_relay(write_config(), deliver=False)
+    relay.app.ready_seconds = 3600  # long enough for this test on any machine
+    client = relay.client
     assert client.get("/readyz").status_code == 200
     other = open_test_store("sqlite:///relay.db", tmp_path)
     answers: list[int] = []
@@ -38,10 +36,12 @@ def test_readyz_does_not_take_the_write_lock_on_every_probe(tmp_path: Path) -> N
     assert answers == [200] * 20
 
 
-def test_metrics_read_the_store_counts_at_most_every_few_seconds(tmp_path: Path) -> None:
-    app = _app(tmp_path)
+def test_metrics_read_the_store_counts_at_most_every_few_seconds(write_config,
+                                                                local_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = local_relay(write_config(), deliver=False)
+    app = relay.app
     app.store_stats.seconds = 3600
-    client = Client(app)
+    client = relay.client
     first = client.get("/metrics").get_data(as_text=True)
     assert 'suki_relay_deliveries{state="pending"} 0.0' in first
     app.store.record([NewEvent("k", b"{}", 1, "failure", "s", None, False, ["r"], ["a"])])
@@ -56,10 +56,13 @@ def _events(status: str) -> float:
     return REGISTRY.get_sample_value("suki_relay_events_total", {"status": status}) or 0.0
 
 
-def test_the_status_label_takes_only_statuses_the_rules_name(tmp_path: Path) -> None:
-    app = _app(tmp_path, actions={"a": {"type": "http", "url": "http://127.0.0.1:9/"}},
-               rules=[{"name": "r", "when": {"status": ["reviewed", "failure"]}, "do": ["a"]}])
-    client = Client(app)
+@SQLITE
+def test_the_status_label_takes_only_statuses_the_rules_name(write_config, local_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = local_relay(write_config({
+        "actions": {"a": {"type": "http", "url": "http://127.0.0.1:9/"}},
+        "rules": [{"name": "r", "when": {"status": ["reviewed", "failure"]}, "do": ["a"]}]}),
+        deliver=False)
+    client = relay.client
     before = {s: _events(s) for s in ("success", "reviewed", "other", "made-up-1")}
     for status in ("success", "reviewed", "made-up-1", "made-up-2", "made-up-1"):
         body = json.dumps({"status": status, "session_id": "s"}).encode()
@@ -72,8 +75,9 @@ def test_the_status_label_takes_only_statuses_the_rules_name(tmp_path: Path) -> 
     assert _events("made-up-1") == before["made-up-1"] == 0
 
 
-def test_generated_at_in_other_scripts_digits_is_refused(tmp_path: Path) -> None:
-    client = Client(_app(tmp_path))
+@SQLITE
+def test_generated_at_in_other_scripts_digits_is_refused(write_config, local_relay) -> None:  # type: ignore[no-untyped-def]
+    client = local_relay(write_config(), deliver=False).client
     body = b'{"status": "failure"}'
     headers = signed_headers(SECRET, body)
     headers["generated-at"] = "\u0661\u0662\u0663"  # Arabic-Indic 123: \d matches it
