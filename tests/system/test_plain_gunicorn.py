@@ -13,7 +13,7 @@ import yaml
 from suki_relay.testing import post_signed, unique_body, wait_until
 
 from ..conftest import http_action
-from ..test_operations import metric
+from .test_metrics import metric
 
 
 @pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
