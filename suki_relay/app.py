@@ -65,6 +65,11 @@ class RelayApp:
                  state: ConfigState | None = None):
         self.config = config
         self.config_state = state or ConfigState(version(config.text))
+        try:  # the audit trail of config versions; never a reason not to start
+            store.remember_config(self.config_state.version, str(config.file.resolve()))
+        except StoreUnavailable as exc:
+            logs.event(log, "config version not recorded: store unavailable", logging.WARNING,
+                       version=self.config_state.version, error=str(exc)[:200])
         self.store = store
         self.recorder = recorder(store)
         self.count_event = metrics.event_counter(
@@ -145,7 +150,8 @@ class RelayApp:
         except Rejected as r:
             return error(r.status, r.reason, r.message), r.reason
 
-        event, recorded = commit(self.recorder, to_event(body, verified, self.config))
+        event, recorded = commit(self.recorder, to_event(body, verified, self.config,
+                                                         self.config_state.version))
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
         if event.malformed:

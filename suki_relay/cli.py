@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_store import (
+    cmd_configs,
     cmd_deliveries,
     cmd_events,
     cmd_prune,
@@ -237,6 +238,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    add("configs", cmd_configs, "the config versions used (the version `show` names)",
+        json_flag=True)
     return p
 
 

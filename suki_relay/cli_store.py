@@ -110,7 +110,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     status = printable(e.status) if not e.malformed else "MALFORMED"
     lines = [f"event {e.id}  received {_when(e.received_at)}  status {status}",
              f"session {printable(e.session_id)}  encounter {printable(e.encounter_id)}",
-             f"rules matched: {', '.join(e.rules) or '(none)'}"]
+             f"rules matched: {', '.join(e.rules) or '(none)'}  "
+             f"(config {e.config_version or 'unknown'})"]
     data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
     data["delivery_list"] = []
     for dd in detail.deliveries:
@@ -193,6 +194,15 @@ def cmd_reroute(args: argparse.Namespace) -> int:
     verb = "would plan" if args.dry_run else "planned"
     emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
                      f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The audit trail: every config version used, and where and when it was first."""
+    with store_of(config_of(args)) as store:
+        found = store.config_versions()
+    rows = [{**asdict(c), "first_used": _when(c.first_used_at)} for c in found]
+    emit(args, rows, table(rows, ["version", "first_used", "host", "file"]))
     return 0
 
 

@@ -27,8 +27,10 @@ from .verify import Verified
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
 
 
-def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
-    """Parse and route; a body that is not a JSON object with a string status is malformed."""
+def to_event(body: bytes, verified: Verified, config: Config,
+             config_version: str | None = None) -> NewEvent:
+    """Parse and route; a body that is not a JSON object with a string status is malformed.
+    ``config_version``: the version of ``config``, recorded with the event."""
     payload: Any
     try:
         payload = json.loads(body)
@@ -38,7 +40,7 @@ def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
     status = payload.get("status") if isinstance(payload, dict) else None
     if not isinstance(status, str):
         return malformed(NewEvent(dedup, body, verified.generated_at_ms, None, None, None,
-                                  True, [], []))
+                                  True, [], [], config_version=config_version))
     plan = route(config.rules, config.unmatched, payload)
     return NewEvent(
         dedup_key=dedup,
@@ -50,6 +52,7 @@ def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
         malformed=False,
         rules=plan.rules,
         actions=plan.actions,
+        config_version=config_version,
     )
 
 

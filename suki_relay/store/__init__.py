@@ -37,13 +37,22 @@ from .base import (
     Store,
     StoreUnavailable,
 )
-from .rows import AttemptRow, DeliveryDetail, DeliveryListRow, DeliveryRow, EventDetail, EventRow, Stats
+from .rows import (
+    AttemptRow,
+    ConfigVersionRow,
+    DeliveryDetail,
+    DeliveryListRow,
+    DeliveryRow,
+    EventDetail,
+    EventRow,
+    Stats,
+)
 from .schema import SchemaTooNew
 
 __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
-           "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail", "EventFilter",
-           "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats", "Store",
-           "StoreUnavailable", "open_store"]
+           "ConfigVersionRow", "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail",
+           "EventFilter", "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats",
+           "Store", "StoreUnavailable", "open_store"]
 
 
 def open_store(url: str, base_dir: Path | None = None) -> Store:

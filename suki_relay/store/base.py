@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from .rows import DeliveryRow, EventDetail, EventRow, Stats
+from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -61,6 +61,7 @@ class NewEvent:
     actions: list[str]
     id: str = field(default_factory=lambda: new_id("evt"))
     received_at: float = field(default_factory=time.time)
+    config_version: str | None = None  # the config that routed it (config_state.version)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,14 @@ class Store(ABC):
     @abstractmethod
     def stats(self) -> Stats:
         """Deliveries by state, events stored and the oldest unfinished delivery's age."""
+
+    @abstractmethod
+    def remember_config(self, version: str, file: str) -> None:
+        """Record that this config version is in use (first time only): the audit trail."""
+
+    @abstractmethod
+    def config_versions(self) -> list[ConfigVersionRow]:
+        """Every config version used, oldest first."""
 
     @abstractmethod
     def close(self) -> None:

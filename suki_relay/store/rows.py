@@ -63,6 +63,7 @@ class EventRow:
     malformed: bool
     matched: bool
     rules: list[str]
+    config_version: str | None = None  # the config that routed it (None: before versions)
     deliveries: dict[str, int] = field(default_factory=dict)  # count by state
 
 
@@ -79,6 +80,16 @@ class EventDetail:
     event: EventRow
     body: bytes
     deliveries: list[DeliveryDetail]
+
+
+@dataclass(frozen=True)
+class ConfigVersionRow:
+    """A config version (the start of its SHA-256) and where and when it was first used."""
+
+    version: str
+    first_used_at: float
+    file: str
+    host: str
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,15 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 """),
+    Migration(2, "which config version routed each event, and when each was first used", """
+CREATE TABLE IF NOT EXISTS config_versions (
+    version TEXT PRIMARY KEY,
+    first_used_at DOUBLE PRECISION NOT NULL,
+    file TEXT NOT NULL,
+    host TEXT NOT NULL
+);
+ALTER TABLE events ADD COLUMN config_version TEXT
+"""),
 ]
 
 
