@@ -16,7 +16,7 @@ from suki_relay.testing import SECRET
 
 from .conftest import open_test_store
 
-SQLITE = pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])
+SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 
 @SQLITE

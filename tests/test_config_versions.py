@@ -36,7 +36,7 @@ def test_each_event_names_the_config_that_routed_it(write_config, local_relay, c
     assert all(c["file"] == str(cfg) for c in listed)
 
 
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_the_version_is_the_sha256_of_the_file(write_config) -> None:  # type: ignore[no-untyped-def]
     import hashlib
 

@@ -10,7 +10,7 @@ import pytest
 from suki_relay.testing import wait_until
 
 
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
 def test_reload_lines_are_written_once(write_config, relay) -> None:  # type: ignore[no-untyped-def]
     cfg = write_config()
     r = relay(cfg, workers=2)

@@ -1,5 +1,5 @@
 """Plain `gunicorn 'suki_relay.wsgi:app'`, no flags, behaves as `suki-relay serve`:
-metrics summed across workers, and a reload with a broken actions.yaml keeps serving."""
+metrics summed across workers (its reloads: test_reload.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import signal
 
 import pytest
 import requests
-import yaml
 
-from suki_relay.testing import post_signed, unique_body, wait_until
+from suki_relay.testing import post_signed, unique_body
 
-from ..conftest import http_action
 from .test_metrics import metric
 
 
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
 def test_metrics_are_summed_across_workers(write_config, relay) -> None:  # type: ignore[no-untyped-def]
     r = relay(write_config(), plain_gunicorn=True, workers=2)
     workers = r.worker_pids()
@@ -33,53 +31,3 @@ def test_metrics_are_summed_across_workers(write_config, relay) -> None:  # type
         text = requests.get(r.url + "/metrics", timeout=10).text
         assert metric(text, "suki_relay_requests_total", outcome="accepted") == 6
         assert metric(text, "suki_relay_events_total", status="failure") == 6
-
-
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
-@pytest.mark.parametrize("plain", [True, False], ids=["plain-gunicorn", "serve"])
-def test_a_reload_with_a_broken_config_keeps_serving(write_config, relay, sink, plain) -> None:  # type: ignore[no-untyped-def]
-    first, second = sink(), sink()
-    cfg = write_config({"actions": {"ehr": http_action(first.url)},
-                        "rules": [{"name": "all", "do": ["ehr"]}]})
-    r = relay(cfg, plain_gunicorn=plain, workers=2)
-    good = cfg.read_text()
-    cfg.write_text(good + "\nrules: [{name: x, do: [no-such-action]}]\n")
-    r.signal(signal.SIGHUP)
-    wait_until(lambda: "config rejected" in r.logs() and "no-such-action" in r.logs(),
-               message="the rejection, with its problems, in the log")
-
-    def rejected_everywhere() -> bool:
-        ready = requests.get(r.url + "/readyz", timeout=5)
-        text = requests.get(r.url + "/metrics", timeout=5).text
-        return (ready.status_code == 200 and "config_rejected" in ready.json()
-                and metric(text, "suki_relay_config_reload_rejected") == 1)
-
-    wait_until(rejected_everywhere, interval=0.3, message="the rejection in /readyz and metrics")
-    assert post_signed(r.webhook, unique_body()).status_code == 200
-    wait_until(lambda: first.received, message="delivery under the previous config")
-    assert r.proc is not None and r.proc.poll() is None
-    lines = [line for line in r.logs().splitlines()
-             if "config rejected" in line and "no-such-action" in line]
-    assert len(lines) == 1, lines  # logged once, not once per worker
-    assert " error " in lines[0]
-
-    full = yaml.safe_load(good)
-    full["actions"]["ehr"]["url"] = second.url
-    cfg.write_text(yaml.safe_dump(full))
-    r.signal(signal.SIGHUP)
-
-    def fixed() -> bool:
-        ready = requests.get(r.url + "/readyz", timeout=5).json()
-        return "config_rejected" not in ready
-
-    wait_until(fixed, interval=0.3, message="the good config loaded")
-    wait_until(lambda: r.logs().count("config reloaded") == 1, message="the reload, logged once")
-
-    def lands_on_second() -> bool:
-        post_signed(r.webhook, unique_body())
-        return bool(wait_until(lambda: len(first.received) + len(second.received) >= 2,
-                               message="any delivery") and second.received)
-
-    wait_until(lands_on_second, timeout=20, interval=0.5, message="the new config to take effect")
-    assert r.stop() == 0
-    assert r.logs().count("config reloaded") == 1

@@ -15,7 +15,7 @@ from suki_relay.testing import SECRET, unique_body, wait_until
 from ..conftest import http_action, run_cli
 
 
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
 def test_prune_keeps_events_inside_the_replay_window(write_config, relay, sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
     cfg = write_config({"actions": {"ehr": http_action(target.url)},

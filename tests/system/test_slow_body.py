@@ -35,7 +35,7 @@ def drip(port: int, answers: list[bytes], started: threading.Event) -> None:
         answers.append(b"")
 
 
-@pytest.mark.parametrize("store_url", ["sqlite:///relay.db"])  # not about the store
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
 @pytest.mark.parametrize("plain", [False, True], ids=["serve-gthread", "plain-gunicorn-sync"])
 def test_dripping_clients_are_cut_off_and_others_are_served(write_config, relay,
                                                             plain: bool) -> None:  # type: ignore[no-untyped-def]
