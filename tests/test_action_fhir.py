@@ -218,12 +218,32 @@ def test_outcomes_name_only_the_issue_codes(tmp_path: Path, suki: SukiStandIn, e
         assert info.value.retry_after == 7  # type: ignore[attr-defined]
 
 
-def test_a_hostile_issue_code_is_not_repeated(tmp_path: Path, suki: SukiStandIn,
-                                              ehr: FhirStandIn) -> None:
-    ehr.scripted = [outcome(400, "Jane Doe has stable angina")]
+@pytest.mark.parametrize("body", [
+    {"resourceType": "OperationOutcome", "issue": [{"code": "jane-doe-has-angina"}]},
+    {"resourceType": "OperationOutcome", "issue": [{"code": {"text": "x"}}, "junk", None]},
+    {"resourceType": "OperationOutcome", "issue": "not a list"},
+    {"resourceType": "Patient", "id": "jane-doe"},
+    ["not", "an", "object"],
+])
+def test_a_hostile_answer_is_not_repeated(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn,
+                                          body: Any) -> None:
+    ehr.scripted = [Reply(400, json.dumps(body).encode())]
     with pytest.raises(PermanentError) as info:
         attempt_once(filer(tmp_path, suki, ehr), make_delivery(event()))
     assert str(info.value) == "FHIR server answered 400"
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": "invalid_client: Jane Doe"}, {"error": {"x": 1}}, ["invalid_client"], "oops"])
+def test_a_hostile_token_error_is_not_repeated(tmp_path: Path, suki: SukiStandIn,
+                                               sink, answer: Any) -> None:  # type: ignore[no-untyped-def]
+    token = sink(default=Reply(401, json.dumps(answer).encode()))
+    spec = build_spec("fhir", {"base_url": "http://127.0.0.1:1/fhir", "subject": "Patient/1",
+                               "auth": {"token_url": token.url, "client_id": "c",
+                                        "client_secret": "s"}}, tmp_path, suki=suki.settings())
+    with pytest.raises(PermanentError) as info:
+        attempt_once(spec, make_delivery(event()))
+    assert str(info.value) == "OAuth2 token endpoint refused the client credentials (401)"
 
 
 def test_a_timeout_is_retried(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn) -> None:
