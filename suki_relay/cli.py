@@ -259,18 +259,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from . import repair
+
     store = _store(_config(args))
     if args.event_id:
-        event = store.event(args.event_id)
-        if event is None:
-            raise RelayError(f"no event {args.event_id}")
-        chosen = [d for d in event["delivery_list"]
-                  if (not args.failed or d["state"] == "failed")
-                  and (not args.action or d["action"] == args.action)
-                  and d["state"] != "in_flight"]
+        chosen = repair.event_deliveries(store, args.event_id, failed_only=args.failed,
+                                         action=args.action)
     elif args.failed:
-        chosen = store.deliveries(state="failed", action=args.action,
-                                  since=parse_since(args.since), limit=args.limit)
+        chosen = repair.failed_deliveries(store, since=parse_since(args.since),
+                                          action=args.action, limit=args.limit)
     else:
         raise RelayError("give an EVENT_ID, or --failed for every failed delivery")
     rows = [{"id": d["id"], "event_id": d["event_id"], "action": d["action"],
@@ -279,30 +276,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
         emit(args, rows, f"would replay {len(rows)} deliveries\n" + table(
             rows, ["id", "event_id", "action", "state"]))
         return 0
-    n = store.reopen([r["id"] for r in rows])
+    n = repair.replay(store, chosen)
     emit(args, rows, f"replaying {n} deliveries (running workers pick them up now)")
     return 0
 
 
 def cmd_reroute(args: argparse.Namespace) -> int:
-    from .routing import route
+    from . import repair
 
     config = _config(args)
     store = _store(config)
-    event = store.event(args.event_id)
-    if event is None:
-        raise RelayError(f"no event {args.event_id}")
-    if event["malformed"]:
-        raise RelayError(f"event {args.event_id} is malformed; nothing to route")
-    plan = route(config.rules, config.unmatched, json.loads(event["body"]))
-    have = {d["action"] for d in event["delivery_list"]}
-    new = [a for a in plan.actions if a not in have]
-    data = {"rules": plan.rules, "new_actions": new, "existing_actions": sorted(have)}
-    if not args.dry_run:
-        store.add_deliveries(args.event_id, plan.rules, new)
+    plan = (repair.plan_reroute if args.dry_run else repair.reroute)(config, store,
+                                                                     args.event_id)
+    data = {"rules": plan.rules, "new_actions": plan.new_actions,
+            "existing_actions": plan.existing_actions}
     verb = "would plan" if args.dry_run else "planned"
     emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
-                     f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
+                     f"{verb} {len(plan.new_actions)} new deliveries: "
+                     f"{', '.join(plan.new_actions) or '-'}")
     return 0
 
 
@@ -316,6 +307,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     n = _store(config).prune(before)
     emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
                                       f"{_when(before)}")
+    return 0
+
+
+def cmd_console_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .console.auth import hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New console password: ")
+        if getpass.getpass("Again: ") != password:
+            raise RelayError("the two passwords differ")
+    if len(password) < 12:
+        raise RelayError("use at least 12 characters")
+    print(hash_password(password))
     return 0
 
 
@@ -391,6 +399,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    sp = add("console-password", cmd_console_password,
+             "print a password hash for console.users (asks for the password)")
+    sp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     return p
 
 

@@ -94,11 +94,12 @@ def sink() -> Iterator[Callable[..., Sink]]:
         s.stop()
 
 
-def run_cli(*args: str, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """`suki-relay ARGS` as a user runs it, in a process of its own."""
     return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
+                          capture_output=True, timeout=60, env={**os.environ, **(env or {})},
+                          input=input_text)
 
 
 def check_fails(folder: Path, config: str) -> str:

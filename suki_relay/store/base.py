@@ -115,6 +115,7 @@ class EventFilter:
     until: float | None = None
     matched: bool | None = None
     malformed: bool | None = None
+    before: tuple[float, str] | None = None  # (received_at, id) of the last row of a page
     limit: int = 50
 
 
@@ -159,6 +160,10 @@ class Store:
         raise NotImplementedError
 
     def event(self, event_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def count_events(self, since: float) -> int:
+        """How many events were received since ``since``."""
         raise NotImplementedError
 
     def deliveries(self, state: str | None = None, action: str | None = None,

@@ -341,6 +341,9 @@ class SqlStore(Store):
         if f.until is not None:
             where.append("received_at < ?")
             params.append(f.until)
+        if f.before is not None:
+            where.append("(received_at < ? OR (received_at = ? AND id < ?))")
+            params += [f.before[0], f.before[0], f.before[1]]
         if f.matched is not None:
             where.append("matched = ?")
             params.append(int(f.matched))
@@ -377,6 +380,11 @@ class SqlStore(Store):
                     "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY started_at, attempt",
                     (d["id"],))
         return row
+
+    def count_events(self, since: float) -> int:
+        with self.tx(write=False) as tx:
+            row = tx.one("SELECT count(*) AS n FROM events WHERE received_at >= ?", (since,))
+        return int(row["n"]) if row else 0
 
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,

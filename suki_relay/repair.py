@@ -1,0 +1,68 @@
+"""Replay and reroute, decided once for every way in (the CLI and the console).
+
+Both are the store's own repair operations: a replay re-opens deliveries
+(``Store.reopen``), a reroute plans the deliveries an event lacks under the current
+rules (``Store.add_deliveries``). What is chosen, and what is refused, lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RelayError
+from .store import FAILED, IN_FLIGHT, Store
+
+
+def event_deliveries(store: Store, event_id: str, *, failed_only: bool = False,
+                     action: str | None = None) -> list[Any]:
+    """The deliveries of one event a replay would re-open (never one in flight)."""
+    event = store.event(event_id)
+    if event is None:
+        raise RelayError(f"no event {event_id}")
+    return [d for d in event["delivery_list"]
+            if (not failed_only or d["state"] == FAILED)
+            and (not action or d["action"] == action)
+            and d["state"] != IN_FLIGHT]
+
+
+def failed_deliveries(store: Store, since: float | None = None, action: str | None = None,
+                      limit: int = 10000) -> list[Any]:
+    """Failed deliveries (changed since ``since``), most recently changed first."""
+    return store.deliveries(state=FAILED, action=action, since=since, limit=limit)
+
+
+def replay(store: Store, deliveries: list[Any]) -> int:
+    """Re-open these deliveries: due now, with a fresh retry budget."""
+    return store.reopen([d["id"] for d in deliveries])
+
+
+@dataclass(frozen=True)
+class ReroutePlan:
+    event_id: str
+    rules: list[str]
+    new_actions: list[str]
+    existing_actions: list[str]
+
+
+def plan_reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
+    """What the current rules would add to a stored event (nothing is changed)."""
+    from .routing import route
+
+    event = store.event(event_id)
+    if event is None:
+        raise RelayError(f"no event {event_id}")
+    if event["malformed"]:
+        raise RelayError(f"event {event_id} is malformed; nothing to route")
+    plan = route(config.rules, config.unmatched, json.loads(event["body"]))
+    have = {d["action"] for d in event["delivery_list"]}
+    return ReroutePlan(event_id, plan.rules, [a for a in plan.actions if a not in have],
+                       sorted(have))
+
+
+def reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
+    """Plan and add the deliveries the event lacks under the current rules."""
+    plan = plan_reroute(config, store, event_id)
+    store.add_deliveries(event_id, plan.rules, plan.new_actions)
+    return plan
