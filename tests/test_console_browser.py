@@ -227,7 +227,7 @@ def test_console_in_a_browser(browser: Any, relay, sink, tmp_path: Path) -> None
 
     docs = os.environ.get("SUKI_RELAY_CONSOLE_SCREENSHOT")
     if docs:  # to refresh the README's screenshot: the event page at laptop width
-        shutil.copy(shots.folder / "failed-laptop.png", docs)
+        shutil.copy(shots.folder / "event-laptop.png", docs)
     assert all(p.stat().st_size > 5000 for p in shots.taken)
 
 
