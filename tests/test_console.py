@@ -529,3 +529,14 @@ def test_console_password_prints_a_scrypt_hash(tmp_path: Path) -> None:
     assert "a long enough password" not in result.stdout
     short = run_cli("console-password", "--stdin", input_text="short\n")
     assert short.returncode == 1 and "12 characters" in short.stderr
+
+
+def test_sign_in_is_refused_not_queued_while_password_checks_are_busy(relay: Relay) -> None:
+    checking = relay.app.console.checking
+    while checking.acquire(blocking=False):  # every password check slot taken
+        pass
+    client = relay.client()
+    busy = sign_in(client)
+    assert busy.status_code == 429 and "busy" in busy.text and busy.headers["Retry-After"]
+    checking.release()
+    assert sign_in(client).status_code == 303

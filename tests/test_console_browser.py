@@ -191,7 +191,7 @@ def test_console_in_a_browser(browser: Any, relay, sink, tmp_path: Path) -> None
 
     # reroute: the confirmation shows the plan
     browser.get(console + f"/events/{event_id}/reroute")
-    assert "Reroute event" in browser.page_source
+    assert "Reroute event" in browser.page_source and "Nothing to do" in browser.page_source
     shots("reroute-confirm")
 
     # replay all failed since: nothing failed now

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from .. import logs
+from ..store import StoreUnavailable
 from .auth import Keys, Session, Throttle
 from .views import Views
 
@@ -49,6 +51,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+CONCURRENT_CHECKS = 2
 FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_REAL_IP")
 
 
@@ -83,6 +86,9 @@ class Console:
         self.keys = Keys(self.settings, config.receiver.secrets)
         self.users_throttle = Throttle(free=5)
         self.addresses_throttle = Throttle(free=20)
+        # scrypt takes ~32 MiB and tens of ms per check: a few at a time per process, and
+        # a sign-in that finds them all busy is told to retry rather than made to wait
+        self.checking = threading.BoundedSemaphore(CONCURRENT_CHECKS)
         self.jinja = Environment(loader=FileSystemLoader(HERE / "templates"),
                                  autoescape=select_autoescape(default=True),
                                  trim_blocks=True, lstrip_blocks=True)
@@ -110,6 +116,9 @@ class Console:
         request = ConsoleRequest(environ)
         try:
             response = self.dispatch(request)
+        except StoreUnavailable:
+            response = self.error_page(request, 503, "The store cannot be reached right now. "
+                                                     "Nothing was changed; try again shortly.")
         except HTTPException as exc:
             if exc.code and exc.code < 400:  # a redirect (e.g. to the trailing slash)
                 response = exc.get_response(environ)
@@ -208,7 +217,16 @@ class Console:
                                        f"in {int(wait) + 1} seconds.", 429, user)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
-        if not self.keys.check_password(user, password):
+        if not self.checking.acquire(blocking=False):
+            response = self.login_form(request, target, "Sign-in is busy. Try again in a few "
+                                       "seconds.", 429, user)
+            response.headers["Retry-After"] = "2"
+            return response
+        try:
+            ok = self.keys.check_password(user, password)
+        finally:
+            self.checking.release()
+        if not ok:
             self.users_throttle.failed(user_keys)
             self.addresses_throttle.failed(address_keys)
             logs.event(log, "console sign-in failed", logging.WARNING,
