@@ -540,3 +540,26 @@ def test_sign_in_is_refused_not_queued_while_password_checks_are_busy(relay: Rel
     assert busy.status_code == 429 and "busy" in busy.text and busy.headers["Retry-After"]
     checking.release()
     assert sign_in(client).status_code == 303
+
+
+def test_store_outage_shows_a_503_page_and_the_overview_says_so(relay: Relay) -> None:
+    import sqlite3
+
+    event_id = relay.receive()
+    client = signed_in(relay)
+    db = sqlite3.connect(relay.folder / "relay.db")
+    db.execute("ALTER TABLE events RENAME TO events_away")  # the store cannot answer
+    db.commit()
+    try:
+        for path in ("/console/events", f"/console/events/{event_id}", "/console/failed"):
+            resp = client.get(path)
+            assert resp.status_code == 503, path
+            assert "cannot be reached" in resp.text and "Traceback" not in resp.text
+            assert resp.headers["Cache-Control"] == "no-store"
+        overview = client.get("/console/")
+        assert overview.status_code == 200 and "cannot be read right now" in overview.text
+    finally:
+        db.execute("ALTER TABLE events_away RENAME TO events")
+        db.commit()
+        db.close()
+    assert client.get(f"/console/events/{event_id}").status_code == 200
