@@ -65,6 +65,15 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+# every visible control a person can reach must have a name a screen reader can say
+UNLABELLED = """
+return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !el.textContent.trim())
+  .map(el => el.outerHTML.slice(0, 80));
+"""
+
+
 class Shots:
     """Full-page screenshots of each page at laptop and phone widths."""
 
@@ -75,6 +84,8 @@ class Shots:
         self.taken: list[Path] = []
 
     def __call__(self, name: str) -> None:
+        unlabelled = self.driver.execute_script(UNLABELLED)
+        assert not unlabelled, f"{name}: controls without a label: {unlabelled}"
         for label, (width, height) in (("laptop", LAPTOP), ("phone", PHONE)):
             self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
                 "width": width, "height": height, "deviceScaleFactor": 1,
