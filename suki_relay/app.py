@@ -66,7 +66,7 @@ class RelayApp:
         if config.console.enabled:
             from .console.app import Console
 
-            self.console = Console(config, store)
+            self.console = Console(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

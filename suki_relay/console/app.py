@@ -34,8 +34,8 @@ from .views import Views
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from ..app import RelayApp
     from ..config import Config
-    from ..store import Store
 
 log = logging.getLogger("suki_relay.console")
 HERE = Path(__file__).parent
@@ -79,7 +79,8 @@ def served_on_loopback(request: Request) -> bool:
 
 
 class Console:
-    def __init__(self, config: Config, store: Store):
+    def __init__(self, relay: RelayApp):
+        config = relay.config
         self.config = config
         self.settings = config.console
         self.prefix = self.settings.path
@@ -94,7 +95,7 @@ class Console:
                                  trim_blocks=True, lstrip_blocks=True)
         self.jinja.filters.update(utc=_utc, iso=_iso, duration=_duration, ms=_ms,
                                   querystring=lambda d: urlencode(d))
-        self.views = Views(self, config, store)
+        self.views = Views(self, relay)
         p = self.prefix
         self.url_map = Map([
             Rule(f"{p}/", endpoint="overview", methods=["GET"]),

@@ -20,8 +20,7 @@ from ..errors import RelayError
 from ..store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..store import Store
+    from ..app import RelayApp
     from .app import Console
     from .auth import Session
 
@@ -42,11 +41,22 @@ def _since(text: str) -> float:
     return since
 
 
+def readiness(relay: RelayApp) -> str:
+    """What /readyz says (store, and spool where there is one), in words."""
+    answer = relay.ready()
+    body = json.loads(answer.body)
+    if answer.status != 200:
+        return f"not ready: {body.get('message', body.get('error', 'unknown'))}"
+    details = ", ".join(f"{k} {v}" for k, v in body.items() if k != "status")
+    return f"{body['status']}" + (f" ({details})" if details else "")
+
+
 class Views:
-    def __init__(self, console: Console, config: Config, store: Store):
+    def __init__(self, console: Console, relay: RelayApp):
         self.console = console
-        self.config = config
-        self.store = store
+        self.relay = relay
+        self.config = relay.config
+        self.store = relay.store
 
     def render(self, request: Request, template: str, session: Session, status: int = 200,
                **context: Any) -> Response:
@@ -65,18 +75,14 @@ class Views:
 
         now = time.time()
         try:
-            self.store.ping()
-            store_state = "writable"
-        except Exception:
-            store_state = "unavailable: cannot commit"
-        try:
             stats = self.store.stats()
             counts = {"hour": self.store.count_events(now - 3600),
                       "day": self.store.count_events(now - 86400)}
         except StoreUnavailable:
             stats, counts = None, None
         facts = [
-            ("Store", f"{self.config.store_url.split(':', 1)[0]}, {store_state}"),
+            ("Readiness", readiness(self.relay)),
+            ("Store", self.config.store_url.split(":", 1)[0]),
             ("Events stored", stats["events"] if stats else "-"),
             ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
         ]
