@@ -34,10 +34,11 @@ HASH = hash_password(PASSWORD)
 OTHER_HASH = hash_password("another long password")
 
 
-def config_text(console: dict[str, Any] | None = None, rules: list[Any] | None = None) -> str:
+def config_text(console: dict[str, Any] | None = None, rules: list[Any] | None = None,
+                store: str = "sqlite:///relay.db") -> str:
     config = {
         "receiver": {"secrets": [SECRET]},
-        "store": "sqlite:///relay.db",
+        "store": store,
         "actions": {"ehr": {"type": "http", "url": "http://127.0.0.1:9/ehr"},
                     "audit": {"type": "http", "url": "http://127.0.0.1:9/audit"}},
         "rules": rules if rules is not None else [{"name": "all", "do": ["ehr"]}],
@@ -91,6 +92,14 @@ class Relay:
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[Relay]:
     r = Relay(tmp_path, config_text())
+    yield r
+    r.store.close()
+
+
+@pytest.fixture
+def any_relay(tmp_path: Path, store_url: str) -> Iterator[Relay]:
+    """The relay on each store backend (SQLite, PostgreSQL)."""
+    r = Relay(tmp_path, config_text(store=store_url))
     yield r
     r.store.close()
 
@@ -458,7 +467,9 @@ def test_reroute_shows_the_plan_then_adds_deliveries(relay: Relay, tmp_path: Pat
             if r.getMessage() == "console audit"] == [("reroute", event_id)]
 
 
-def test_events_filters_and_pagination(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_events_filters_and_pagination(any_relay: Relay,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = any_relay
     monkeypatch.setattr(views, "PAGE_SIZE", 2)
     ids = [relay.receive(unique_body(s)) for s in ("failure", "timeout", "success", "failure")]
     malformed = b'["not an object"]'
@@ -487,7 +498,8 @@ def test_events_filters_and_pagination(relay: Relay, monkeypatch: pytest.MonkeyP
     assert bad.status_code == 400 and "cannot read time" in bad.text
 
 
-def test_overview_shows_the_figures(relay: Relay) -> None:
+def test_overview_shows_the_figures(any_relay: Relay) -> None:
+    relay = any_relay
     for _ in range(2):
         relay.receive()
     relay.fail_all()
