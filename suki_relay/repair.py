@@ -9,33 +9,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RelayError
-from .store import FAILED, IN_FLIGHT, Store
+from .store import FAILED, IN_FLIGHT
+
+if TYPE_CHECKING:
+    from .store import DeliveryRow, EventDetail, Store
+
+
+def event_of(store: Store, event_id: str) -> EventDetail:
+    detail = store.event(event_id)
+    if detail is None:
+        raise RelayError(f"no event {event_id}")
+    return detail
 
 
 def event_deliveries(store: Store, event_id: str, *, failed_only: bool = False,
-                     action: str | None = None) -> list[Any]:
+                     action: str | None = None) -> list[DeliveryRow]:
     """The deliveries of one event a replay would re-open (never one in flight)."""
-    event = store.event(event_id)
-    if event is None:
-        raise RelayError(f"no event {event_id}")
-    return [d for d in event["delivery_list"]
-            if (not failed_only or d["state"] == FAILED)
-            and (not action or d["action"] == action)
-            and d["state"] != IN_FLIGHT]
+    return [dd.delivery for dd in event_of(store, event_id).deliveries
+            if (not failed_only or dd.delivery.state == FAILED)
+            and (not action or dd.delivery.action == action)
+            and dd.delivery.state != IN_FLIGHT]
 
 
 def failed_deliveries(store: Store, since: float | None = None, action: str | None = None,
-                      limit: int = 10000) -> list[Any]:
-    """Failed deliveries (changed since ``since``), most recently changed first."""
-    return store.deliveries(state=FAILED, action=action, since=since, limit=limit)
+                      limit: int = 10000) -> list[DeliveryRow]:
+    """Failed deliveries (that changed since ``since``), most recently changed first."""
+    return list(store.deliveries(state=FAILED, action=action, since=since, limit=limit))
 
 
-def replay(store: Store, deliveries: list[Any]) -> int:
+def replay(store: Store, deliveries: list[DeliveryRow]) -> int:
     """Re-open these deliveries: due now, with a fresh retry budget."""
-    return store.reopen([d["id"] for d in deliveries])
+    return store.reopen([d.id for d in deliveries])
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,11 @@ def plan_reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
     """What the current rules would add to a stored event (nothing is changed)."""
     from .routing import route
 
-    event = store.event(event_id)
-    if event is None:
-        raise RelayError(f"no event {event_id}")
-    if event["malformed"]:
+    detail = event_of(store, event_id)
+    if detail.event.malformed:
         raise RelayError(f"event {event_id} is malformed; nothing to route")
-    plan = route(config.rules, config.unmatched, json.loads(event["body"]))
-    have = {d["action"] for d in event["delivery_list"]}
+    plan = route(config.rules, config.unmatched, json.loads(detail.body))
+    have = {dd.delivery.action for dd in detail.deliveries}
     return ReroutePlan(event_id, plan.rules, [a for a in plan.actions if a not in have],
                        sorted(have))
 

@@ -86,7 +86,10 @@ class Relay:
                            for c in claimed])
 
     def delivery_states(self, event_id: str) -> list[str]:
-        return [d["state"] for d in self.store.event(event_id)["delivery_list"]]
+        return [dd.delivery.state for dd in self.store.event(event_id).deliveries]
+
+    def delivery_actions(self, event_id: str) -> list[str]:
+        return sorted(dd.delivery.action for dd in self.store.event(event_id).deliveries)
 
 
 @pytest.fixture
@@ -357,7 +360,7 @@ def test_post_without_csrf_token_is_refused(relay: Relay, audit: list[Any]) -> N
     event_id = relay.receive()
     relay.fail_all()
     client = signed_in(relay)
-    delivery = relay.store.event(event_id)["delivery_list"][0]["id"]
+    delivery = relay.store.event(event_id).deliveries[0].delivery.id
     for data in ({"event": event_id, "delivery": delivery},
                  {"event": event_id, "delivery": delivery, "csrf": "forged"}):
         resp = client.post("/console/replay", data=data)
@@ -416,7 +419,7 @@ def test_replay_one_failed_delivery_confirms_then_reopens(relay: Relay,
     relay.fail_all()
     client = signed_in(relay)
     failed = client.get("/console/failed").text
-    delivery = relay.store.event(event_id)["delivery_list"][0]["id"]
+    delivery = relay.store.event(event_id).deliveries[0].delivery.id
     link = f"/console/replay?event={event_id}&amp;delivery={delivery}"
     assert link in failed
     confirm = client.get(link.replace("&amp;", "&"))
@@ -457,12 +460,11 @@ def test_reroute_shows_the_plan_then_adds_deliveries(relay: Relay, tmp_path: Pat
     client = signed_in(relay)
     confirm = client.get(f"/console/events/{event_id}/reroute")
     assert confirm.status_code == 200 and "Add 1 delivery" in confirm.text
-    assert sorted(d["action"] for d in relay.store.event(event_id)["delivery_list"]) == ["ehr"]
+    assert relay.delivery_actions(event_id) == ["ehr"]
     done = client.post(f"/console/events/{event_id}/reroute",
                        data={"csrf": form_csrf(confirm.text)})
     assert done.status_code == 200 and "Planned 1 new deliveries: audit" in done.text
-    assert sorted(d["action"] for d in relay.store.event(event_id)["delivery_list"]) == \
-        ["audit", "ehr"]
+    assert relay.delivery_actions(event_id) == ["audit", "ehr"]
     assert [(r.fields["action"], r.fields["event_id"]) for r in audit
             if r.getMessage() == "console audit"] == [("reroute", event_id)]
 
@@ -489,7 +491,7 @@ def test_events_filters_and_pagination(any_relay: Relay,
     older = re.search(r'href="/console/events\?([^"]+)" rel="next"', first).group(1)
     assert listed(older.replace("&amp;", "&")) == [ids[1], ids[0]]
     assert listed("status=failure") == [ids[3], ids[0]]
-    session = relay.store.event(ids[1])["session_id"]
+    session = relay.store.event(ids[1]).event.session_id
     assert listed(f"session={session}") == [ids[1]]
     assert listed("matched=no") == [bad_id]  # a malformed body matches no rule
     assert listed("matched=no&malformed=no") == []

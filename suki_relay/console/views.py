@@ -21,6 +21,7 @@ from ..store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..app import RelayApp
+    from ..store import EventDetail
     from .app import Console
     from .auth import Session
 
@@ -34,7 +35,7 @@ def _flag(value: str | None) -> bool | None:
 
 
 def _since(text: str) -> float:
-    from ..cli import parse_since
+    from ..cli_store import parse_since
 
     since = parse_since(text)
     assert since is not None
@@ -62,11 +63,11 @@ class Views:
                **context: Any) -> Response:
         return self.console.render(request, template, session, status, **context)
 
-    def _event(self, event_id: str) -> Any:
-        event = self.store.event(event_id)
-        if event is None:
+    def _event(self, event_id: str) -> EventDetail:
+        detail = self.store.event(event_id)
+        if detail is None:
             raise NotFound(f"There is no event {event_id} (it may have been pruned).")
-        return event
+        return detail
 
     # ------------------------------------------------------------ overview
 
@@ -83,7 +84,7 @@ class Views:
         facts = [
             ("Readiness", readiness(self.relay)),
             ("Store", self.config.store_url.split(":", 1)[0]),
-            ("Events stored", stats["events"] if stats else "-"),
+            ("Events stored", stats.events if stats else "-"),
             ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
         ]
         return self.render(request, "overview.html", session, stats=stats, counts=counts,
@@ -119,7 +120,7 @@ class Views:
             rows = rows[:PAGE_SIZE]
             last = rows[-1]
             query = {k: v for k, v in form.items() if v}
-            query["before"] = f"{last['received_at']!r}~{last['id']}"
+            query["before"] = f"{last.received_at!r}~{last.id}"
             older = query
         return self.render(request, "events.html", session, rows=rows, form=form, error=error,
                            older=older, first_page=not args.get("before"), statuses=STATUSES,
@@ -128,13 +129,13 @@ class Views:
 
     def event(self, request: Request, session: Session, event_id: str,
               payload: str | None = None) -> Response:
-        event = self._event(event_id)
-        return self.render(request, "event.html", session, event=event, payload=payload,
-                           reroutable=not event["malformed"])
+        detail = self._event(event_id)
+        return self.render(request, "event.html", session, event=detail.event,
+                           deliveries=detail.deliveries, payload=payload,
+                           reroutable=not detail.event.malformed)
 
     def payload(self, request: Request, session: Session, event_id: str) -> Response:
-        event = self._event(event_id)
-        body = bytes(event["body"])
+        body = self._event(event_id).body
         try:
             shown = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         except ValueError:
@@ -174,7 +175,7 @@ class Views:
         delivery_id = request.values.get("delivery", "")
         self._event(event_id)
         chosen = [d for d in repair.event_deliveries(self.store, event_id)
-                  if d["id"] == delivery_id]
+                  if d.id == delivery_id]
         if not chosen:
             return self.outcome(request, session, "Replay refused",
                                 "That delivery is being attempted right now, or is not one of "
@@ -184,9 +185,9 @@ class Views:
                                event_id=event_id)
         repair.replay(self.store, chosen)
         self.console.audit(session, "replay", event_id, delivery_id=delivery_id,
-                           delivery_action=chosen[0]["action"])
+                           delivery_action=chosen[0].action)
         return self.outcome(request, session, "Replayed",
-                            f"Delivery {delivery_id} to {chosen[0]['action']} is pending "
+                            f"Delivery {delivery_id} to {chosen[0].action} is pending "
                             "again with a fresh retry budget; the workers pick it up now.",
                             event_id)
 
@@ -204,8 +205,8 @@ class Views:
                                since=since, since_text=text, shown=PAGE_SIZE)
         n = repair.replay(self.store, chosen)
         for d in chosen:
-            self.console.audit(session, "replay", d["event_id"], delivery_id=d["id"],
-                               delivery_action=d["action"])
+            self.console.audit(session, "replay", d.event_id, delivery_id=d.id,
+                               delivery_action=d.action)
         return self.outcome(request, session, "Replayed",
                             f"{n} failed deliveries are pending again with a fresh retry "
                             "budget; the workers pick them up now.", None)
