@@ -18,10 +18,14 @@ if TYPE_CHECKING:
     from .store import DeliveryRow, EventDetail, Store
 
 
+class NoSuchEvent(RelayError):
+    """The event is not in the store (never received, or pruned)."""
+
+
 def event_of(store: Store, event_id: str) -> EventDetail:
     detail = store.event(event_id)
     if detail is None:
-        raise RelayError(f"no event {event_id}")
+        raise NoSuchEvent(f"no event {event_id}")
     return detail
 
 

@@ -443,6 +443,9 @@ def test_replay_all_failed_since(relay: Relay, audit: list[Any]) -> None:
     confirm = client.get("/console/replay-failed?since=1h")
     assert confirm.status_code == 200 and "Replay 3 failed deliveries?" in confirm.text
     assert client.get("/console/replay-failed?since=yesterday").status_code == 400
+    nan = client.post("/console/replay-failed", data={"since_ts": "nan",
+                                                      "csrf": form_csrf(confirm.text)})
+    assert nan.status_code == 400
     since_ts = re.search(r'name="since_ts" value="([^"]+)"', confirm.text).group(1)
     done = client.post("/console/replay-failed", data={"since_ts": since_ts, "since": "1h",
                                                        "csrf": form_csrf(confirm.text)})
@@ -463,7 +466,7 @@ def test_reroute_shows_the_plan_then_adds_deliveries(relay: Relay, tmp_path: Pat
     assert relay.delivery_actions(event_id) == ["ehr"]
     done = client.post(f"/console/events/{event_id}/reroute",
                        data={"csrf": form_csrf(confirm.text)})
-    assert done.status_code == 200 and "Planned 1 new deliveries: audit" in done.text
+    assert done.status_code == 200 and "Planned 1 new delivery: audit" in done.text
     assert relay.delivery_actions(event_id) == ["audit", "ehr"]
     assert [(r.fields["action"], r.fields["event_id"]) for r in audit
             if r.getMessage() == "console audit"] == [("reroute", event_id)]

@@ -8,7 +8,6 @@ token; every response forbids caching, framing and inline script.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from ..app import RelayApp
-    from ..config import Config
 
 log = logging.getLogger("suki_relay.console")
 HERE = Path(__file__).parent
@@ -289,9 +287,3 @@ def _duration(seconds: float) -> str:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.001 else "< 1 ms"
-
-
-def config_version(config: Config) -> str:
-    """A short fingerprint of the config text this process runs."""
-    return hashlib.sha256(config.text.encode()).hexdigest()[:12]
-

@@ -7,7 +7,9 @@ its work only on a POST carrying the session's CSRF token, then shows the outcom
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from ..store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..app import RelayApp
+    from ..config import Config
     from ..store import EventDetail
     from .app import Console
     from .auth import Session
@@ -40,6 +43,11 @@ def _since(text: str) -> float:
     since = parse_since(text)
     assert since is not None
     return since
+
+
+def config_version(config: Config) -> str:
+    """A short fingerprint of the config text this process runs."""
+    return hashlib.sha256(config.text.encode()).hexdigest()[:12]
 
 
 def readiness(relay: RelayApp) -> str:
@@ -72,8 +80,6 @@ class Views:
     # ------------------------------------------------------------ overview
 
     def overview(self, request: Request, session: Session) -> Response:
-        from .app import config_version
-
         now = time.time()
         try:
             stats = self.store.stats()
@@ -151,14 +157,15 @@ class Views:
                 plan = repair.plan_reroute(self.config, self.store, event_id)
                 return self.render(request, "confirm_reroute.html", session, plan=plan)
             plan = repair.reroute(self.config, self.store, event_id)
+        except repair.NoSuchEvent:
+            raise NotFound(f"There is no event {event_id}.") from None
         except RelayError as exc:
-            if str(exc).startswith("no event"):
-                raise NotFound(f"There is no event {event_id}.") from None
             return self.outcome(request, session, "Reroute refused", str(exc), event_id, 409)
         self.console.audit(session, "reroute", event_id, added=len(plan.new_actions))
         if plan.new_actions:
-            message = (f"Planned {len(plan.new_actions)} new deliveries: "
-                       f"{', '.join(plan.new_actions)}. Delivery starts now.")
+            n = len(plan.new_actions)
+            message = (f"Planned {n} new deliver{'y' if n == 1 else 'ies'}: "
+                       f"{', '.join(plan.new_actions)}. The workers start on them now.")
         else:
             message = "Nothing to add: the event already has every delivery the rules ask for."
         return self.outcome(request, session, "Rerouted", message, event_id)
@@ -173,9 +180,11 @@ class Views:
     def replay(self, request: Request, session: Session) -> Response:
         event_id = request.values.get("event", "")
         delivery_id = request.values.get("delivery", "")
-        self._event(event_id)
-        chosen = [d for d in repair.event_deliveries(self.store, event_id)
-                  if d.id == delivery_id]
+        try:
+            chosen = [d for d in repair.event_deliveries(self.store, event_id)
+                      if d.id == delivery_id]
+        except repair.NoSuchEvent:
+            raise NotFound(f"There is no event {event_id}.") from None
         if not chosen:
             return self.outcome(request, session, "Replay refused",
                                 "That delivery is being attempted right now, or is not one of "
@@ -196,6 +205,8 @@ class Views:
         try:
             since = float(request.form["since_ts"]) if request.method == "POST" else \
                 _since(text)
+            if not math.isfinite(since):
+                raise ValueError(since)
         except (RelayError, ValueError, KeyError) as exc:
             message = str(exc) if isinstance(exc, RelayError) else "cannot read that time"
             return self.outcome(request, session, "Nothing replayed", message, None, 400)
