@@ -309,6 +309,11 @@ def test_repeated_failures_are_refused_at_once_without_checking(relay: Relay) ->
     assert int(refused.headers["Retry-After"]) >= 1
     assert "Too many failed sign-ins" in refused.text
     assert sign_in(client, user="lee", password="another long password").status_code == 303
+    # a name that does not exist is slowed down the same way: a 429 does not tell names apart
+    client = relay.client()
+    for _ in range(5):
+        assert sign_in(client, user="mallory", password="guess").status_code == 401
+    assert sign_in(client, user="mallory", password="guess").status_code == 429
 
 
 def test_throttle_doubles_caps_and_forgets() -> None:

@@ -83,7 +83,10 @@ class Console:
         self.settings = config.console
         self.prefix = self.settings.path
         self.keys = Keys(self.settings, config.receiver.secrets)
+        # configured names, unknown names (so a 429 does not tell which names exist; kept
+        # apart so a flood of made-up names cannot push out a real user's count), addresses
         self.users_throttle = Throttle(free=5)
+        self.unknown_throttle = Throttle(free=5)
         self.addresses_throttle = Throttle(free=20)
         # scrypt takes ~32 MiB and tens of ms per check: a few at a time per process, and
         # a sign-in that finds them all busy is told to retry rather than made to wait
@@ -206,12 +209,13 @@ class Console:
         user = request.form.get("username", "").strip()[:64]
         password = request.form.get("password", "")[:1024]
         address = request.remote_addr or "-"
-        user_keys = [f"user:{user}"] if user in self.settings.users else []
-        address_keys = [f"addr:{address}"]
-        wait = max(self.users_throttle.wait(user_keys), self.addresses_throttle.wait(address_keys))
+        known = user in self.settings.users
+        names = self.users_throttle if known else self.unknown_throttle
+        user_keys, address_keys = [f"user:{user.lower()}"], [f"addr:{address}"]
+        wait = max(names.wait(user_keys), self.addresses_throttle.wait(address_keys))
         if wait > 0:
             logs.event(log, "console sign-in refused: too many failures", logging.WARNING,
-                       user=user if user_keys else "(unknown)", client=address)
+                       user=user if known else "(unknown)", client=address)
             response = self.login_form(request, target, "Too many failed sign-ins. Try again "
                                        f"in {int(wait) + 1} seconds.", 429, user)
             response.headers["Retry-After"] = str(int(wait) + 1)
@@ -226,12 +230,12 @@ class Console:
         finally:
             self.checking.release()
         if not ok:
-            self.users_throttle.failed(user_keys)
+            names.failed(user_keys)
             self.addresses_throttle.failed(address_keys)
             logs.event(log, "console sign-in failed", logging.WARNING,
-                       user=user if user_keys else "(unknown)", client=address)
+                       user=user if known else "(unknown)", client=address)
             return self.login_form(request, target, "Wrong user name or password.", 401, user)
-        self.users_throttle.succeeded(user_keys)
+        names.succeeded(user_keys)
         self.addresses_throttle.succeeded(address_keys)
         logs.event(log, "console sign-in", user=user, client=address)
         response = redirect(target, 303)

@@ -124,11 +124,12 @@ class Throttle:
     threads, so an attacker with a handful of connections would stall the console and
     the webhook that shares those threads). Instead, after ``free`` failures in a row for
     a key, that key is refused outright, before any password hashing, for a time that
-    doubles with each further failure up to ``longest`` seconds. Keys are the user name
-    (only configured names: guesses at other names cannot succeed anyway, and cannot
-    fill memory) and the client address (at most ``max_keys`` remembered). A success
-    clears the user name's count. Counts are per process: with W workers on N nodes an
-    attacker gets at most W*N times as many guesses, still slowed exponentially.
+    doubles with each further failure up to ``longest`` seconds. The console keys one
+    throttle by configured user name, one by other names (so being slowed down does not
+    reveal which names exist) and one by client address; each remembers at most
+    ``max_keys`` keys, the oldest forgotten first. A success clears its keys. Counts are
+    per process: with W workers on N nodes an attacker gets at most W*N times as many
+    guesses, still slowed exponentially.
     """
 
     def __init__(self, free: int = 5, longest: float = 900.0, max_keys: int = 10000):
