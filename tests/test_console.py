@@ -1,17 +1,17 @@
 """The operator console in process (werkzeug's test Client against the relay's WSGI app):
 sign-in, sessions, CSRF, throttling, headers, audit lines, and each page and action.
 
-The browser tests (test_console_browser.py) drive the same console in Chromium against a
+The browser tests (tests/system/test_console_browser.py) drive the same console in Chromium against a
 real gunicorn; these cover the many security cases quickly.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,14 @@ import pytest
 from werkzeug.security import check_password_hash
 from werkzeug.test import Client, TestResponse
 
-from suki_relay.app import RelayApp
 from suki_relay.config import parse_config
 from suki_relay.console import views
 from suki_relay.console.auth import Throttle, hash_password
 from suki_relay.errors import ConfigError
-from suki_relay.store import FAILED, Outcome, open_store
-from suki_relay.testing import SECRET, signing, unique_body
+from suki_relay.store import FAILED, Outcome
+from suki_relay.testing import SECRET, unique_body
 
-from .conftest import run_cli
+from .conftest import LocalRelay, LogRecords, cli_here
 
 PASSWORD = "correct horse battery staple"
 HASH = hash_password(PASSWORD)
@@ -49,33 +48,23 @@ def config_text(console: dict[str, Any] | None = None, rules: list[Any] | None =
 
 
 class Relay:
-    """The relay's WSGI app on a fresh SQLite store, without delivery threads."""
+    """A relay in this process (LocalRelay, without delivery threads), and what these tests
+    do with it: several browsers (test Clients), events received, deliveries failed."""
 
-    def __init__(self, folder: Path, text: str):
-        self.folder = folder
-        self.reload(text)
-
-    def reload(self, text: str) -> None:
-        path = self.folder / "actions.yaml"
-        path.write_text(text)
-        self.config = parse_config(text, path)
-        self.store = open_store(self.config.store_url, self.config.base_dir)
-        self.app = RelayApp(self.config, self.store)
+    def __init__(self, local: LocalRelay):
+        self.local = local
+        self.app, self.store, self.config = local.app, local.store, local.config
 
     def client(self) -> Client:
+        """A browser of its own (its own cookies), on this machine as gunicorn would say."""
         def from_loopback(environ: Any, start_response: Any) -> Any:
-            environ.setdefault("REMOTE_ADDR", "127.0.0.1")  # as gunicorn sets it
+            environ.setdefault("REMOTE_ADDR", "127.0.0.1")
             return self.app(environ, start_response)
 
         return Client(from_loopback)
 
     def receive(self, body: bytes | None = None) -> str:
-        body = body or unique_body("failure")
-        resp = self.client().post("/webhooks/notification", data=body,
-                                  headers={**signing.signed_headers(SECRET, body),
-                                           "Content-Type": "application/json"})
-        assert resp.status_code == 200, resp.text
-        return str(resp.json["event_id"])
+        return self.local.accept(body or unique_body("failure"))
 
     def fail_all(self) -> None:
         """Attempt every due delivery once, and fail it for good (as a dead target would)."""
@@ -93,34 +82,32 @@ class Relay:
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[Relay]:
-    r = Relay(tmp_path, config_text())
-    yield r
-    r.store.close()
+def start(tmp_path: Path, local_relay: Callable[..., LocalRelay]) -> Callable[..., Relay]:
+    """A relay on the config ``text`` (default: config_text()) in ``folder``."""
+
+    def start(text: str | None = None, folder: Path = tmp_path) -> Relay:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "actions.yaml"
+        path.write_text(text or config_text())
+        return Relay(local_relay(path, deliver=False))
+
+    return start
 
 
 @pytest.fixture
-def any_relay(tmp_path: Path, store_url: str) -> Iterator[Relay]:
+def relay(start: Callable[..., Relay]) -> Relay:
+    return start()
+
+
+@pytest.fixture
+def any_relay(start: Callable[..., Relay], store_url: str) -> Relay:
     """The relay on each store backend (SQLite, PostgreSQL)."""
-    r = Relay(tmp_path, config_text(store=store_url))
-    yield r
-    r.store.close()
+    return start(config_text(store=store_url))
 
 
-@pytest.fixture
-def audit() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep()
-    logger = logging.getLogger("suki_relay.console")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
+def audits(log: LogRecords) -> list[dict[str, Any]]:
+    """The console's audit lines, as their fields."""
+    return [fields for msg, fields in log.lines if msg == "console audit"]
 
 
 def form_csrf(html: str) -> str:
@@ -149,26 +136,25 @@ def csrf_of(client: Client, path: str = "/console/") -> str:
 # ---------------------------------------------------------------- off by default
 
 
-def test_console_is_404_when_disabled_or_not_configured(tmp_path: Path) -> None:
-    for console in ({"enabled": False, "users": {"ops": HASH}}, {}):
-        relay = Relay(tmp_path, config_text(console))
+def test_console_is_404_when_disabled_or_not_configured(start: Callable[..., Relay],
+                                                         tmp_path: Path) -> None:
+    for i, console in enumerate(({"enabled": False, "users": {"ops": HASH}}, {})):
+        relay = start(config_text(console), tmp_path / str(i))
         client = relay.client()
         for path in ("/console", "/console/", "/console/login", "/console/static/console.css"):
             assert client.get(path).status_code == 404, path
         assert client.post("/console/login", data={"username": "ops"}).status_code == 404
-        relay.store.close()
 
 
-def test_console_moves_with_its_path_and_leaves_other_paths_alone(tmp_path: Path) -> None:
-    relay = Relay(tmp_path, config_text({"enabled": True, "path": "/ops/relay",
-                                         "users": {"ops": HASH}}))
+def test_console_moves_with_its_path_and_leaves_other_paths_alone(
+        start: Callable[..., Relay]) -> None:
+    relay = start(config_text({"enabled": True, "path": "/ops/relay", "users": {"ops": HASH}}))
     client = relay.client()
     assert client.get("/console/").status_code == 404
     assert client.get("/ops/relayx").status_code == 404  # only the prefix and below
     assert client.get("/ops/relay/login").status_code == 200
     assert client.get("/ops/relay").status_code in (301, 308)
     assert client.get("/healthz").status_code == 200
-    relay.store.close()
 
 
 # ---------------------------------------------------------------- sign-in and sessions
@@ -192,7 +178,7 @@ def test_every_page_needs_a_session(relay: Relay) -> None:
         assert "session_id" not in resp.text
 
 
-def test_wrong_password_refused_right_one_gets_in(relay: Relay, audit: list[Any]) -> None:
+def test_wrong_password_refused_right_one_gets_in(relay: Relay, relay_log: LogRecords) -> None:
     client = relay.client()
     wrong = sign_in(client, password="not the password")
     assert wrong.status_code == 401
@@ -209,7 +195,7 @@ def test_wrong_password_refused_right_one_gets_in(relay: Relay, audit: list[Any]
     assert "Secure" not in cookie  # served on loopback
     page = client.get("/console/")
     assert page.status_code == 200 and "Overview" in page.text and "ops" in page.text
-    messages = [(r.getMessage(), r.fields) for r in audit]
+    messages = relay_log.lines
     assert ("console sign-in failed", {"user": "ops", "client": "127.0.0.1"}) in messages
     assert ("console sign-in failed", {"user": "(unknown)", "client": "127.0.0.1"}) in messages
     assert not any(PASSWORD in str(f) or "not the password" in str(f) for _, f in messages)
@@ -233,7 +219,8 @@ def test_sign_in_form_needs_its_csrf_token(relay: Relay) -> None:
     assert client.get("/console/").status_code == 303  # not signed in
 
 
-def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: Path) -> None:
+def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: Path,
+                                                        start: Callable[..., Relay]) -> None:
     keys = relay.app.console.keys
     good = keys.issue("ops")
     assert keys.session(good) is not None
@@ -248,8 +235,7 @@ def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: 
     # a session cookie does not carry over to another user or a changed password
     changed = config_text({"enabled": True, "users": {"ops": hash_password("a new password!"),
                                                       "lee": OTHER_HASH}})
-    relay.store.close()
-    relay.reload(changed)
+    relay = start(changed, tmp_path / "changed")
     assert relay.app.console.keys.session(good) is None
     assert relay.app.console.keys.session(lee) is not None
     client = relay.client()
@@ -257,24 +243,21 @@ def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: 
     assert client.get("/console/").status_code == 303
 
 
-def test_sessions_hold_across_workers_and_nodes(tmp_path: Path) -> None:
+def test_sessions_hold_across_workers_and_nodes(tmp_path: Path,
+                                               start: Callable[..., Relay]) -> None:
     """Two apps built from the same config (two workers, or two nodes) accept each other's
     sessions; another webhook secret or session_secret does not."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Relay(tmp_path / "a", config_text()), Relay(tmp_path / "b", config_text())
+    a, b = start(folder=tmp_path / "a"), start(folder=tmp_path / "b")
     cookie = a.app.console.keys.issue("ops")
     assert b.app.console.keys.session(cookie) is not None
     other = json.loads(config_text())
     other["receiver"]["secrets"] = ["another-secret"]
-    c = Relay(tmp_path, json.dumps(other))
+    c = start(json.dumps(other), tmp_path / "c")
     assert c.app.console.keys.session(cookie) is None
     other["console"]["session_secret"] = "s" * 40
-    d = Relay(tmp_path, json.dumps(other))
+    d = start(json.dumps(other), tmp_path / "d")
     assert d.app.console.keys.session(d.app.console.keys.issue("ops")) is not None
     assert d.app.console.keys.session(cookie) is None
-    for r in (a, b, c, d):
-        r.store.close()
 
 
 def test_logout_ends_the_session_in_the_browser(relay: Relay) -> None:
@@ -361,7 +344,7 @@ def test_security_headers_on_every_response(relay: Relay) -> None:
 # ---------------------------------------------------------------- CSRF
 
 
-def test_post_without_csrf_token_is_refused(relay: Relay, audit: list[Any]) -> None:
+def test_post_without_csrf_token_is_refused(relay: Relay, relay_log: LogRecords) -> None:
     event_id = relay.receive()
     relay.fail_all()
     client = signed_in(relay)
@@ -376,7 +359,7 @@ def test_post_without_csrf_token_is_refused(relay: Relay, audit: list[Any]) -> N
     assert other_site.status_code == 403
     assert relay.delivery_states(event_id) == ["failed"]
     assert client.post(f"/console/events/{event_id}/payload").status_code == 403
-    assert not [r for r in audit if r.getMessage() == "console audit"]
+    assert not audits(relay_log)
     # another user's token does not work either
     lee = relay.client()
     sign_in(lee, user="lee", password="another long password")
@@ -390,7 +373,8 @@ def test_post_without_csrf_token_is_refused(relay: Relay, audit: list[Any]) -> N
 # ---------------------------------------------------------------- pages and actions
 
 
-def test_payload_only_after_show_payload_and_audited(relay: Relay, audit: list[Any]) -> None:
+def test_payload_only_after_show_payload_and_audited(relay: Relay,
+                                                     relay_log: LogRecords) -> None:
     body = unique_body("failure")
     session_id = json.loads(body)["session_id"]
     event_id = relay.receive(body)
@@ -402,10 +386,9 @@ def test_payload_only_after_show_payload_and_audited(relay: Relay, audit: list[A
     shown = client.post(f"/console/events/{event_id}/payload", data={"csrf": form_csrf(page.text)})
     assert shown.status_code == 200
     assert "Error in transcription" in shown.text and session_id in shown.text
-    lines = [r for r in audit if r.getMessage() == "console audit"]
-    assert [(r.fields["user"], r.fields["action"], r.fields["event_id"]) for r in lines] == \
+    assert [(a["user"], a["action"], a["event_id"]) for a in audits(relay_log)] == \
         [("ops", "show payload", event_id)]
-    assert "transcription" not in json.dumps([r.fields for r in audit])
+    assert "transcription" not in relay_log.text()
 
 
 def test_event_detail_lists_deliveries_and_every_attempt(relay: Relay) -> None:
@@ -419,7 +402,7 @@ def test_event_detail_lists_deliveries_and_every_attempt(relay: Relay) -> None:
 
 
 def test_replay_one_failed_delivery_confirms_then_reopens(relay: Relay,
-                                                          audit: list[Any]) -> None:
+                                                          relay_log: LogRecords) -> None:
     event_id = relay.receive()
     relay.fail_all()
     client = signed_in(relay)
@@ -434,14 +417,14 @@ def test_replay_one_failed_delivery_confirms_then_reopens(relay: Relay,
                                                 "csrf": form_csrf(confirm.text)})
     assert done.status_code == 200 and "pending" in done.text
     assert relay.delivery_states(event_id) == ["pending"]
-    assert [(r.fields["user"], r.fields["action"], r.fields["event_id"]) for r in audit
-            if r.getMessage() == "console audit"] == [("ops", "replay", event_id)]
+    assert [(a["user"], a["action"], a["event_id"]) for a in audits(relay_log)] == \
+        [("ops", "replay", event_id)]
     wrong = client.post("/console/replay", data={"event": event_id, "delivery": "dlv_other",
                                                  "csrf": form_csrf(confirm.text)})
     assert wrong.status_code == 409
 
 
-def test_replay_all_failed_since(relay: Relay, audit: list[Any]) -> None:
+def test_replay_all_failed_since(relay: Relay, relay_log: LogRecords) -> None:
     events = [relay.receive() for _ in range(3)]
     relay.fail_all()
     client = signed_in(relay)
@@ -456,15 +439,16 @@ def test_replay_all_failed_since(relay: Relay, audit: list[Any]) -> None:
                                                        "csrf": form_csrf(confirm.text)})
     assert done.status_code == 200 and "3 failed deliveries are pending again" in done.text
     assert all(relay.delivery_states(e) == ["pending"] for e in events)
-    assert sorted(r.fields["event_id"] for r in audit if r.getMessage() == "console audit") == \
+    assert sorted(a["event_id"] for a in audits(relay_log)) == \
         sorted(events)
 
 
 def test_reroute_shows_the_plan_then_adds_deliveries(relay: Relay, tmp_path: Path,
-                                                     audit: list[Any]) -> None:
+                                                     relay_log: LogRecords,
+                                                     start: Callable[..., Relay]) -> None:
     event_id = relay.receive()
-    relay.store.close()
-    relay.reload(config_text(rules=[{"name": "all", "do": ["ehr", "audit"]}]))
+    # the rules change (the same store, as after a reload)
+    relay = start(config_text(rules=[{"name": "all", "do": ["ehr", "audit"]}]))
     client = signed_in(relay)
     confirm = client.get(f"/console/events/{event_id}/reroute")
     assert confirm.status_code == 200 and "Add 1 delivery" in confirm.text
@@ -473,8 +457,7 @@ def test_reroute_shows_the_plan_then_adds_deliveries(relay: Relay, tmp_path: Pat
                        data={"csrf": form_csrf(confirm.text)})
     assert done.status_code == 200 and "Planned 1 new delivery: audit" in done.text
     assert relay.delivery_actions(event_id) == ["audit", "ehr"]
-    assert [(r.fields["action"], r.fields["event_id"]) for r in audit
-            if r.getMessage() == "console audit"] == [("reroute", event_id)]
+    assert [(a["action"], a["event_id"]) for a in audits(relay_log)] == [("reroute", event_id)]
 
 
 def test_events_filters_and_pagination(any_relay: Relay,
@@ -484,9 +467,7 @@ def test_events_filters_and_pagination(any_relay: Relay,
     ids = [relay.receive(unique_body(s)) for s in ("failure", "timeout", "success", "failure")]
     malformed = b'["not an object"]'
     client = signed_in(relay)
-    assert client.post("/webhooks/notification", data=malformed, headers={
-        **signing.signed_headers(SECRET, malformed), "Content-Type": "application/json"},
-                       ).status_code == 400
+    assert relay.local.post_signed(malformed).status_code == 400
 
     def listed(query: str) -> list[str]:
         page = client.get(f"/console/events?{query}")
@@ -543,13 +524,15 @@ def test_config_problems_are_reported(tmp_path: Path) -> None:
     assert "hunter2" not in problems({"enabled": True, "users": {"ops": "hunter2"}})
 
 
-def test_console_password_prints_a_scrypt_hash(tmp_path: Path) -> None:
-    result = run_cli("console-password", "--stdin", input_text="a long enough password\n")
+def test_console_password_prints_a_scrypt_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    result = cli_here("console-password", "--stdin")
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip()
     assert printed.startswith("scrypt:") and check_password_hash(printed, "a long enough password")
     assert "a long enough password" not in result.stdout
-    short = run_cli("console-password", "--stdin", input_text="short\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    short = cli_here("console-password", "--stdin")
     assert short.returncode == 1 and "12 characters" in short.stderr
 
 
@@ -569,7 +552,7 @@ def test_store_outage_shows_a_503_page_and_the_overview_says_so(relay: Relay) ->
 
     event_id = relay.receive()
     client = signed_in(relay)
-    db = sqlite3.connect(relay.folder / "relay.db")
+    db = sqlite3.connect(relay.config.base_dir / "relay.db")
     db.execute("ALTER TABLE events RENAME TO events_away")  # the store cannot answer
     db.commit()
     try:

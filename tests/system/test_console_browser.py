@@ -22,7 +22,7 @@ import yaml
 from suki_relay.console.auth import hash_password
 from suki_relay.testing import SECRET, Reply, post_signed, unique_body, wait_until
 
-from .conftest import http_action
+from ..conftest import http_action
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
