@@ -20,6 +20,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from . import logs, metrics, verify
 from .config import Config
 from .record import recorder, to_event
+from .spool import SpoolFull
 from .store import Store, StoreUnavailable
 from .verify import Rejected
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .deliver import Deliverer
+    from .drain import Drainer
+    from .spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
@@ -56,11 +59,17 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 
 class RelayApp:
-    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None):
+    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
+                 spool: Spool | None = None, drainer: Drainer | None = None):
+        from .spool import Spooling
+
         self.config = config
         self.store = store
         self.recorder = recorder(store)
         self.deliverer = deliverer
+        self.spool = spool
+        self.spooling = Spooling(spool) if spool is not None else None
+        self.drainer = drainer
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -71,18 +80,41 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store)
+            body, content_type = metrics.render(self.store, self.spool)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
+        """200 while a notification can be committed: to the store, or (a degraded state a
+        load balancer must not act on: every node would go) to the spool."""
         try:
             self.store.ping()
         except Exception:
-            return error(503, "store_unavailable", "the store cannot commit")
-        return Answer(200, {"status": "ready"})
+            spooled = self._spool_room()
+            if spooled is None:
+                return error(503, "store_unavailable", "the store cannot commit")
+            return Answer(200, {"status": "degraded", "store": "unavailable",
+                                "spooled": spooled})
+        if self.spool is None:
+            return Answer(200, {"status": "ready"})
+        try:
+            spooled: int | str = self.spool.summary()["spooled"]
+        except Exception:
+            spooled = "unavailable"
+        return Answer(200, {"status": "ready", "store": "ok", "spooled": spooled})
+
+    def _spool_room(self) -> int | None:
+        """How many events wait in the spool, if it can take one more; else None."""
+        if self.spool is None:
+            return None
+        try:
+            self.spool.ping()
+            summary = self.spool.summary()
+        except Exception:
+            return None
+        return summary["spooled"] if summary["room"] > 0 else None
 
     # ---------------------------------------------------------------- the webhook
 
@@ -91,10 +123,10 @@ class RelayApp:
         fields: dict[str, Any] = {}
         try:
             answer, outcome = self._receive(environ, fields)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
-                "store_unavailable"
+                "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
         level = logging.WARNING if answer.status >= 500 else logging.INFO
@@ -121,20 +153,37 @@ class RelayApp:
             return error(r.status, r.reason, r.message), r.reason
 
         event = to_event(body, verified, self.config)
-        recorded = self.recorder.submit(event)
+        spooled = False
+        try:
+            recorded = self.recorder.submit(event)
+        except StoreUnavailable as exc:
+            if self.spooling is None:
+                raise
+            recorded = self.spooling.submit(event, exc)
+            spooled = True
+        else:
+            if self.spooling is not None and self.spooling.active:
+                self.spooling.stopped()
+                if self.drainer is not None:
+                    self.drainer.wake()
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
+        if spooled:
+            fields["spooled"] = True
         if event.malformed:
             return error(400, "malformed_payload",
                          "signed body is not a JSON object with a string status; "
                          f"kept as {recorded.event_id}"), "malformed"
         if recorded.duplicate:
-            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id}), \
-                "duplicate"
+            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id,
+                                **({"spooled": True} if spooled else {})}), "duplicate"
         metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
         if not event.rules:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))
+        if spooled:
+            return Answer(200, {"status": "accepted", "event_id": recorded.event_id,
+                                "spooled": True}), "spooled"
         if self.deliverer is not None and event.actions:
             self.deliverer.wake(event.actions)
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
@@ -142,16 +191,23 @@ class RelayApp:
 
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None) -> RelayApp:
-    """Load config, open the store, start this process's delivery threads."""
+    """Load config, open the store (and the spool), start this process's delivery threads
+    and its drain thread (receive-only processes drain too)."""
     from .config import load_config
     from .deliver import Deliverer
+    from .drain import Drainer
+    from .spool import open_spool
     from .store import open_store
 
     logs.setup()
     config = config or load_config(config_path)
-    store = open_store(config.store_url, config.base_dir)
+    store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
+    spool = open_spool(config, store)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
-    return RelayApp(config, store, deliverer)
+    drainer = None
+    if spool is not None:
+        drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
+    return RelayApp(config, store, deliverer, spool, drainer)

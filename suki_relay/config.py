@@ -27,7 +27,7 @@ from .templates import Templates
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
-             "suki", "metrics", "retention")
+             "suki", "metrics", "retention", "spool")
 CORE_ACTION_KEYS = ("type", "max_concurrency", "retry")
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -122,6 +122,15 @@ class Metrics:
     path: str = "/metrics"
 
 
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (spool.py): used only with a PostgreSQL store."""
+
+    enabled: bool = True
+    path: str = "suki-relay-spool.db"  # relative to actions.yaml
+    max_events: int = 100_000
+
+
 @dataclass
 class Config:
     file: Path
@@ -136,6 +145,7 @@ class Config:
     metrics: Metrics = Metrics()
     retention_days: float | None = None
     suki: SukiSettings | None = None
+    spool: SpoolSettings = SpoolSettings()
     text: str = field(default="", repr=False)
 
 
@@ -241,6 +251,7 @@ class _Builder:
         delivery = self.section(raw.get("delivery"), "delivery", DeliverySettings, raw)
         metrics = self.section(raw.get("metrics"), "metrics", Metrics, raw)
         retention = self.retention(raw.get("retention"), _line(raw, "retention"))
+        spool = self.section(raw.get("spool"), "spool", SpoolSettings, raw)
         store_url = raw.get("store") or "sqlite:///suki-relay.db"
         if not isinstance(store_url, str) or not store_url.startswith(("sqlite:", "postgresql:",
                                                                        "postgres:")):
@@ -251,7 +262,8 @@ class _Builder:
         return Config(
             file=self.file, base_dir=self.base_dir, receiver=receiver, store_url=store_url,
             templates=templates, actions=actions, rules=rules, unmatched=unmatched,
-            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki, text=text,
+            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki, spool=spool,
+            text=text,
         )
 
     def section(self, raw: Any, name: str, cls: type, parent: Any) -> Any:
