@@ -21,7 +21,7 @@ from . import logs, metrics, verify
 from .config import Config
 from .record import recorder, to_event
 from .spool import SpoolFull
-from .store import Store, StoreUnavailable
+from .store import NewEvent, Store, StoreUnavailable
 from .verify import Rejected
 
 if TYPE_CHECKING:
@@ -154,6 +154,12 @@ class RelayApp:
 
         event = to_event(body, verified, self.config)
         spooled = False
+        if self.spool is not None and self.spool.maybe_waiting:
+            first = self._spooled_before(event)
+            if first is not None:
+                fields.update(event_id=first, status=event.status, session_id=event.session_id)
+                return Answer(200, {"status": "duplicate", "event_id": first,
+                                    "spooled": True}), "duplicate"
         try:
             recorded = self.recorder.submit(event)
         except StoreUnavailable as exc:
@@ -189,6 +195,16 @@ class RelayApp:
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
+    def _spooled_before(self, event: NewEvent) -> str | None:
+        """While this node's spool may hold events: the one spooled with this request's
+        dedup key (the same request sent again after the outage, before it was moved)."""
+        assert self.spool is not None
+        try:
+            return self.spool.find(event.dedup_key)
+        except Exception:  # the spool unreadable: the store's dedup key still holds
+            return None
+
+
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None) -> RelayApp:
     """Load config, open the store (and the spool), start this process's delivery threads
@@ -202,7 +218,7 @@ def create_app(config_path: str | None = None, deliver: bool = True,
     logs.setup()
     config = config or load_config(config_path)
     store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
-    spool = open_spool(config, store)
+    spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:

@@ -199,13 +199,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool_note(config: Any) -> str | None:
+    """A line saying how many events wait in this node's spool, if any do."""
+    from .spool import open_spool
+
+    spool = open_spool(config)
+    if spool is None:
+        return None
+    try:
+        n = spool.summary()["spooled"]
+    finally:
+        spool.close()
+    return f"{n} events waiting in this node's spool for the store (suki-relay spool)" \
+        if n else None
+
+
 def cmd_events(args: argparse.Namespace) -> int:
-    from .store import EventFilter
+    from .store import EventFilter, StoreUnavailable
 
     f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
                     since=parse_since(args.since), until=parse_since(args.until),
                     matched=args.matched, malformed=args.malformed, limit=args.limit)
-    rows = _store(_config(args)).events(f)
+    config = _config(args)
+    note = _spool_note(config)
+    if note:
+        print(note, file=sys.stderr)
+    try:
+        rows = _store(config).events(f)
+    except StoreUnavailable as exc:
+        raise RelayError(f"the store is unavailable ({exc})") from None
     for r in rows:
         r["received"] = _when(r["received_at"])
         r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(r["deliveries"].items())) or \
@@ -216,9 +238,54 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spool(args: argparse.Namespace) -> int:
+    from .spool import open_spool
+
+    spool = open_spool(_config(args))
+    if spool is None:
+        raise RelayError("this config has no spool (it is used only with a PostgreSQL store, "
+                         "and `spool: {enabled: false}` turns it off)")
+    try:
+        rows = spool.listing(args.limit)
+    finally:
+        spool.close()
+    for r in rows:
+        r["received"] = _when(r["received_at"])
+        r["status"] = "MALFORMED" if r["malformed"] else r["status"]
+        r["actions"] = ",".join(r["actions"]) or "unmatched"
+    emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
+                                  "actions", "drain_error"]))
+    return 0
+
+
+def _spooled_event(config: Any, event_id: str) -> dict[str, Any] | None:
+    from .spool import open_spool
+
+    spool = open_spool(config)
+    if spool is None:
+        return None
+    try:
+        return spool.get(event_id)
+    finally:
+        spool.close()
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    event = _store(_config(args)).event(args.event_id)
+    from .store import StoreUnavailable
+
+    config = _config(args)
+    try:
+        event = _store(config).event(args.event_id)
+        unavailable = None
+    except StoreUnavailable as exc:
+        event, unavailable = None, exc
     if event is None:
+        spooled = _spooled_event(config, args.event_id)
+        if spooled is not None:
+            return _show_spooled(args, spooled)
+        if unavailable is not None:
+            raise RelayError(f"the store is unavailable ({unavailable}) and this node's spool "
+                             f"has no event {args.event_id}")
         raise RelayError(f"no event {args.event_id}")
     body = event.pop("body")
     if args.payload:
@@ -238,6 +305,26 @@ def cmd_show(args: argparse.Namespace) -> int:
             lines.append(_indent(table(d["attempt_list"],
                                        ["attempt", "started", "outcome", "http_status", "ms",
                                         "error"])))
+    if args.payload:
+        lines.append("\npayload:\n" + event["payload"])
+    emit(args, event, "\n".join(lines))
+    return 0
+
+
+def _show_spooled(args: argparse.Namespace, event: dict[str, Any]) -> int:
+    body = event.pop("body")
+    if args.payload:
+        event["payload"] = body.decode("utf-8", "replace")
+    event["spooled"] = True
+    lines = [f"event {event['id']}  received {_when(event['received_at'])}  "
+             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}",
+             f"session {event['session_id']}  encounter {event['encounter_id']}",
+             "spooled: waiting in this node's spool for the store; nothing is delivered "
+             "before it is moved there",
+             f"rules matched: {', '.join(event['rules']) or '(none)'}",
+             f"deliveries planned: {', '.join(event['actions']) or '(none)'}"]
+    if event["drain_error"]:
+        lines.append(f"last move failed: {event['drain_error']}")
     if args.payload:
         lines.append("\npayload:\n" + event["payload"])
     emit(args, event, "\n".join(lines))
@@ -368,6 +455,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--limit", type=int, default=50)
+    sp = add("spool", cmd_spool, "events waiting in this node's spool for the store, oldest "
+             "first", json_flag=True)
+    sp.add_argument("--limit", type=int, default=1000)
     sp = add("show", cmd_show, "one event, its deliveries and every attempt", json_flag=True)
     sp.add_argument("event_id")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")

@@ -6,8 +6,10 @@ spool unnoticed. One process per node drains at a time (a kernel lock on the spo
 
 Each batch is recorded in the store exactly as it would have been at receipt (same event
 ids, dedup keys and plans), then deleted from the spool. A kill -9 between the two leaves
-the batch in the spool; moving it again finds every dedup key already committed, plans
-nothing and deletes it. So nothing is lost and nothing is doubled.
+the batch in the spool; moving it again finds those event ids already committed, records
+nothing and deletes them. A dedup key committed by another event (the same request sent
+again after the outage, to this node or another) makes the spooled one a duplicate that
+plans nothing. So nothing is lost and nothing is doubled.
 """
 
 from __future__ import annotations
@@ -98,17 +100,22 @@ class Drainer:
         return moved
 
     def _move(self, batch: list[NewEvent]) -> int:
+        """Record the batch in the store, then delete it from the spool. Events already in
+        the store under their own id (moved by a drain that died before its delete) are
+        only deleted: recording them again would plan their deliveries twice. Only this
+        node's drainer, under the drain lock, moves these ids, so nothing races the look."""
+        known = self.store.known([ev.id for ev in batch])
         try:
-            self.store.record(batch)
+            self.store.record([ev for ev in batch if ev.id not in known])
             done = batch
         except StoreUnavailable:
             raise
         except Exception:  # one event the store refuses must not hold back the others
-            done = [ev for ev in batch if self._move_one(ev)]
+            done = [ev for ev in batch if ev.id in known or self._move_one(ev)]
         self.spool.remove([ev.id for ev in done])
         metrics.SPOOL_DRAINED.inc(len(done))
         if self.on_moved is not None:
-            actions = sorted({a for ev in done for a in ev.actions})
+            actions = sorted({a for ev in done if ev.id not in known for a in ev.actions})
             if actions:
                 self.on_moved(actions)
         return len(done)

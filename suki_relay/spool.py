@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import logs, metrics
-from .store import NewEvent, Recorded, Store, StoreUnavailable
+from .store import NewEvent, Recorded, StoreUnavailable
 from .store.group_commit import GroupCommit
 from .store.sqlite import SqliteStore
 
@@ -70,6 +70,10 @@ class Spool(SqliteStore):
     def __init__(self, path: Path, max_events: int):
         self.max_events = max_events
         super().__init__(path)
+        # anything in the file, as far as this process knows: set when it spools, refreshed
+        # by its drainer at every look; while true, the receiver looks a request's dedup key
+        # up here first, so a request spooled and sent again keeps its first event id
+        self.maybe_waiting = self.has_waiting()
 
     def ensure_schema(self) -> None:
         with self.tx() as tx:
@@ -98,7 +102,14 @@ class Spool(SqliteStore):
                             (ev.id, ev.dedup_key, ev.received_at, ev.status, ev.session_id,
                              ev.encounter_id, json.dumps(fields), ev.body))
                     results.append(Recorded(ev.id, False))
+        self.maybe_waiting = True
         return results
+
+    def find(self, dedup_key: str) -> str | None:
+        """The id of the spooled event with this dedup key, if any."""
+        with self.tx(write=False) as tx:
+            row = tx.one("SELECT id FROM spooled WHERE dedup_key = ?", (dedup_key,))
+        return row["id"] if row else None
 
     def ping(self) -> None:
         """Raises unless a write could commit now (readiness)."""
@@ -109,8 +120,8 @@ class Spool(SqliteStore):
 
     def has_waiting(self) -> bool:
         with self.tx(write=False) as tx:
-            return tx.one("SELECT 1 AS x FROM spooled WHERE held_until <= ? LIMIT 1",
-                          (time.time(),)) is not None
+            self.maybe_waiting = tx.one("SELECT 1 AS x FROM spooled LIMIT 1") is not None
+        return self.maybe_waiting
 
     def oldest(self, limit: int) -> list[NewEvent]:
         """The oldest waiting events (not held back after a failed move), oldest first."""
@@ -178,11 +189,10 @@ def _listed(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def open_spool(config: Config, store: Store) -> Spool | None:
-    """The node's spool, if this config and store call for one (PostgreSQL only)."""
-    from .store.postgres import PostgresStore
-
-    if not config.spool.enabled or not isinstance(store, PostgresStore):
+def open_spool(config: Config) -> Spool | None:
+    """The node's spool, if the config calls for one: enabled (the default) and a
+    PostgreSQL store (the SQLite store needs none)."""
+    if not config.spool.enabled or not config.store_url.startswith(("postgresql:", "postgres:")):
         return None
     path = Path(config.spool.path)
     return Spool(path if path.is_absolute() else config.base_dir / path, config.spool.max_events)

@@ -127,6 +127,10 @@ class Store:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
         raise NotImplementedError
 
+    def known(self, event_ids: list[str]) -> set[str]:
+        """Which of these event ids are committed (a spooled event moved before a crash)."""
+        raise NotImplementedError
+
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by the Recorder around gathering and committing a batch (may be a no-op)."""
         return nullcontext()

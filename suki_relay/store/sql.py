@@ -205,6 +205,15 @@ class SqlStore(Store):
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
 
+    def known(self, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        with self.tx(write=False) as tx:
+            for i in range(0, len(event_ids), ROWS_PER_INSERT):
+                chunk = event_ids[i:i + ROWS_PER_INSERT]
+                found.update(r["id"] for r in tx.all(
+                    f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
     def _plan(self, tx: Tx, planned: list[tuple[str, str, float]]) -> list[str]:
         """Insert pending deliveries, one per (event id, action, time planned)."""
         ids = [new_id("dlv") for _ in planned]
