@@ -108,7 +108,7 @@ def test_spool_takes_what_the_store_cannot_and_drains_it(relay_in_process, priva
     wait_until(lambda: len(target.received) >= 6, timeout=30, message="every event delivered")
     store = open_store(private_db.url)
     try:
-        wait_until(lambda: all(d["state"] == "done" for d in store.deliveries()), timeout=30,
+        wait_until(lambda: all(d.state == "done" for d in store.deliveries()), timeout=30,
                    message="every delivery finished")
         assert sorted(delivered_events(target)) == sorted(accepted)  # each once, none lost
         for event_id in accepted:  # spooled events keep their ids in the store
@@ -177,7 +177,7 @@ def test_the_same_request_twice_is_one_event(relay_in_process, private_db,
                    message="the spool drained")
         events = store.events(_all())
         assert len(events) == 2
-        assert sum(sum(e["deliveries"].values()) for e in events) == 2  # one delivery each
+        assert sum(sum(e.deliveries.values()) for e in events) == 2  # one delivery each
         assert store.event(first["event_id"]) is not None
     finally:
         store.close()
@@ -202,8 +202,8 @@ def test_a_drain_cut_short_after_its_commit_moves_nothing_twice(tmp_path: Path,
         assert Drainer(spool, store).drain() == 4
         assert spool.summary()["spooled"] == 0
         rows = store.events(_all())
-        assert sorted(r["id"] for r in rows) == sorted(e.id for e in events)
-        assert [r["deliveries"] for r in rows] == [{"pending": 1}] * 4
+        assert sorted(r.id for r in rows) == sorted(e.id for e in events)
+        assert [r.deliveries for r in rows] == [{"pending": 1}] * 4
     finally:
         store.close()
         spool.close()
@@ -218,7 +218,7 @@ def test_an_event_the_store_refuses_does_not_hold_back_the_rest(tmp_path: Path,
         good = [_event(i) for i in range(1, 4)]
         spool.add([poison, *good])
         assert Drainer(spool, store).drain() == 3
-        assert {r["id"] for r in store.events(_all())} == {e.id for e in good}
+        assert {r.id for r in store.events(_all())} == {e.id for e in good}
         (kept,) = spool.listing()
         assert kept["id"] == poison.id and "refused" in kept["drain_error"]
     finally:

@@ -54,7 +54,7 @@ def delivered_once(target: Sink, accepted: list[str], store_url: str) -> None:
     wait_until(lambda: len({g.headers["X-Suki-Relay-Event"] for g in target.received})
                >= len(accepted), timeout=60, message="every accepted event delivered")
     store = open_test_store(store_url)
-    wait_until(lambda: all(d["state"] == "done" for d in store.deliveries(limit=1000)),
+    wait_until(lambda: all(d.state == "done" for d in store.deliveries(limit=1000)),
                timeout=30, message="no delivery left unfinished")
     counts = Counter(g.headers["X-Suki-Relay-Event"] for g in target.received)
     assert sorted(counts) == sorted(accepted)

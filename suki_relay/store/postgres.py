@@ -21,7 +21,8 @@ import psycopg
 
 from .base import StoreUnavailable
 from .pgpool import Connections
-from .sql import SqlStore, Tx
+from .sql import SqlStore
+from .tx import Tx
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
