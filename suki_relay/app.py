@@ -207,16 +207,21 @@ class RelayApp:
 
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None) -> RelayApp:
-    """Load config, open the store (and the spool), start this process's delivery threads
-    and its drain thread (receive-only processes drain too)."""
+    """Set up logging, load the config and assemble the relay (under gunicorn, per worker)."""
     from .config import load_config
+
+    logs.setup()
+    return assemble(config or load_config(config_path), deliver)
+
+
+def assemble(config: Config, deliver: bool = True) -> RelayApp:
+    """Open the store (and the spool), start this process's delivery threads and its drain
+    thread (receive-only processes drain too), and build the app over them."""
     from .deliver import Deliverer
     from .drain import Drainer
     from .spool import open_spool
     from .store import open_store
 
-    logs.setup()
-    config = config or load_config(config_path)
     store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
     spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"

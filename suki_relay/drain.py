@@ -65,6 +65,11 @@ class Drainer:
         self._stopping.set()
         self._wake.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the drain thread to end (after stop()): a move under way finishes."""
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout)
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -12,9 +15,21 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from werkzeug.test import Client, TestResponse
 
+from suki_relay import signing
+from suki_relay.app import assemble
+from suki_relay.cli import main
+from suki_relay.config import load_config
 from suki_relay.store import Store, open_store
-from suki_relay.testing import SECRET, RelayProcess, Sink, pg_schema
+from suki_relay.testing import (
+    SECRET,
+    PrivateCluster,
+    PrivateDatabase,
+    RelayProcess,
+    Sink,
+    pg_schema,
+)
 
 PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
@@ -39,6 +54,32 @@ def pg_url() -> Iterator[str]:
         pytest.skip(PG_PROBLEM)
     with pg_schema(PG_URL) as url:
         yield url
+
+
+@pytest.fixture
+def private_db() -> Iterator[PrivateDatabase]:
+    """A database of this test's own on the machine's PostgreSQL, which it may take down
+    (``down()``/``up()``) without touching anyone else's; dropped afterwards."""
+    if PG_PROBLEM:
+        if os.environ.get("CI"):
+            pytest.fail(PG_PROBLEM)
+        pytest.skip(PG_PROBLEM)
+    with PrivateDatabase(PG_URL) as db:
+        yield db
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, started, which it may stop and start."""
+    try:
+        cluster = PrivateCluster()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -90,6 +131,83 @@ def relay() -> Iterator[Callable[..., RelayProcess]]:
         proc.stop(timeout=15)
 
 
+class LocalRelay:
+    """The relay's WSGI app in this process, with its delivery threads (unless
+    ``deliver=False``), spoken to through werkzeug's test Client: no server, no fork.
+    What needs a process (gunicorn, signals, kill -9) is in tests/system/."""
+
+    def __init__(self, config_file: Path, deliver: bool = True):
+        self.config = load_config(str(config_file))
+        self.app = assemble(self.config, deliver)  # as each gunicorn worker does
+        self.store, self.deliverer = self.app.store, self.app.deliverer
+        self.client = Client(self.app)
+        self.path = self.config.receiver.path
+
+    def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
+        return self.client.post(self.path, data=body, headers=headers, **kwargs)
+
+    def post_signed(self, body: bytes, secret: str = SECRET, now: float | None = None,
+                    headers: dict[str, str] | None = None) -> TestResponse:
+        return self.post(body, {**signing.signed_headers(secret, body, now), **(headers or {})})
+
+    def accept(self, body: bytes) -> str:
+        """Post ``body`` signed; it must be accepted. Its event id."""
+        resp = self.post_signed(body)
+        assert resp.status_code == 200 and resp.json["status"] == "accepted", resp.get_data()
+        return str(resp.json["event_id"])
+
+    def stop(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop(timeout=5)
+            self.deliverer.join(timeout=10)
+        if self.app.drainer is not None:
+            self.app.drainer.stop()
+            self.app.drainer.join(timeout=10)
+        self.store.close()
+        if self.app.spool is not None:
+            self.app.spool.close()
+
+
+@pytest.fixture
+def local_relay() -> Iterator[Callable[..., LocalRelay]]:
+    """Start relays in this process (see LocalRelay); stopped when the test ends."""
+    started: list[LocalRelay] = []
+
+    def start(config_file: Path, **kwargs: Any) -> LocalRelay:
+        relay = LocalRelay(config_file, **kwargs)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in reversed(started):
+        relay.stop()
+
+
+class LogRecords(logging.Handler):
+    """What the relay logged in this process, as (message, fields) pairs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), dict(getattr(record, "fields", {}))))
+
+    def text(self) -> str:
+        return "\n".join(f"{msg} {fields}" for msg, fields in self.lines)
+
+
+@pytest.fixture
+def relay_log() -> Iterator[LogRecords]:
+    logger = logging.getLogger("suki_relay")
+    handler, level = LogRecords(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def sink() -> Iterator[Callable[..., Sink]]:
     made: list[Sink] = []
@@ -111,11 +229,26 @@ def run_cli(*args: str, cwd: Path | None = None,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`suki-relay ARGS` run in this process (no interpreter to start): what it prints,
+    and its exit status (argparse's usage errors included). An exception that the CLI
+    would show as a traceback propagates, and fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["suki-relay", *args], status, out.getvalue(),
+                                       err.getvalue())
+
+
 def check_fails(folder: Path, config: str) -> str:
     """`suki-relay check` on ``config`` saved as the folder's actions.yaml: it must fail
     with exit status 1 and a report, not a traceback. Returns the report."""
     (folder / "actions.yaml").write_text(config)
-    result = run_cli("check", cwd=folder)
+    result = cli_here("check", cwd=folder)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr

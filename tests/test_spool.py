@@ -1,4 +1,4 @@
-"""The local spool during a PostgreSQL outage, in-process (werkzeug's test client).
+"""The local spool during a PostgreSQL outage, with the relay in this process.
 
 Every outage here is made on a private database (PrivateDatabase: connections to it refused
 and ended), never on the shared server or its `test` database.
@@ -6,103 +6,74 @@ and ended), never on the shared server or its `test` database.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.test import Client
+import yaml
 
 from suki_relay import signing
-from suki_relay.app import RelayApp, create_app
 from suki_relay.drain import Drainer
 from suki_relay.spool import Spool
 from suki_relay.store import NewEvent, open_store
-from suki_relay.testing import SECRET, PrivateDatabase, Sink, build_config, unique_body, wait_until
+from suki_relay.testing import SECRET, PrivateDatabase, Sink, unique_body, wait_until
 
-from .conftest import FAST_DELIVERY, PG_PROBLEM, PG_URL, http_action
-
-
-@pytest.fixture
-def private_db() -> Iterator[PrivateDatabase]:
-    """A database of this test's own, which it may take down."""
-    if PG_PROBLEM:
-        pytest.skip(PG_PROBLEM)
-    with PrivateDatabase(PG_URL) as db:
-        yield db
-
-
-class Relay:
-    """The relay in this process: its app, a test client, and its threads stopped after."""
-
-    def __init__(self, app: RelayApp):
-        self.app = app
-        self.client = Client(app)
-
-    def post(self, body: bytes, headers: dict[str, str] | None = None) -> Any:
-        headers = headers or signing.signed_headers(SECRET, body)
-        resp = self.client.post("/webhooks/notification", data=body, headers=headers)
-        return resp.status_code, resp.get_json()
-
-    def get(self, path: str) -> tuple[int, Any]:
-        resp = self.client.get(path)
-        return resp.status_code, resp.get_data(as_text=True)
-
-    def close(self) -> None:
-        if self.app.deliverer is not None:
-            self.app.deliverer.stop(timeout=2)
-        if self.app.drainer is not None:
-            self.app.drainer.stop()
-        self.app.store.close()
-        if self.app.spool is not None:
-            self.app.spool.close()
+from .conftest import FAST_DELIVERY, http_action
 
 
 @pytest.fixture
-def relay_in_process(tmp_path: Path, private_db: PrivateDatabase
-                     ) -> Iterator[Callable[..., Relay]]:
-    made: list[Relay] = []
+def spooling_relay(tmp_path: Path, private_db: PrivateDatabase, local_relay
+                   ) -> Callable[..., Any]:
+    """An in-process relay on the private database, delivering to ``target``."""
 
-    def make(target: str, deliver: bool = True, **top_level: Any) -> Relay:
-        config = build_config({"store": private_db.url, "delivery": FAST_DELIVERY,
-                               "actions": {"target": http_action(target)},
-                               "rules": [{"name": "all", "do": ["target"]}], **top_level},
-                              tmp_path)
-        relay = Relay(create_app(config=config, deliver=deliver))
-        made.append(relay)
-        return relay
+    def make(target: str, deliver: bool = True, **top_level: Any) -> Any:
+        path = tmp_path / "actions.yaml"
+        path.write_text(yaml.safe_dump({
+            "receiver": {"secrets": [SECRET]}, "store": private_db.url,
+            "delivery": FAST_DELIVERY, "actions": {"target": http_action(target)},
+            "rules": [{"name": "all", "do": ["target"]}], **top_level}))
+        return local_relay(path, deliver=deliver)
 
-    yield make
-    for relay in made:
-        relay.close()
+    return make
+
+
+def answer(resp: Any) -> tuple[int, Any]:
+    return resp.status_code, resp.json
+
+
+def readyz(relay: Any) -> tuple[int, Any]:
+    return answer(relay.client.get("/readyz"))
+
+
+def metrics_text(relay: Any) -> str:
+    return str(relay.client.get("/metrics").get_data(as_text=True))
 
 
 def delivered_events(target: Sink) -> list[str]:
     return [got.headers["X-Suki-Relay-Event"] for got in target.received]
 
 
-def test_spool_takes_what_the_store_cannot_and_drains_it(relay_in_process, private_db,
+def test_spool_takes_what_the_store_cannot_and_drains_it(spooling_relay, private_db,
                                                          sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay = relay_in_process(target.url)
+    relay = spooling_relay(target.url)
     private_db.down()
     accepted = []
     for _ in range(5):
-        status, body = relay.post(unique_body())
+        status, body = answer(relay.post_signed(unique_body()))
         assert (status, body["status"], body["spooled"]) == (200, "accepted", True)
         accepted.append(body["event_id"])
-    status, text = relay.get("/readyz")
-    assert status == 200
-    assert json.loads(text) == {"status": "degraded", "store": "unavailable", "spooled": 5}
-    _, metrics = relay.get("/metrics")
+    assert readyz(relay) == (200, {"status": "degraded", "store": "unavailable",
+                                   "spooled": 5})
+    metrics = metrics_text(relay)
     assert "suki_relay_spool_events 5.0" in metrics
     assert "suki_relay_spooled_total 5.0" in metrics
     assert not target.received  # nothing is delivered before it is in the store
 
     private_db.up()
-    status, body = relay.post(unique_body())  # the first request after the outage
+    status, body = answer(relay.post_signed(unique_body()))  # the first request after the outage
     assert status == 200 and "spooled" not in body  # committed to the store itself
     accepted.append(body["event_id"])
     wait_until(lambda: len(target.received) >= 6, timeout=30, message="every event delivered")
@@ -115,37 +86,37 @@ def test_spool_takes_what_the_store_cannot_and_drains_it(relay_in_process, priva
             assert store.event(event_id) is not None
     finally:
         store.close()
-    assert json.loads(relay.get("/readyz")[1])["spooled"] == 0
-    _, metrics = relay.get("/metrics")
+    assert readyz(relay)[1]["spooled"] == 0
+    metrics = metrics_text(relay)
     assert "suki_relay_spool_drained_total 5.0" in metrics
 
 
-def test_spool_disabled_answers_503_and_recovers_at_once(relay_in_process, private_db,
+def test_spool_disabled_answers_503_and_recovers_at_once(spooling_relay, private_db,
                                                          sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay = relay_in_process(target.url, spool={"enabled": False})
-    assert relay.post(unique_body())[0] == 200
+    relay = spooling_relay(target.url, spool={"enabled": False})
+    assert relay.post_signed(unique_body()).status_code == 200
     for _ in range(3):  # the pool's reconnect backoff made this fail in 2 runs of 3
         private_db.down()
-        status, body = relay.post(unique_body())
+        status, body = answer(relay.post_signed(unique_body()))
         assert (status, body["error"]) == (503, "store_unavailable")
-        assert relay.get("/readyz")[0] == 503
+        assert readyz(relay)[0] == 503
         private_db.up()
-        status, body = relay.post(unique_body())  # the very next request commits
+        status, body = answer(relay.post_signed(unique_body()))  # the very next request commits
         assert (status, body["status"]) == (200, "accepted")
-        assert relay.get("/readyz")[0] == 200
+        assert readyz(relay)[0] == 200
 
 
-def test_a_full_spool_takes_exactly_max_events(relay_in_process, private_db,
+def test_a_full_spool_takes_exactly_max_events(spooling_relay, private_db,
                                                sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay = relay_in_process(target.url, spool={"max_events": 5})
+    relay = spooling_relay(target.url, spool={"max_events": 5})
     private_db.down()
-    answers = [relay.post(unique_body()) for _ in range(7)]
+    answers = [answer(relay.post_signed(unique_body())) for _ in range(7)]
     assert [status for status, _ in answers] == [200] * 5 + [503] * 2
     assert all(body["error"] == "store_unavailable" for _, body in answers[5:])
-    assert relay.get("/readyz")[0] == 503  # the node can take nothing: take it out
-    _, metrics = relay.get("/metrics")
+    assert readyz(relay)[0] == 503  # the node can take nothing: take it out
+    metrics = metrics_text(relay)
     assert 'suki_relay_requests_total{outcome="spool_full"} 2.0' in metrics
     private_db.up()
     wait_until(lambda: len(target.received) >= 5, timeout=30, message="the 5 spooled delivered")
@@ -153,22 +124,22 @@ def test_a_full_spool_takes_exactly_max_events(relay_in_process, private_db,
     assert sorted(delivered_events(target)) == sorted(body["event_id"] for _, body in answers[:5])
 
 
-def test_the_same_request_twice_is_one_event(relay_in_process, private_db,
+def test_the_same_request_twice_is_one_event(spooling_relay, private_db,
                                              sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay = relay_in_process(target.url, deliver=False)
+    relay = spooling_relay(target.url, deliver=False)
     during, after = unique_body(), unique_body()
     during_headers = signing.signed_headers(SECRET, during)
     after_headers = signing.signed_headers(SECRET, after)
     private_db.down()
-    status, first = relay.post(during, during_headers)
+    status, first = answer(relay.post(during, during_headers))
     assert (status, first["status"]) == (200, "accepted")
-    status, again = relay.post(during, during_headers)  # twice during the outage
+    status, again = answer(relay.post(during, during_headers))  # twice during the outage
     assert (status, again["status"], again["event_id"]) == (200, "duplicate", first["event_id"])
-    status, spooled = relay.post(after, after_headers)  # spooled, then repeated afterwards
+    status, spooled = answer(relay.post(after, after_headers))  # spooled, then repeated afterwards
     assert status == 200 and spooled["spooled"]
     private_db.up()
-    status, repeated = relay.post(after, after_headers)
+    status, repeated = answer(relay.post(after, after_headers))
     assert (status, repeated["status"], repeated["event_id"]) == \
         (200, "duplicate", spooled["event_id"])
     store = open_store(private_db.url)
@@ -235,13 +206,13 @@ def _event(i: int, **fields: Any) -> NewEvent:
     return NewEvent(**values)
 
 
-def test_a_receive_only_node_drains_too(relay_in_process, private_db,
+def test_a_receive_only_node_drains_too(spooling_relay, private_db,
                                         sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay = relay_in_process(target.url, deliver=False)
+    relay = spooling_relay(target.url, deliver=False)
     assert relay.app.deliverer is None and relay.app.drainer is not None
     private_db.down()
-    ids = [relay.post(unique_body())[1]["event_id"] for _ in range(3)]
+    ids = [relay.post_signed(unique_body()).json["event_id"] for _ in range(3)]
     private_db.up()
     store = open_store(private_db.url)
     try:
@@ -251,13 +222,13 @@ def test_a_receive_only_node_drains_too(relay_in_process, private_db,
         store.close()
 
 
-def test_a_node_starts_and_spools_while_the_database_is_down(relay_in_process, private_db,
+def test_a_node_starts_and_spools_while_the_database_is_down(spooling_relay, private_db,
                                                              sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
-    relay_in_process(target.url).close()  # the schema exists, as on any restart
+    spooling_relay(target.url).stop()  # the schema exists, as on any restart
     private_db.down()
-    relay = relay_in_process(target.url)
-    status, body = relay.post(unique_body())
+    relay = spooling_relay(target.url)
+    status, body = answer(relay.post_signed(unique_body()))
     assert (status, body.get("spooled")) == (200, True)
     private_db.up()
     wait_until(lambda: delivered_events(target) == [body["event_id"]], timeout=30,

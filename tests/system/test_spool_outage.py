@@ -11,33 +11,21 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 import yaml
 
 from suki_relay.testing import (
     SECRET,
-    PrivateCluster,
-    PrivateDatabase,
     Sink,
     post_signed,
     unique_body,
     wait_until,
 )
 
-from .conftest import FAST_DELIVERY, PG_PROBLEM, PG_URL, http_action, open_test_store, run_cli
-
-
-@pytest.fixture
-def private_db() -> Iterator[PrivateDatabase]:
-    if PG_PROBLEM:
-        pytest.skip(PG_PROBLEM)
-    with PrivateDatabase(PG_URL) as db:
-        yield db
+from ..conftest import FAST_DELIVERY, http_action, open_test_store, run_cli
 
 
 def write_config(tmp_path: Path, store: str, target: str, **top_level: Any) -> Path:
@@ -127,46 +115,40 @@ def test_kill_9_during_an_outage_loses_nothing(tmp_path: Path, private_db, relay
     delivered_once(target, spooled, private_db.url)
 
 
-def test_a_real_database_restart(tmp_path: Path, relay, sink) -> None:  # type: ignore[no-untyped-def]
+def test_a_real_database_restart(tmp_path: Path, private_pg, relay,
+                                 sink) -> None:  # type: ignore[no-untyped-def]
     """A private PostgreSQL server stopped and started while requests stream in: every
-    request answered 2xx (spooled while it is down), the first one after it is back
-    committed, and every event delivered exactly once."""
-    try:
-        cluster = PrivateCluster()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
-        cluster.start()
-        target = sink()
-        cfg = write_config(tmp_path, cluster.url + "?pool_timeout=2&connect_timeout=2",
-                           target.url)
-        node = relay(cfg, workers=1)
-        results: list[tuple[int, dict[str, Any]]] = []
-        stop = threading.Event()
+    request answered 2xx (spooled while it is down), requests after it is back committed
+    to the store again, and every event delivered exactly once."""
+    target = sink()
+    cfg = write_config(tmp_path, private_pg.url + "?pool_timeout=2&connect_timeout=2",
+                       target.url)
+    node = relay(cfg, workers=1)
+    results: list[tuple[int, dict[str, Any]]] = []
+    stop = threading.Event()
 
-        def stream() -> None:
-            deadline = time.monotonic() + 60
-            while not stop.is_set() and time.monotonic() < deadline:
-                resp = post_signed(node.webhook, unique_body(), timeout=15)
-                results.append((resp.status_code, resp.json()))
-                time.sleep(0.02)
+    def stream() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            resp = post_signed(node.webhook, unique_body(), timeout=15)
+            results.append((resp.status_code, resp.json()))
+            time.sleep(0.02)
 
-        sender = threading.Thread(target=stream, daemon=True)
-        sender.start()
+    sender = threading.Thread(target=stream, daemon=True)
+    sender.start()
+    try:
         wait_until(lambda: len(results) >= 5, message="a stream of accepted events")
-        cluster.stop()
+        private_pg.stop()
         during = len(results)
         wait_until(lambda: len(results) >= during + 5, timeout=30,
                    message="requests while the database is down")
-        cluster.start()
-        after = len(results)
-        wait_until(lambda: any(not b.get("spooled") for _, b in results[after + 1:]), timeout=30,
-                   message="a request committed to the store again")
-        stop.set()
-        sender.join(20)
-        assert {s for s, _ in results} == {200}
-        assert any(b.get("spooled") for _, b in results[during:after])
-        delivered_once(target, [b["event_id"] for _, b in results], cluster.url)
-        node.stop()
     finally:
-        cluster.remove()
+        private_pg.start()
+    after = len(results)
+    wait_until(lambda: any(not b.get("spooled") for _, b in results[after + 1:]), timeout=30,
+               message="a request committed to the store again")
+    stop.set()
+    sender.join(20)
+    assert {s for s, _ in results} == {200}
+    assert any(b.get("spooled") for _, b in results[during:after])
+    delivered_once(target, [b["event_id"] for _, b in results], private_pg.url)
