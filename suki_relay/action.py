@@ -54,17 +54,24 @@ class Delivery:
     event: Any
     raw_body: bytes
     received_at: str
+    recovered: bool = False  # the event was recovered from Suki's status API
+    failed: dict[str, Any] | None = None  # on_failure: action, error, attempts, delivery_id
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        """What templates see: event, event_id, received_at, delivery_id, attempt."""
-        return {
+        """What templates see: event, event_id, received_at, delivery_id, attempt,
+        recovered; and `failed` in an on_failure delivery."""
+        context = {
             "event": self.event,
             "event_id": self.event_id,
             "received_at": self.received_at,
             "delivery_id": self.id,
             "attempt": self.attempt,
+            "recovered": self.recovered,
             **extra,
         }
+        if self.failed is not None:
+            context.setdefault("failed", self.failed)
+        return context
 
 
 @dataclass

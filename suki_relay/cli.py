@@ -187,11 +187,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_format)
     config = _config(args)
-    deliverer = Deliverer(config, _store(config))
+    store = _store(config)
+    deliverer = Deliverer(config, store)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     deliverer.start()
+    if config.recovery_enabled:
+        from .recovery import GapWatcher, Recoverer
+
+        GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer)).start()
     print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
           file=sys.stderr)
     done.wait()
@@ -202,18 +207,74 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     from .store import EventFilter
 
+    if args.rejected:
+        return _rejected(args)
     f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
                     since=parse_since(args.since), until=parse_since(args.until),
-                    matched=args.matched, malformed=args.malformed, limit=args.limit)
+                    matched=args.matched, malformed=args.malformed, recovered=args.recovered,
+                    limit=args.limit)
     rows = _store(_config(args)).events(f)
     for r in rows:
         r["received"] = _when(r["received_at"])
         r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(r["deliveries"].items())) or \
             ("unmatched" if not r["matched"] else "-")
         r["status"] = "MALFORMED" if r["malformed"] else r["status"]
-    emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
-                                  "deliveries"]))
+        r["via"] = "recovered" if r["recovered"] else "webhook"
+    emit(args, rows, table(rows, ["id", "received", "status", "via", "session_id",
+                                  "encounter_id", "deliveries"]))
     return 0
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    """`events --rejected`: recent refused requests (no body was ever kept)."""
+    rows = _store(_config(args)).rejections(since=parse_since(args.since), limit=args.limit)
+    for r in rows:
+        r["last"] = _when(r["last_at"])
+        r["first"] = _when(r["first_at"])
+        r["remote"] = r["remote_addr"]
+        r["status"] = r["http_status"]
+    emit(args, rows, table(rows, ["last", "reason", "status", "skew_ms", "remote", "count",
+                                  "first"]))
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Ask Suki about sessions the relay has no event for; exit 1 only if Suki could not
+    be asked about one of them."""
+    from .recovery import Recoverer
+
+    config = _config(args)
+    if config.suki is None:
+        raise RelayError("recover needs the suki: section (base_url, partner_id, "
+                         "partner_token) in the config")
+    sessions = list(args.session_ids)
+    if args.from_file:
+        sessions += _session_list(args.from_file)
+    if not sessions:
+        raise RelayError("give SESSION_ID... or --from-file FILE")
+    recoverer = Recoverer(config, _store(config))
+    results = []
+    for sid in dict.fromkeys(sessions):
+        result = recoverer.recover(sid, encounter_id=args.encounter, dry_run=args.dry_run)
+        results.append(result)
+        if not args.json:
+            print(result.line(), flush=True)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    return 0 if all(r.asked_suki for r in results) else 1
+
+
+def _session_list(path: str) -> list[str]:
+    """Session ids from a file (or - for stdin): whitespace or commas between them, # for
+    comments."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RelayError(f"{path}: {exc.strerror}") from None
+    ids: list[str] = []
+    for line in text.splitlines():
+        ids += line.split("#", 1)[0].replace(",", " ").split()
+    return ids
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -224,7 +285,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.payload:
         event["payload"] = body.decode("utf-8", "replace")
     lines = [f"event {event['id']}  received {_when(event['received_at'])}  "
-             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}",
+             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}"
+             + ("  (recovered from Suki's status API)" if event["recovered"] else ""),
              f"session {event['session_id']}  encounter {event['encounter_id']}",
              f"rules matched: {', '.join(event['rules']) or '(none)'}"]
     for d in event["delivery_list"]:
@@ -367,7 +429,19 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until")
     sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument("--recovered", action=argparse.BooleanOptionalAction, default=None,
+                    help="only events recovered from Suki's status API (or none of them)")
+    sp.add_argument("--rejected", action="store_true",
+                    help="recent refused requests instead (time, reason, skew, address)")
     sp.add_argument("--limit", type=int, default=50)
+    sp = add("recover", cmd_recover, "ask Suki's API about sessions with no event, and "
+             "record those that ended", json_flag=True)
+    sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    sp.add_argument("--encounter", help="the encounter these sessions belong to (default: "
+                                        "from another event's sessions list)")
+    sp.add_argument("--from-file", metavar="FILE", help="session ids, one per line (- for "
+                                                        "stdin)")
+    sp.add_argument("--dry-run", action="store_true", help="ask Suki, record nothing")
     sp = add("show", cmd_show, "one event, its deliveries and every attempt", json_flag=True)
     sp.add_argument("event_id")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")

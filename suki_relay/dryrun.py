@@ -27,15 +27,24 @@ class Preview:
     error: str | None
 
 
-def fake_delivery(action: str, body: bytes, payload: Any) -> Delivery:
+# what an on_failure action sees as `failed` in dry runs and `check`
+SAMPLE_FAILED = {"action": "forward-to-ehr", "error": "gave up after 20 tries: HTTP 503",
+                 "attempts": 20, "delivery_id": "dlv_dry_run_failed"}
+
+
+def fake_delivery(action: str, body: bytes, payload: Any,
+                  failed: dict[str, Any] | None = None) -> Delivery:
     return Delivery(id="dlv_dry_run", event_id="evt_dry_run", action=action, attempt=1,
-                    event=payload, raw_body=body, received_at="1970-01-01T00:00:00.000Z")
+                    event=payload, raw_body=body, received_at="1970-01-01T00:00:00.000Z",
+                    failed=failed)
 
 
 def preview_action(config: Config, name: str, body: bytes, payload: Any) -> Preview:
+    """On_failure actions are rendered with a sample `failed` as well."""
     spec = config.actions[name]
+    failed = SAMPLE_FAILED if name in config.on_failure else None
     try:
-        sends = spec.action.preview(fake_delivery(name, body, payload))
+        sends = spec.action.preview(fake_delivery(name, body, payload, failed))
         return Preview(name, spec.type, sends, None)
     except Exception as exc:
         return Preview(name, spec.type, None, f"{type(exc).__name__}: {exc}")
@@ -58,6 +67,8 @@ def check_templates(config: Config) -> list[Problem]:
     for action, names in routed.items():
         if action not in config.actions:
             continue
+        if action in config.on_failure:  # any event may have a failed delivery
+            names = list(SAMPLES)
         tried = names or list(SAMPLES)
         failures = []
         for name in tried:

@@ -7,6 +7,8 @@
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
 * :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
+* :class:`SukiStandIn` - a local server answering like Suki's API (login, session status,
+  content, transcript), counting what it was asked.
 * :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
 """
 
@@ -172,6 +174,64 @@ class Sink:
         self.server.server_close()
 
     def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class SukiStandIn:
+    """Suki's API on 127.0.0.1: ``POST /api/v1/auth/login`` (partner ``p-1``/``pt-SECRET``)
+    and, for each session in ``statuses``, ``GET /api/v1/ambient/session/{id}/status``,
+    ``/content`` and ``/transcript``; 404 for any other session. Change ``statuses`` at
+    will; ``asked[session_id]`` counts status calls; ``delay`` slows status answers."""
+
+    PARTNER = {"partner_id": "p-1", "partner_token": "pt-SECRET"}
+
+    def __init__(self, statuses: dict[str, str] | None = None, delay: float = 0.0,
+                 content: dict[str, Any] | None = None, lifetime: float = 120.0):
+        self.statuses = dict(statuses or {})
+        self.delay = delay
+        self.content = content or {"summary": [{"title": "Assessment",
+                                                "content": "PHI-NOTE-TEXT", "loinc_code": "x"}],
+                                   "structured_data": []}
+        self.asked: dict[str, int] = {}
+        self.logins = 0
+        self.sink = Sink(handler=self._handle, lifetime=lifetime)
+        self.url = self.sink.url
+
+    def settings(self) -> dict[str, str]:
+        """The `suki:` section pointing at this stand-in."""
+        return {"base_url": self.url, **self.PARTNER}
+
+    def _handle(self, got: Received) -> Reply:
+        if got.path == "/api/v1/auth/login":
+            body = got.json()
+            if {k: body.get(k) for k in self.PARTNER} != self.PARTNER:
+                return Reply(401, b'{"error": "bad partner"}')
+            self.logins += 1
+            return Reply(200, json.dumps({"suki_token": f"tok-{self.logins}"}).encode())
+        if not got.headers.get("sdp_suki_token", "").startswith("tok-"):
+            return Reply(401, b"{}")
+        parts = got.path.split("?", 1)[0].split("/")
+        if len(parts) != 7 or parts[:5] != ["", "api", "v1", "ambient", "session"] \
+                or parts[5] not in self.statuses:
+            return Reply(404, b'{"error": "not found"}')
+        session, what = parts[5], parts[6]
+        if what == "status":
+            self.asked[session] = self.asked.get(session, 0) + 1
+            return Reply(200, json.dumps({"status": self.statuses[session]}).encode(),
+                         delay=self.delay)
+        if what == "content":
+            return Reply(200, json.dumps(self.content).encode())
+        if what == "transcript":
+            return Reply(200, b'{"final_transcript": []}')
+        return Reply(404, b"{}")
+
+    def stop(self) -> None:
+        self.sink.stop()
+
+    def __enter__(self) -> SukiStandIn:
         return self
 
     def __exit__(self, *exc: Any) -> None:

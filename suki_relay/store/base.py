@@ -60,6 +60,7 @@ class NewEvent:
     actions: list[str]
     id: str = field(default_factory=lambda: new_id("evt"))
     received_at: float = field(default_factory=time.time)
+    recovered: bool = False  # built from Suki's status API, not received (recovery.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Claimed:
     cycle_started_at: float
     body: bytes
     received_at: float
+    recovered: bool = False
+    cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Outcome:
     http_status: int | None = None
     error: str | None = None
     note: str | None = None
+    on_failure: tuple[str, ...] = ()  # actions to plan, in the same transaction, if failed
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class EventFilter:
     until: float | None = None
     matched: bool | None = None
     malformed: bool | None = None
+    recovered: bool | None = None
     limit: int = 50
 
 
@@ -179,4 +184,8 @@ class Store:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def recovery_counts(self) -> dict[str, int]:
+        """Sessions known to recovery, by state (see store/recovery.py)."""
         raise NotImplementedError

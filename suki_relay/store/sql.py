@@ -26,8 +26,10 @@ from .base import (
     Store,
     new_id,
 )
+from .recovery import RECOVERY_SCHEMA, RecoveryLedger
+from .rejections import REJECTIONS_SCHEMA, RejectionLedger
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -75,19 +77,29 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 """
 
+# Numbered migrations: each takes the schema from the version before it to its number.
+MIGRATIONS: dict[int, str] = {
+    # 2: recovery (recovered events, sessions to check, on_failure causes), rejected requests
+    2: """
+ALTER TABLE events ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN cause TEXT;
+""" + RECOVERY_SCHEMA + REJECTIONS_SCHEMA,
+}
+
 EVENT_COLUMNS = ("id, received_at, generated_at, status, session_id, encounter_id, malformed, "
-                 "matched, rules")
+                 "matched, rules, recovered")
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
-                 "session_id, encounter_id, malformed, matched, rules, body) VALUES ")
-EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 "session_id, encounter_id, malformed, matched, rules, body, recovered) VALUES ")
+EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
                      "next_attempt_at, updated_at) VALUES ")
 DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
 CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
-                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
+                "d.state, d.cause, e.body, e.received_at, e.recovered FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id")
 
 
 def _not_in(actions: list[str], prefix: str = "") -> str:
@@ -138,7 +150,7 @@ class Tx:
         return rows[0] if rows else None
 
 
-class SqlStore(Store):
+class SqlStore(RecoveryLedger, RejectionLedger, Store):
     placeholder = "?"
     blob_type = "BLOB"
     skip_locked = ""
@@ -171,17 +183,25 @@ class SqlStore(Store):
             self.create_schema(tx)
 
     def create_schema(self, tx: Tx) -> None:
-        for statement in SCHEMA.format(blob=self.blob_type).split(";"):
-            if statement.strip():
-                tx.exec(statement)
         tx.exec("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)")
         row = tx.one("SELECT max(version) AS v FROM relay_schema")
         version = row["v"] if row else None
-        if version is None:
-            tx.exec("INSERT INTO relay_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif version > SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise RuntimeError(f"store schema version {version} is newer than this relay "
                                f"({SCHEMA_VERSION}): upgrade suki-relay")
+        if version is None:
+            self._run_ddl(tx, SCHEMA)
+            tx.exec("INSERT INTO relay_schema (version) VALUES (1)")
+            version = 1
+        for number in sorted(MIGRATIONS):
+            if number > version:
+                self._run_ddl(tx, MIGRATIONS[number])
+                tx.exec("UPDATE relay_schema SET version = ?", (number,))
+
+    def _run_ddl(self, tx: Tx, script: str) -> None:
+        for statement in script.format(blob=self.blob_type).split(";"):
+            if statement.strip():
+                tx.exec(statement)
 
     # ------------------------------------------------------------ the request path
 
@@ -190,18 +210,21 @@ class SqlStore(Store):
         (PostgreSQL) or a release of the GIL (SQLite), and both lengthen the time the write
         lock is held. A dedup key seen before keeps its first event and plans nothing."""
         with self.tx() as tx:
-            inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
-                ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
-                ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
-                ev.body) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
-            owner = {ev.dedup_key: ev.id for ev in events}
-            if inserted != len(events):  # a duplicate: find which event holds each key
-                keys = list(owner)
-                owner = {r["dedup_key"]: r["id"] for r in tx.all(
-                    f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
-                    f"({', '.join('?' * len(keys))})", keys)}
-            self._plan(tx, [(ev.id, action, ev.received_at) for ev in events
-                            if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
+            return self._record_in(tx, events)
+
+    def _record_in(self, tx: Tx, events: list[NewEvent]) -> list[Recorded]:
+        inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
+            ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
+            ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
+            ev.body, int(ev.recovered)) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
+        owner = {ev.dedup_key: ev.id for ev in events}
+        if inserted != len(events):  # a duplicate: find which event holds each key
+            keys = list(owner)
+            owner = {r["dedup_key"]: r["id"] for r in tx.all(
+                f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
+                f"({', '.join('?' * len(keys))})", keys)}
+        self._plan(tx, [(ev.id, action, ev.received_at) for ev in events
+                        if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
 
@@ -266,7 +289,8 @@ class SqlStore(Store):
                              "worker stopped before finishing; lease expired"))
             claimed.append(Claimed(
                 row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
-                row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+                row["cycle_started_at"], bytes(row["body"]), row["received_at"],
+                bool(row["recovered"]), row["cause"]))
         tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
                 "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
         tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
@@ -300,11 +324,33 @@ class SqlStore(Store):
                     "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
                     "WHERE id = ? AND lease_owner = ? AND state = ?",
                     [(r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now,
-                      c.id, owner, IN_FLIGHT) for c, owner, r in finished])
+                      c.id, owner, IN_FLIGHT) for c, owner, r in finished if not r.on_failure])
+            self._plan_on_failure(tx, [(c, owner, r) for c, owner, r in finished
+                                       if r.on_failure], now)
             if then_claim is None or then_claim.limit <= 0:
                 return []
             return self._claim_in(tx, then_claim.owner, then_claim.limit,
                                   then_claim.lease_seconds, then_claim.concurrency)
+
+    def _plan_on_failure(self, tx: Tx, failed: list[tuple[Claimed, str, Outcome]],
+                         now: float) -> None:
+        """Deliveries that failed for good, with on_failure actions: record each one's end
+        and, only if this owner still held it, plan the on_failure actions for its event,
+        each carrying the failure (``cause``). These never plan on_failure themselves."""
+        for c, owner, r in failed:
+            cur = tx.exec("UPDATE deliveries SET state = ?, next_attempt_at = ?, "
+                          "lease_owner = NULL, lease_until = NULL, last_error = ?, "
+                          "last_status = ?, updated_at = ? WHERE id = ? AND lease_owner = ? "
+                          "AND state = ?", (r.state, r.next_attempt_at or now, _short(r.error),
+                                            r.http_status, now, c.id, owner, IN_FLIGHT))
+            if cur.rowcount != 1:
+                continue
+            cause = json.dumps({"action": c.action, "error": _short(r.error),
+                                "attempts": c.attempt, "delivery_id": c.id})
+            tx.many("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+                    "next_attempt_at, updated_at, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(new_id("dlv"), c.event_id, action, PENDING, now, now, now, cause)
+                     for action in r.on_failure])
 
     def release(self, owner: str, ids: list[str] | None = None) -> int:
         """Give back claimed deliveries (shutdown): pending again, due now."""
@@ -347,6 +393,9 @@ class SqlStore(Store):
         if f.malformed is not None:
             where.append("malformed = ?")
             params.append(int(f.malformed))
+        if f.recovered is not None:
+            where.append("recovered = ?")
+            params.append(int(f.recovered))
         with self.tx(write=False) as tx:
             rows = tx.all(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                           "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
@@ -362,6 +411,7 @@ class SqlStore(Store):
         row["rules"] = json.loads(row["rules"])
         row["malformed"] = bool(row["malformed"])
         row["matched"] = bool(row["matched"])
+        row["recovered"] = bool(row["recovered"])
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         with self.tx(write=False) as tx:

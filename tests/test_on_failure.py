@@ -1,0 +1,131 @@
+"""on_failure: actions that run when a delivery fails for good."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from werkzeug.test import Client
+
+from suki_relay import signing
+from suki_relay.app import RelayApp, create_app
+from suki_relay.config import load_config
+from suki_relay.testing import SECRET, Reply, Sink, unique_body, wait_until
+
+from .conftest import FAST_DELIVERY, http_action, run_cli
+
+ALERT_BODY = ('{"failed_action": {{ failed.action | json }}, "event_id": {{ event_id | json }}, '
+              '"error": {{ failed.error | json }}, "attempts": {{ failed.attempts }}, '
+              '"failed_delivery": {{ failed.delivery_id | json }}}')
+
+
+@pytest.fixture
+def started() -> Iterator[list[RelayApp]]:
+    apps: list[RelayApp] = []
+    yield apps
+    for app in apps:
+        assert app.deliverer is not None
+        app.deliverer.stop(timeout=5)
+        app.store.close()
+
+
+def relay_app(tmp_path: Path, started: list[RelayApp], target: Sink, alert: Sink) -> RelayApp:
+    config = {
+        "receiver": {"secrets": [SECRET]}, "store": "sqlite:///relay.db",
+        "delivery": dict(FAST_DELIVERY),
+        "actions": {"forward": http_action(target.url),
+                    "alert": http_action(alert.url, body=ALERT_BODY)},
+        "rules": [{"name": "all", "do": ["forward"]}],
+        "on_failure": ["alert"],
+    }
+    path = tmp_path / "actions.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    app = create_app(config=load_config(path))
+    started.append(app)
+    return app
+
+
+def post(app: RelayApp, body: bytes) -> dict[str, Any]:
+    resp = Client(app).post("/webhooks/notification", data=body,
+                            headers=signing.signed_headers(SECRET, body),
+                            content_type="application/json")
+    assert resp.status_code == 200, resp.text
+    return json.loads(resp.text)
+
+
+def test_alert_names_the_failed_action_event_and_error(tmp_path: Path, sink: Any,
+                                                       started: list[RelayApp]) -> None:
+    target = sink(Reply(422, b"no such patient"))
+    alert = sink()
+    app = relay_app(tmp_path, started, target, alert)
+    event_id = post(app, unique_body("failure"))["event_id"]
+
+    wait_until(lambda: alert.received, message="the on_failure alert")
+    got = alert.received[0].json()
+    [failed] = [d for d in app.store.event(event_id)["delivery_list"] if d["action"] == "forward"]
+    assert got == {"failed_action": "forward", "event_id": event_id,
+                   "error": "forward target answered 422", "attempts": 1, "failed_delivery": failed["id"]}
+    assert failed["state"] == "failed"
+    wait_until(lambda: all(d["state"] == "done"
+                           for d in app.store.event(event_id)["delivery_list"]
+                           if d["action"] == "alert"), message="the alert recorded as done")
+    shown = run_cli("show", event_id, cwd=tmp_path)
+    assert "alert" in shown.stdout and "forward" in shown.stdout
+
+
+def test_a_failing_alert_does_not_alert_again(tmp_path: Path, sink: Any,
+                                              started: list[RelayApp]) -> None:
+    target = sink(Reply(400))
+    alert = sink(Reply(400))
+    app = relay_app(tmp_path, started, target, alert)
+    event_id = post(app, unique_body("failure"))["event_id"]
+
+    def states() -> list[tuple[str, str]]:
+        return sorted((d["action"], d["state"])
+                      for d in app.store.event(event_id)["delivery_list"])
+
+    wait_until(lambda: states() == [("alert", "failed"), ("forward", "failed")],
+               message="both failed")
+    assert len(alert.received) == 1
+    assert len(app.store.deliveries(limit=100)) == 2  # no alert about the alert
+
+
+def test_check_renders_on_failure_templates_with_failed(tmp_path: Path) -> None:
+    config = {"receiver": {"secrets": [SECRET]},
+              "actions": {"alert": {"type": "slack", "webhook_url": "http://127.0.0.1:9/x",
+                                    "text": "{{ failed.action }} failed for {{ event_id }}: "
+                                            "{{ failed.error }}"}},
+              "on_failure": ["alert"]}
+    (tmp_path / "actions.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config["on_failure"] = ["nope"]
+    (tmp_path / "actions.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 1 and "on_failure: unknown action 'nope'" in result.stderr
+
+
+def test_shipped_examples_pass_check(tmp_path: Path) -> None:
+    """The Slack and email on_failure examples in actions.yaml, uncommented, pass check."""
+    lines = (Path(__file__).parent.parent / "actions.yaml").read_text().splitlines()
+    out, inside = [], False
+    for line in lines:
+        if line.startswith(("  # alert-slack:", "  # alert-email:")):
+            inside = True
+        elif not line.startswith("  #   "):
+            inside = False
+        if inside or line.startswith("# on_failure:"):
+            line = line.replace("# ", "", 1)
+        out.append(line)
+    assert out != lines
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "actions.yaml").write_text("\n".join(out) + "\n")
+    result = run_cli("check", cwd=tmp_path, env={
+        "SUKI_WEBHOOK_SECRET": "x", "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x",
+        "SMTP_PASSWORD": "pw"})
+    assert result.returncode == 0, result.stderr
+    assert "alert-slack" in (tmp_path / "actions.yaml").read_text()
