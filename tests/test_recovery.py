@@ -307,3 +307,24 @@ def test_two_nodes_on_postgresql_recover_a_session_once(tmp_path: Path, pg_url: 
             t.join(60)
         assert sorted(race) == ["present", "recovered"]
         assert len(events_of(stores[1], session_id="pg-race")) == 1
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from suki_relay.store.sql import SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA.format(blob="BLOB") + "CREATE TABLE relay_schema (version "
+                           "INTEGER NOT NULL); INSERT INTO relay_schema VALUES (1);")
+        conn.execute("INSERT INTO events (id, received_at, dedup_key, status, session_id, body) "
+                     "VALUES ('evt_old', 1, 'k', 'success', 's-old', x'7b7d')")
+    store = open_test_store(f"sqlite:///{path}")
+    [old] = events_of(store)
+    assert (old["id"], old["recovered"]) == ("evt_old", False)
+    assert store.event_for_session("s-old") == "evt_old"
+    assert store.rejections() == [] and store.recovery_counts() == {}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT max(version) FROM relay_schema").fetchone()[0] == \
+            SCHEMA_VERSION

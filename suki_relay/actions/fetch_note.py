@@ -20,7 +20,8 @@ from ..suki_api import SukiClient
 
 RELATIONS = ("contents", "encounter_content", "structured_data", "encounter_structured_data",
              "status", "transcripts")
-DEFAULT_PATH = "{{ event.encounter_id | default('no-encounter', true) }}/{{ event.session_id }}/{{ rel }}.json"
+DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
+                "{{ event.session_id }}/{{ rel }}.json")
 
 
 class FetchNoteAction(Action):
