@@ -14,6 +14,7 @@ from werkzeug.test import Client
 from suki_relay import signing
 from suki_relay.app import RelayApp, create_app
 from suki_relay.config import load_config
+from suki_relay.store import DeliveryRow
 from suki_relay.testing import SECRET, Reply, Sink, unique_body, wait_until
 
 from .conftest import FAST_DELIVERY, http_action, run_cli
@@ -57,6 +58,12 @@ def post(app: RelayApp, body: bytes) -> dict[str, Any]:
     return json.loads(resp.text)
 
 
+def deliveries(app: RelayApp, event_id: str) -> list[DeliveryRow]:
+    detail = app.store.event(event_id)
+    assert detail is not None
+    return [dd.delivery for dd in detail.deliveries]
+
+
 def test_alert_names_the_failed_action_event_and_error(tmp_path: Path, sink: Any,
                                                        started: list[RelayApp]) -> None:
     target = sink(Reply(422, b"no such patient"))
@@ -66,13 +73,13 @@ def test_alert_names_the_failed_action_event_and_error(tmp_path: Path, sink: Any
 
     wait_until(lambda: alert.received, message="the on_failure alert")
     got = alert.received[0].json()
-    [failed] = [d for d in app.store.event(event_id)["delivery_list"] if d["action"] == "forward"]
+    [failed] = [d for d in deliveries(app, event_id) if d.action == "forward"]
     assert got == {"failed_action": "forward", "event_id": event_id,
-                   "error": "forward target answered 422", "attempts": 1, "failed_delivery": failed["id"]}
-    assert failed["state"] == "failed"
-    wait_until(lambda: all(d["state"] == "done"
-                           for d in app.store.event(event_id)["delivery_list"]
-                           if d["action"] == "alert"), message="the alert recorded as done")
+                   "error": "forward target answered 422", "attempts": 1,
+                   "failed_delivery": failed.id}
+    assert failed.state == "failed"
+    wait_until(lambda: [d.state for d in deliveries(app, event_id) if d.action == "alert"]
+               == ["done"], message="the alert recorded as done")
     shown = run_cli("show", event_id, cwd=tmp_path)
     assert "alert" in shown.stdout and "forward" in shown.stdout
 
@@ -85,8 +92,7 @@ def test_a_failing_alert_does_not_alert_again(tmp_path: Path, sink: Any,
     event_id = post(app, unique_body("failure"))["event_id"]
 
     def states() -> list[tuple[str, str]]:
-        return sorted((d["action"], d["state"])
-                      for d in app.store.event(event_id)["delivery_list"])
+        return sorted((d.action, d.state) for d in deliveries(app, event_id))
 
     wait_until(lambda: states() == [("alert", "failed"), ("forward", "failed")],
                message="both failed")

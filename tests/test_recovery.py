@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,13 @@ def received_event(store: Store, session: str, status: str = "failure") -> str:
 
 
 def events_of(store: Store, **filters: Any) -> list[dict[str, Any]]:
-    return store.events(EventFilter(limit=1000, **filters))
+    return [asdict(e) for e in store.events(EventFilter(limit=1000, **filters))]
+
+
+def body_of(store: Store, event_id: str) -> Any:
+    detail = store.event(event_id)
+    assert detail is not None
+    return json.loads(detail.body)
 
 
 # ---------------------------------------------------------------- suki-relay recover
@@ -93,7 +100,7 @@ def test_recover_completed_session_saves_its_note(tmp_path: Path, suki: SukiStan
     [event] = events_of(store, recovered=True)
     assert (event["session_id"], event["status"], event["encounter_id"]) == (
         "sess-done", "success", ENCOUNTER)
-    payload = json.loads(store.event(event["id"])["body"])
+    payload = body_of(store, event["id"])
     assert payload["_links"]["contents"][0]["href"] == \
         "/api/v1/ambient/session/sess-done/content"
     assert set(payload["_links"]) == {"contents", "encounter_content", "structured_data",
@@ -173,7 +180,7 @@ def test_failed_aborted_skipped_are_recorded_as_documented(tmp_path: Path,
     outcomes = {sid: recoverer.recover(sid).outcome for sid in suki.statuses}
     assert outcomes == {"s-failed": "recovered", "s-aborted": "recovered",
                         "s-skipped": "recovered", "s-paused": "unfinished"}
-    got = {e["session_id"]: json.loads(store.event(e["id"])["body"])
+    got = {e["session_id"]: body_of(store, e["id"])
            for e in events_of(store, recovered=True)}
     assert got == {
         "s-failed": {"status": "failure", "session_id": "s-failed", "encounter_id": "enc-9",
@@ -248,12 +255,12 @@ def test_gap_watcher_leaves_arrived_sessions_and_gives_up(tmp_path: Path,
     outcomes = {r.session_id: r.outcome for r in watcher.run_once()}
     assert outcomes == {"w-arrived": "present", "w-stuck": "unfinished"}
     assert "w-arrived" not in suki.asked
-    states = {r["session_id"]: r["state"] for r in store.recovery_sessions()}
+    states = {r.session_id: r.state for r in store.recovery_sessions()}
     assert states == {"w-arrived": "present", "w-stuck": "waiting"}
 
     time.sleep(max(0.0, now + 3.7 - time.time()))  # past give_up_after_hours (3.6 s)
     wait_until(lambda: watcher.run_once(), 10, message="the stuck session checked again")
-    states = {r["session_id"]: r["state"] for r in store.recovery_sessions()}
+    states = {r.session_id: r.state for r in store.recovery_sessions()}
     assert states["w-stuck"] == "given_up"
     assert events_of(store, session_id="w-stuck") == []
     assert watcher.run_once() == []  # given up: never asked again
@@ -309,22 +316,25 @@ def test_two_nodes_on_postgresql_recover_a_session_once(tmp_path: Path, pg_url: 
         assert len(events_of(stores[1], session_id="pg-race")) == 1
 
 
-def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
-    import sqlite3
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, store_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from suki_relay.store import open_store, schema
 
-    from suki_relay.store.sql import SCHEMA, SCHEMA_VERSION
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:1])  # a relay from before recovery
+    old = open_store(store_url, tmp_path)
+    with old.tx() as tx:  # written as a version-1 relay wrote it
+        tx.exec("INSERT INTO events (id, received_at, dedup_key, status, session_id, body) "
+                "VALUES ('evt_old', 1, 'k', 'success', 's-old', ?)", (b"{}",))
+        tx.exec("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+                "next_attempt_at, updated_at) VALUES ('dlv_old', 'evt_old', 'a', 'done', 1, 1, 1)")
+    old.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
 
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(SCHEMA.format(blob="BLOB") + "CREATE TABLE relay_schema (version "
-                           "INTEGER NOT NULL); INSERT INTO relay_schema VALUES (1);")
-        conn.execute("INSERT INTO events (id, received_at, dedup_key, status, session_id, body) "
-                     "VALUES ('evt_old', 1, 'k', 'success', 's-old', x'7b7d')")
-    store = open_test_store(f"sqlite:///{path}")
-    [old] = events_of(store)
-    assert (old["id"], old["recovered"]) == ("evt_old", False)
-    assert store.event_for_session("s-old") == "evt_old"
+    store = open_test_store(store_url, tmp_path)
+    [old_event] = events_of(store)
+    assert (old_event["session_id"], old_event["recovered"]) == ("s-old", False)
+    assert store.event_for_session("s-old") == old_event["id"]
     assert store.rejections() == [] and store.recovery_counts() == {}
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT max(version) FROM relay_schema").fetchone()[0] == \
-            SCHEMA_VERSION
+    [delivery] = store.deliveries()
+    assert delivery.cause is None

@@ -75,12 +75,12 @@ def test_a_flood_stays_bounded_and_counted(tmp_path: Path) -> None:
     assert len(record._tally) == MAX_KEYS + 1  # distinct addresses beyond MAX_KEYS: `other`
     assert record.flush() == MAX_KEYS + 1
     rows = store.rejections(limit=10_000)
-    assert sum(r["count"] for r in rows) == 50_000
-    assert next(r for r in rows if r["reason"] == OVERFLOW)["remote_addr"] is None
+    assert sum(r.count for r in rows) == 50_000
+    assert next(r for r in rows if r.reason == OVERFLOW).remote_addr is None
 
     now = time.time()
     store.add_rejections([Rejection(now + i, now + i, "expired", 401, 1, "10.9.9.9")
                           for i in range(KEEP + 500)])
     rows = store.rejections(limit=10_000)
     assert len(rows) == KEEP  # the newest KEEP rows stay
-    assert rows[0]["last_at"] == now + KEEP + 499
+    assert rows[0].last_at == now + KEEP + 499

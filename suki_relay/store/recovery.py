@@ -14,39 +14,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import Any
 
 from .base import NewEvent, Recorded
-
-if TYPE_CHECKING:
-    from .sql import Tx
+from .rows import RecoverySessionRow
+from .tx import Backend, Tx, marks
 
 WAITING, PRESENT, RECOVERED, GIVEN_UP = "waiting", "present", "recovered", "given_up"
 
-RECOVERY_SCHEMA = """
-CREATE TABLE IF NOT EXISTS recovery_sessions (
-    session_id TEXT PRIMARY KEY,
-    encounter_id TEXT,
-    listed_by TEXT,
-    first_seen DOUBLE PRECISION NOT NULL,
-    next_check_at DOUBLE PRECISION NOT NULL,
-    state TEXT NOT NULL,
-    checks INTEGER NOT NULL DEFAULT 0,
-    last_status TEXT,
-    event_id TEXT,
-    lease_owner TEXT,
-    lease_until DOUBLE PRECISION,
-    updated_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recovery_sessions_due ON recovery_sessions (state, next_check_at);
-CREATE TABLE IF NOT EXISTS recovery_cursor (
-    name TEXT PRIMARY KEY,
-    received_at DOUBLE PRECISION NOT NULL
-);
-"""
-
 SCAN_CURSOR = "listed_sessions"
+SESSION_COLUMNS = ", ".join(f.name for f in fields(RecoverySessionRow))
 ID_CHUNK = 500
 
 
@@ -60,16 +38,11 @@ class Listed:
     listed_at: float  # when that event was received
 
 
-class RecoveryLedger:
-    """Mixed into SqlStore: everything recovery reads and writes."""
-
-    skip_locked: str
-
-    def tx(self, write: bool = True, durable: bool = True) -> Any:
-        raise NotImplementedError
+class RecoveryLedger(Backend):
+    """Part of SqlStore: everything recovery reads and writes (tables: migration 2)."""
 
     def _record_in(self, tx: Tx, events: list[NewEvent]) -> list[Recorded]:
-        raise NotImplementedError
+        raise NotImplementedError  # ledger.py's, in SqlStore
 
     # ------------------------------------------------------------ recovered events
 
@@ -107,7 +80,7 @@ class RecoveryLedger:
             for i in range(0, len(ids), ID_CHUNK):
                 part = list(ids[i:i + ID_CHUNK])
                 for r in tx.all(f"SELECT id, body, received_at FROM events WHERE id IN "
-                                f"({', '.join('?' * len(part))})", part):
+                                f"({marks(part)})", part):
                     out[r["id"]] = (bytes(r["body"]), r["received_at"])
         return out
 
@@ -136,13 +109,12 @@ class RecoveryLedger:
         with self.tx(durable=False) as tx:
             for i in range(0, len(listed), ID_CHUNK):
                 part = listed[i:i + ID_CHUNK]
-                marks = ", ".join("?" * len(part))
                 ids = [s.session_id for s in part]
                 have = {r["session_id"] for r in tx.all(
-                    f"SELECT session_id FROM events WHERE session_id IN ({marks})", ids)}
+                    f"SELECT session_id FROM events WHERE session_id IN ({marks(ids)})", ids)}
                 have |= {r["session_id"] for r in tx.all(
-                    f"SELECT session_id FROM recovery_sessions WHERE session_id IN ({marks})",
-                    ids)}
+                    f"SELECT session_id FROM recovery_sessions WHERE session_id IN "
+                    f"({marks(ids)})", ids)}
                 new = {s.session_id: s for s in part if s.session_id not in have}
                 tx.many("INSERT INTO recovery_sessions (session_id, encounter_id, listed_by, "
                         "first_seen, next_check_at, state, updated_at) VALUES "
@@ -198,12 +170,13 @@ class RecoveryLedger:
         return row["encounter_id"] if row else None
 
     def recovery_sessions(self, state: str | None = None,
-                          limit: int = 100) -> list[dict[str, Any]]:
+                          limit: int = 100) -> list[RecoverySessionRow]:
         """Sessions known to recovery, most recently changed first."""
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
         with self.tx(write=False) as tx:
-            return tx.all(f"SELECT * FROM recovery_sessions {where} ORDER BY updated_at DESC "
-                          "LIMIT ?", (*params, limit))
+            return [RecoverySessionRow(*row) for row in tx.tuples(
+                f"SELECT {SESSION_COLUMNS} FROM recovery_sessions {where} "
+                "ORDER BY updated_at DESC LIMIT ?", (*params, limit))]
 
     def recovery_counts(self) -> dict[str, int]:
         with self.tx(write=False) as tx:

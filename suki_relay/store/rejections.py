@@ -5,29 +5,14 @@ identical refusals (same reason, same address) one row stands for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
 
 from .base import new_id
-
-if TYPE_CHECKING:
-    from .sql import Tx
+from .rows import RejectionRow
+from .tx import Backend, Tx
 
 KEEP = 1000
-
-REJECTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rejections (
-    id TEXT PRIMARY KEY,
-    first_at DOUBLE PRECISION NOT NULL,
-    last_at DOUBLE PRECISION NOT NULL,
-    reason TEXT NOT NULL,
-    http_status INTEGER,
-    skew_ms BIGINT,
-    remote_addr TEXT,
-    count INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS rejections_last_at ON rejections (last_at);
-"""
+COLUMNS = ", ".join(f.name for f in fields(RejectionRow))
 
 
 @dataclass
@@ -43,11 +28,8 @@ class Rejection:
     count: int = 1
 
 
-class RejectionLedger:
-    """Mixed into SqlStore."""
-
-    def tx(self, write: bool = True, durable: bool = True) -> Any:
-        raise NotImplementedError
+class RejectionLedger(Backend):
+    """Part of SqlStore (table: migration 2)."""
 
     def add_rejections(self, rows: list[Rejection], keep: int = KEEP) -> None:
         """Append, then trim to the newest ``keep`` rows (one indexed delete)."""
@@ -68,7 +50,7 @@ class RejectionLedger:
             tx.exec("DELETE FROM rejections WHERE last_at < ?", (edge["last_at"],))
 
     def rejections(self, since: float | None = None, reason: str | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
+                   limit: int = 100) -> list[RejectionRow]:
         """Newest first."""
         where, params = ["1 = 1"], []
         if since is not None:
@@ -78,5 +60,6 @@ class RejectionLedger:
             where.append("reason = ?")
             params.append(reason)
         with self.tx(write=False) as tx:
-            return tx.all(f"SELECT * FROM rejections WHERE {' AND '.join(where)} "
-                          "ORDER BY last_at DESC, id DESC LIMIT ?", (*params, limit))
+            return [RejectionRow(*row) for row in tx.tuples(
+                f"SELECT {COLUMNS} FROM rejections WHERE {' AND '.join(where)} "
+                "ORDER BY last_at DESC, id DESC LIMIT ?", (*params, limit))]
