@@ -2,13 +2,15 @@
 
 * :class:`Sink` - an HTTP server on 127.0.0.1 that records what it receives and answers
   as scripted (status sequence, delay, headers); stops itself after ``lifetime`` seconds.
+* :class:`SukiStandIn` - Suki's follow-up API on 127.0.0.1 (login, content, transcript,
+  status, structured data), for actions that ``fetch:``.
 * :func:`build_action` - an action built through the registry and the config loader,
-  validated exactly as actions.yaml would be.
+  validated exactly as actions.yaml would be; :func:`build_spec` the same with its core
+  options (``fetch``, ``retry``), and :func:`attempt_once` one attempt as the deliverer
+  makes it (links fetched first).
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
 * :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
-* :class:`SukiStandIn` - a local server answering like Suki's API (login, session status,
-  content, transcript), counting what it was asked.
 * :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
 """
 
@@ -34,7 +36,7 @@ import yaml
 
 from . import signing
 from .action import Action, Delivery
-from .config import Config, parse_config
+from .config import ActionSpec, Config, parse_config
 from .dryrun import sample
 
 SECRET = "test-secret"
@@ -180,52 +182,89 @@ class Sink:
         self.stop()
 
 
+# ---------------------------------------------------------------- Suki's API, stood in
+
+
+NOTE = {"summary": [{"title": "Assessment", "content": "PHI-NOTE-TEXT stable angina",
+                     "loinc_code": "51848-0"},
+                    {"title": "Plan", "content": "PHI-NOTE-PLAN follow up in 2 weeks",
+                     "loinc_code": "18776-5"}],
+        "structured_data": [{"title": "Vitals", "data": {"bp": "120/80"}}]}
+TRANSCRIPT = {"final_transcript": [{"transcript": "PHI-TRANSCRIPT hello doctor",
+                                    "start_time": 0, "end_time": 1, "lang_id": "en"}]}
+
+
 class SukiStandIn:
-    """Suki's API on 127.0.0.1: ``POST /api/v1/auth/login`` (partner ``p-1``/``pt-SECRET``)
-    and, for each session in ``statuses``, ``GET /api/v1/ambient/session/{id}/status``,
-    ``/content`` and ``/transcript``; 404 for any other session. Change ``statuses`` at
-    will; ``asked[session_id]`` counts status calls; ``delay`` slows status answers."""
+    """A real local HTTP server answering as Suki's follow-up API does.
 
-    PARTNER = {"partner_id": "p-1", "partner_token": "pt-SECRET"}
+    Login checks the partner credentials and hands out ``tok-1``, ``tok-2``, ...; every
+    other call needs a token it issued. ``api_status`` (used in order) answers the next
+    API calls before anything else; ``content_status`` the next content GETs. Content,
+    transcript and structured data are served for any session id. A session's status is
+    ``statuses[id]`` (change it at will), else ``default_status`` (None: 404, as Suki
+    answers for a session it does not know); ``asked[id]`` counts status calls, each
+    answered after ``status_delay`` seconds.
+    """
 
-    def __init__(self, statuses: dict[str, str] | None = None, delay: float = 0.0,
-                 content: dict[str, Any] | None = None, lifetime: float = 120.0):
+    def __init__(self, content: dict[str, Any] | None = None, partner_id: str = "p-1",
+                 partner_token: str = "pt-SECRET", lifetime: float = 120.0,
+                 statuses: dict[str, str] | None = None,
+                 default_status: str | None = "completed", status_delay: float = 0.0):
+        self.content = NOTE if content is None else content
         self.statuses = dict(statuses or {})
-        self.delay = delay
-        self.content = content or {"summary": [{"title": "Assessment",
-                                                "content": "PHI-NOTE-TEXT", "loinc_code": "x"}],
-                                   "structured_data": []}
+        self.default_status = default_status
+        self.status_delay = status_delay
         self.asked: dict[str, int] = {}
-        self.logins = 0
-        self.sink = Sink(handler=self._handle, lifetime=lifetime)
+        self.partner_id, self.partner_token = partner_id, partner_token
+        self.logins: list[dict[str, Any]] = []
+        self.api_status: list[int] = []
+        self.content_status: list[int] = []
+        self.sink = Sink(handler=self.handle, lifetime=lifetime)
         self.url = self.sink.url
 
-    def settings(self) -> dict[str, str]:
-        """The `suki:` section pointing at this stand-in."""
-        return {"base_url": self.url, **self.PARTNER}
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """The ``suki:`` section that points at this stand-in."""
+        return {"base_url": self.url, "partner_id": self.partner_id,
+                "partner_token": self.partner_token, **extra}
 
-    def _handle(self, got: Received) -> Reply:
+    def api_calls(self, suffix: str = "") -> list[Received]:
+        return [g for g in self.sink.received
+                if g.path != "/api/v1/auth/login" and g.path.split("?")[0].endswith(suffix)]
+
+    def handle(self, got: Received) -> Reply:
         if got.path == "/api/v1/auth/login":
             body = got.json()
-            if {k: body.get(k) for k in self.PARTNER} != self.PARTNER:
+            if body.get("partner_id") != self.partner_id or \
+                    body.get("partner_token") != self.partner_token:
                 return Reply(401, b'{"error": "bad partner"}')
-            self.logins += 1
-            return Reply(200, json.dumps({"suki_token": f"tok-{self.logins}"}).encode())
-        if not got.headers.get("sdp_suki_token", "").startswith("tok-"):
+            self.logins.append(body)
+            return Reply(200, json.dumps({"suki_token": f"tok-{len(self.logins)}"}).encode())
+        if self.api_status:
+            status = self.api_status.pop(0)
+            if status != 200:
+                return Reply(status, b"{}")
+        token = got.headers.get("sdp_suki_token", "")
+        if token not in {f"tok-{i + 1}" for i in range(len(self.logins))}:
             return Reply(401, b"{}")
-        parts = got.path.split("?", 1)[0].split("/")
-        if len(parts) != 7 or parts[:5] != ["", "api", "v1", "ambient", "session"] \
-                or parts[5] not in self.statuses:
-            return Reply(404, b'{"error": "not found"}')
-        session, what = parts[5], parts[6]
-        if what == "status":
-            self.asked[session] = self.asked.get(session, 0) + 1
-            return Reply(200, json.dumps({"status": self.statuses[session]}).encode(),
-                         delay=self.delay)
-        if what == "content":
+        path = got.path.split("?")[0]
+        if not path.startswith("/api/v1/ambient/session/"):
+            return Reply(404, b"{}")
+        if path.endswith("/content"):
+            if self.content_status:
+                return Reply(self.content_status.pop(0), b"{}")
             return Reply(200, json.dumps(self.content).encode())
-        if what == "transcript":
-            return Reply(200, b'{"final_transcript": []}')
+        if path.endswith("/transcript"):
+            return Reply(200, json.dumps(TRANSCRIPT).encode())
+        if path.endswith("/status"):
+            session = path.split("/")[-2]
+            self.asked[session] = self.asked.get(session, 0) + 1
+            status = self.statuses.get(session, self.default_status)
+            if status is None:
+                return Reply(404, b'{"error": "no such session"}')
+            return Reply(200, json.dumps({"status": status}).encode(), delay=self.status_delay)
+        if path.endswith("/structured-data"):
+            return Reply(200, json.dumps({"structured_data": self.content.get(
+                "structured_data", [])}).encode())
         return Reply(404, b"{}")
 
     def stop(self) -> None:
@@ -249,12 +288,27 @@ def build_config(config: dict[str, Any], base_dir: Path) -> Config:
     return parse_config(path.read_text(encoding="utf-8"), path)
 
 
+def build_spec(type_name: str, options: dict[str, Any], base_dir: Path,
+               **top_level: Any) -> ActionSpec:
+    """One action with its core options (fetch, retry, max_concurrency), validated and built
+    exactly as from actions.yaml (ConfigError if bad)."""
+    config = build_config({"actions": {"under-test": {"type": type_name, **options}},
+                           **top_level}, base_dir)
+    return config.actions["under-test"]
+
+
 def build_action(type_name: str, options: dict[str, Any], base_dir: Path,
                  **top_level: Any) -> Action:
     """One action, validated and built exactly as from actions.yaml (ConfigError if bad)."""
-    config = build_config({"actions": {"under-test": {"type": type_name, **options}},
-                           **top_level}, base_dir)
-    return config.actions["under-test"].action
+    return build_spec(type_name, options, base_dir, **top_level).action
+
+
+def attempt_once(spec: ActionSpec, delivery: Delivery) -> str | None:
+    """One attempt as the deliverer makes it: the links under ``fetch:`` are fetched, then
+    the action delivers. Raises what the action (or the fetch) raised."""
+    from .deliver import perform
+
+    return perform(spec, delivery)
 
 
 def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-test",

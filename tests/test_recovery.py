@@ -35,7 +35,7 @@ ENCOUNTER = "enc-0001"
 
 @pytest.fixture
 def suki() -> Any:
-    with SukiStandIn() as fake:
+    with SukiStandIn(default_status=None) as fake:
         yield fake
 
 
@@ -282,7 +282,8 @@ def test_recovery_needs_suki_section(tmp_path: Path) -> None:
 
 def test_two_nodes_on_postgresql_recover_a_session_once(tmp_path: Path, pg_url: str) -> None:
     sessions = [f"pg-{i}" for i in range(6)]
-    with SukiStandIn(dict.fromkeys(sessions, "completed"), delay=0.5) as suki:
+    with SukiStandIn(statuses=dict.fromkeys(sessions, "completed"), default_status=None,
+                     status_delay=0.5) as suki:
         config = load_config(write_config(tmp_path, suki, store=pg_url, recovery={
             "grace_seconds": 1, "check_every_seconds": 1, "give_up_after_hours": 1}))
         stores = [open_test_store(pg_url), open_test_store(pg_url)]
