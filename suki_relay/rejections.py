@@ -59,7 +59,7 @@ class RejectionLog:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._tally: dict[tuple[str, str | None], Rejection] = {}
-        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._pid: int | None = None
 
     def add(self, reason: str, http_status: int, skew: int | None,
@@ -91,9 +91,13 @@ class RejectionLog:
         atexit.register(self.flush)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.flush_seconds)
+        while not self._stopping.wait(self.flush_seconds):
             self.flush()
+
+    def stop(self) -> None:
+        """Write what is tallied, and end the writer thread."""
+        self._stopping.set()
+        self.flush()
 
     def flush(self) -> int:
         with self._lock:

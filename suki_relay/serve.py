@@ -79,7 +79,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
         watcher.stop()
     rejections = getattr(app, "rejections", None)
     if rejections is not None:
-        rejections.flush()
+        rejections.stop()
 
 
 def _child_exit(server: Any, worker: Any) -> None:

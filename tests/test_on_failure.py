@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from werkzeug.test import Client
 
-from suki_relay import signing
-from suki_relay.app import RelayApp, create_app
-from suki_relay.config import load_config
 from suki_relay.store import DeliveryRow
 from suki_relay.testing import SECRET, Reply, Sink, unique_body, wait_until
 
-from .conftest import FAST_DELIVERY, http_action, run_cli
+from .conftest import FAST_DELIVERY, cli_here, http_action
 
 ALERT_BODY = ('{"failed_action": {{ failed.action | json }}, "event_id": {{ event_id | json }}, '
               '"error": {{ failed.error | json }}, "attempts": {{ failed.attempts }}, '
               '"failed_delivery": {{ failed.delivery_id | json }}}')
 
 
-@pytest.fixture
-def started() -> Iterator[list[RelayApp]]:
-    apps: list[RelayApp] = []
-    yield apps
-    for app in apps:
-        assert app.deliverer is not None
-        app.deliverer.stop(timeout=5)
-        app.store.close()
-
-
-def relay_app(tmp_path: Path, started: list[RelayApp], target: Sink, alert: Sink) -> RelayApp:
+def relay_with_alert(tmp_path: Path, local_relay: Any, target: Sink, alert: Sink) -> Any:
     config = {
         "receiver": {"secrets": [SECRET]}, "store": "sqlite:///relay.db",
         "delivery": dict(FAST_DELIVERY),
@@ -45,31 +29,21 @@ def relay_app(tmp_path: Path, started: list[RelayApp], target: Sink, alert: Sink
     }
     path = tmp_path / "actions.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    app = create_app(config=load_config(path))
-    started.append(app)
-    return app
+    return local_relay(path)
 
 
-def post(app: RelayApp, body: bytes) -> dict[str, Any]:
-    resp = Client(app).post("/webhooks/notification", data=body,
-                            headers=signing.signed_headers(SECRET, body),
-                            content_type="application/json")
-    assert resp.status_code == 200, resp.text
-    return json.loads(resp.text)
-
-
-def deliveries(app: RelayApp, event_id: str) -> list[DeliveryRow]:
-    detail = app.store.event(event_id)
+def deliveries(relay: Any, event_id: str) -> list[DeliveryRow]:
+    detail = relay.store.event(event_id)
     assert detail is not None
     return [dd.delivery for dd in detail.deliveries]
 
 
 def test_alert_names_the_failed_action_event_and_error(tmp_path: Path, sink: Any,
-                                                       started: list[RelayApp]) -> None:
+                                                       local_relay: Any) -> None:
     target = sink(Reply(422, b"no such patient"))
     alert = sink()
-    app = relay_app(tmp_path, started, target, alert)
-    event_id = post(app, unique_body("failure"))["event_id"]
+    app = relay_with_alert(tmp_path, local_relay, target, alert)
+    event_id = app.accept(unique_body("failure"))
 
     wait_until(lambda: alert.received, message="the on_failure alert")
     got = alert.received[0].json()
@@ -80,16 +54,16 @@ def test_alert_names_the_failed_action_event_and_error(tmp_path: Path, sink: Any
     assert failed.state == "failed"
     wait_until(lambda: [d.state for d in deliveries(app, event_id) if d.action == "alert"]
                == ["done"], message="the alert recorded as done")
-    shown = run_cli("show", event_id, cwd=tmp_path)
+    shown = cli_here("show", event_id, cwd=tmp_path)
     assert "alert" in shown.stdout and "forward" in shown.stdout
 
 
 def test_a_failing_alert_does_not_alert_again(tmp_path: Path, sink: Any,
-                                              started: list[RelayApp]) -> None:
+                                              local_relay: Any) -> None:
     target = sink(Reply(400))
     alert = sink(Reply(400))
-    app = relay_app(tmp_path, started, target, alert)
-    event_id = post(app, unique_body("failure"))["event_id"]
+    app = relay_with_alert(tmp_path, local_relay, target, alert)
+    event_id = app.accept(unique_body("failure"))
 
     def states() -> list[tuple[str, str]]:
         return sorted((d.action, d.state) for d in deliveries(app, event_id))
@@ -107,15 +81,15 @@ def test_check_renders_on_failure_templates_with_failed(tmp_path: Path) -> None:
                                             "{{ failed.error }}"}},
               "on_failure": ["alert"]}
     (tmp_path / "actions.yaml").write_text(yaml.safe_dump(config))
-    result = run_cli("check", cwd=tmp_path)
+    result = cli_here("check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config["on_failure"] = ["nope"]
     (tmp_path / "actions.yaml").write_text(yaml.safe_dump(config))
-    result = run_cli("check", cwd=tmp_path)
+    result = cli_here("check", cwd=tmp_path)
     assert result.returncode == 1 and "on_failure: unknown action 'nope'" in result.stderr
 
 
-def test_shipped_examples_pass_check(tmp_path: Path) -> None:
+def test_shipped_examples_pass_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Slack and email on_failure examples in actions.yaml, uncommented, pass check."""
     lines = (Path(__file__).parent.parent / "actions.yaml").read_text().splitlines()
     out, inside = [], False
@@ -130,8 +104,9 @@ def test_shipped_examples_pass_check(tmp_path: Path) -> None:
     assert out != lines
     (tmp_path / "templates").mkdir()
     (tmp_path / "actions.yaml").write_text("\n".join(out) + "\n")
-    result = run_cli("check", cwd=tmp_path, env={
-        "SUKI_WEBHOOK_SECRET": "x", "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x",
-        "SMTP_PASSWORD": "pw"})
+    for name, value in {"SUKI_WEBHOOK_SECRET": "x", "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x",
+                        "SMTP_PASSWORD": "pw"}.items():
+        monkeypatch.setenv(name, value)
+    result = cli_here("check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "alert-slack" in (tmp_path / "actions.yaml").read_text()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from suki_relay.config import load_config
@@ -23,12 +22,10 @@ from suki_relay.testing import (
     Sink,
     SukiStandIn,
     free_port,
-    post_signed,
-    unique_body,
     wait_until,
 )
 
-from .conftest import FAST_DELIVERY, http_action, open_test_store, run_cli
+from .conftest import FAST_DELIVERY, cli_here, http_action, open_test_store
 
 ENCOUNTER = "enc-0001"
 
@@ -90,7 +87,7 @@ def test_recover_completed_session_saves_its_note(tmp_path: Path, suki: SukiStan
     suki.statuses["sess-done"] = "completed"
     config_file = write_config(tmp_path, suki, sink=target)
 
-    result = run_cli("recover", "sess-done", "--encounter", ENCOUNTER, cwd=tmp_path)
+    result = cli_here("recover", "sess-done", "--encounter", ENCOUNTER, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sess-done  recovered  Suki says completed")
@@ -119,9 +116,9 @@ def test_recover_completed_session_saves_its_note(tmp_path: Path, suki: SukiStan
     finally:
         deliverer.stop(timeout=5)
 
-    shown = run_cli("show", event["id"], cwd=tmp_path)
+    shown = cli_here("show", event["id"], cwd=tmp_path)
     assert "recovered from Suki's status API" in shown.stdout
-    listed = run_cli("events", "--recovered", "--json", cwd=tmp_path)
+    listed = cli_here("events", "--recovered", "--json", cwd=tmp_path)
     assert [e["session_id"] for e in json.loads(listed.stdout)] == ["sess-done"]
 
 
@@ -133,7 +130,7 @@ def test_recover_leaves_unfinished_known_and_dry_run_alone(tmp_path: Path,
     store = open_test_store(f"sqlite:///{tmp_path / 'relay.db'}")
     had = received_event(store, "sess-had", "success")
 
-    dry = run_cli("recover", "sess-running", "sess-had", "sess-done", "sess-nobody",
+    dry = cli_here("recover", "sess-running", "sess-had", "sess-done", "sess-nobody",
                   "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.strip().splitlines()
@@ -147,7 +144,7 @@ def test_recover_leaves_unfinished_known_and_dry_run_alone(tmp_path: Path,
 
     ids = tmp_path / "ids.txt"
     ids.write_text("# from the clinic\nsess-running, sess-had\n")
-    again = run_cli("recover", "--from-file", str(ids), "--json", cwd=tmp_path)
+    again = cli_here("recover", "--from-file", str(ids), "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert [(r["session_id"], r["outcome"]) for r in json.loads(again.stdout)] == [
         ("sess-running", "unfinished"), ("sess-had", "present")]
@@ -158,7 +155,7 @@ def test_recover_exits_1_when_suki_cannot_be_asked(tmp_path: Path) -> None:
     write_config(tmp_path, {"base_url": f"http://127.0.0.1:{free_port()}",
                             "partner_id": "p-1", "partner_token": "pt-SECRET",
                             "timeout_seconds": 2})
-    result = run_cli("recover", "sess-1", "../../auth/login", cwd=tmp_path)
+    result = cli_here("recover", "sess-1", "../../auth/login", cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("sess-1  error  Suki could not be asked")
@@ -200,47 +197,6 @@ def test_listed_sessions_ignores_its_own_and_odd_ids() -> None:
 # ---------------------------------------------------------------- gap detection
 
 
-def test_gap_detection_in_a_running_relay(tmp_path: Path, suki: SukiStandIn, relay: Any,
-                                          sink: Any) -> None:
-    """A success event lists two other sessions that never notified: the completed one is
-    recovered after the grace; the running one is asked again until it completes."""
-    suki.statuses.update({"gap-done": "completed", "gap-later": "running"})
-    target = sink()
-    config_file = write_config(tmp_path, suki, sink=target, recovery={
-        "grace_seconds": 1, "check_every_seconds": 1, "give_up_after_hours": 1})
-    proc = relay(config_file)
-    body = unique_body("success", encounter_id=ENCOUNTER)
-    own = json.loads(body)["session_id"]
-    payload = json.loads(body)
-    payload["sessions"] = [own, "gap-done", "gap-later"]
-    assert post_signed(proc.webhook, json.dumps(payload).encode()).status_code == 200
-
-    store = open_test_store(f"sqlite:///{tmp_path / 'relay.db'}")
-    wait_until(lambda: events_of(store, session_id="gap-done"), 30,
-               message="gap-done recovered")
-    wait_until(lambda: suki.asked.get("gap-later", 0) >= 2, 30,
-               message="the running session asked again")
-    assert events_of(store, session_id="gap-later") == []
-    metrics = requests.get(proc.url + "/metrics", timeout=5).text
-    assert "suki_relay_sessions_missing 1.0" in metrics
-
-    suki.statuses["gap-later"] = "completed"
-    wait_until(lambda: events_of(store, session_id="gap-later"), 30,
-               message="gap-later recovered once completed")
-    [done] = events_of(store, session_id="gap-done")
-    assert done["recovered"] and done["encounter_id"] == ENCOUNTER
-    wait_until(lambda: (ENCOUNTER, "gap-later") in {
-        (p.parent.parent.name, p.parent.name)
-        for p in (tmp_path / "notes").glob("*/*/contents.json")}, message="notes saved")
-    assert suki.asked["gap-done"] == 1
-    assert own not in suki.asked  # the event's own session is never checked
-    metrics = requests.get(proc.url + "/metrics", timeout=5).text
-    assert 'suki_relay_recovered_sessions_total{status="completed"} 2.0' in metrics
-    assert "suki_relay_sessions_missing 0.0" in metrics
-    logs = proc.logs()
-    assert "session recovered" in logs and "PHI-NOTE-TEXT" not in logs
-
-
 def test_gap_watcher_leaves_arrived_sessions_and_gives_up(tmp_path: Path,
                                                           suki: SukiStandIn) -> None:
     suki.statuses.update({"w-arrived": "completed", "w-stuck": "running"})
@@ -269,12 +225,12 @@ def test_gap_watcher_leaves_arrived_sessions_and_gives_up(tmp_path: Path,
 def test_recovery_needs_suki_section(tmp_path: Path) -> None:
     (tmp_path / "actions.yaml").write_text(
         "receiver: {secrets: [x]}\nrecovery: {grace_seconds: 5}\n")
-    result = run_cli("check", cwd=tmp_path)
+    result = cli_here("check", cwd=tmp_path)
     assert result.returncode == 1
     assert "recovery: needs the top-level `suki:` section" in result.stderr
     (tmp_path / "actions.yaml").write_text(
         "receiver: {secrets: [x]}\nrecovery: {enabled: false, grace_seconds: 5}\n")
-    assert run_cli("check", cwd=tmp_path).returncode == 0
+    assert cli_here("check", cwd=tmp_path).returncode == 0
 
 
 # ---------------------------------------------------------------- two nodes, one database

@@ -7,55 +7,58 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from suki_relay import signing
 from suki_relay.rejections import MAX_KEYS, OVERFLOW, RejectionLog, expired_hint, skew_ms
 from suki_relay.store.rejections import KEEP, Rejection
-from suki_relay.testing import SECRET, wait_until
+from suki_relay.testing import SECRET
 
-from .conftest import open_test_store, run_cli
+from .conftest import cli_here, open_test_store
 
 BODY = json.dumps({"status": "success", "session_id": "s-1",
                    "note": "PHI-BODY-TEXT"}).encode()
 
 
-def test_refusals_are_listed_with_skew_and_never_the_body(write_config: Any, relay: Any,
-                                                          tmp_path: Path) -> None:
-    proc = relay(write_config())
-    url = proc.webhook
+def test_refusals_are_listed_with_skew_and_never_the_body(write_config: Any, local_relay: Any,
+                                                          relay_log: Any, tmp_path: Path) -> None:
+    relay = local_relay(write_config(), deliver=False)
 
     def listed() -> list[dict[str, Any]]:
-        result = run_cli("events", "--rejected", "--json", cwd=tmp_path)
+        relay.app.rejections.flush()  # the writer thread does this every second
+        result = cli_here("events", "--rejected", "--json", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return list(json.loads(result.stdout))
 
-    stale = signing.signed_headers(SECRET, BODY, now=time.time() - 600)  # 10 minutes old
-    assert requests.post(url, data=BODY, headers=stale, timeout=5).json()["error"] == "expired"
-    [row] = wait_until(listed, message="the expired request listed")
+    def send(headers: dict[str, str]) -> Any:
+        return relay.post(BODY, headers, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+
+    stale = send(signing.signed_headers(SECRET, BODY, now=time.time() - 600))  # 10 min old
+    assert stale.status_code == 401 and stale.json["error"] == "expired"
+    [row] = listed()
     assert (row["reason"], row["http_status"], row["remote_addr"], row["count"]) == (
-        "expired", 401, "127.0.0.1", 1)
+        "expired", 401, "192.0.2.7", 1)
     assert 599_000 < row["skew_ms"] < 660_000
 
-    in_seconds = {"generated-at": str(int(time.time())), "Content-Type": "application/json"}
-    in_seconds["X-API-Key"] = signing.signature(SECRET, in_seconds["generated-at"], BODY)
-    assert requests.post(url, data=BODY, headers=in_seconds, timeout=5).status_code == 401
-    wrong = signing.signed_headers("not-the-secret", BODY)
+    in_seconds = str(int(time.time()))
+    assert send({"generated-at": in_seconds, "Content-Type": "application/json",
+                 "X-API-Key": signing.signature(SECRET, in_seconds, BODY)}
+                ).json["error"] == "expired"
     for _ in range(3):
-        assert requests.post(url, data=BODY, headers=wrong, timeout=5).json()["error"] == \
+        assert send(signing.signed_headers("not-the-secret", BODY)).json["error"] == \
             "bad_signature"
-    rows = wait_until(lambda: (r := listed()) and sum(x["count"] for x in r) == 5 and r,
-                      message="five refusals listed")
+    rows = listed()
+    assert sum(r["count"] for r in rows) == 5
     assert rows[-1] == row  # newest first
     assert [r["skew_ms"] > 10**12 for r in rows if r["reason"] == "expired"] == [True, False]
-    bad = [r for r in rows if r["reason"] == "bad_signature"]
-    assert sum(r["count"] for r in bad) == 3 and all(abs(r["skew_ms"]) < 60_000 for r in bad)
-    table = run_cli("events", "--rejected", cwd=tmp_path).stdout
+    [bad] = [r for r in rows if r["reason"] == "bad_signature"]  # alike: one row
+    assert bad["count"] == 3 and abs(bad["skew_ms"]) < 60_000
+
+    table = cli_here("events", "--rejected", cwd=tmp_path).stdout
     assert "bad_signature" in table and "SKEW_MS" in table
-    logs = proc.logs()
-    assert "hint=generated-at is Unix time in milliseconds" in logs
-    assert "hint=generated-at looks like seconds" in logs
-    assert "PHI-BODY-TEXT" not in logs + table + json.dumps(rows)
+    hints = [fields["hint"] for message, fields in relay_log.lines
+             if message == "request" and fields.get("outcome") == "expired"]
+    assert hints[0].startswith("generated-at is Unix time in milliseconds")
+    assert hints[1].startswith("generated-at looks like seconds")
+    assert "PHI-BODY-TEXT" not in relay_log.text() + table + json.dumps(rows)
 
 
 def test_expired_hint_and_skew() -> None:
