@@ -20,6 +20,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from . import logs, metrics, verify
 from .config import Config
 from .record import recorder, to_event
+from .rejections import RejectionLog, expired_hint, skew_ms
 from .spool import SpoolFull
 from .store import NewEvent, Store, StoreUnavailable
 from .verify import Rejected
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from .deliver import Deliverer
     from .drain import Drainer
+    from .recovery import GapWatcher
     from .spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
@@ -60,13 +62,16 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
-                 spool: Spool | None = None, drainer: Drainer | None = None):
+                 watcher: GapWatcher | None = None, spool: Spool | None = None,
+                 drainer: Drainer | None = None):
         from .spool import Spooling
 
         self.config = config
         self.store = store
         self.recorder = recorder(store)
         self.deliverer = deliverer
+        self.watcher = watcher
+        self.rejections = RejectionLog(store)
         self.spool = spool
         self.spooling = Spooling(spool) if spool is not None else None
         self.drainer = drainer
@@ -136,9 +141,11 @@ class RelayApp:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
                 "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
+            self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if answer.status >= 500 else logging.INFO
+        level = logging.WARNING if answer.status >= 500 or outcome == "expired" \
+            else logging.INFO
         logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
                    duration_ms=round(elapsed * 1000, 2), **fields)
         return answer
@@ -159,6 +166,7 @@ class RelayApp:
                                      list(receiver.secrets), receiver.tolerance_seconds,
                                      time.time())
         except Rejected as r:
+            self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
 
         event = to_event(body, verified, self.config)
@@ -204,6 +212,15 @@ class RelayApp:
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
+    def rejected(self, r: Rejected, environ: WSGIEnvironment, fields: dict[str, Any]) -> None:
+        """Keep a trace of the refusal (no body); an expiry logs its skew and a hint."""
+        skew = skew_ms(environ.get("HTTP_GENERATED_AT"), time.time())
+        if skew is not None:
+            fields["skew_ms"] = skew
+            if r.reason == "expired":
+                fields["hint"] = expired_hint(skew)
+        self.rejections.add(r.reason, r.status, skew, environ.get("REMOTE_ADDR"))
+
     def _spooled_before(self, event: NewEvent) -> str | None:
         """While this node's spool may hold events: the one spooled with this request's
         dedup key (the same request sent again after the outage, before it was moved)."""
@@ -228,6 +245,7 @@ def assemble(config: Config, deliver: bool = True) -> RelayApp:
     thread (receive-only processes drain too), and build the app over them."""
     from .deliver import Deliverer
     from .drain import Drainer
+    from .recovery import GapWatcher, Recoverer
     from .spool import open_spool
     from .store import open_store
 
@@ -237,7 +255,11 @@ def assemble(config: Config, deliver: bool = True) -> RelayApp:
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
+    watcher = None
+    if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
+        watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+        watcher.start()
     drainer = None
     if spool is not None:
         drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
-    return RelayApp(config, store, deliverer, spool, drainer)
+    return RelayApp(config, store, deliverer, watcher, spool, drainer)

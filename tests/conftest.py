@@ -150,9 +150,12 @@ class LocalRelay:
         if self.deliverer is not None:
             self.deliverer.stop(timeout=5)
             self.deliverer.join(timeout=10)
+        if self.app.watcher is not None:
+            self.app.watcher.stop()
         if self.app.drainer is not None:
             self.app.drainer.stop()
             self.app.drainer.join(timeout=10)
+        self.app.rejections.stop()
         self.store.close()
         if self.app.spool is not None:
             self.app.spool.close()
