@@ -23,13 +23,18 @@ from .body import TooSlow, read_body
 from .config import Config
 from .config_state import ConfigState, load_or_last_good, version
 from .record import commit, recorder, to_event
-from .store import Store, StoreUnavailable
+from .rejections import RejectionLog, expired_hint, skew_ms
+from .spool import SpoolFull
+from .store import NewEvent, Store, StoreUnavailable
 from .verify import Rejected
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .deliver import Deliverer
+    from .drain import Drainer
+    from .recovery import GapWatcher
+    from .spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
 READY_SECONDS = 1.0  # /readyz asks the store at most this often
@@ -62,7 +67,10 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
-                 state: ConfigState | None = None):
+                 watcher: GapWatcher | None = None, spool: Spool | None = None,
+                 drainer: Drainer | None = None, state: ConfigState | None = None):
+        from .spool import Spooling
+
         self.config = config
         self.config_state = state or ConfigState(version(config.text))
         try:  # the audit trail of config versions; never a reason not to start
@@ -72,12 +80,16 @@ class RelayApp:
                        version=self.config_state.version, error=str(exc)[:200])
         self.store = store
         self.recorder = recorder(store)
-        self.count_event = metrics.event_counter(
-            s for rule in config.rules for s in rule.statuses or ())
+        self.count_event = metrics.event_counter(config.rules)
         self.deliverer = deliverer
         self.store_stats = metrics.StoreStats(store)
         self._ready: tuple[float, Answer | None] = (0.0, None)
         self.ready_seconds = READY_SECONDS
+        self.watcher = watcher
+        self.rejections = RejectionLog(store)
+        self.spool = spool
+        self.spooling = Spooling(spool) if spool is not None else None
+        self.drainer = drainer
         self.console: Any = None  # the operator console's WSGI app, when enabled
         self.console_prefix = config.console.path
         if config.console.enabled:
@@ -94,7 +106,7 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store_stats, self.config_state)
+            body, content_type = metrics.render(self.store_stats, self.config_state, self.spool)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -104,19 +116,45 @@ class RelayApp:
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
-        """Can this process commit? Asked of the store (a write transaction) at most once
-        every ``ready_seconds``, however often probes come."""
+        """Asked of the store (a write transaction) at most once every ``ready_seconds``,
+        however often probes come."""
         at, answer = self._ready
         now = time.monotonic()
         if answer is None or now - at >= self.ready_seconds:
-            try:
-                self.store.ping()
-            except Exception:
-                answer = error(503, "store_unavailable", "the store cannot commit")
-            else:
-                answer = Answer(200, {"status": "ready", **self.config_state.describe()})
+            answer = self._readiness()
             self._ready = (now, answer)
         return answer
+
+    def _readiness(self) -> Answer:
+        """200 while a notification can be committed: to the store, or (a degraded state a
+        load balancer must not act on: every node would go) to the spool."""
+        try:
+            self.store.ping()
+        except Exception:
+            spooled = self._spool_room()
+            if spooled is None:
+                return error(503, "store_unavailable", "the store cannot commit")
+            return Answer(200, {"status": "degraded", "store": "unavailable",
+                                "spooled": spooled, **self.config_state.describe()})
+        if self.spool is None:
+            return Answer(200, {"status": "ready", **self.config_state.describe()})
+        try:
+            spooled: int | str = self.spool.summary()["spooled"]
+        except Exception:
+            spooled = "unavailable"
+        return Answer(200, {"status": "ready", "store": "ok", "spooled": spooled,
+                            **self.config_state.describe()})
+
+    def _spool_room(self) -> int | None:
+        """How many events wait in the spool, if it can take one more; else None."""
+        if self.spool is None:
+            return None
+        try:
+            self.spool.ping()
+            summary = self.spool.summary()
+        except Exception:
+            return None
+        return summary["spooled"] if summary["room"] > 0 else None
 
     # ---------------------------------------------------------------- the webhook
 
@@ -125,13 +163,15 @@ class RelayApp:
         fields: dict[str, Any] = {}
         try:
             answer, outcome = self._receive(environ, fields)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
-                "store_unavailable"
+                "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
+            self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if answer.status >= 500 else logging.INFO
+        level = logging.WARNING if answer.status >= 500 or outcome == "expired" \
+            else logging.INFO
         logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
                    duration_ms=round(elapsed * 1000, 2), **fields)
         return answer
@@ -157,44 +197,104 @@ class RelayApp:
                                      list(receiver.secrets), receiver.tolerance_seconds,
                                      time.time())
         except Rejected as r:
+            self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
 
-        event, recorded = commit(self.recorder, to_event(body, verified, self.config,
-                                                         self.config_state.version))
+        event = to_event(body, verified, self.config, self.config_state.version)
+        spooled = False
+        if self.spool is not None and self.spool.maybe_waiting:
+            first = self._spooled_before(event)
+            if first is not None:
+                fields.update(event_id=first, status=event.status, session_id=event.session_id)
+                return Answer(200, {"status": "duplicate", "event_id": first,
+                                    "spooled": True}), "duplicate"
+        try:
+            event, recorded = commit(self.recorder, event)
+        except StoreUnavailable as exc:
+            if self.spooling is None:
+                raise
+            recorded = self.spooling.submit(event, exc)
+            spooled = True
+        else:
+            if self.spooling is not None and self.spooling.active:
+                self.spooling.stopped()
+                if self.drainer is not None:
+                    self.drainer.wake()
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
+        if spooled:
+            fields["spooled"] = True
         if event.malformed:
             return error(400, "malformed_payload",
                          "signed body is not a JSON object with a string status; "
                          f"kept as {recorded.event_id}"), "malformed"
         if recorded.duplicate:
-            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id}), \
-                "duplicate"
+            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id,
+                                **({"spooled": True} if spooled else {})}), "duplicate"
         self.count_event(event.status or "")
         if not event.rules:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))
+        if spooled:
+            return Answer(200, {"status": "accepted", "event_id": recorded.event_id,
+                                "spooled": True}), "spooled"
         if self.deliverer is not None and event.actions:
             self.deliverer.wake(event.actions)
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
+    def rejected(self, r: Rejected, environ: WSGIEnvironment, fields: dict[str, Any]) -> None:
+        """Keep a trace of the refusal (no body); an expiry logs its skew and a hint."""
+        skew = skew_ms(environ.get("HTTP_GENERATED_AT"), time.time())
+        if skew is not None:
+            fields["skew_ms"] = skew
+            if r.reason == "expired":
+                fields["hint"] = expired_hint(skew)
+        self.rejections.add(r.reason, r.status, skew, environ.get("REMOTE_ADDR"))
+
+    def _spooled_before(self, event: NewEvent) -> str | None:
+        """While this node's spool may hold events: the one spooled with this request's
+        dedup key (the same request sent again after the outage, before it was moved)."""
+        assert self.spool is not None
+        try:
+            return self.spool.find(event.dedup_key)
+        except Exception:  # the spool unreadable: the store's dedup key still holds
+            return None
+
+
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None, state: ConfigState | None = None,
                shared: Path | None = None) -> RelayApp:
-    """Load config, open the store, start this process's delivery threads.
+    """Set up logging, load the config and assemble the relay (under gunicorn, per worker).
 
     ``shared``: the folder a gunicorn master's workers share (runtime.py); a config that
     fails to load there falls back to the last one that loaded."""
-    from .deliver import Deliverer
-    from .store import open_store
-
     logs.setup()
     if config is None:
         config, state = load_or_last_good(config_path, shared)
-    store = open_store(config.store_url, config.base_dir)
+    return assemble(config, deliver, state)
+
+
+def assemble(config: Config, deliver: bool = True, state: ConfigState | None = None) -> RelayApp:
+    """Open the store (and the spool), start this process's delivery threads and its drain
+    thread (receive-only processes drain too), and build the app over them."""
+    from .deliver import Deliverer
+    from .drain import Drainer
+    from .recovery import GapWatcher, Recoverer
+    from .spool import open_spool
+    from .store import open_store
+
+    store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
+    spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
-    return RelayApp(config, store, deliverer, state)
+    watcher = None
+    if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
+        watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+        watcher.start()
+    drainer = None
+    if spool is not None:
+        drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
+    return RelayApp(config, store, deliverer, watcher, spool, drainer, state)

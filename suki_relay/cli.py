@@ -11,11 +11,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .cli_spool import cmd_spool
 from .cli_store import (
     cmd_configs,
     cmd_deliveries,
     cmd_events,
     cmd_prune,
+    cmd_recover,
     cmd_replay,
     cmd_reroute,
     cmd_show,
@@ -149,19 +151,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import logs
+    from .cli_spool import spool_of
     from .deliver import Deliverer
+    from .drain import Drainer
 
     logs.setup(args.log_format)
     config = config_of(args)
-    with store_of(config) as store:
+    with store_of(config) as store, spool_of(config) as spool:
         deliverer = Deliverer(config, store)
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         deliverer.start()
+        drainer = Drainer(spool, store, deliverer.wake).start() if spool is not None else None
+        watcher = None
+        if config.recovery_enabled:
+            from .recovery import GapWatcher, Recoverer
+
+            watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+            watcher.start()
         print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
               file=sys.stderr)
         done.wait()
+        if watcher is not None:
+            watcher.stop()
+        if drainer is not None:
+            drainer.stop()
         deliverer.stop()
     return 0
 
@@ -231,7 +246,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until")
     sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument("--recovered", action=argparse.BooleanOptionalAction, default=None,
+                    help="only events recovered from Suki's status API (or none of them)")
+    sp.add_argument("--rejected", action="store_true",
+                    help="recent refused requests instead (time, reason, skew, address)")
     sp.add_argument("--limit", type=int, default=50)
+    sp = add("spool", cmd_spool, "events waiting in this node's spool for the store, oldest "
+             "first", json_flag=True)
+    sp.add_argument("--limit", type=int, default=1000)
+    sp = add("recover", cmd_recover, "ask Suki's API about sessions with no event, and "
+             "record those that ended", json_flag=True)
+    sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    sp.add_argument("--encounter", help="the encounter these sessions belong to (default: "
+                                        "from another event's sessions list)")
+    sp.add_argument("--from-file", metavar="FILE", help="session ids, one per line (- for "
+                                                        "stdin)")
+    sp.add_argument("--dry-run", action="store_true", help="ask Suki, record nothing")
     sp = add("show", cmd_show, "one event, its deliveries and every attempt", json_flag=True)
     sp.add_argument("event_id")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")

@@ -26,6 +26,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from .config_state import ConfigState
+    from .routing import Rule
+    from .spool import Spool
     from .store import Stats, Store
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -40,9 +42,17 @@ ACK_SECONDS = Histogram("suki_relay_ack_seconds", "Time from request to acknowle
                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 DELIVERY_SECONDS = Histogram("suki_relay_delivery_seconds", "Duration of one delivery attempt",
                              ["action"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+RECOVERED = Counter("suki_relay_recovered_sessions_total",
+                    "Sessions recorded from Suki's status API, by what it said", ["status"])
+GIVE_UPS = Counter("suki_relay_recovery_give_ups_total",
+                   "Missing sessions still not recoverable after give_up_after_hours")
 LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
                         "From acceptance to successful delivery", ["action"],
                         buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
+SPOOLED = Counter("suki_relay_spooled_total",
+                  "Events committed to the local spool because the store could not commit")
+SPOOL_DRAINED = Counter("suki_relay_spool_drained_total",
+                        "Spooled events moved into the store")
 
 
 def count_request(outcome: str, seconds: float) -> None:
@@ -59,10 +69,11 @@ _REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
 ALWAYS_LABELLED = ("success", "failure")
 
 
-def event_counter(known: Iterable[str]) -> Callable[[str], None]:
+def event_counter(rules: Iterable[Rule]) -> Callable[[str], None]:
     """Counts accepted events by status. Label values are bounded: the statuses the
-    config's rules name (plus success and failure); any other status is ``other``, so a
-    signed payload cannot make up new time series."""
+    config's rules name (``status: x`` or a list; plus success and failure); any other
+    status is ``other``, so a signed payload cannot make up new time series."""
+    known = {s for rule in rules for s in rule.statuses or ()}
     children = {s: EVENTS.labels(s) for s in {*ALWAYS_LABELLED, *known} if _TOKEN.fullmatch(s)}
     other = EVENTS.labels("other")
 
@@ -73,34 +84,38 @@ def event_counter(known: Iterable[str]) -> Callable[[str], None]:
 
 
 class StoreStats:
-    """The store's counts (queue depth, oldest pending age), read at most every
-    ``seconds``: a scrape, or several scrapers, must not count whole tables each time."""
+    """The store's counts (queue depth, oldest pending age, recovery's sessions), read at
+    most every ``seconds``: a scrape, or several scrapers, must not count whole tables
+    each time."""
 
     def __init__(self, store: Store, seconds: float = 2.0):
         self.store = store
         self.seconds = seconds
         self._at: float | None = None
         self._stats: Stats | None = None
+        self._sessions: dict[str, int] | None = None
 
-    def __call__(self) -> Stats | None:
+    def __call__(self) -> tuple[Stats | None, dict[str, int] | None]:
         now = time.monotonic()
         if self._at is None or now - self._at >= self.seconds:
+            self._stats = self._sessions = None
             try:
                 self._stats = self.store.stats()
+                self._sessions = self.store.recovery_counts()
             except Exception:
-                self._stats = None
+                pass
             self._at = now
-        return self._stats
+        return self._stats, self._sessions
 
 
 class StoreCollector:
-    """Queue depth and oldest pending age, as last read by StoreStats."""
+    """Queue depth, oldest pending age and recovery's sessions, as last read by StoreStats."""
 
-    def __init__(self, stats: Callable[[], Stats | None]):
+    def __init__(self, stats: StoreStats):
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        stats = self.stats()
+        stats, sessions = self.stats()
         if stats is None:
             return
         depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
@@ -111,6 +126,14 @@ class StoreCollector:
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
                                 value=stats.oldest_pending_age_seconds)
+        if sessions is None:
+            return
+        yield GaugeMetricFamily("suki_relay_sessions_missing",
+                                "Sessions listed by a success event, with no event of their "
+                                "own yet, still being checked", value=sessions.get("waiting", 0))
+        yield GaugeMetricFamily("suki_relay_sessions_given_up",
+                                "Missing sessions that recovery gave up on (kept a week)",
+                                value=sessions.get("given_up", 0))
 
 
 class ConfigCollector:
@@ -130,9 +153,30 @@ class ConfigCollector:
                                 value=int(self.state.rejected is not None))
 
 
-def render(stats: Callable[[], Stats | None],
-           config: ConfigState | None = None) -> tuple[bytes, str]:
-    """This process's counts (or every worker's, in multiprocess mode), then the store's."""
+class SpoolCollector:
+    """Events waiting in this node's spool and the age of the oldest, read when scraped
+    (from the file: the same for every process of the node)."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            summary = self.spool.summary()
+        except Exception:
+            return
+        yield GaugeMetricFamily("suki_relay_spool_events",
+                                "Events waiting in the local spool for the store",
+                                value=summary["spooled"])
+        yield GaugeMetricFamily("suki_relay_spool_oldest_age_seconds",
+                                "Age of the oldest event waiting in the local spool",
+                                value=summary["oldest_age_seconds"])
+
+
+def render(stats: StoreStats, config: ConfigState | None = None,
+           spool: Spool | None = None) -> tuple[bytes, str]:
+    """This process's counts (or every worker's, in multiprocess mode), then the store's
+    (and the config's, and the spool's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
         MultiProcessCollector(counts)
@@ -142,4 +186,6 @@ def render(stats: Callable[[], Stats | None],
     queue.register(StoreCollector(stats))  # type: ignore[arg-type]
     if config is not None:
         queue.register(ConfigCollector(config))  # type: ignore[arg-type]
+    if spool is not None:
+        queue.register(SpoolCollector(spool))  # type: ignore[arg-type]
     return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST

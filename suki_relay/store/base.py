@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, Stats
+from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -61,6 +61,7 @@ class NewEvent:
     actions: list[str]
     id: str = field(default_factory=lambda: new_id("evt"))
     received_at: float = field(default_factory=time.time)
+    recovered: bool = False  # built from Suki's status API, not received (recovery.py)
     config_version: str | None = None  # the config that routed it (config_state.version)
 
 
@@ -82,6 +83,8 @@ class Claimed:
     cycle_started_at: float
     body: bytes
     received_at: float
+    recovered: bool = False
+    cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Outcome:
     http_status: int | None = None
     error: str | None = None
     note: str | None = None
+    on_failure: tuple[str, ...] = ()  # actions to plan, in the same transaction, if failed
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class EventFilter:
     until: float | None = None
     matched: bool | None = None
     malformed: bool | None = None
+    recovered: bool | None = None
     before: tuple[float, str] | None = None  # (received_at, id) of the last row of a page
     limit: int = 50
 
@@ -136,6 +141,10 @@ class Store(ABC):
     @abstractmethod
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
+
+    @abstractmethod
+    def known(self, event_ids: list[str]) -> set[str]:
+        """Which of these event ids are committed (a spooled event moved before a crash)."""
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by group commit around gathering and committing a batch (may be a no-op)."""
@@ -201,6 +210,25 @@ class Store(ABC):
     @abstractmethod
     def stats(self) -> Stats:
         """Deliveries by state, events stored and the oldest unfinished delivery's age."""
+
+    # ------------------------------------------------------------ recovery (store/recovery.py)
+
+    @abstractmethod
+    def event_for_session(self, session_id: str) -> str | None:
+        """The id of an event already recorded for this session (received or recovered)."""
+
+    @abstractmethod
+    def record_recovered(self, event: NewEvent) -> Recorded:
+        """Record a recovered event unless its session has an event by now."""
+
+    @abstractmethod
+    def recovery_counts(self) -> dict[str, int]:
+        """Sessions known to recovery, by state."""
+
+    @abstractmethod
+    def rejections(self, since: float | None = None, reason: str | None = None,
+                   limit: int = 100) -> list[RejectionRow]:
+        """Recent refused requests, newest first (store/rejections.py)."""
 
     @abstractmethod
     def remember_config(self, version: str, file: str) -> None:
