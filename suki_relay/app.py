@@ -85,6 +85,7 @@ class RelayApp:
         self.store_stats = metrics.StoreStats(store)
         self._ready: tuple[float, Answer | None] = (0.0, None)
         self.ready_seconds = READY_SECONDS
+        self._store_down = False  # the last commit failed: the next success is news
         self.watcher = watcher
         self.rejections = RejectionLog(store)
         self.spool = spool
@@ -117,7 +118,8 @@ class RelayApp:
 
     def ready(self) -> Answer:
         """Asked of the store (a write transaction) at most once every ``ready_seconds``,
-        however often probes come."""
+        however often probes come; sooner when a request has just found the store gone, or
+        back."""
         at, answer = self._ready
         now = time.monotonic()
         if answer is None or now - at >= self.ready_seconds:
@@ -211,11 +213,16 @@ class RelayApp:
         try:
             event, recorded = commit(self.recorder, event)
         except StoreUnavailable as exc:
+            self._store_down = True
+            self._ready = (0.0, None)  # readiness is news now: ask again
             if self.spooling is None:
                 raise
             recorded = self.spooling.submit(event, exc)
             spooled = True
         else:
+            if self._store_down:  # back: readiness is news again
+                self._store_down = False
+                self._ready = (0.0, None)
             if self.spooling is not None and self.spooling.active:
                 self.spooling.stopped()
                 if self.drainer is not None:

@@ -36,9 +36,10 @@ class ConfigState:
     problems: int = 0  # how many problems it had
 
     def describe(self) -> dict[str, object]:
-        """For /readyz's body."""
+        """For /readyz's body: nothing while the file's config runs; else which config
+        runs, which edit was rejected and how many problems it has."""
         if self.rejected is None:
-            return {"config": self.version}
+            return {}
         return {"config": self.version, "config_rejected": self.rejected,
                 "config_problems": self.problems}
 
