@@ -19,9 +19,9 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 
 from . import logs, metrics, verify
 from .config import Config
+from .errors import Rejected, StoreUnavailable
 from .record import recorder, to_event
-from .store import Store, StoreUnavailable
-from .verify import Rejected
+from .store import Store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RelayError
+from .errors import ConfigError, RelayError, StoreUnavailable
 
 # ---------------------------------------------------------------- output helpers
 
@@ -58,10 +59,14 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(args.config)
 
 
-def _store(config: Any) -> Any:
+def _store(args: argparse.Namespace, config: Any = None) -> Any:
+    """The store of ``config``, or from the config's store settings alone (then no other
+    setting, such as the webhook secret, is needed)."""
+    from .config import load_store_url
     from .store import open_store
 
-    return open_store(config.store_url, config.base_dir)
+    url, base_dir = (config.store_url, config.base_dir) if config else load_store_url(args.config)
+    return open_store(url, base_dir)
 
 
 def _read_body(arg: str) -> bytes:
@@ -79,22 +84,33 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .dryrun import check_templates
+    from .dryrun import check_templates, seen_statuses, status_problems
 
     config = _config(args)
-    problems = check_templates(config)
-    if problems:
-        raise ConfigError(problems)
+    problems = check_templates(config) + status_problems(config, seen_statuses(config))
+    _warn(problems)
+    if any(not p.warning for p in problems):
+        raise ConfigError([p for p in problems if not p.warning])
     print(f"{config.file}: ok ({len(config.actions)} actions, {len(config.rules)} rules, "
           f"store {config.store_url.split('://')[0]})")
     return 0
 
 
+def _warn(problems: list[Any]) -> None:
+    for p in problems:
+        if p.warning:
+            print(str(p), file=sys.stderr)
+
+
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run
+    from .dryrun import dry_run, seen_statuses, status_problems
 
     config = _config(args)
     body = _read_body(args.file)
+    statuses = status_problems(config, seen_statuses(config))
+    for p in statuses:
+        print(str(p) if p.warning else f"{p.file}:{p.line}: error: {p.where}: {p.message}",
+              file=sys.stderr)
     try:
         plan, previews = dry_run(config, body)
     except ValueError:
@@ -108,17 +124,19 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     for p in previews:
         lines.append(f"\naction {p.action} ({p.type}):")
         if p.error:
-            lines.append(f"  ERROR {p.error}")
+            lines.append(f"  ERROR {f'option {p.option}: ' if p.option else ''}{p.error}")
         else:
             for key, value in (p.sends or {}).items():
                 shown = value if isinstance(value, str) else json.dumps(value)
                 lines.append(f"  {key}: {shown}")
     emit(args, data, "\n".join(lines))
-    failed = any(p.error for p in previews)
+    failed = any(p.error for p in previews) or any(not p.warning for p in statuses)
     if args.expect is not None:
         ok, why = _expectation(config, plan.rules, plan.actions, args.expect)
         if not ok:
-            print(f"expectation failed: {why}", file=sys.stderr)
+            print(f"expectation failed: {why}\n  expected: {' '.join(args.expect) or '(nothing)'}"
+                  f"\n  matched:  rules {', '.join(plan.rules) or '(none)'}; actions "
+                  f"{', '.join(plan.actions) or '(none)'}", file=sys.stderr)
             return 1
     return 1 if failed else 0
 
@@ -187,7 +205,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_format)
     config = _config(args)
-    deliverer = Deliverer(config, _store(config))
+    deliverer = Deliverer(config, _store(args, config))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -205,7 +223,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
                     since=parse_since(args.since), until=parse_since(args.until),
                     matched=args.matched, malformed=args.malformed, limit=args.limit)
-    rows = _store(_config(args)).events(f)
+    rows = _store(args).events(f)
     for r in rows:
         r["received"] = _when(r["received_at"])
         r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(r["deliveries"].items())) or \
@@ -217,7 +235,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    event = _store(_config(args)).event(args.event_id)
+    event = _store(args).event(args.event_id)
     if event is None:
         raise RelayError(f"no event {args.event_id}")
     body = event.pop("body")
@@ -249,7 +267,7 @@ def _indent(text: str) -> str:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    rows = _store(_config(args)).deliveries(state=args.state, action=args.action,
+    rows = _store(args).deliveries(state=args.state, action=args.action,
                                    since=parse_since(args.since), limit=args.limit)
     for r in rows:
         r["updated"] = _when(r["updated_at"])
@@ -259,7 +277,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = _store(args)
     if args.event_id:
         event = store.event(args.event_id)
         if event is None:
@@ -288,7 +306,7 @@ def cmd_reroute(args: argparse.Namespace) -> int:
     from .routing import route
 
     config = _config(args)
-    store = _store(config)
+    store = _store(args, config)
     event = store.event(args.event_id)
     if event is None:
         raise RelayError(f"no event {args.event_id}")
@@ -313,7 +331,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
     before = parse_since(older)
     assert before is not None
-    n = _store(config).prune(before)
+    n = _store(args, config).prune(before)
     emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
                                       f"{_when(before)}")
     return 0
@@ -398,8 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not hasattr(args, "json"):
         args.json = False
+    if args.func is not cmd_serve:  # the pool's reconnect attempts would bury the one message
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
+    except StoreUnavailable as exc:
+        print(f"error: the store cannot be reached ({exc}); is the database up?", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"{len(exc.problems)} problem(s) found:", file=sys.stderr)
         for problem in exc.problems:

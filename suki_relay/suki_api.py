@@ -7,6 +7,7 @@ and refused if the result names another scheme, host or port, or leaves its path
 from __future__ import annotations
 
 import posixpath
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -17,18 +18,28 @@ import requests
 
 from . import outbound
 from .errors import PermanentError, RetryableError
+from .options import setting
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
 
 
+def _http_url(value: str) -> str | None:
+    return None if re.match(r"https?://[^/]+", value) else "expected an http(s):// URL"
+
+
 @dataclass(frozen=True)
 class SukiSettings:
-    base_url: str
-    partner_id: str
-    partner_token: str
-    provider_id: str | None = None
-    timeout_seconds: float = 20.0
+    """The top-level ``suki:`` section; actions see it as ``RelayContext.suki``."""
+
+    base_url: str = setting(kind=str, required=True, check=_http_url,
+                            help="e.g. https://sdp.suki.ai")
+    partner_id: str = setting(kind=(str, int), required=True, convert=str,
+                              help="your Suki partner id")
+    partner_token: str = setting(kind=str, required=True, secret=True,
+                                 help="your Suki partner token")
+    provider_id: str | None = setting(None, kind=(str, int), convert=lambda v: str(v) or None)
+    timeout_seconds: float = setting(20.0, positive=True, help="per request to Suki's API")
 
 
 def safe_url(base_url: str, href: str) -> str:
@@ -94,13 +105,15 @@ class SukiClient:
                 self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
             return self._token
 
-    def get(self, href: str) -> requests.Response:
-        """GET a link from a notification, with the token; one re-login on 401."""
+    def get(self, href: str, delivery: Any = None) -> requests.Response:
+        """GET a link from a notification, with the token; one re-login on 401. With
+        ``delivery``, Suki's HTTP status is recorded on it."""
         url = safe_url(self.settings.base_url, href)
         for refresh in (False, True):
             headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
             resp = outbound.send(self._session, "GET", url, headers=headers,
-                                 timeout=self.settings.timeout_seconds, what="Suki API")
+                                 timeout=self.settings.timeout_seconds, what="Suki API",
+                                 delivery=delivery)
             if resp.status_code != 401:
                 break
         if resp.status_code in (404, 409):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..suki_api import SukiClient
 
 RELATIONS = ("contents", "encounter_content", "structured_data", "encounter_structured_data",
              "status", "transcripts")
+_CLIENT_LOCK = threading.Lock()
 DEFAULT_PATH = "{{ event.encounter_id }}/{{ event.session_id }}/{{ rel }}.json"
 
 
@@ -35,10 +37,19 @@ class FetchNoteAction(Action):
                          help="text: also save the note summary as plain text"),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.client = SukiClient(self.relay.suki) if self.relay.suki else None
-        self.directory = (self.relay.base_dir / self.values["directory"]).resolve()
+    @property
+    def directory(self) -> Path:
+        return (self.relay.base_dir / self.values["directory"]).resolve()
+
+    @property
+    def client(self) -> SukiClient:
+        """One per action and process: it caches the Suki token across threads."""
+        with _CLIENT_LOCK:
+            client: SukiClient | None = self.__dict__.get("_client")
+            if client is None:
+                assert self.relay.suki is not None  # check() requires the section
+                client = self.__dict__["_client"] = SukiClient(self.relay.suki)
+            return client
 
     def check(self) -> list[str]:
         problems = []
@@ -78,10 +89,9 @@ class FetchNoteAction(Action):
         return found
 
     def deliver(self, delivery: Delivery) -> str | None:
-        assert self.client is not None
         planned = [(rel, href, self.target(delivery, rel)) for rel, href in self.links(delivery)]
         for rel, href, path in planned:
-            document = self.client.get(href).content
+            document = self.client.get(href, delivery).content
             write_private(path, document, self.directory)
             if self.values["format"] == "text" and rel.startswith(("contents",
                                                                    "encounter_content")):

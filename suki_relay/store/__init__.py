@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RelayError, StoreUnavailable
 from .base import (
     DONE,
     FAILED,
@@ -16,15 +17,30 @@ from .base import (
     Outcome,
     Recorded,
     Store,
-    StoreUnavailable,
 )
 
 __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "ClaimRequest", "Claimed", "EventFilter",
-           "NewEvent", "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
+           "NewEvent", "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store",
+           "url_problem"]
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a store URL, or None: the one rule for `check` and open_store()."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return None
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    return "expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
 
 
 def open_store(url: str, base_dir: Path | None = None) -> Store:
-    """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://..."""
+    """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
+
+    Raises RelayError for a URL that url_problem() refuses, StoreUnavailable when the
+    store cannot be reached, StoreIncompatible for a schema newer than this relay."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise RelayError(f"store: {problem}")
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
@@ -36,4 +52,4 @@ def open_store(url: str, base_dir: Path | None = None) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore(url)
-    raise ValueError("store URL must start with sqlite:/// or postgresql://")
+    raise AssertionError(url)  # url_problem() refused everything else

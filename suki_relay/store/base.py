@@ -19,12 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
-STATES = (PENDING, IN_FLIGHT, DONE, FAILED)
-
-
-class StoreUnavailable(Exception):
-    """The store cannot commit right now (database down, disk full, locked too long)."""
-
 
 _random = random.Random()
 
@@ -179,4 +173,8 @@ class Store:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def statuses(self, since: float) -> set[str]:
+        """The distinct statuses of events received since then (for `check`)."""
         raise NotImplementedError

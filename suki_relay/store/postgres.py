@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .base import StoreUnavailable
+from ..errors import StoreUnavailable
 from .sql import SqlStore, Tx
 
 SCHEMA_LOCK = 0x5C1_0001

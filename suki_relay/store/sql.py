@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import StoreIncompatible
 from .base import (
     DONE,
     FAILED,
@@ -180,7 +181,7 @@ class SqlStore(Store):
         if version is None:
             tx.exec("INSERT INTO relay_schema (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version > SCHEMA_VERSION:
-            raise RuntimeError(f"store schema version {version} is newer than this relay "
+            raise StoreIncompatible(f"store schema version {version} is newer than this relay "
                                f"({SCHEMA_VERSION}): upgrade suki-relay")
 
     # ------------------------------------------------------------ the request path
@@ -437,6 +438,12 @@ class SqlStore(Store):
                 tx.exec(f"DELETE FROM deliveries WHERE event_id IN ({marks})", part)
                 tx.exec(f"DELETE FROM events WHERE id IN ({marks})", part)
         return len(ids)
+
+    def statuses(self, since: float) -> set[str]:
+        with self.tx(write=False) as tx:
+            rows = tx.all("SELECT DISTINCT status FROM events WHERE received_at >= ? AND "
+                          "status IS NOT NULL AND malformed = 0", (since,))
+        return {r["status"] for r in rows}
 
     def stats(self) -> dict[str, Any]:
         now = time.time()

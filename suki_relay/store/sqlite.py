@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .base import StoreUnavailable
+from ..errors import StoreUnavailable
 from .sql import SqlStore, Tx
 
 
