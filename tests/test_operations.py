@@ -96,7 +96,8 @@ def test_events_listing_filters_and_reroute(write_config, relay, sink, store_url
 
 def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    slow_retry = {"initial_seconds": 30, "max_attempts": 5}  # stays pending, whatever the load
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry=slow_retry)},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}]})
     r = relay(cfg)
@@ -111,7 +112,8 @@ def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store
 
 def test_retention_prunes_by_itself(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    slow_retry = {"initial_seconds": 30, "max_attempts": 5}  # stays pending, whatever the load
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry=slow_retry)},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}],
                         "retention": {"days": 1 / 86400}})  # one second
