@@ -5,7 +5,7 @@
      ├── StoreError              the store cannot be used as asked
      │    ├── StoreUnavailable   it cannot commit right now (database down, disk full, locked
      │    │                      too long): the receiver answers 503, deliveries wait
-     │    └── StoreIncompatible  its schema is newer than this relay: upgrade the relay
+     │    └── SchemaTooNew       its schema is newer than this relay: upgrade the relay
      ├── Rejected                a request refused: an HTTP status and a payload-free reason
      └── DeliveryError           raised by an action's deliver()
           ├── RetryableError     try again later (after retry_after seconds if given)
@@ -55,8 +55,8 @@ class StoreUnavailable(StoreError):
     """The store cannot commit right now (database down, disk full, locked too long)."""
 
 
-class StoreIncompatible(StoreError):
-    """The store's schema is newer than this relay understands."""
+class SchemaTooNew(StoreError):
+    """The database was upgraded by a newer suki-relay than this one."""
 
 
 class Rejected(RelayError):

@@ -10,16 +10,16 @@ from suki_relay.errors import (
     Rejected,
     RelayError,
     RetryableError,
-    StoreIncompatible,
+    SchemaTooNew,
     StoreUnavailable,
 )
 
 
 def test_the_hierarchy_is_the_one_drawn() -> None:
-    for cls in (ConfigError, StoreUnavailable, StoreIncompatible, Rejected, DeliveryError):
+    for cls in (ConfigError, StoreUnavailable, SchemaTooNew, Rejected, DeliveryError):
         assert issubclass(cls, RelayError)
     assert issubclass(RetryableError, DeliveryError) and issubclass(PermanentError, DeliveryError)
-    for cls in (ConfigError, StoreUnavailable, StoreIncompatible, Rejected, RetryableError):
+    for cls in (ConfigError, StoreUnavailable, SchemaTooNew, Rejected, RetryableError):
         assert cls.__name__ in (errors.__doc__ or "")
     assert not hasattr(errors, "PluginError")
 
