@@ -35,6 +35,7 @@ from typing import Any
 from . import plugins, store
 from .action import Action, RelayContext
 from .errors import ConfigError, Problem
+from .fetch import RELATIONS, unknown_relations
 from .options import Option, Unresolved, is_section, line_of, setting, validate
 from .retry import RetryPolicy
 from .routing import Rule, compile_condition, required_statuses
@@ -51,6 +52,13 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def _path(value: str) -> str | None:
     return None if value.startswith("/") else "expected a path starting with /"
+
+
+def _relations(value: Any) -> str | None:
+    bad = unknown_relations([value] if isinstance(value, str) else value)
+    if bad:
+        return f"unknown link relation(s) {', '.join(bad)}; expected any of {', '.join(RELATIONS)}"
+    return None
 
 
 def _secrets(value: Any) -> str | None:
@@ -111,6 +119,9 @@ ACTION_OPTIONS: dict[str, Option] = {
     "type": Option(str, required=True, template=False, help="the action type"),
     "max_concurrency": Option(int, default=4, positive=True, template=False),
     "retry": Option(RetryPolicy, default=RetryPolicy(), template=False),
+    "fetch": Option((list, str), default=(), template=False, check=_relations,
+                    help="link relations fetched from Suki before each attempt",
+                    convert=lambda v: tuple(dict.fromkeys([v] if isinstance(v, str) else v))),
 }
 
 
@@ -121,6 +132,7 @@ class ActionSpec:
     action: Action
     max_concurrency: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fetch: tuple[str, ...] = ()  # link relations fetched before each attempt (suki_relay.fetch)
     lines: dict[str, int] = field(default_factory=dict, repr=False)  # of its options, for check
 
 
@@ -343,11 +355,16 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
         try:
             action = cls(str(name), values, relay)
             problems += [Problem(where, message, line) for message in action.check()]
+            fetch = tuple(dict.fromkeys([*core_values["fetch"], *action.fetches()]))
         except Exception as exc:
             problems.append(Problem(where, f"cannot be set up: {exc}", line))
             continue
-        out[str(name)] = ActionSpec(name=str(name), action=action, lines={
-            str(k): n for k, n in getattr(options, "lines", {}).items()}, **core_values)
+        if fetch and relay.suki is None:
+            problems.append(Problem(where, f"fetching {', '.join(fetch)} needs the top-level "
+                                    "`suki:` section (base_url, partner_id, partner_token)", line))
+        lines = {str(k): n for k, n in getattr(options, "lines", {}).items()}
+        out[str(name)] = ActionSpec(name=str(name), action=action, lines=lines,
+                                    **{**core_values, "fetch": fetch})
     return out
 
 

@@ -207,4 +207,9 @@ def _problem(opt: Option, value: Any) -> str | None:
 
 def _shown(value: Any) -> str:
     """A value's type (never the value: it may be a secret)."""
-    return {str: "a string", bool: repr(value).lower()}.get(type(value), type(value).__name__)
+    if isinstance(value, bool):
+        return repr(value).lower()
+    for kind in (str, dict, list):
+        if isinstance(value, kind):
+            return _NAMES[kind]
+    return type(value).__name__
