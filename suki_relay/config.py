@@ -26,6 +26,7 @@ option's ``check`` (it gets the built section and returns a message or None).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from typing import Any
 
 from . import plugins, store
 from .action import Action, RelayContext
+from .console.settings import ConsoleSettings
+from .console.settings import check as check_console
 from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
 from .options import Option, Unresolved, is_section, line_of, setting, validate
@@ -110,6 +113,7 @@ SECTIONS: dict[str, Option] = {
     "metrics": Option(Metrics, default=Metrics()),
     "retention": Option(Retention, default=Retention()),
     "suki": Option(SukiSettings),
+    "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console),
     # checked here for their type, then built below
     "actions": Option(dict, template=False),
     "rules": Option(list, template=False),
@@ -150,6 +154,8 @@ class Config:
     metrics: Metrics = Metrics()
     retention: Retention = Retention()
     suki: SukiSettings | None = None
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property
     def retention_days(self) -> float | None:
@@ -207,10 +213,16 @@ def parse_config(text: str, file: Path) -> Config:
     rules = _rules(values["rules"] or [], defined, problems)
     unmatched = _action_list(values["unmatched"] or [], "unmatched", defined,
                              line_of(raw, "unmatched"), problems)
+    console = values["console"]
+    if console.enabled and values["receiver"] and console.path in (values["receiver"].path,
+                                                                   values["metrics"].path):
+        problems.append(Problem("console.path", "already the webhook or metrics path",
+                                line_of(raw.get("console"), "path")))
     _raise(problems, file)
     sections = {name: values[name] for name, opt in SECTIONS.items() if is_section(opt.kind)}
     return Config(file=file, base_dir=base_dir, store_url=values["store"], templates=templates,
-                  actions=actions, rules=rules, unmatched=unmatched, **sections)
+                  actions=actions, rules=rules, unmatched=unmatched,
+                  fingerprint=hashlib.sha256(text.encode()).hexdigest()[:12], **sections)
 
 
 def _secret_alias(receiver: Any, problems: list[Problem]) -> None:

@@ -52,17 +52,18 @@ class Unresolved(str):
 
 
 def setting(default: Any = dataclasses.MISSING, kind: type | tuple[type, ...] | None = None,
-            **option: Any) -> Any:
+            default_factory: Any = dataclasses.MISSING, **option: Any) -> Any:
     """A field of a config section, declared with the Option that validates it.
 
     ``kind`` defaults to the type of ``default``; settings are never templates. A secret
-    setting is left out of the section's repr().
+    setting is left out of the section's repr(). An absent key keeps the field's default.
     """
     if kind is None:
         kind = type(default)
     opt = Option(kind, default=None if default is dataclasses.MISSING else default,
                  template=False, **option)
-    return dataclasses.field(default=default, repr=not opt.secret, metadata={"option": opt})
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             repr=not opt.secret, metadata={"option": opt})
 
 
 def is_section(kind: Any) -> bool:
@@ -151,7 +152,7 @@ def build(cls: type, raw: Any, where: str,
     values, problems = validate(section_options(cls), raw, where, templates)
     if problems:
         return None, problems
-    return cls(**values), problems
+    return cls(**{k: v for k, v in values.items() if k in raw}), problems  # absent: defaults
 
 
 def _section(opt: Option, value: Any, where: str, line: int | None,
