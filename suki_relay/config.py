@@ -105,6 +105,19 @@ class Retention:
                                  help="finished events older than this are pruned")
 
 
+@dataclass(frozen=True)
+class RecoverySettings:
+    """Gap detection (recovery.py). On by default when the suki: section is configured."""
+
+    enabled: bool = setting(True)
+    grace_seconds: float = setting(300.0, positive=True,
+                                   help="a listed session with no event this long after: check it")
+    check_every_seconds: float = setting(600.0, positive=True,
+                                         help="while Suki says it is unfinished, ask this often")
+    give_up_after_hours: float = setting(24.0, positive=True,
+                                         help="then stop asking, log an error, count a give-up")
+
+
 SECTIONS: dict[str, Option] = {
     "receiver": Option(Receiver, required=True),
     "store": Option(str, default=DEFAULT_STORE, template=False, check=store.url_problem),
@@ -114,10 +127,12 @@ SECTIONS: dict[str, Option] = {
     "retention": Option(Retention, default=Retention()),
     "suki": Option(SukiSettings),
     "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console),
+    "recovery": Option(RecoverySettings, default=RecoverySettings()),
     # checked here for their type, then built below
     "actions": Option(dict, template=False),
     "rules": Option(list, template=False),
     "unmatched": Option((list, str), template=False),
+    "on_failure": Option((list, str), template=False),
 }
 ACTION_OPTIONS: dict[str, Option] = {
     "type": Option(str, required=True, template=False, help="the action type"),
@@ -154,12 +169,18 @@ class Config:
     metrics: Metrics = Metrics()
     retention: Retention = Retention()
     suki: SukiSettings | None = None
+    recovery: RecoverySettings = RecoverySettings()
+    on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property
     def retention_days(self) -> float | None:
         return self.retention.days
+
+    @property
+    def recovery_enabled(self) -> bool:
+        return self.suki is not None and self.recovery.enabled
 
     def __repr__(self) -> str:  # no secrets: the store URL may hold a password
         return (f"Config(file={str(self.file)!r}, store={self.store_url.split(':')[0]}, "
@@ -213,6 +234,13 @@ def parse_config(text: str, file: Path) -> Config:
     rules = _rules(values["rules"] or [], defined, problems)
     unmatched = _action_list(values["unmatched"] or [], "unmatched", defined,
                              line_of(raw, "unmatched"), problems)
+    on_failure = _action_list(values["on_failure"] or [], "on_failure", defined,
+                              line_of(raw, "on_failure"), problems)
+    if "recovery" in raw and values["recovery"].enabled and values["suki"] is None and \
+            context_ok:
+        problems.append(Problem("recovery", "needs the top-level `suki:` section (Suki's status "
+                                "API is how missing sessions are checked); or set enabled: false",
+                                line_of(raw, "recovery")))
     console = values["console"]
     if console.enabled and values["receiver"] and console.path in (values["receiver"].path,
                                                                    values["metrics"].path):
@@ -221,7 +249,7 @@ def parse_config(text: str, file: Path) -> Config:
     _raise(problems, file)
     sections = {name: values[name] for name, opt in SECTIONS.items() if is_section(opt.kind)}
     return Config(file=file, base_dir=base_dir, store_url=values["store"], templates=templates,
-                  actions=actions, rules=rules, unmatched=unmatched,
+                  actions=actions, rules=rules, unmatched=unmatched, on_failure=on_failure,
                   fingerprint=hashlib.sha256(text.encode()).hexdigest()[:12], **sections)
 
 
