@@ -118,6 +118,15 @@ class RecoverySettings:
                                          help="then stop asking, log an error, count a give-up")
 
 
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (spool.py): used only with a PostgreSQL store."""
+
+    enabled: bool = setting(True)
+    path: str = setting("suki-relay-spool.db", help="relative to actions.yaml")
+    max_events: int = setting(100_000, positive=True)
+
+
 SECTIONS: dict[str, Option] = {
     "receiver": Option(Receiver, required=True),
     "store": Option(str, default=DEFAULT_STORE, template=False, check=store.url_problem),
@@ -128,6 +137,7 @@ SECTIONS: dict[str, Option] = {
     "suki": Option(SukiSettings),
     "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console),
     "recovery": Option(RecoverySettings, default=RecoverySettings()),
+    "spool": Option(SpoolSettings, default=SpoolSettings()),
     # checked here for their type, then built below
     "actions": Option(dict, template=False),
     "rules": Option(list, template=False),
@@ -172,6 +182,7 @@ class Config:
     recovery: RecoverySettings = RecoverySettings()
     on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    spool: SpoolSettings = SpoolSettings()
     fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property
@@ -209,14 +220,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return parse_config(text, file)
 
 
-def load_store_url(path: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
-    """Only the store settings (store URL, base folder): all that read-only commands need."""
+@dataclass(frozen=True)
+class StoreSettings:
+    """What the store commands need: the store, where relative paths start, the spool."""
+
+    store_url: str
+    base_dir: Path
+    spool: SpoolSettings
+
+
+def load_store_settings(path: str | os.PathLike[str] | None = None) -> StoreSettings:
+    """Only the store settings (store:, spool:): the store commands need no webhook secret."""
     text, file = read_config(path)
     raw, problems = _load(text, file)
-    raw = raw.like({"store": raw["store"]} if "store" in raw else {})
-    values, found = validate({"store": SECTIONS["store"]}, _substitute(raw, "", None, problems))
+    raw = _substitute(raw.like({k: raw[k] for k in ("store", "spool") if k in raw}), "", None,
+                      problems)
+    values, found = validate({k: SECTIONS[k] for k in ("store", "spool")}, raw)
     _raise([*problems, *found], file)
-    return values["store"], file.resolve().parent
+    return StoreSettings(values["store"], file.resolve().parent, values["spool"])
 
 
 def parse_config(text: str, file: Path) -> Config:

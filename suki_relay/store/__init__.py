@@ -54,9 +54,10 @@ def url_problem(url: str) -> str | None:
     return "expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
 
 
-def open_store(url: str, base_dir: Path | None = None) -> Store:
+def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> Store:
     """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
 
+    ``lazy``: a PostgreSQL store that cannot connect now opens anyway (see PostgresStore).
     Raises RelayError for a URL that url_problem() refuses, StoreUnavailable when the
     store cannot be reached, SchemaTooNew for a schema newer than this relay."""
     problem = url_problem(url)
@@ -72,5 +73,5 @@ def open_store(url: str, base_dir: Path | None = None) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, lazy=lazy)
     raise AssertionError(url)  # url_problem() refused everything else
