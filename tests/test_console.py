@@ -506,6 +506,8 @@ def test_overview_shows_the_figures(any_relay: Relay) -> None:
     assert "Review and replay" in page
     assert "<dd>ready" in page and relay.config.store_url.split(":")[0] in page
     assert re.search(r"version [0-9a-f]{12}", page)
+    spooling = relay.config.store_url.startswith("postgres")  # the spool stands in for it
+    assert ("<dt>Spool</dt><dd>empty</dd>" in page) == spooling
 
 
 # ---------------------------------------------------------------- configuration
