@@ -21,12 +21,12 @@ from werkzeug.wsgi import get_content_length
 from . import logs, metrics, verify
 from .body import TooSlow, read_body
 from .config import Config
-from .config_state import ConfigState, load_or_last_good, version
+from .config_state import ConfigState, load_or_last_good
+from .errors import Rejected, StoreUnavailable
 from .record import commit, recorder, to_event
 from .rejections import RejectionLog, expired_hint, skew_ms
 from .spool import SpoolFull
-from .store import NewEvent, Store, StoreUnavailable
-from .verify import Rejected
+from .store import NewEvent, Store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -72,7 +72,7 @@ class RelayApp:
         from .spool import Spooling
 
         self.config = config
-        self.config_state = state or ConfigState(version(config.text))
+        self.config_state = state or ConfigState(config.fingerprint)
         try:  # the audit trail of config versions; never a reason not to start
             store.remember_config(self.config_state.version, str(config.file.resolve()))
         except StoreUnavailable as exc:

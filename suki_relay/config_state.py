@@ -9,14 +9,13 @@ the last good config in the folder its master's workers share (runtime.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import logs
-from .config import Config, config_path, load_config, parse_config
+from .config import Config, config_path, fingerprint, parse_config, read_config
 from .errors import ConfigError, Problem
 from .runtime import first_to_claim, unclaim, write_private
 
@@ -24,9 +23,7 @@ log = logging.getLogger("suki_relay.config")
 LAST_GOOD = "config.yaml"
 
 
-def version(text: str) -> str:
-    """A config's version: the start of the SHA-256 of its text as written."""
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+version = fingerprint  # a config's version: the start of the SHA-256 of its text
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,8 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
     the problems are raised as ever."""
     file = config_path(path)
     try:
-        config = load_config(file)
+        text, file = read_config(file)
+        config = parse_config(text, file)
     except ConfigError as exc:
         last = shared / LAST_GOOD if shared is not None else None
         if last is None or not last.exists():
@@ -74,13 +72,13 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
         if first_to_claim(shared / f"rejected-{rejected}"):  # type: ignore[operator]
             log_rejected(exc.problems, rejected)
         config = parse_config(last.read_text(encoding="utf-8"), file)
-        return config, ConfigState(version(config.text), rejected, len(exc.problems))
-    current = version(config.text)
+        return config, ConfigState(config.fingerprint, rejected, len(exc.problems))
+    current = config.fingerprint
     if shared is not None:
         last = shared / LAST_GOOD
         before = version(last.read_text(encoding="utf-8")) if last.exists() else None
         if before not in (None, current) and first_to_claim(shared / f"loaded-{current}"):
             logs.event(log, "config reloaded", file=str(file), version=current)
-        write_private(last, config.text)
+        write_private(last, text)
         unclaim(shared, "rejected-*")
     return config, ConfigState(current)

@@ -164,6 +164,12 @@ class Admin(Backend):
                 f"SELECT {_columns(ConfigVersionRow)} FROM config_versions "
                 "ORDER BY first_used_at, version")]
 
+    def statuses(self, since: float) -> set[str]:
+        with self.tx(write=False) as tx:
+            rows = tx.all("SELECT DISTINCT status FROM events WHERE received_at >= ? AND "
+                          "status IS NOT NULL AND malformed = 0", (since,))
+        return {r["status"] for r in rows}
+
     def stats(self) -> Stats:
         now = time.time()
         with self.tx(write=False) as tx:

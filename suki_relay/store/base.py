@@ -22,11 +22,6 @@ from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, Rejectio
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
-
-class StoreUnavailable(Exception):
-    """The store cannot commit right now (database down, disk full, locked too long)."""
-
-
 _random = random.Random()
 
 
@@ -237,6 +232,10 @@ class Store(ABC):
     @abstractmethod
     def config_versions(self) -> list[ConfigVersionRow]:
         """Every config version used, oldest first."""
+
+    @abstractmethod
+    def statuses(self, since: float) -> set[str]:
+        """The distinct statuses of well-formed events received since then (for `check`)."""
 
     @abstractmethod
     def close(self) -> None:
