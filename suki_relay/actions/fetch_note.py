@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import outbound
 from ..action import Action, Delivery, Option
 from ..errors import PermanentError
 from ..suki_api import SukiClient
@@ -45,6 +46,8 @@ class FetchNoteAction(Action):
         if self.relay.suki is None:
             problems.append("needs the top-level `suki:` section (base_url, partner_id, "
                             "partner_token)")
+        elif problem := outbound.url_problem(self.relay.suki.base_url):
+            problems.append(f"suki.base_url: {problem}")
         bad = [r for r in self.values["links"] if r not in RELATIONS]
         if bad:
             problems.append(f"links: unknown relation(s) {', '.join(map(str, bad))}; expected "

@@ -29,6 +29,9 @@ class HttpAction(Action):
         url = self.values["url"]
         if isinstance(url, str) and not url.startswith(("http://", "https://")):
             return ["url: expected an http:// or https:// URL"]
+        problem = outbound.url_problem(url) if isinstance(url, str) else None
+        if problem:
+            return [f"url: {problem}"]
         if not 0 < self.values["timeout_seconds"] <= 300:
             return ["timeout_seconds: expected more than 0 and at most 300"]
         return []
@@ -55,7 +58,7 @@ class HttpAction(Action):
                              data=body, timeout=self.values["timeout_seconds"],
                              what=f"{self.name} target")
         outbound.raise_for_status(resp, f"{self.name} target")
-        return f"HTTP {resp.status_code}"
+        return outbound.delivered_note(resp)
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         url, headers, body = self.request(delivery)

@@ -47,7 +47,8 @@ class SlackAction(Action):
     def check(self) -> list[str]:
         if not str(self.values["webhook_url"]).startswith(("https://", "http://")):
             return ["webhook_url: expected an https:// URL"]
-        return []
+        problem = outbound.url_problem(self.values["webhook_url"])
+        return [f"webhook_url: {problem}"] if problem else []
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
         context = delivery.context()
@@ -64,7 +65,8 @@ class SlackAction(Action):
                              what="Slack")
         text = resp.text.strip()[:60]
         outbound.raise_for_status(resp, "Slack", text if _SLACK_ERROR.fullmatch(text) else "")
-        return "posted"
+        cut_off = getattr(resp, "cut_off", None)
+        return f"posted (reply body cut off: {cut_off})" if cut_off else "posted"
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         return {"webhook_url": MASK, "json": self.payload(delivery)}
