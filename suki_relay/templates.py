@@ -8,6 +8,7 @@ plain strings, so rendering them costs nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 def slack_escape(value: Any) -> str:
     """Escape Slack's control characters so payload text cannot add mentions or links."""
     return str(value).translate(_SLACK_ESCAPES)
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (a parsed payload) with ``fn`` applied to every string inside it: how an
+    action escapes payload text for where it goes (Slack markup, a file name) before its
+    templates see it, leaving text written in the template itself as written."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    return value
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))

@@ -13,19 +13,9 @@ from typing import Any
 
 from .. import outbound
 from ..action import MASK, Action, Delivery, Option
-from ..templates import render_value, slack_escape
+from ..templates import map_strings, render_value, slack_escape
 
 _SLACK_ERROR = re.compile(r"[a-z_]{2,60}")
-
-
-def escape_payload(value: Any) -> Any:
-    if isinstance(value, str):
-        return slack_escape(value)
-    if isinstance(value, dict):
-        return {k: escape_payload(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [escape_payload(v) for v in value]
-    return value
 
 
 class SlackAction(Action):
@@ -52,7 +42,7 @@ class SlackAction(Action):
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
         context = delivery.context()
-        context["event"] = escape_payload(delivery.event)
+        context["event"] = map_strings(delivery.event, slack_escape)
         body: dict[str, Any] = {"text": render_value(self.values["text"], context)}
         for key in ("blocks", "username", "icon_emoji"):
             if self.values[key] is not None:
