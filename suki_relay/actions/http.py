@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from .. import outbound, signing
@@ -19,6 +20,9 @@ class HttpAction(Action):
         "timeout_seconds": Option(float, default=10.0, template=False),
         "sign_secret": Option(str, secret=True, template=False,
                               help="sign what is forwarded the way Suki signs"),
+        "sign_window_seconds": Option(float, default=240.0, template=False,
+                                      help="retries within this long sign alike; keep it "
+                                           "under the receiver's tolerance"),
     }
 
     def __init__(self, *args: Any) -> None:
@@ -34,6 +38,8 @@ class HttpAction(Action):
             return [f"url: {problem}"]
         if not 0 < self.values["timeout_seconds"] <= 300:
             return ["timeout_seconds: expected more than 0 and at most 300"]
+        if not 1 <= self.values["sign_window_seconds"] <= 3600:
+            return ["sign_window_seconds: expected at least 1 and at most 3600"]
         return []
 
     def request(self, delivery: Delivery) -> tuple[str, dict[str, str], bytes]:
@@ -47,7 +53,10 @@ class HttpAction(Action):
                    "X-Suki-Relay-Event": delivery.event_id}
         headers.update({str(k): str(v) for k, v in self.render("headers", delivery).items()})
         if self.values["sign_secret"]:
-            signed = signing.signed_headers(self.values["sign_secret"], body)
+            # signed once per delivery: retries carry the same generated-at and signature
+            received = datetime.fromisoformat(delivery.received_at).timestamp()
+            signed = signing.signed_headers(self.values["sign_secret"], body, signing.stable_time(
+                received, self.values["sign_window_seconds"]))
             headers["generated-at"] = signed["generated-at"]
             headers["X-API-Key"] = signed["X-API-Key"]
         return url, headers, body
