@@ -96,6 +96,11 @@ class _Watchdog:
     forked child, where threads do not survive."""
 
     def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        """Fresh state (a fork may copy the lock held by a thread that is not copied)."""
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, _Attempt]] = []
         self._seq = itertools.count()
@@ -105,7 +110,6 @@ class _Watchdog:
         with self._cond:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._heap = []
                 threading.Thread(target=self._run, name="suki-outbound-deadline",
                                  daemon=True).start()
             heapq.heappush(self._heap, (attempt.deadline, next(self._seq), attempt))
