@@ -149,8 +149,7 @@ def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
 
     store = open_store(url, folder)
     try:
-        with store.tx(write=False) as tx:  # type: ignore[attr-defined]
-            return int(tx.one("SELECT count(*) AS n FROM events")["n"])
+        return store.stats().events
     finally:
         store.close()
 

@@ -5,63 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import threading
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .cli_store import (
+    cmd_deliveries,
+    cmd_events,
+    cmd_prune,
+    cmd_replay,
+    cmd_reroute,
+    cmd_show,
+    config_of,
+    emit,
+    store_of,
+    table,
+)
 from .errors import ConfigError, RelayError
-
-# ---------------------------------------------------------------- output helpers
-
-
-def _when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
-
-
-def parse_since(value: str | None) -> float | None:
-    """`30m`, `2h`, `7d` ago, or an ISO 8601 time."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time() - float(m.group(1)) * unit
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise RelayError(f"cannot read time {value!r}: use 30m, 2h, 7d or ISO 8601") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from .config import load_config
-
-    return load_config(args.config)
-
-
-def _store(config: Any) -> Any:
-    from .store import open_store
-
-    return open_store(config.store_url, config.base_dir)
 
 
 def _read_body(arg: str) -> bytes:
@@ -75,13 +37,14 @@ def _read_body(arg: str) -> bytes:
     raise RelayError(f"{arg}: no such file (or sample: {', '.join(SAMPLES)})")
 
 
-# ---------------------------------------------------------------- commands
+# ---------------------------------------------------------------- commands (the
+# store commands: cli_store.py)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .dryrun import check_templates
 
-    config = _config(args)
+    config = config_of(args)
     problems = check_templates(config)
     if problems:
         raise ConfigError(problems)
@@ -93,7 +56,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_routes_test(args: argparse.Namespace) -> int:
     from .dryrun import dry_run
 
-    config = _config(args)
+    config = config_of(args)
     body = _read_body(args.file)
     try:
         plan, previews = dry_run(config, body)
@@ -148,7 +111,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     body = _read_body(args.file)
     secret = args.secret or os.environ.get("SUKI_WEBHOOK_SECRET")
     if not secret:
-        secret = _config(args).receiver.secrets[0]
+        secret = config_of(args).receiver.secrets[0]
     headers = signing.signed_headers(secret, body)
     try:
         resp = requests.post(args.url, data=body, headers=headers, timeout=args.timeout)
@@ -186,136 +149,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .deliver import Deliverer
 
     logs.setup(args.log_format)
-    config = _config(args)
-    deliverer = Deliverer(config, _store(config))
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    deliverer.start()
-    print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
-          file=sys.stderr)
-    done.wait()
-    deliverer.stop()
-    return 0
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    from .store import EventFilter
-
-    f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
-                    since=parse_since(args.since), until=parse_since(args.until),
-                    matched=args.matched, malformed=args.malformed, limit=args.limit)
-    rows = _store(_config(args)).events(f)
-    for r in rows:
-        r["received"] = _when(r["received_at"])
-        r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(r["deliveries"].items())) or \
-            ("unmatched" if not r["matched"] else "-")
-        r["status"] = "MALFORMED" if r["malformed"] else r["status"]
-    emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
-                                  "deliveries"]))
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    event = _store(_config(args)).event(args.event_id)
-    if event is None:
-        raise RelayError(f"no event {args.event_id}")
-    body = event.pop("body")
-    if args.payload:
-        event["payload"] = body.decode("utf-8", "replace")
-    lines = [f"event {event['id']}  received {_when(event['received_at'])}  "
-             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}",
-             f"session {event['session_id']}  encounter {event['encounter_id']}",
-             f"rules matched: {', '.join(event['rules']) or '(none)'}"]
-    for d in event["delivery_list"]:
-        lines.append(f"\ndelivery {d['id']}  action {d['action']}  state {d['state']}  "
-                     f"attempts {d['attempts']}" + (f"  next {_when(d['next_attempt_at'])}"
-                                                    if d["state"] == "pending" else ""))
-        for a in d["attempt_list"]:
-            a["started"] = _when(a["started_at"])
-            a["ms"] = round(a["duration"] * 1000, 1)
-        if d["attempt_list"]:
-            lines.append(_indent(table(d["attempt_list"],
-                                       ["attempt", "started", "outcome", "http_status", "ms",
-                                        "error"])))
-    if args.payload:
-        lines.append("\npayload:\n" + event["payload"])
-    emit(args, event, "\n".join(lines))
-    return 0
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
-
-
-def cmd_deliveries(args: argparse.Namespace) -> int:
-    rows = _store(_config(args)).deliveries(state=args.state, action=args.action,
-                                   since=parse_since(args.since), limit=args.limit)
-    for r in rows:
-        r["updated"] = _when(r["updated_at"])
-    emit(args, rows, table(rows, ["id", "event_id", "action", "state", "attempts", "updated",
-                                  "last_error"]))
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
-    if args.event_id:
-        event = store.event(args.event_id)
-        if event is None:
-            raise RelayError(f"no event {args.event_id}")
-        chosen = [d for d in event["delivery_list"]
-                  if (not args.failed or d["state"] == "failed")
-                  and (not args.action or d["action"] == args.action)
-                  and d["state"] != "in_flight"]
-    elif args.failed:
-        chosen = store.deliveries(state="failed", action=args.action,
-                                  since=parse_since(args.since), limit=args.limit)
-    else:
-        raise RelayError("give an EVENT_ID, or --failed for every failed delivery")
-    rows = [{"id": d["id"], "event_id": d["event_id"], "action": d["action"],
-             "state": d["state"]} for d in chosen]
-    if args.dry_run:
-        emit(args, rows, f"would replay {len(rows)} deliveries\n" + table(
-            rows, ["id", "event_id", "action", "state"]))
-        return 0
-    n = store.reopen([r["id"] for r in rows])
-    emit(args, rows, f"replaying {n} deliveries (running workers pick them up now)")
-    return 0
-
-
-def cmd_reroute(args: argparse.Namespace) -> int:
-    from .routing import route
-
-    config = _config(args)
-    store = _store(config)
-    event = store.event(args.event_id)
-    if event is None:
-        raise RelayError(f"no event {args.event_id}")
-    if event["malformed"]:
-        raise RelayError(f"event {args.event_id} is malformed; nothing to route")
-    plan = route(config.rules, config.unmatched, json.loads(event["body"]))
-    have = {d["action"] for d in event["delivery_list"]}
-    new = [a for a in plan.actions if a not in have]
-    data = {"rules": plan.rules, "new_actions": new, "existing_actions": sorted(have)}
-    if not args.dry_run:
-        store.add_deliveries(args.event_id, plan.rules, new)
-    verb = "would plan" if args.dry_run else "planned"
-    emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
-                     f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
-    return 0
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    config = _config(args)
-    older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
-    if older is None:
-        raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
-    before = parse_since(older)
-    assert before is not None
-    n = _store(config).prune(before)
-    emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
-                                      f"{_when(before)}")
+    config = config_of(args)
+    with store_of(config) as store:
+        deliverer = Deliverer(config, store)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        deliverer.start()
+        print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
+              file=sys.stderr)
+        done.wait()
+        deliverer.stop()
     return 0
 
 

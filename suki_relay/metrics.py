@@ -73,12 +73,12 @@ class StoreCollector:
             return
         depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
                                   labels=["state"])
-        for state, n in stats["deliveries"].items():
+        for state, n in stats.deliveries.items():
             depth.add_metric([state], n)
         yield depth
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
-                                value=stats["oldest_pending_age_seconds"])
+                                value=stats.oldest_pending_age_seconds)
 
 
 def render(store: Store) -> tuple[bytes, str]:

@@ -46,7 +46,7 @@ def test_failover_after_kill_9(tmp_path: Path, pg_url: str, relay, sink) -> None
 
     def all_done() -> bool:
         rows = store.deliveries(limit=1000)
-        return len(rows) == len(accepted) and all(r["state"] == "done" for r in rows)
+        return len(rows) == len(accepted) and all(r.state == "done" for r in rows)
 
     wait_until(all_done, timeout=60, message="every delivery done by the surviving node")
     keys: dict[str, list[float]] = {}

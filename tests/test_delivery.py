@@ -26,7 +26,7 @@ def one_rule(action: dict, **more) -> dict:  # type: ignore[no-untyped-def]
 
 
 def delivery_states(store, event_id: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [d["state"] for d in store.deliveries(event_id=event_id)]
+    return [d.state for d in store.deliveries(event_id=event_id)]
 
 
 def test_forwards_the_raw_body_with_an_idempotency_key(write_config, relay, sink,
@@ -45,8 +45,8 @@ def test_forwards_the_raw_body_with_an_idempotency_key(write_config, relay, sink
     assert got.headers["X-Session"] == json.loads(body)["session_id"]
     store = store_of(cfg, store_url)
     wait_until(lambda: delivery_states(store, event_id) == ["done"], message="done")
-    (d,) = store.event(event_id)["delivery_list"]
-    assert [a["outcome"] for a in d["attempt_list"]] == ["ok"]
+    (d,) = store.event(event_id).deliveries
+    assert [a.outcome for a in d.attempts] == ["ok"]
 
 
 def test_flapping_target_is_retried_until_it_answers(write_config, relay, sink,
@@ -57,8 +57,8 @@ def test_flapping_target_is_retried_until_it_answers(write_config, relay, sink,
     event_id = post_signed(r.webhook, unique_body()).json()["event_id"]
     store = store_of(cfg, store_url)
     wait_until(lambda: delivery_states(store, event_id) == ["done"], message="done")
-    (d,) = store.event(event_id)["delivery_list"]
-    assert [(a["outcome"], a["http_status"]) for a in d["attempt_list"]] == [
+    (d,) = store.event(event_id).deliveries
+    assert [(a.outcome, a.http_status) for a in d.attempts] == [
         ("retry", 503), ("retry", 500), ("retry", 408), ("ok", None)]
     keys = {g.headers["Idempotency-Key"] for g in target.received}
     assert len(target.received) == 4 and len(keys) == 1
@@ -80,11 +80,11 @@ def test_permanent_refusal_and_exhausted_retries_fail_for_good(write_config, rel
     event_id = post_signed(r.webhook, unique_body()).json()["event_id"]
     store = store_of(cfg, store_url)
     wait_until(lambda: delivery_states(store, event_id) == ["failed", "failed"], message="failed")
-    by_action = {d["action"]: d for d in store.event(event_id)["delivery_list"]}
-    assert by_action["refusing"]["attempts"] == 1
-    assert "answered 400" in by_action["refusing"]["last_error"]
-    assert by_action["down"]["attempts"] == 3
-    assert "gave up after 3 tries" in by_action["down"]["last_error"]
+    by_action = {d.delivery.action: d.delivery for d in store.event(event_id).deliveries}
+    assert by_action["refusing"].attempts == 1
+    assert "answered 400" in by_action["refusing"].last_error
+    assert by_action["down"].attempts == 3
+    assert "gave up after 3 tries" in by_action["down"].last_error
     assert len(refusing.received) == 1 and len(down.received) == 3
 
 
@@ -162,8 +162,8 @@ def test_kill_9_mid_delivery_loses_nothing(write_config, relay, sink, store_url)
     assert len(set(keys)) == 5
     assert second.proc is not None
     for event_id in sent:
-        (d,) = store.event(event_id)["delivery_list"]
-        assert [a["outcome"] for a in d["attempt_list"]] == ["lost", "ok"]
+        (d,) = store.event(event_id).deliveries
+        assert [a.outcome for a in d.attempts] == ["lost", "ok"]
 
 
 def test_plain_gunicorn_receives_and_delivers(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]

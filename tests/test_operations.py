@@ -94,9 +94,12 @@ def test_events_listing_filters_and_reroute(write_config, relay, sink, store_url
     assert cli_json(cfg, "reroute", timeout)["new_actions"] == []  # idempotent
 
 
+# keeps a delivery to a refusing target pending (unfinished) however long the test takes
+NEVER_GIVES_UP = {"initial_seconds": 0.2, "max_seconds": 1, "max_attempts": 1000}
+
 def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry=NEVER_GIVES_UP)},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}]})
     r = relay(cfg)
@@ -111,7 +114,7 @@ def test_prune_deletes_only_old_finished_events(write_config, relay, sink, store
 
 def test_retention_prunes_by_itself(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
     target = sink(default=Reply(503))
-    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+    cfg = write_config({"actions": {"ehr": http_action(target.url, retry=NEVER_GIVES_UP)},
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}],
                         "retention": {"days": 1 / 86400}})  # one second
@@ -210,12 +213,12 @@ def test_sigterm_mid_delivery_loses_nothing(write_config, relay, sink, store_url
     wait_until(lambda: quick.received and stuck.received, message="both deliveries in flight")
     assert r.stop(timeout=30) == 0
     store = open_test_store(store_url, cfg.parent)
-    states = {d["action"]: d["state"] for d in store.deliveries(event_id=event_id)}
+    states = {d.action: d.state for d in store.deliveries(event_id=event_id)}
     assert states == {"quick": "done", "stuck": "pending"}  # finished, or handed back
     assert "released unfinished deliveries" in r.logs()
     relay(cfg)  # the next start picks it up at once, without waiting for a lease
     wait_until(lambda: len(stuck.received) == 2, message="the handed-back delivery")
-    wait_until(lambda: {d["state"] for d in store.deliveries(event_id=event_id)} == {"done"},
+    wait_until(lambda: {d.state for d in store.deliveries(event_id=event_id)} == {"done"},
                message="done")
 
 
@@ -252,7 +255,7 @@ def test_logs_carry_no_phi_and_no_secrets(write_config, relay, sink, store_url,
     post_signed(r.webhook, unique_body("failure"), secret="wrong")
     post_signed(r.webhook, b'{"status": 5, "note": "PHI-NOTE-TEXT"}')
     store = open_test_store(store_url, cfg.parent)
-    wait_until(lambda: {d["state"] for d in store.deliveries()} <= {"done", "failed"}
+    wait_until(lambda: {d.state for d in store.deliveries()} <= {"done", "failed"}
                and len(store.deliveries()) == 3, timeout=30, message="all deliveries finished")
     r.stop()
     logs = r.logs()

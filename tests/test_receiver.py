@@ -36,9 +36,9 @@ def test_receiving_answers_precisely(write_config, relay, store_url) -> None:  #
 
     store = stored(cfg, store_url)
     event = store.event(event_id)
-    assert event is not None and event["body"] == body
-    assert [d["action"] for d in event["delivery_list"]] == ["fwd"]
-    assert event["rules"] == ["failures"]
+    assert event is not None and event.body == body
+    assert [d.delivery.action for d in event.deliveries] == ["fwd"]
+    assert event.event.rules == ["failures"]
 
     # the same request twice is accepted once
     headers = signed_headers(SECRET, body)
@@ -92,7 +92,7 @@ def test_signed_but_malformed_bodies_are_kept_and_refused(write_config, relay,
         assert resp.json()["error"] == "malformed_payload"
     kept = stored(cfg, store_url).events(EventFilter(malformed=True))
     assert len(kept) == 4
-    assert all(e["deliveries"] == {} for e in kept)
+    assert all(e.deliveries == {} for e in kept)
 
 
 def test_unmatched_events_are_kept_and_reported(write_config, relay, store_url) -> None:  # type: ignore[no-untyped-def]
@@ -104,8 +104,8 @@ def test_unmatched_events_are_kept_and_reported(write_config, relay, store_url) 
     resp = post_signed(r.webhook, body)
     assert resp.status_code == 200
     event = stored(cfg, store_url).event(resp.json()["event_id"])
-    assert event["status"] == "timeout" and event["matched"] is False
-    assert event["delivery_list"] == []
+    assert event.event.status == "timeout" and event.event.matched is False
+    assert event.deliveries == []
     wait_until(lambda: "unmatched event" in r.logs() and resp.json()["event_id"] in r.logs(),
                message="the unmatched event in the log")
 

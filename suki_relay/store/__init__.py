@@ -1,4 +1,23 @@
-"""The ledger: one interface (base.Store), two backends chosen by the `store:` URL."""
+"""The ledger: one interface (base.Store), two backends chosen by the `store:` URL.
+
+    base.py       the interface, and what goes in and out of the ledger (NewEvent, Claimed, ...)
+    rows.py       what the admin reads return (EventRow, DeliveryRow, AttemptRow, Stats)
+    tx.py         a transaction's cursor (SQL with ``?``), and what a backend supplies
+    schema.py     the tables, as numbered migrations; upgrading a database in place
+    ledger.py     the request and delivery paths: record, claim, extend, finish, release
+    admin.py      inspection and repair: events, event, deliveries, reopen, reroute, prune, stats
+    sql.py        the store assembled from those; sqlite.py and postgres.py are its backends
+    group_commit.py  many concurrent callers, one transaction
+
+Adding a migration (a column, a table, an index): append
+``Migration(<last version + 1>, "why", "ALTER TABLE ... ;")`` to ``schema.MIGRATIONS``;
+never edit a step that has shipped. SQL must run on both SQLite and PostgreSQL (``{blob}``
+is the binary type); ``ALTER TABLE t ADD COLUMN c TYPE`` does, with a default or NULL.
+Every store opened upgrades itself in one transaction under the schema lock; a database
+newer than the code raises SchemaTooNew. Then name the new column in the query that
+reads it (admin reads name their columns) and add a field to the row in rows.py;
+test_store_schema.py upgrades a version-1 database, so an upgrade is tested as it lands.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +37,13 @@ from .base import (
     Store,
     StoreUnavailable,
 )
+from .rows import AttemptRow, DeliveryDetail, DeliveryListRow, DeliveryRow, EventDetail, EventRow, Stats
+from .schema import SchemaTooNew
 
-__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "ClaimRequest", "Claimed", "EventFilter",
-           "NewEvent", "Outcome", "Recorded", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
+           "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail", "EventFilter",
+           "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats", "Store",
+           "StoreUnavailable", "open_store"]
 
 
 def open_store(url: str, base_dir: Path | None = None) -> Store:

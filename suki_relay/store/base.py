@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+
+from .rows import DeliveryRow, EventDetail, EventRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
-STATES = (PENDING, IN_FLIGHT, DONE, FAILED)
 
 
 class StoreUnavailable(Exception):
@@ -118,65 +119,83 @@ class EventFilter:
     limit: int = 50
 
 
-class Store:
-    """The interface; see sql.py for the one implementation over two backends."""
+class Store(ABC):
+    """What the app, the deliverer and the CLI call; sql.py implements it for both backends.
+
+    The request path: record() (under exclusive(), through group commit), ping(). The
+    delivery path: claim(), extend(), finish(), release(), prune(). The CLI and metrics:
+    the admin reads and repairs below, which return typed rows (rows.py).
+    """
 
     url: str
 
+    # ------------------------------------------------------------ the request path
+
+    @abstractmethod
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
-        raise NotImplementedError
 
     def exclusive(self) -> AbstractContextManager[None]:
-        """Held by the Recorder around gathering and committing a batch (may be a no-op)."""
+        """Held by group commit around gathering and committing a batch (may be a no-op)."""
         return nullcontext()
 
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store can commit now (readiness)."""
+
+    # ------------------------------------------------------------ the delivery path
+
+    @abstractmethod
     def claim(self, owner: str, limit: int, lease_seconds: float,
               concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
         """Lease up to ``limit`` due deliveries; also says which actions were at their
         max_concurrency when it looked."""
-        raise NotImplementedError
 
+    @abstractmethod
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
-        raise NotImplementedError
+        """Renew the leases ``owner`` still holds."""
 
+    @abstractmethod
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
                then_claim: ClaimRequest | None = None) -> list[Claimed]:
         """Record attempts (claimed, owner, outcome) and claim the next, in one transaction."""
-        raise NotImplementedError
 
+    @abstractmethod
     def release(self, owner: str, ids: list[str] | None = None) -> int:
-        raise NotImplementedError
+        """Give back claimed deliveries (shutdown): pending again, due now."""
 
-    def ping(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def prune(self, before: float) -> int:
+        """Delete events received before ``before`` whose deliveries are all finished."""
 
-    def close(self) -> None:
-        pass
+    # ------------------------------------------------------------ inspection and repair
 
-    # inspection and repair
-    def events(self, f: EventFilter) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    @abstractmethod
+    def events(self, f: EventFilter) -> list[EventRow]:
+        """Events newest first, each with its deliveries counted by state."""
 
-    def event(self, event_id: str) -> dict[str, Any] | None:
-        raise NotImplementedError
+    @abstractmethod
+    def event(self, event_id: str) -> EventDetail | None:
+        """One event with its body, its deliveries and every attempt."""
 
+    @abstractmethod
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
-        raise NotImplementedError
+                   limit: int = 100) -> list[DeliveryRow]:
+        """Deliveries, most recently changed first."""
 
-    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
+    @abstractmethod
     def reopen(self, delivery_ids: list[str]) -> int:
-        raise NotImplementedError
+        """Replay: due now, with a fresh retry budget."""
 
+    @abstractmethod
     def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
-        raise NotImplementedError
+        """Reroute: plan deliveries for actions the event does not have yet."""
 
-    def prune(self, before: float) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def stats(self) -> Stats:
+        """Deliveries by state, events stored and the oldest unfinished delivery's age."""
 
-    def stats(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection this process opened (not those of a parent process)."""

@@ -21,7 +21,8 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .base import StoreUnavailable
-from .sql import SqlStore, Tx
+from .sql import SqlStore
+from .tx import Tx
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002

@@ -1,7 +1,10 @@
 """The embedded default: one SQLite file, WAL, every commit fsynced (synchronous=FULL).
 
-One connection per thread and process (connections never cross a fork). Writers take the
-database lock up front (BEGIN IMMEDIATE), which also serialises claimers across processes.
+One connection per thread and process. Connections never cross a fork: a child opens its
+own and leaves its parent's alone (neither used nor closed; closing one in a child would
+touch the parent's locks). close() closes every connection this process opened, from any
+thread. Writers take the database lock up front (BEGIN IMMEDIATE), which also serialises
+claimers across processes.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from .base import StoreUnavailable
-from .sql import SqlStore, Tx
+from .sql import SqlStore
+from .tx import Tx
+
+_PARENTS: list[Any] = []  # a parent process's connections, kept open and unused in a child
 
 
 class SqliteStore(SqlStore):
@@ -27,6 +35,11 @@ class SqliteStore(SqlStore):
         self.url = f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._opened: list[tuple[sqlite3.Connection, int]] = []  # (connection, lock file)
+        self._opened_lock = threading.Lock()
+        self._generation = 0  # close() starts a new one: connections from before reopen
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         path.parent.mkdir(parents=True, exist_ok=True)
         # owner-only before SQLite opens it: its -wal and -shm files copy these permissions
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -35,15 +48,18 @@ class SqliteStore(SqlStore):
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+        if conn is None or self._local.generation != self._generation:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks back to 16 MiB
-            self._local.conn, self._local.pid = conn, os.getpid()
-            self._local.lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            with self._opened_lock:
+                self._opened.append((conn, lock))
+            self._local.conn, self._local.lock = conn, lock
+            self._local.generation = self._generation
         return conn
 
     @contextmanager
@@ -106,7 +122,22 @@ class SqliteStore(SqlStore):
         return deleted
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+            self._generation += 1
+        for conn, lock in opened:
             conn.close()
-            self._local.conn = None
+            os.close(lock)
+
+    def _forked(self) -> None:
+        """In a new child process: forget (and never close) the parent's connections."""
+        _PARENTS.extend(self._opened)
+        self._opened = []
+        self._opened_lock = threading.Lock()  # it may have been held when the fork happened
+        self._local = threading.local()
+
+
+def _after_fork(ref: weakref.ref[SqliteStore]) -> None:
+    store = ref()
+    if store is not None:
+        store._forked()

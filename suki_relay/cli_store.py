@@ -1,0 +1,205 @@
+"""The operator's commands over the store (events, show, deliveries, replay, reroute,
+prune), and the output helpers every command shares. --json prints the typed rows as
+they are (``dataclasses.asdict``) plus the display columns the table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .errors import RelayError
+
+if TYPE_CHECKING:
+    from .store import DeliveryRow, EventDetail, Store
+
+# ---------------------------------------------------------------- output helpers
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def parse_since(value: str | None) -> float | None:
+    """`30m`, `2h`, `7d` ago, or an ISO 8601 time."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise RelayError(f"cannot read time {value!r}: use 30m, 2h, 7d or ISO 8601") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+# ---------------------------------------------------------------- the store
+
+
+def config_of(args: argparse.Namespace) -> Any:
+    from .config import load_config
+
+    return load_config(args.config)
+
+
+@contextmanager
+def store_of(config: Any) -> Iterator[Store]:
+    """The configured store, closed when the command is done."""
+    from .store import open_store
+
+    store = open_store(config.store_url, config.base_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .store import EventFilter
+
+    f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
+                    since=parse_since(args.since), until=parse_since(args.until),
+                    matched=args.matched, malformed=args.malformed, limit=args.limit)
+    with store_of(config_of(args)) as store:
+        events = store.events(f)
+    rows = []
+    for e in events:
+        r = asdict(e)
+        r["received"] = _when(e.received_at)
+        r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(e.deliveries.items())) or \
+            ("unmatched" if not e.matched else "-")
+        r["status"] = "MALFORMED" if e.malformed else e.status
+        rows.append(r)
+    emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
+                                  "deliveries"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with store_of(config_of(args)) as store:
+        detail = _event(store, args.event_id)
+    e = detail.event
+    lines = [f"event {e.id}  received {_when(e.received_at)}  "
+             f"status {e.status if not e.malformed else 'MALFORMED'}",
+             f"session {e.session_id}  encounter {e.encounter_id}",
+             f"rules matched: {', '.join(e.rules) or '(none)'}"]
+    data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
+    data["delivery_list"] = []
+    for dd in detail.deliveries:
+        d = dd.delivery
+        lines.append(f"\ndelivery {d.id}  action {d.action}  state {d.state}  "
+                     f"attempts {d.attempts}" + (f"  next {_when(d.next_attempt_at)}"
+                                                 if d.state == "pending" else ""))
+        attempts = [{**asdict(a), "started": _when(a.started_at),
+                     "ms": round(a.duration * 1000, 1)} for a in dd.attempts]
+        if attempts:
+            lines.append(_indent(table(attempts, ["attempt", "started", "outcome", "http_status",
+                                                  "ms", "error"])))
+        data["delivery_list"].append({**asdict(d), "attempt_list": attempts})
+    if args.payload:
+        data["payload"] = detail.body.decode("utf-8", "replace")
+        lines.append("\npayload:\n" + data["payload"])
+    emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _event(store: Store, event_id: str) -> EventDetail:
+    detail = store.event(event_id)
+    if detail is None:
+        raise RelayError(f"no event {event_id}")
+    return detail
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    with store_of(config_of(args)) as store:
+        found = store.deliveries(state=args.state, action=args.action,
+                                 since=parse_since(args.since), limit=args.limit)
+    rows = [{**asdict(d), "updated": _when(d.updated_at)} for d in found]
+    emit(args, rows, table(rows, ["id", "event_id", "action", "state", "attempts", "updated",
+                                  "last_error"]))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with store_of(config_of(args)) as store:
+        chosen: list[DeliveryRow]
+        if args.event_id:
+            chosen = [dd.delivery for dd in _event(store, args.event_id).deliveries
+                      if (not args.failed or dd.delivery.state == "failed")
+                      and (not args.action or dd.delivery.action == args.action)
+                      and dd.delivery.state != "in_flight"]
+        elif args.failed:
+            chosen = list(store.deliveries(state="failed", action=args.action,
+                                           since=parse_since(args.since), limit=args.limit))
+        else:
+            raise RelayError("give an EVENT_ID, or --failed for every failed delivery")
+        rows = [{"id": d.id, "event_id": d.event_id, "action": d.action, "state": d.state}
+                for d in chosen]
+        if args.dry_run:
+            emit(args, rows, f"would replay {len(rows)} deliveries\n" + table(
+                rows, ["id", "event_id", "action", "state"]))
+            return 0
+        n = store.reopen([d.id for d in chosen])
+    emit(args, rows, f"replaying {n} deliveries (running workers pick them up now)")
+    return 0
+
+
+def cmd_reroute(args: argparse.Namespace) -> int:
+    from .routing import route
+
+    config = config_of(args)
+    with store_of(config) as store:
+        detail = _event(store, args.event_id)
+        if detail.event.malformed:
+            raise RelayError(f"event {args.event_id} is malformed; nothing to route")
+        plan = route(config.rules, config.unmatched, json.loads(detail.body))
+        have = {dd.delivery.action for dd in detail.deliveries}
+        new = [a for a in plan.actions if a not in have]
+        data = {"rules": plan.rules, "new_actions": new, "existing_actions": sorted(have)}
+        if not args.dry_run:
+            store.add_deliveries(args.event_id, plan.rules, new)
+    verb = "would plan" if args.dry_run else "planned"
+    emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
+                     f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
+    if older is None:
+        raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
+    before = parse_since(older)
+    assert before is not None
+    with store_of(config) as store:
+        n = store.prune(before)
+    emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
+                                      f"{_when(before)}")
+    return 0

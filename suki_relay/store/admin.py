@@ -1,0 +1,161 @@
+"""Inspection and repair: what the CLI and metrics read, and replay, reroute and prune.
+
+Reads return typed rows (rows.py) whose columns are named here, never ``SELECT *``: a
+column a later migration adds appears in a row only when a field is added for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import fields
+from typing import Any
+
+from .base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
+from .ledger import plan
+from .rows import (
+    AttemptRow,
+    DeliveryDetail,
+    DeliveryListRow,
+    DeliveryRow,
+    EventDetail,
+    EventRow,
+    Stats,
+)
+from .tx import Backend, Tx, marks
+
+CHUNK = 500
+
+
+def _columns(row_type: type, prefix: str = "") -> str:
+    return ", ".join(prefix + f.name for f in fields(row_type))
+
+
+EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")
+DELIVERY_COLUMNS = _columns(DeliveryRow, "d.")
+ATTEMPT_COLUMNS = _columns(AttemptRow)
+
+
+def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None) -> EventRow:
+    (id_, received_at, generated_at, status, session_id, encounter_id, malformed, matched,
+     rules) = row[:9]
+    return EventRow(id_, received_at, generated_at, status, session_id, encounter_id,
+                    bool(malformed), bool(matched), json.loads(rules), deliveries or {})
+
+
+class Admin(Backend):
+    def events(self, f: EventFilter) -> list[EventRow]:
+        where, params = ["1 = 1"], []
+        for column, value in (("status", f.status), ("session_id", f.session_id),
+                              ("encounter_id", f.encounter_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for condition, value in (("received_at >= ?", f.since), ("received_at < ?", f.until),
+                                 ("matched = ?", f.matched), ("malformed = ?", f.malformed)):
+            if value is not None:
+                where.append(condition)
+                params.append(int(value) if isinstance(value, bool) else value)
+        with self.tx(write=False) as tx:
+            rows = tx.tuples(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                             "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
+            counts: dict[str, dict[str, int]] = defaultdict(dict)
+            ids = [row[0] for row in rows]
+            for i in range(0, len(ids), CHUNK):
+                part = ids[i:i + CHUNK]
+                for event_id, state, n in tx.tuples(
+                        f"SELECT event_id, state, count(*) FROM deliveries WHERE event_id IN "
+                        f"({marks(part)}) GROUP BY event_id, state", part):
+                    counts[event_id][state] = n
+        return [_event(row, counts.get(row[0])) for row in rows]
+
+    def event(self, event_id: str) -> EventDetail | None:
+        with self.tx(write=False) as tx:
+            found = tx.tuples(f"SELECT {EVENT_COLUMNS}, body FROM events WHERE id = ?",
+                              (event_id,))
+            if not found:
+                return None
+            deliveries = [DeliveryRow(*row) for row in tx.tuples(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_id = ? "
+                "ORDER BY d.id", (event_id,))]
+            attempts: dict[str, list[AttemptRow]] = defaultdict(list)
+            for row in tx.tuples(
+                    f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id IN (SELECT id "
+                    "FROM deliveries WHERE event_id = ?) ORDER BY started_at, attempt",
+                    (event_id,)):
+                attempts[row[0]].append(AttemptRow(*row))
+        counts: dict[str, int] = defaultdict(int)
+        for d in deliveries:
+            counts[d.state] += 1
+        return EventDetail(_event(found[0], dict(counts)), bytes(found[0][-1]),
+                           [DeliveryDetail(d, attempts.get(d.id, [])) for d in deliveries])
+
+    def deliveries(self, state: str | None = None, action: str | None = None,
+                   event_id: str | None = None, since: float | None = None,
+                   limit: int = 100) -> list[DeliveryRow]:
+        where, params = ["1 = 1"], []
+        for condition, value in (("d.state = ?", state), ("d.action = ?", action),
+                                 ("d.event_id = ?", event_id), ("d.updated_at >= ?", since)):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        with self.tx(write=False) as tx:
+            return [DeliveryListRow(*row) for row in tx.tuples(
+                f"SELECT {DELIVERY_COLUMNS}, e.status, e.session_id FROM deliveries d "
+                f"JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)} "
+                "ORDER BY d.updated_at DESC, d.id DESC LIMIT ?", (*params, limit))]
+
+    def reopen(self, delivery_ids: list[str]) -> int:
+        """Replay: due now, with a fresh retry budget; its attempts so far are kept."""
+        if not delivery_ids:
+            return 0
+        now = time.time()
+        with self.tx() as tx:
+            tx.many("UPDATE deliveries SET state = ?, tries = 0, cycle_started_at = ?, "
+                    "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state <> ?",
+                    [(PENDING, now, now, now, i, IN_FLIGHT) for i in delivery_ids])
+        return len(delivery_ids)
+
+    def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
+        """Reroute: plan deliveries for actions the event does not have yet."""
+        now = time.time()
+        with self.tx() as tx:
+            have = {r["action"] for r in tx.all(
+                "SELECT action FROM deliveries WHERE event_id = ?", (event_id,))}
+            new = [a for a in actions if a not in have]
+            tx.exec("UPDATE events SET rules = ?, matched = ? WHERE id = ?",
+                    (json.dumps(rules), int(bool(rules)), event_id))
+            return plan(tx, [(event_id, action, now) for action in new])
+
+    def prune(self, before: float) -> int:
+        """Delete events received before ``before`` whose deliveries are all finished."""
+        with self.tx() as tx:
+            ids = [r["id"] for r in tx.all(
+                "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM "
+                "deliveries d WHERE d.event_id = e.id AND d.state IN (?, ?))",
+                (before, PENDING, IN_FLIGHT))]
+            for chunk in range(0, len(ids), CHUNK):
+                _delete_events(tx, ids[chunk:chunk + CHUNK])
+        return len(ids)
+
+    def stats(self) -> Stats:
+        now = time.time()
+        with self.tx(write=False) as tx:
+            states = {r["state"]: r["n"] for r in tx.all(
+                "SELECT state, count(*) AS n FROM deliveries GROUP BY state")}
+            oldest = tx.one("SELECT min(cycle_started_at) AS t FROM deliveries WHERE state IN (?, ?)",
+                            (PENDING, IN_FLIGHT))
+            events = tx.one("SELECT count(*) AS n FROM events")
+        t = oldest["t"] if oldest else None
+        return Stats(events=events["n"] if events else 0,
+                     deliveries={s: states.get(s, 0) for s in (PENDING, IN_FLIGHT, DONE, FAILED)},
+                     oldest_pending_age_seconds=(now - t) if t else 0.0)
+
+
+def _delete_events(tx: Tx, ids: list[str]) -> None:
+    """Events with their deliveries and attempts (children first: no cascade is relied on)."""
+    tx.exec(f"DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries "
+            f"WHERE event_id IN ({marks(ids)}))", ids)
+    tx.exec(f"DELETE FROM deliveries WHERE event_id IN ({marks(ids)})", ids)
+    tx.exec(f"DELETE FROM events WHERE id IN ({marks(ids)})", ids)

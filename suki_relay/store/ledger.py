@@ -1,0 +1,178 @@
+"""The ledger: what the request path and the delivery path write.
+
+record() commits a batch of events with their planned deliveries; claim() leases due
+deliveries; extend() renews leases; finish() records attempts and claims the next in the
+same transaction; release() gives leases back at shutdown. Every statement here is on a
+hot path: a batch is one multi-row INSERT per table, and claims walk indexes in order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
+from .tx import Backend, Tx, marks
+
+ERROR_MAX = 500
+INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
+                 "session_id, encounter_id, malformed, matched, rules, body) VALUES ")
+EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+                     "next_attempt_at, updated_at) VALUES ")
+DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
+CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
+                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
+
+
+def _not_in(actions: list[str], prefix: str = "") -> str:
+    """A condition leaving out deliveries of these actions (parameters follow)."""
+    return f" AND {prefix}action NOT IN ({marks(actions)})" if actions else ""
+
+
+def _short(error: str | None) -> str | None:
+    return error[:ERROR_MAX] if error else None
+
+
+def plan(tx: Tx, planned: list[tuple[str, str, float]]) -> list[str]:
+    """Insert pending deliveries, one per (event id, action, time planned); their ids."""
+    ids = [new_id("dlv") for _ in planned]
+    tx.insert(INSERT_DELIVERIES, DELIVERY_ROW, [
+        (i, event_id, action, PENDING, at, at, at)
+        for i, (event_id, action, at) in zip(ids, planned, strict=True)])
+    return ids
+
+
+class Ledger(Backend):
+    # ------------------------------------------------------------ the request path
+
+    def record(self, events: list[NewEvent]) -> list[Recorded]:
+        """A whole batch in as few statements as possible: each statement is a round trip
+        (PostgreSQL) or a release of the GIL (SQLite), and both lengthen the time the write
+        lock is held. A dedup key seen before keeps its first event and plans nothing."""
+        with self.tx() as tx:
+            inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
+                ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
+                ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
+                ev.body) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
+            owner = {ev.dedup_key: ev.id for ev in events}
+            if inserted != len(events):  # a duplicate: find which event holds each key
+                keys = list(owner)
+                owner = {r["dedup_key"]: r["id"] for r in tx.all(
+                    f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
+                    f"({marks(keys)})", keys)}
+            plan(tx, [(ev.id, action, ev.received_at) for ev in events
+                      if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
+        return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
+                for ev in events]
+
+    # ------------------------------------------------------------ the delivery path
+
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
+        now = time.time()
+        with self.tx(write=False) as tx:  # a look without the write lock: anything to take?
+            _, full = self._room(tx, concurrency, now)
+            due = tx.one(f"SELECT 1 AS due FROM deliveries WHERE ({DUE}){_not_in(full)} "
+                         "LIMIT 1", (PENDING, now, IN_FLIGHT, now, *full))
+        if not due:
+            return [], frozenset(full)
+        with self.tx(durable=False) as tx:
+            return self._claim_in(tx, owner, limit, lease_seconds, concurrency), frozenset(full)
+
+    def _room(self, tx: Tx, concurrency: dict[str, int],
+              now: float) -> tuple[dict[str, int], list[str]]:
+        """Free places per action under max_concurrency, and the actions with none."""
+        busy = {r["action"]: r["n"] for r in tx.all(
+            "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
+            "GROUP BY action", (IN_FLIGHT, now))}
+        room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
+        return room, [a for a, n in room.items() if n <= 0]
+
+    def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
+                  concurrency: dict[str, int]) -> list[Claimed]:
+        now = time.time()
+        self.lock_claims(tx)
+        room, full = self._room(tx, concurrency, now)
+        if concurrency and all(room[a] <= 0 for a in concurrency):
+            return []  # every action is at its limit: nothing to scan
+        # two queries, each walking an index in order and stopping at its limit (one query
+        # with OR would gather, join and sort the whole backlog on every claim): first
+        # deliveries whose owner died mid-attempt, then pending ones, oldest due first
+        rows = [row for state, column, op in ((IN_FLIGHT, "lease_until", "<"),
+                                              (PENDING, "next_attempt_at", "<="))
+                for row in tx.all(
+                    f"{CLAIM_SELECT} WHERE d.state = ? AND d.{column} {op} ?"
+                    f"{_not_in(full, 'd.')} ORDER BY d.{column} LIMIT ?{self.skip_locked}",
+                    (state, now, *full, limit * 4))]
+        claimed: list[Claimed] = []
+        lost: list[tuple[Any, ...]] = []
+        for row in rows:
+            if len(claimed) >= limit:
+                break
+            action = row["action"]
+            if room.get(action, 1) <= 0:
+                continue
+            room[action] = room.get(action, 1) - 1
+            if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
+                lost.append((row["id"], row["attempts"], now,
+                             "worker stopped before finishing; lease expired"))
+            claimed.append(Claimed(
+                row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
+                row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+        tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
+                "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
+        tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
+                "attempts = attempts + 1, tries = tries + 1, updated_at = ? WHERE id = ?",
+                [(IN_FLIGHT, owner, now + lease_seconds, now, c.id) for c in claimed])
+        return claimed
+
+    def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
+        if not ids:
+            return
+        with self.tx(durable=False) as tx:
+            tx.many("UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                    "AND state = ?",
+                    [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
+
+    def finish(self, finished: list[tuple[Claimed, str, Outcome]],
+               then_claim: ClaimRequest | None = None) -> list[Claimed]:
+        """Record attempts and, in the same transaction, claim what comes next.
+
+        A delivery whose lease was lost keeps its new owner's state. Not fsynced: if the
+        machine loses power before the next durable commit, these deliveries are simply
+        attempted again (at-least-once; the Idempotency-Key tells).
+        """
+        now = time.time()
+        with self.tx(durable=False) as tx:
+            tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
+                    "http_status, error, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c.id, c.attempt, r.started_at, r.duration, r.outcome, r.http_status,
+                      _short(r.error), r.note) for c, _, r in finished])
+            tx.many("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
+                    "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
+                    "WHERE id = ? AND lease_owner = ? AND state = ?",
+                    [(r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now,
+                      c.id, owner, IN_FLIGHT) for c, owner, r in finished])
+            if then_claim is None or then_claim.limit <= 0:
+                return []
+            return self._claim_in(tx, then_claim.owner, then_claim.limit,
+                                  then_claim.lease_seconds, then_claim.concurrency)
+
+    def release(self, owner: str, ids: list[str] | None = None) -> int:
+        """Give back claimed deliveries (shutdown): pending again, due now."""
+        now = time.time()
+        where = "lease_owner = ? AND state = ?"
+        params: list[Any] = [owner, IN_FLIGHT]
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({marks(ids)})"
+            params += ids
+        with self.tx() as tx:
+            cur = tx.exec(f"UPDATE deliveries SET state = ?, lease_owner = NULL, "
+                          f"lease_until = NULL, next_attempt_at = ?, updated_at = ? WHERE {where}",
+                          (PENDING, now, now, *params))
+            return cur.rowcount

@@ -1,0 +1,88 @@
+"""What the admin reads return: typed rows, one class per thing an operator looks at.
+
+The fields are named and ordered as the CLI's --json output shows them, so
+``dataclasses.asdict`` of a row is that output (the CLI adds only display columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One try of a delivery (``outcome``: ok, retry, failed, or lost when its worker died)."""
+
+    delivery_id: str
+    attempt: int
+    started_at: float
+    duration: float
+    outcome: str
+    http_status: int | None
+    error: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One (event, action) pair and where it stands."""
+
+    id: str
+    event_id: str
+    action: str
+    state: str
+    attempts: int
+    tries: int
+    cycle_started_at: float
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_until: float | None
+    last_error: str | None
+    last_status: int | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryListRow(DeliveryRow):
+    """A delivery listed across events, with what identifies its event to an operator."""
+
+    event_status: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One accepted notification (never its body: see EventDetail)."""
+
+    id: str
+    received_at: float
+    generated_at: int | None
+    status: str | None
+    session_id: str | None
+    encounter_id: str | None
+    malformed: bool
+    matched: bool
+    rules: list[str]
+    deliveries: dict[str, int] = field(default_factory=dict)  # count by state
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    delivery: DeliveryRow
+    attempts: list[AttemptRow]
+
+
+@dataclass(frozen=True)
+class EventDetail:
+    """One event with its body (PHI: shown only on request) and every delivery's attempts."""
+
+    event: EventRow
+    body: bytes
+    deliveries: list[DeliveryDetail]
+
+
+@dataclass(frozen=True)
+class Stats:
+    events: int
+    deliveries: dict[str, int]  # every state, zero included
+    oldest_pending_age_seconds: float

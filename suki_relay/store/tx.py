@@ -1,0 +1,86 @@
+"""SQL written once for both backends: a transaction's cursor, and what a backend supplies.
+
+A backend (sqlite.py, postgres.py) supplies connections and its few dialect differences
+(placeholder, binary type, how claimers and schema upgrades are serialised); everything
+the relay does with its tables is written against Tx with ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .base import Store
+
+ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
+
+
+def marks(values: Sequence[Any]) -> str:
+    """``?, ?, ?``: one placeholder per value, for IN (...)."""
+    return ", ".join("?" * len(values))
+
+
+class Tx:
+    """A cursor in one transaction; SQL is written with ``?`` placeholders."""
+
+    def __init__(self, cursor: Any, placeholder: str):
+        self.cursor = cursor
+        self.placeholder = placeholder
+
+    def exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        self.cursor.execute(sql, params)
+        return self.cursor
+
+    def many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        if rows:
+            if self.placeholder != "?":
+                sql = sql.replace("?", self.placeholder)
+            self.cursor.executemany(sql, rows)
+
+    def insert(self, head: str, row: str, rows: list[Sequence[Any]], tail: str = "") -> int:
+        """``rows`` in multi-row INSERTs (``head`` + ``row``, ``row``, ... + ``tail``) of at
+        most ROWS_PER_INSERT rows each; returns how many rows were inserted."""
+        inserted = 0
+        for i in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[i:i + ROWS_PER_INSERT]
+            inserted += self.exec(head + ", ".join([row] * len(chunk)) + tail,
+                                  [value for r in chunk for value in r]).rowcount
+        return inserted
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.exec(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as tuples, in the order the query names its columns."""
+        return [tuple(row) for row in self.exec(sql, params).fetchall()]
+
+
+class Backend(Store):
+    """The part of a SQL store that differs between databases."""
+
+    placeholder = "?"
+    blob_type = "BLOB"
+    skip_locked = ""
+
+    @abstractmethod
+    def tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Tx]:
+        """A transaction. ``durable=False``: its commit need not reach the disk before it
+        returns (a crash of the machine may undo it, a crash of the process cannot); for
+        claims and lease renewals, which are re-derived from leases if lost."""
+
+    def lock_claims(self, tx: Tx) -> None:
+        """Serialise claimers, so per-action concurrency limits hold across processes."""
+
+    def lock_schema(self, tx: Tx) -> None:
+        """Serialise schema creation and upgrades between nodes starting together."""
+
