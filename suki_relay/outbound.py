@@ -136,20 +136,22 @@ _watchdog = _Watchdog()
 _current = threading.local()
 
 
-class _Connection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+class _JoinsDeadline:
+    """A connection that joins the current request's deadline each time it is used."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
         attempt: _Attempt | None = getattr(_current, "attempt", None)
         if attempt is not None:
-            attempt.add(self)
-        super().request(*args, **kwargs)
+            attempt.add(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        attempt: _Attempt | None = getattr(_current, "attempt", None)
-        if attempt is not None:
-            attempt.add(self)
-        super().request(*args, **kwargs)
+class _Connection(_JoinsDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_JoinsDeadline, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):

@@ -79,6 +79,19 @@ def in_thread(fn: Callable[[], Any], wait: float = 20.0) -> Any:
     return result.get("value")
 
 
+def plant_netrc(monkeypatch: Any, home: Path) -> None:
+    """A ~/.netrc with credentials for 127.0.0.1 and no proxy settings (through pytest's
+    ``monkeypatch``): a test then shows that no request hands them to a target."""
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def post_signed(url: str, body: bytes, secret: str = SECRET, *, timeout: float = 10.0,
                 headers: dict[str, str] | None = None, now: float | None = None
                 ) -> requests.Response:

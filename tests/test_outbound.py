@@ -25,6 +25,7 @@ from suki_relay.testing import (
     drip,
     in_thread,
     make_delivery,
+    plant_netrc,
     unique_body,
     wait_until,
 )
@@ -35,14 +36,7 @@ def test_netrc_credentials_never_reach_a_target(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """requests would add Basic auth from ~/.netrc for a matching host; the relay must not
     hand a credential to a target the config did not give one."""
-    netrc = tmp_path / ".netrc"
-    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n", encoding="utf-8")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    plant_netrc(monkeypatch, tmp_path)
     with Sink() as sink:
         http = build_action("http", {"url": sink.url}, tmp_path)
         slack = build_action("slack", {"webhook_url": sink.url, "text": "{{ event.status }}"},

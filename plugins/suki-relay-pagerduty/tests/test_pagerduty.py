@@ -8,7 +8,16 @@ import pytest
 
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.plugins import discover
-from suki_relay.testing import RawServer, Reply, Sink, build_action, drip, in_thread, make_delivery
+from suki_relay.testing import (
+    RawServer,
+    Reply,
+    Sink,
+    build_action,
+    drip,
+    in_thread,
+    make_delivery,
+    plant_netrc,
+)
 
 
 def test_is_discovered_through_the_entry_point() -> None:
@@ -55,14 +64,7 @@ def test_netrc_credentials_never_reach_pagerduty(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain requests.Session would add Basic auth from ~/.netrc; the plugin's sessions
     come from suki_relay.outbound, which never reads it."""
-    netrc = tmp_path / ".netrc"
-    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n", encoding="utf-8")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    plant_netrc(monkeypatch, tmp_path)
     with Sink(default=Reply(202, b"{}")) as pd:
         action = build_action("pagerduty", {"routing_key": "k", "events_url": pd.url}, tmp_path)
         action.deliver(make_delivery("failure"))
