@@ -1,4 +1,5 @@
-"""Install the example plugin packages of plugins/ into this environment, as a user would."""
+"""Install the example plugin packages of plugins/ (and the test plugin of tests/plugins/)
+into this environment, as a user would."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-PLUGINS = {"suki_relay_pagerduty": Path(__file__).parent / "plugins" / "suki-relay-pagerduty"}
+HERE = Path(__file__).parent
+PLUGINS = {"suki_relay_pagerduty": HERE / "plugins" / "suki-relay-pagerduty",
+           "suki_relay_probe": HERE / "tests" / "plugins" / "suki-relay-probe"}
 
 
 def pytest_sessionstart(session: object) -> None:

@@ -73,3 +73,27 @@ def relay_without(part: str) -> Any:
     elif part != "nothing":
         raise ValueError(part)
     return app
+
+
+_SUKI_NOTE = json.dumps({"summary": [
+    {"title": "Assessment", "content": "Stable angina. " * 40, "loinc_code": "51848-0"},
+    {"title": "Plan", "content": "Follow up in two weeks. " * 30, "loinc_code": "18776-5"}],
+    "structured_data": [{"title": "Vitals", "data": {"bp": "120/80"}}]}).encode()
+
+
+def suki_api(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Suki's follow-up API for the fetch benchmark: login, and a ~1.5 kB note for any
+    session's content (with the token checked), as cheap as ``bare`` otherwise."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    path = environ.get("PATH_INFO", "")
+    if path == "/api/v1/auth/login":
+        body = b'{"suki_token": "bench-token"}'
+    elif path.endswith("/content") and environ.get("HTTP_SDP_SUKI_TOKEN") == "bench-token":
+        body = _SUKI_NOTE
+    else:
+        start_response("401 Unauthorized", [("Content-Length", "0")])
+        return [b""]
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]

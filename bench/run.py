@@ -1,7 +1,7 @@
 """suki-relay benchmarks: every figure is a ratio against a baseline measured in the same run.
 
     python bench/run.py                 # everything (about 10 minutes on 2 cores)
-    python bench/run.py --only ack      # one part: ack, stall, delivery, routing, memory
+    python bench/run.py --only ack      # one part: ack, stall, delivery, fetch, routing, memory
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --rounds 3 --duration 3
 
@@ -372,7 +372,7 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                                       env=relay_env(folder), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             try:
-                wait_until(lambda s=store: s.stats()["deliveries"]["done"] == n, 600, 0.05,
+                wait_until(lambda s=store: s.stats().deliveries["done"] == n, 600, 0.05,
                            "all deliveries done")
                 results["suki-relay worker"].append(n / (time.perf_counter() - t0))
             finally:
@@ -413,6 +413,78 @@ def bench_lag(args: argparse.Namespace, work: Path) -> dict[str, float]:
     lags = sorted((g.at - acked[g.headers["X-Suki-Relay-Event"]]) * 1000 for g in sink.received)
     return {"rate_per_s": 50, "events": len(lags), "p50_ms": lags[len(lags) // 2],
             "p99_ms": lags[int(len(lags) * 0.99) - 1]}
+
+
+def drained(store: Any, n: int) -> bool:
+    """All ``n`` deliveries done; a failed one ends the benchmark (it would never drain)."""
+    counts = store.stats().deliveries
+    if counts["failed"]:
+        errors = {d.last_error for d in store.deliveries(state="failed", limit=5)}
+        raise RuntimeError(f"{counts['failed']} deliveries failed: {sorted(map(str, errors))}")
+    return bool(counts["done"] == n)
+
+
+def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Delivery with `fetch:`: the README's HTTP recipe (fetch the note from a local Suki
+    stand-in, POST it with its text to a fast target) and fetch_note alone (fetch, save a
+    file with fsync), each drained from the store by one `suki-relay worker`, beside the
+    plain `http` forward of the same events in the same round."""
+    from suki_relay.store import NewEvent, open_store
+
+    n, concurrency = args.deliveries, 8
+    success = json.loads((REPO / "suki_relay" / "samples" / "success.json").read_text())
+    body = ("{\"session\": \"{{ event.session_id }}\", \"note\": {{ fetched.contents | json }}, "
+            "\"text\": {{ fetched.contents | note_text | json }}}")
+    target_port, suki_port = free_port(), free_port()
+    results: dict[str, list[float]] = {"http, no fetch": [], "http recipe with fetch": [],
+                                       "fetch_note alone": []}
+    with server(gunicorn("bench.apps:bare", target_port), target_port), \
+            server(gunicorn("bench.apps:suki_api", suki_port,  # sdp_suki_token has underscores
+                            ["--header-map", "dangerous"]), suki_port):
+        target = f"http://127.0.0.1:{target_port}/suki/notes"
+        paths = {
+            "http, no fetch": {"type": "http", "url": target},
+            "http recipe with fetch": {"type": "http", "url": target, "fetch": ["contents"],
+                                       "body": body},
+            "fetch_note alone": {"type": "fetch_note", "links": ["contents"],
+                                 "directory": "notes"},
+        }
+        for rnd in range(args.rounds):
+            names = list(paths)
+            for name in names[rnd % 3:] + names[:rnd % 3]:  # each path first in turn
+                action = paths[name]
+                folder = work / f"fetch-{rnd}-{len(results[name])}-{name.split()[0]}"
+                cfg = relay_config(folder, {"it": {**action, "max_concurrency": concurrency}})
+                data = yaml.safe_load(cfg.read_text())
+                data["delivery"] = {"threads": concurrency}
+                data["suki"] = {"base_url": f"http://127.0.0.1:{suki_port}", "partner_id": "p",
+                                "partner_token": "t"}
+                cfg.write_text(yaml.safe_dump(data))
+                store = open_store("sqlite:///relay.db", folder)
+                batch = [NewEvent(f"k{i}", json.dumps({**success, "session_id": f"s-{i}"}).encode(),
+                                  0, "success", f"s-{i}", None, False, ["all"], ["it"])
+                         for i in range(n)]
+                for i in range(0, n, 500):
+                    store.record(batch[i:i + 500])
+                worker = subprocess.Popen([PY, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+                                          env=relay_env(folder), stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+                try:  # timed from the first delivery done: the worker's start-up is not in it
+                    first = wait_until(lambda s=store: s.stats().deliveries["done"], 60,
+                                       0.01, f"a first {name} delivery")
+                    t0 = time.perf_counter()
+                    wait_until(lambda s=store: drained(s, n), 600, 0.05,
+                               f"all {name} deliveries done")
+                    results[name].append((n - first) / (time.perf_counter() - t0))
+                finally:
+                    os.kill(worker.pid, signal.SIGTERM)
+                    worker.wait(30)
+                    store.close()
+            print("  round " + str(rnd + 1) + ": " + ", ".join(
+                f"{k} {v[-1]:.0f}/s" for k, v in results.items()), file=sys.stderr)
+    out["fetch"] = [{"path": k, "events_s": statistics.median(v),
+                     "ratio": paired_ratio(v, results["http, no fetch"]), "rounds": v}
+                    for k, v in results.items()]
 
 
 # ---------------------------------------------------------------- 4: routing and rendering
@@ -589,7 +661,7 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 
 
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
-         "routing": bench_routing, "memory": bench_memory}
+         "fetch": bench_fetch, "routing": bench_routing, "memory": bench_memory}
 EXTRA = {"breakdown": bench_breakdown}  # run only when named in --only
 
 

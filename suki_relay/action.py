@@ -16,14 +16,16 @@ Any other exception counts as retryable and is logged by class name only.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .errors import PermanentError
 from .templates import Template, Templates, render_value
 
 if TYPE_CHECKING:
-    from .suki_api import SukiSettings
+    from .suki_api import SukiClient, SukiSettings
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"authorization|token|secret|password|api[-_]?key", re.IGNORECASE)
@@ -54,15 +56,19 @@ class Delivery:
     event: Any
     raw_body: bytes
     received_at: str
+    # the documents fetched for this attempt (the action's ``fetch:``), by link relation:
+    # protected health information, never stored or logged, fetched again each attempt
+    fetched: dict[str, Any] = field(default_factory=dict)
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        """What templates see: event, event_id, received_at, delivery_id, attempt."""
+        """What templates see: event, event_id, received_at, delivery_id, attempt, fetched."""
         return {
             "event": self.event,
             "event_id": self.event_id,
             "received_at": self.received_at,
             "delivery_id": self.id,
             "attempt": self.attempt,
+            "fetched": self.fetched,
             **extra,
         }
 
@@ -75,6 +81,20 @@ class RelayContext:
     base_dir: Path  # the folder of actions.yaml: relative paths are relative to it
     suki: SukiSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _suki_client: SukiClient | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def suki_client(self) -> SukiClient:
+        """The one Suki client of this config in this process: every action that fetches
+        shares its login and token cache."""
+        with self._lock:
+            if self._suki_client is None:
+                from .suki_api import SukiClient
+
+                if self.suki is None:
+                    raise PermanentError("fetching from Suki needs the top-level `suki:` section")
+                self._suki_client = SukiClient(self.suki)
+            return self._suki_client
 
 
 class Action:
@@ -91,6 +111,11 @@ class Action:
     def check(self) -> list[str]:
         """Further validation across options; return messages, empty if all is well."""
         return []
+
+    def fetches(self) -> tuple[str, ...]:
+        """Link relations this action always needs fetched (see suki_relay.fetch), besides
+        those the user lists under ``fetch:``; they arrive in ``delivery.fetched``."""
+        return ()
 
     def render(self, option: str, delivery: Delivery, **extra: Any) -> Any:
         """The option's value rendered for this delivery."""

@@ -70,6 +70,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
                                             else "the event would be recorded and reported only"))
     for p in previews:
         lines.append(f"\naction {p.action} ({p.type}):")
+        for rel, url in (p.fetch or {}).items():
+            lines.append(f"  would fetch {rel}: GET {url} (not fetched in a dry run)")
         if p.error:
             lines.append(f"  ERROR {p.error}")
         else:

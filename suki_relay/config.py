@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from . import plugins
+from . import outbound, plugins
 from .action import Action, RelayContext, validate_options
 from .errors import ConfigError, Problem
+from .fetch import RELATIONS, unknown_relations
 from .routing import Rule, compile_condition, required_statuses
 from .suki_api import SukiSettings
 from .templates import Templates
@@ -28,7 +29,7 @@ ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
              "suki", "metrics", "retention")
-CORE_ACTION_KEYS = ("type", "max_concurrency", "retry")
+CORE_ACTION_KEYS = ("type", "max_concurrency", "retry", "fetch")
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -114,6 +115,7 @@ class ActionSpec:
     action: Action
     max_concurrency: int = 4
     retry: RetryPolicy = RetryPolicy()
+    fetch: tuple[str, ...] = ()  # link relations fetched before each attempt (suki_relay.fetch)
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,8 @@ class _Builder:
         base = str(raw.get("base_url", ""))
         if base and not re.match(r"https?://[^/]+", base):
             self.problem("suki.base_url", "expected an http(s):// URL", _line(raw, "base_url"))
+        elif base and (problem := outbound.url_problem(base)):
+            self.problem("suki.base_url", problem, _line(raw, "base_url"))
         if missing:
             return None
         return SukiSettings(
@@ -380,17 +384,40 @@ class _Builder:
                              _line(options, "max_concurrency"))
                 concurrency = 1
             retry = self.section(options.get("retry"), f"{where}.retry", RetryPolicy, options)
+            fetch = self.fetch(options.get("fetch"), where, _line(options, "fetch") or aline)
             if problems:
                 continue
             try:
                 action = found.cls(str(name), values, relay)
                 for message in action.check():
                     self.problem(where, message, aline)
+                fetch = tuple(dict.fromkeys([*fetch, *action.fetches()]))
             except Exception as exc:
                 self.problem(where, f"cannot be set up: {exc}", aline)
                 continue
-            out[str(name)] = ActionSpec(str(name), str(type_name), action, concurrency, retry)
+            if fetch and relay.suki is None:
+                self.problem(where, f"fetching {', '.join(fetch)} needs the top-level `suki:` "
+                             "section (base_url, partner_id, partner_token)", aline)
+            out[str(name)] = ActionSpec(str(name), str(type_name), action, concurrency, retry,
+                                        fetch)
         return out
+
+    def fetch(self, raw: Any, where: str, line: int | None) -> tuple[str, ...]:
+        """The core ``fetch:`` option: a list of link relations (suki_relay.fetch)."""
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(f"{where}.fetch", f"expected a list of link relations: "
+                         f"{', '.join(RELATIONS)}", line)
+            return ()
+        bad = unknown_relations(raw)
+        if bad:
+            self.problem(f"{where}.fetch", f"unknown link relation(s) {', '.join(bad)}; expected "
+                         f"any of {', '.join(RELATIONS)}", line)
+            return ()
+        return tuple(dict.fromkeys(raw))
 
     def action_list(self, raw: Any, where: str, actions: dict[str, ActionSpec],
                     line: int | None) -> list[str]:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from . import logs, metrics
+from . import fetch, logs, metrics
 from .action import Delivery
 from .config import ActionSpec, Config
 from .errors import PermanentError, RetryableError
@@ -60,7 +60,7 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
             attempt=claimed.attempt, event=json.loads(claimed.body), raw_body=claimed.body,
             received_at=iso(claimed.received_at),
         )
-        note = spec.action.deliver(delivery)
+        note = perform(spec, delivery)
     except RetryableError as exc:
         return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0, str(exc),
                                  exc.status, exc.retry_after)
@@ -75,6 +75,15 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
                                  f"unexpected {type(exc).__name__} in action")
     return Outcome("ok", started, time.perf_counter() - t0, DONE, None, None, None,
                    note[:500] if isinstance(note, str) else None)
+
+
+def perform(spec: ActionSpec, delivery: Delivery) -> str | None:
+    """One attempt of one action: fetch what it links to (its ``fetch:``), then deliver.
+    The fetched documents live in ``delivery`` for this attempt only."""
+    if spec.fetch:
+        delivery.fetched = fetch.fetch(spec.action.relay.suki_client(), delivery.event,
+                                       spec.fetch)
+    return spec.action.deliver(delivery)
 
 
 def _retry_or_give_up(spec: ActionSpec | None, claimed: Claimed, started: float,

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from . import fetch
 from .action import Delivery
 from .config import Config
 from .errors import Problem
 from .routing import Plan, route
+from .suki_api import safe_url
 
 SAMPLES = ("success", "failure", "timeout", "cancelled")
 
@@ -25,6 +27,7 @@ class Preview:
     type: str
     sends: dict[str, Any] | None
     error: str | None
+    fetch: dict[str, str] | None = None  # relation -> URL that would be fetched (not fetched)
 
 
 def fake_delivery(action: str, body: bytes, payload: Any) -> Delivery:
@@ -33,12 +36,21 @@ def fake_delivery(action: str, body: bytes, payload: Any) -> Delivery:
 
 
 def preview_action(config: Config, name: str, body: bytes, payload: Any) -> Preview:
+    """What the action would do with this event. Links under ``fetch:`` are shown, not
+    fetched: templates see stand-in documents shaped like Suki's (fetch.placeholders)."""
     spec = config.actions[name]
+    would_fetch: dict[str, str] | None = None
     try:
-        sends = spec.action.preview(fake_delivery(name, body, payload))
-        return Preview(name, spec.type, sends, None)
+        delivery = fake_delivery(name, body, payload)
+        if spec.fetch:
+            hrefs = fetch.links(payload, spec.fetch)
+            base = config.suki.base_url if config.suki else ""
+            would_fetch = {rel: safe_url(base, href) for rel, href in hrefs.items()}
+            delivery.fetched = fetch.placeholders(spec.fetch)
+        sends = spec.action.preview(delivery)
+        return Preview(name, spec.type, sends, None, would_fetch)
     except Exception as exc:
-        return Preview(name, spec.type, None, f"{type(exc).__name__}: {exc}")
+        return Preview(name, spec.type, None, f"{type(exc).__name__}: {exc}", would_fetch)
 
 
 def dry_run(config: Config, body: bytes) -> tuple[Plan, list[Preview]]:

@@ -16,6 +16,8 @@ import jinja2
 import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .fetch import note_text
+
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
@@ -48,6 +50,14 @@ class _Environment(ImmutableSandboxedEnvironment):
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+
+def _defined(value: Any) -> Any:
+    """``value``, or the undefined-name error a template would raise for it (a filter that
+    serialises would otherwise turn a typo into a TypeError, retried at delivery)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
 
 
 class Template:
@@ -106,7 +116,8 @@ class Templates:
             keep_trailing_newline=True,
         )
         self.env.filters["slack_escape"] = slack_escape
-        self.env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False)
+        self.env.filters["json"] = lambda v: json.dumps(_defined(v), ensure_ascii=False)
+        self.env.filters["note_text"] = lambda v: note_text(_defined(v))
 
     def compile(self, source: str, html: bool = False) -> Template | str:
         """Compile ``source``; raises jinja2.TemplateSyntaxError."""

@@ -4,8 +4,12 @@
   as scripted (status sequence, delay, headers); stops itself after ``lifetime`` seconds.
 * :class:`RawServer` - a TCP server on 127.0.0.1 that answers with raw bytes as scripted:
   a reply whose headers or body never end, or anything else HTTP libraries will not send.
+* :class:`SukiStandIn` - Suki's follow-up API on 127.0.0.1 (login, content, transcript,
+  status, structured data), for actions that ``fetch:``.
 * :func:`build_action` - an action built through the registry and the config loader,
-  validated exactly as actions.yaml would be.
+  validated exactly as actions.yaml would be; :func:`build_spec` the same with its core
+  options (``fetch``, ``retry``), and :func:`attempt_once` one attempt as the deliverer
+  makes it (links fetched first).
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
 * :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
@@ -34,7 +38,7 @@ import yaml
 
 from . import signing
 from .action import Action, Delivery
-from .config import Config, parse_config
+from .config import ActionSpec, Config, parse_config
 from .dryrun import sample
 
 SECRET = "test-secret"
@@ -283,6 +287,87 @@ class RawServer:
         self.stop()
 
 
+# ---------------------------------------------------------------- Suki's API, stood in
+
+
+NOTE = {"summary": [{"title": "Assessment", "content": "PHI-NOTE-TEXT stable angina",
+                     "loinc_code": "51848-0"},
+                    {"title": "Plan", "content": "PHI-NOTE-PLAN follow up in 2 weeks",
+                     "loinc_code": "18776-5"}],
+        "structured_data": [{"title": "Vitals", "data": {"bp": "120/80"}}]}
+TRANSCRIPT = {"final_transcript": [{"transcript": "PHI-TRANSCRIPT hello doctor",
+                                    "start_time": 0, "end_time": 1, "lang_id": "en"}]}
+
+
+class SukiStandIn:
+    """A real local HTTP server answering as Suki's follow-up API does.
+
+    Login checks the partner credentials and hands out ``tok-1``, ``tok-2``, ...; every
+    other call needs a token it issued. ``api_status`` (used in order) answers the next
+    API calls before anything else; ``content_status`` the next content GETs. Content,
+    transcript, status and structured data are served for any session id.
+    """
+
+    def __init__(self, content: dict[str, Any] | None = None, partner_id: str = "p-1",
+                 partner_token: str = "pt-SECRET", lifetime: float = 120.0):
+        self.content = NOTE if content is None else content
+        self.partner_id, self.partner_token = partner_id, partner_token
+        self.logins: list[dict[str, Any]] = []
+        self.api_status: list[int] = []
+        self.content_status: list[int] = []
+        self.sink = Sink(handler=self.handle, lifetime=lifetime)
+        self.url = self.sink.url
+
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """The ``suki:`` section that points at this stand-in."""
+        return {"base_url": self.url, "partner_id": self.partner_id,
+                "partner_token": self.partner_token, **extra}
+
+    def api_calls(self, suffix: str = "") -> list[Received]:
+        return [g for g in self.sink.received
+                if g.path != "/api/v1/auth/login" and g.path.split("?")[0].endswith(suffix)]
+
+    def handle(self, got: Received) -> Reply:
+        if got.path == "/api/v1/auth/login":
+            body = got.json()
+            if body.get("partner_id") != self.partner_id or \
+                    body.get("partner_token") != self.partner_token:
+                return Reply(401, b'{"error": "bad partner"}')
+            self.logins.append(body)
+            return Reply(200, json.dumps({"suki_token": f"tok-{len(self.logins)}"}).encode())
+        if self.api_status:
+            status = self.api_status.pop(0)
+            if status != 200:
+                return Reply(status, b"{}")
+        token = got.headers.get("sdp_suki_token", "")
+        if token not in {f"tok-{i + 1}" for i in range(len(self.logins))}:
+            return Reply(401, b"{}")
+        path = got.path.split("?")[0]
+        if not path.startswith("/api/v1/ambient/session/"):
+            return Reply(404, b"{}")
+        if path.endswith("/content"):
+            if self.content_status:
+                return Reply(self.content_status.pop(0), b"{}")
+            return Reply(200, json.dumps(self.content).encode())
+        if path.endswith("/transcript"):
+            return Reply(200, json.dumps(TRANSCRIPT).encode())
+        if path.endswith("/status"):
+            return Reply(200, b'{"status": "completed"}')
+        if path.endswith("/structured-data"):
+            return Reply(200, json.dumps({"structured_data": self.content.get(
+                "structured_data", [])}).encode())
+        return Reply(404, b"{}")
+
+    def stop(self) -> None:
+        self.sink.stop()
+
+    def __enter__(self) -> SukiStandIn:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 def drip(head: bytes, unit: bytes = b"x", every: float = 0.05
          ) -> Callable[[socket.socket, bytes, threading.Event], None]:
     """A RawServer script: send ``head``, then ``unit`` every ``every`` seconds, forever
@@ -307,12 +392,27 @@ def build_config(config: dict[str, Any], base_dir: Path) -> Config:
     return parse_config(path.read_text(encoding="utf-8"), path)
 
 
+def build_spec(type_name: str, options: dict[str, Any], base_dir: Path,
+               **top_level: Any) -> ActionSpec:
+    """One action with its core options (fetch, retry, max_concurrency), validated and built
+    exactly as from actions.yaml (ConfigError if bad)."""
+    config = build_config({"actions": {"under-test": {"type": type_name, **options}},
+                           **top_level}, base_dir)
+    return config.actions["under-test"]
+
+
 def build_action(type_name: str, options: dict[str, Any], base_dir: Path,
                  **top_level: Any) -> Action:
     """One action, validated and built exactly as from actions.yaml (ConfigError if bad)."""
-    config = build_config({"actions": {"under-test": {"type": type_name, **options}},
-                           **top_level}, base_dir)
-    return config.actions["under-test"].action
+    return build_spec(type_name, options, base_dir, **top_level).action
+
+
+def attempt_once(spec: ActionSpec, delivery: Delivery) -> str | None:
+    """One attempt as the deliverer makes it: the links under ``fetch:`` are fetched, then
+    the action delivers. Raises what the action (or the fetch) raised."""
+    from .deliver import perform
+
+    return perform(spec, delivery)
 
 
 def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-test",

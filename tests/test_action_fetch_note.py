@@ -12,72 +12,52 @@ import pytest
 
 from suki_relay.dryrun import sample
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
-from suki_relay.testing import Received, Reply, Sink, build_action, make_delivery
+from suki_relay.testing import (
+    NOTE,
+    TRANSCRIPT,
+    Sink,
+    SukiStandIn,
+    attempt_once,
+    build_spec,
+    make_delivery,
+)
 
 SESSION = "20965414-929a-4f71-a3e5-b92bec07d086"
 ENCOUNTER = "29de56bc-960a-4cd5-b18f-79a798d62874"
-CONTENT = {"summary": [{"title": "Assessment", "content": "PHI-NOTE-TEXT stable angina",
-                        "loinc_code": "51848-0"}],
-           "structured_data": [{"title": "Vitals", "data": {"bp": "120/80"}}]}
-TRANSCRIPT = {"final_transcript": [{"transcript": "PHI-TRANSCRIPT hello doctor",
-                                    "start_time": 0, "end_time": 1, "lang_id": "en"}]}
-
-
-class FakeSuki:
-    """Checks the login body and the token header; serves content and transcripts."""
-
-    def __init__(self, token_replies: list[int] | None = None,
-                 content_status: list[int] | None = None):
-        self.logins: list[dict[str, Any]] = []
-        self.token_replies = list(token_replies or [])
-        self.content_status = list(content_status or [])
-        self.sink = Sink(handler=self.handle)
-        self.url = self.sink.url
-
-    def handle(self, got: Received) -> Reply:
-        if got.path == "/api/v1/auth/login":
-            body = got.json()
-            if body.get("partner_id") != "p-1" or body.get("partner_token") != "pt-SECRET":
-                return Reply(401, b'{"error": "bad partner"}')
-            self.logins.append(body)
-            return Reply(200, json.dumps({"suki_token": f"tok-{len(self.logins)}"}).encode())
-        token = got.headers.get("sdp_suki_token", "")
-        if self.token_replies:
-            status = self.token_replies.pop(0)
-            if status != 200:
-                return Reply(status, b"{}")
-        if not token.startswith("tok-"):
-            return Reply(401, b"{}")
-        if got.path.endswith("/content") and self.content_status:
-            return Reply(self.content_status.pop(0), b"{}")
-        if got.path.startswith(f"/api/v1/ambient/session/{SESSION}/content"):
-            return Reply(200, json.dumps(CONTENT).encode())
-        if got.path == f"/api/v1/ambient/session/{SESSION}/transcript":
-            return Reply(200, json.dumps(TRANSCRIPT).encode())
-        return Reply(404, b"{}")
 
 
 @pytest.fixture
 def suki():  # type: ignore[no-untyped-def]
-    fake = FakeSuki()
-    yield fake
-    fake.sink.stop()
+    with SukiStandIn() as fake:
+        yield fake
 
 
-def saver(tmp_path: Path, base_url: str, **options: Any):  # type: ignore[no-untyped-def]
-    return build_action("fetch_note", {"directory": "notes", **options}, tmp_path,
-                        suki={"base_url": base_url, "partner_id": "p-1",
-                              "partner_token": "pt-SECRET", "provider_id": "dr-7"})
+class Saver:
+    """fetch_note built as from actions.yaml; each deliver() is one attempt as the
+    deliverer makes it (links fetched by the core first)."""
+
+    def __init__(self, tmp_path: Path, base_url: str, **options: Any):
+        self.spec = build_spec("fetch_note", {"directory": "notes", **options}, tmp_path,
+                               suki={"base_url": base_url, "partner_id": "p-1",
+                                     "partner_token": "pt-SECRET", "provider_id": "dr-7"})
+
+    def deliver(self, delivery: Any) -> str | None:
+        return attempt_once(self.spec, delivery)
 
 
-def test_fetches_and_saves_owner_only(tmp_path: Path, suki: FakeSuki) -> None:
+def saver(tmp_path: Path, base_url: str, **options: Any) -> Saver:
+    return Saver(tmp_path, base_url, **options)
+
+
+def test_fetches_and_saves_owner_only(tmp_path: Path, suki: SukiStandIn) -> None:
     action = saver(tmp_path, suki.url, links=["contents", "transcripts"], format="text")
     assert action.deliver(make_delivery("success")) == "saved 2 file(s)"
     folder = tmp_path / "notes" / ENCOUNTER / SESSION
-    assert json.loads((folder / "contents.json").read_text()) == CONTENT
+    assert json.loads((folder / "contents.json").read_text()) == NOTE
     assert json.loads((folder / "transcripts.json").read_text()) == TRANSCRIPT
     text = (folder / "contents.txt").read_text()
-    assert text.startswith("ASSESSMENT\nPHI-NOTE-TEXT stable angina")
+    assert text == ("Assessment\nPHI-NOTE-TEXT stable angina\n\n"
+                    "Plan\nPHI-NOTE-PLAN follow up in 2 weeks")
     for f in folder.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     for parent in (tmp_path / "notes", tmp_path / "notes" / ENCOUNTER, folder):
@@ -87,12 +67,12 @@ def test_fetches_and_saves_owner_only(tmp_path: Path, suki: FakeSuki) -> None:
     assert not list(folder.glob(".tmp-*"))
 
 
-def test_token_is_cached_and_refreshed_once_on_401(tmp_path: Path, suki: FakeSuki) -> None:
+def test_token_is_cached_and_refreshed_once_on_401(tmp_path: Path, suki: SukiStandIn) -> None:
     action = saver(tmp_path, suki.url)
     action.deliver(make_delivery("success"))
     action.deliver(make_delivery("success"))  # same file, overwritten: idempotent
     assert len(suki.logins) == 1
-    suki.token_replies = [401]
+    suki.api_status = [401]
     action.deliver(make_delivery("success"))
     assert len(suki.logins) == 2
     tokens = [g.headers.get("sdp_suki_token") for g in suki.sink.received
@@ -104,21 +84,21 @@ def test_token_is_cached_and_refreshed_once_on_401(tmp_path: Path, suki: FakeSuk
     ([401, 401], PermanentError),
     ([403], PermanentError),
 ])
-def test_refused_credentials_are_permanent(tmp_path: Path, suki: FakeSuki, replies: list[int],
+def test_refused_credentials_are_permanent(tmp_path: Path, suki: SukiStandIn, replies: list[int],
                                            error: type) -> None:
-    suki.token_replies = replies
+    suki.api_status = replies
     with pytest.raises(error, match="refused the credentials"):
         saver(tmp_path, suki.url).deliver(make_delivery("success"))
 
 
 @pytest.mark.parametrize("status", [404, 409])
-def test_content_not_ready_is_retried(tmp_path: Path, suki: FakeSuki, status: int) -> None:
+def test_content_not_ready_is_retried(tmp_path: Path, suki: SukiStandIn, status: int) -> None:
     suki.content_status = [status]
     with pytest.raises(RetryableError, match="not ready"):
         saver(tmp_path, suki.url).deliver(make_delivery("success"))
 
 
-def test_credentials_go_to_the_base_url_and_nowhere_else(tmp_path: Path, suki: FakeSuki) -> None:
+def test_credentials_go_to_the_base_url_and_nowhere_else(tmp_path: Path, suki: SukiStandIn) -> None:
     with Sink() as elsewhere:
         event = json.loads(sample("success"))
         action = saver(tmp_path, suki.url)
@@ -131,7 +111,7 @@ def test_credentials_go_to_the_base_url_and_nowhere_else(tmp_path: Path, suki: F
     assert all(g.path == "/api/v1/auth/login" for g in suki.sink.received)
 
 
-def test_base_path_is_a_boundary(tmp_path: Path, suki: FakeSuki) -> None:
+def test_base_path_is_a_boundary(tmp_path: Path, suki: SukiStandIn) -> None:
     action = saver(tmp_path, suki.url + "/api")
     event = json.loads(sample("success"))
     event["_links"] = {"contents": [{"href": "/../other/x"}]}
@@ -142,7 +122,7 @@ def test_base_path_is_a_boundary(tmp_path: Path, suki: FakeSuki) -> None:
 @pytest.mark.parametrize("session, name", [("../../../etc", "..%2F..%2F..%2Fetc"),
                                            ("/etc/passwd", "%2Fetc%2Fpasswd"),
                                            ("a\x00b", "a%00b"), ("..", "%2E%2E")])
-def test_payload_values_in_paths_stay_one_file_name(tmp_path: Path, suki: FakeSuki,
+def test_payload_values_in_paths_stay_one_file_name(tmp_path: Path, suki: SukiStandIn,
                                                     session: str, name: str) -> None:
     event = json.loads(sample("success"))
     event["session_id"] = session
@@ -153,14 +133,14 @@ def test_payload_values_in_paths_stay_one_file_name(tmp_path: Path, suki: FakeSu
 
 @pytest.mark.parametrize("path", ["../{{ event.session_id }}", "/abs/{{ rel }}",
                                   "a/../../{{ rel }}", "a//{{ rel }}", "./{{ rel }}"])
-def test_a_path_template_cannot_leave_the_directory(tmp_path: Path, suki: FakeSuki,
+def test_a_path_template_cannot_leave_the_directory(tmp_path: Path, suki: SukiStandIn,
                                                     path: str) -> None:
     with pytest.raises(PermanentError, match="refused"):
         saver(tmp_path, suki.url, path=path).deliver(make_delivery("success"))
-    assert suki.sink.received == []  # refused before anything was fetched
+    assert [p.name for p in tmp_path.iterdir()] == ["actions.yaml"]  # nothing written
 
 
-def test_no_event_can_overwrite_another_events_files(tmp_path: Path, suki: FakeSuki) -> None:
+def test_no_event_can_overwrite_another_events_files(tmp_path: Path, suki: SukiStandIn) -> None:
     """encounter "E1/S1" with session "." rendered E1/S1/contents.json: the file of
     encounter E1, session S1. Each now has its own."""
     action = saver(tmp_path, suki.url)
@@ -181,7 +161,7 @@ def test_no_event_can_overwrite_another_events_files(tmp_path: Path, suki: FakeS
                      "E1/S1%2F./contents.json", "E1/S1/contents.json"]
 
 
-def test_existing_folders_are_made_owner_only(tmp_path: Path, suki: FakeSuki) -> None:
+def test_existing_folders_are_made_owner_only(tmp_path: Path, suki: SukiStandIn) -> None:
     (tmp_path / "notes" / ENCOUNTER).mkdir(parents=True)
     (tmp_path / "notes").chmod(0o755)
     (tmp_path / "notes" / ENCOUNTER).chmod(0o777)
@@ -192,7 +172,7 @@ def test_existing_folders_are_made_owner_only(tmp_path: Path, suki: FakeSuki) ->
 
 
 @pytest.mark.parametrize("size, segments", [(300, 1), (250, 17)], ids=["name", "path"])
-def test_an_over_long_name_is_a_permanent_failure(tmp_path: Path, suki: FakeSuki, size: int,
+def test_an_over_long_name_is_a_permanent_failure(tmp_path: Path, suki: SukiStandIn, size: int,
                                                   segments: int) -> None:
     """Too long for the filesystem is true on every retry: fail for good, not for a day."""
     event = json.loads(sample("success"))
@@ -205,11 +185,11 @@ def test_an_over_long_name_is_a_permanent_failure(tmp_path: Path, suki: FakeSuki
 
 def test_needs_the_suki_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs the top-level `suki:` section"):
-        build_action("fetch_note", {"directory": "notes"}, tmp_path)
+        build_spec("fetch_note", {"directory": "notes"}, tmp_path)
 
 
-def test_errors_carry_no_phi_or_token(tmp_path: Path, suki: FakeSuki) -> None:
-    suki.token_replies = [403]
+def test_errors_carry_no_phi_or_token(tmp_path: Path, suki: SukiStandIn) -> None:
+    suki.api_status = [403]
     with pytest.raises(PermanentError) as info:
         saver(tmp_path, suki.url).deliver(make_delivery("success"))
     assert "tok-" not in str(info.value) and "pt-SECRET" not in str(info.value)

@@ -1,12 +1,13 @@
-"""``fetch_note``: fetch the note (and friends) a success event links to, and save it.
+"""``fetch_note``: save the note (and friends) a success event links to, as files.
 
-Credentials come from the top-level ``suki:`` section and go only to its base URL. Files
-are written atomically (temporary file, fsync, rename), owner-only (0600, folders 0700,
-tightened if they exist looser), at a path rendered from a template that may not leave
-``directory``. Every payload string the path template uses is percent-encoded into one
-safe file-name segment first (``/`` and ``%`` encoded, ``.`` and ``..`` too), so no event
-can name another event's files: the encoding is one-to-one. Running the same delivery
-again overwrites the same files.
+The documents are fetched by the core, exactly as for any action's ``fetch:`` (this type
+asks for its ``links``), through the one Suki client: credentials go only to the
+``suki:`` base URL. Files are written atomically (temporary file, fsync, rename),
+owner-only (0600, folders 0700, tightened if they exist looser), at a path rendered from a
+template that may not leave ``directory``. Every payload string the path template uses is
+percent-encoded into one safe file-name segment first (``/`` and ``%`` encoded, ``.`` and
+``..`` too), so no event can name another event's files: the encoding is one-to-one.
+Running the same delivery again overwrites the same files.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .. import outbound
 from ..action import Action, Delivery, Option
 from ..errors import PermanentError
-from ..suki_api import SukiClient
+from ..fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
 from ..templates import map_strings, render_value
 
-RELATIONS = ("contents", "encounter_content", "structured_data", "encounter_structured_data",
-             "status", "transcripts")
 DEFAULT_PATH = "{{ event.encounter_id }}/{{ event.session_id }}/{{ rel }}.json"
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 PATH_MAX = 4000  # bytes in a whole path, a little under Linux's 4096
@@ -56,21 +54,17 @@ class FetchNoteAction(Action):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.client = SukiClient(self.relay.suki) if self.relay.suki else None
         self.directory = (self.relay.base_dir / self.values["directory"]).resolve()
 
     def check(self) -> list[str]:
-        problems = []
-        if self.relay.suki is None:
-            problems.append("needs the top-level `suki:` section (base_url, partner_id, "
-                            "partner_token)")
-        elif problem := outbound.url_problem(self.relay.suki.base_url):
-            problems.append(f"suki.base_url: {problem}")
-        bad = [r for r in self.values["links"] if r not in RELATIONS]
+        bad = unknown_relations(self.values["links"])
         if bad:
-            problems.append(f"links: unknown relation(s) {', '.join(map(str, bad))}; expected "
-                            f"any of {', '.join(RELATIONS)}")
-        return problems
+            return [f"links: unknown relation(s) {', '.join(bad)}; expected any of "
+                    f"{', '.join(RELATIONS)}"]
+        return []
+
+    def fetches(self) -> tuple[str, ...]:
+        return tuple(self.values["links"])
 
     def target(self, delivery: Delivery, rel: str, suffix: str = "") -> Path:
         """The file for one relation; refuses anything that would leave `directory`, an
@@ -94,50 +88,22 @@ class FetchNoteAction(Action):
             raise PermanentError(f"path for {rel!r} refused: longer than {PATH_MAX} bytes")
         return path
 
-    def links(self, delivery: Delivery) -> list[tuple[str, str]]:
-        links = delivery.event.get("_links") if isinstance(delivery.event, dict) else None
-        if not isinstance(links, dict):
-            raise PermanentError("event has no _links: nothing to fetch")
-        found = []
-        for rel in self.values["links"]:
-            for i, link in enumerate(links.get(rel) or []):
-                href = link.get("href") if isinstance(link, dict) else None
-                if isinstance(href, str):
-                    found.append((rel if i == 0 else f"{rel}-{i}", href))
-        if not found:
-            raise PermanentError(f"event links none of: {', '.join(self.values['links'])}")
-        return found
+    def files(self, delivery: Delivery) -> dict[str, Path]:
+        return {rel: self.target(delivery, rel) for rel in self.values["links"]}
 
     def deliver(self, delivery: Delivery) -> str | None:
-        assert self.client is not None
-        planned = [(rel, href, self.target(delivery, rel)) for rel, href in self.links(delivery)]
-        for rel, href, path in planned:
-            document = self.client.get(href).content
-            write_private(path, document, self.directory)
-            if self.values["format"] == "text" and rel.startswith(("contents",
-                                                                   "encounter_content")):
-                write_private(path.with_suffix(".txt"), note_text(document), self.directory)
-        return f"saved {len(planned)} file(s)"
+        files = self.files(delivery)  # every path checked before anything is written
+        for rel, path in files.items():
+            document = delivery.fetched[rel]
+            write_private(path, json.dumps(document, ensure_ascii=False, indent=2).encode(),
+                          self.directory)
+            if self.values["format"] == "text" and rel in CONTENT_RELATIONS:
+                write_private(path.with_suffix(".txt"), note_text(document).encode(),
+                              self.directory)
+        return f"saved {len(files)} file(s)"
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
-        return {"fetch": [{"rel": rel, "href": href,
-                           "file": str(self.target(delivery, rel))}
-                          for rel, href in self.links(delivery)],
-                "suki_base_url": self.relay.suki.base_url if self.relay.suki else None}
-
-
-def note_text(document: bytes) -> bytes:
-    """The note summary as plain text: each section's title, then its content."""
-    try:
-        data = json.loads(document)
-    except ValueError:
-        raise PermanentError("Suki content is not JSON") from None
-    sections = data.get("summary") if isinstance(data, dict) else None
-    lines: list[str] = []
-    for section in sections or []:
-        if isinstance(section, dict):
-            lines += [str(section.get("title", "")).upper(), str(section.get("content", "")), ""]
-    return "\n".join(lines).encode("utf-8")
+        return {"files": {rel: str(path) for rel, path in self.files(delivery).items()}}
 
 
 def write_private(path: Path, data: bytes, root: Path) -> None:
