@@ -175,6 +175,14 @@ class Deliverer:
                 logs.event(log, "could not release deliveries; their leases will expire",
                            logging.WARNING, error_class=type(exc).__name__)
 
+    def join(self, timeout: float = 10.0) -> bool:
+        """After stop(): wait for this deliverer's threads to end (a thread still inside
+        a stalled attempt may outlive the timeout). True if every thread ended."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     # ---------------------------------------------------------------- claiming
 
     def _claim_loop(self) -> None:

@@ -19,13 +19,14 @@ from .verify import Verified
 
 
 def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
-    """Parse and route; a body that is not a JSON object with a string status is malformed."""
+    """Parse and route; a body that is not a JSON object with a string status (text the
+    store can keep) is malformed."""
     payload: Any = None
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         payload = json.loads(body)
     dedup = f"{verified.generated_at_ms}:{verified.signature}"
     status = payload.get("status") if isinstance(payload, dict) else None
-    if not isinstance(status, str):
+    if not _text(status):
         return NewEvent(dedup, body, verified.generated_at_ms, None, None, None, True, [], [])
     plan = route(config.rules, config.unmatched, payload)
     return NewEvent(
@@ -41,9 +42,23 @@ def to_event(body: bytes, verified: Verified, config: Config) -> NewEvent:
     )
 
 
+def _text(value: Any) -> bool:
+    """A string the store can keep as text: JSON may escape a lone surrogate (\\ud800),
+    which no UTF-8 column accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _id_field(payload: dict[str, Any], key: str) -> str | None:
     value = payload.get(key)
-    return str(value)[:200] if isinstance(value, str | int) else None
+    if isinstance(value, int) or _text(value):
+        return str(value)[:200]
+    return None
 
 
 def recorder(store: Store) -> GroupCommit[NewEvent, Recorded]:

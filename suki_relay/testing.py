@@ -185,7 +185,10 @@ class Sink:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: stop() returns within 50 ms (the default half second, per sink,
+        # was most of the time a test with several sinks took)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
         self._timer = threading.Timer(lifetime, self.stop)
         self._timer.daemon = True

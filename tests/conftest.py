@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from werkzeug.test import Client, TestResponse
 
+from suki_relay import signing
+from suki_relay.app import RelayApp
+from suki_relay.cli import main
+from suki_relay.config import load_config
+from suki_relay.deliver import Deliverer
 from suki_relay.store import Store, open_store
 from suki_relay.testing import SECRET, RelayProcess, Sink, pg_schema
 
@@ -90,6 +99,81 @@ def relay() -> Iterator[Callable[..., RelayProcess]]:
         proc.stop(timeout=15)
 
 
+class LocalRelay:
+    """The relay's WSGI app in this process, with its delivery threads (unless
+    ``deliver=False``), spoken to through werkzeug's test Client: no server, no fork.
+    What needs a process (gunicorn, signals, kill -9) is in tests/system/."""
+
+    def __init__(self, config_file: Path, deliver: bool = True):
+        self.config = load_config(str(config_file))
+        self.store = open_store(self.config.store_url, self.config.base_dir)
+        self.deliverer = Deliverer(self.config, self.store) if deliver else None
+        self.app = RelayApp(self.config, self.store, self.deliverer)
+        self.client = Client(self.app)
+        self.path = self.config.receiver.path
+        if self.deliverer is not None:
+            self.deliverer.start()
+
+    def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
+        return self.client.post(self.path, data=body, headers=headers, **kwargs)
+
+    def post_signed(self, body: bytes, secret: str = SECRET, now: float | None = None,
+                    headers: dict[str, str] | None = None) -> TestResponse:
+        return self.post(body, {**signing.signed_headers(secret, body, now), **(headers or {})})
+
+    def accept(self, body: bytes) -> str:
+        """Post ``body`` signed; it must be accepted. Its event id."""
+        resp = self.post_signed(body)
+        assert resp.status_code == 200 and resp.json["status"] == "accepted", resp.get_data()
+        return str(resp.json["event_id"])
+
+    def stop(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop(timeout=5)
+            self.deliverer.join(timeout=10)
+        self.store.close()
+
+
+@pytest.fixture
+def local_relay() -> Iterator[Callable[..., LocalRelay]]:
+    """Start relays in this process (see LocalRelay); stopped when the test ends."""
+    started: list[LocalRelay] = []
+
+    def start(config_file: Path, **kwargs: Any) -> LocalRelay:
+        relay = LocalRelay(config_file, **kwargs)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in reversed(started):
+        relay.stop()
+
+
+class LogRecords(logging.Handler):
+    """What the relay logged in this process, as (message, fields) pairs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), dict(getattr(record, "fields", {}))))
+
+    def text(self) -> str:
+        return "\n".join(f"{msg} {fields}" for msg, fields in self.lines)
+
+
+@pytest.fixture
+def relay_log() -> Iterator[LogRecords]:
+    logger = logging.getLogger("suki_relay")
+    handler, level = LogRecords(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def sink() -> Iterator[Callable[..., Sink]]:
     made: list[Sink] = []
@@ -111,11 +195,26 @@ def run_cli(*args: str, cwd: Path | None = None,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`suki-relay ARGS` run in this process (no interpreter to start): what it prints,
+    and its exit status (argparse's usage errors included). An exception that the CLI
+    would show as a traceback propagates, and fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["suki-relay", *args], status, out.getvalue(),
+                                       err.getvalue())
+
+
 def check_fails(folder: Path, config: str) -> str:
     """`suki-relay check` on ``config`` saved as the folder's actions.yaml: it must fail
     with exit status 1 and a report, not a traceback. Returns the report."""
     (folder / "actions.yaml").write_text(config)
-    result = run_cli("check", cwd=folder)
+    result = cli_here("check", cwd=folder)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from suki_relay.action import Action, Option
 from suki_relay.plugins import discover
-from suki_relay.testing import Reply, post_signed, unique_body, wait_until
+from suki_relay.testing import Reply, unique_body, wait_until
 
 from .conftest import check_fails, run_cli
 
@@ -64,14 +64,14 @@ actions:
     assert "actions.page.severity: expected one of" in report
 
 
-def test_a_signed_event_reaches_the_third_party_action(write_config, relay, sink,
-                                                       store_url) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_signed_event_reaches_the_third_party_action(write_config, local_relay,
+                                                       sink) -> None:  # type: ignore[no-untyped-def]
     pd = sink(default=Reply(202, b'{"status": "success"}'))
     cfg = write_config({
         "actions": {"page": {"type": "pagerduty", "routing_key": "RK", "events_url": pd.url}},
         "rules": [{"name": "failures", "when": {"status": "failure"}, "do": ["page"]}],
     })
-    r = relay(cfg)
-    post_signed(r.webhook, unique_body("failure"))
+    local_relay(cfg).accept(unique_body("failure"))
     got = wait_until(lambda: pd.received, message="the PagerDuty event")[0].json()
     assert got["routing_key"] == "RK" and got["event_action"] == "trigger"
