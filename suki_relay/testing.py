@@ -224,7 +224,8 @@ class RawServer:
     """A real local TCP server for replies no HTTP server would send. Each connection's
     request head (and a Content-Length body) is read, then ``script(sock, head, stopped)``
     writes whatever it likes (``head`` is the request line and headers, for a script that
-    answers by path); it should return once ``stopped`` is set. Everything stops after
+    answers by path); it should return once ``stopped`` is set. One request per
+    connection: a script that answers in full should say ``Connection: close``. Everything stops after
     ``lifetime`` seconds, or on stop(), so a test that waits forever fails instead."""
 
     def __init__(self, script: Callable[[socket.socket, bytes, threading.Event], None],

@@ -63,7 +63,7 @@ def test_a_document_that_never_ends_is_retried_after_the_deadline() -> None:
 
     def script(sock: socket.socket, head: bytes, stopped: threading.Event) -> None:
         if head.startswith(b"POST /tenant/api/v1/auth/login "):
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n"
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
                          b'{"suki_token": "tok-1"}')
         else:
             endless(sock, head, stopped)
