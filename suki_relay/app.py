@@ -61,6 +61,12 @@ class RelayApp:
         self.store = store
         self.recorder = recorder(store)
         self.deliverer = deliverer
+        self.console: Any = None  # the operator console's WSGI app, when enabled
+        self.console_prefix = config.console.path
+        if config.console.enabled:
+            from .console.app import Console
+
+            self.console = Console(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -75,6 +81,9 @@ class RelayApp:
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        if self.console is not None and (path == self.console_prefix or path.startswith(
+                self.console_prefix + "/")):
+            return self.console(environ, start_response)
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:

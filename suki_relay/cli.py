@@ -165,6 +165,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .console.auth import hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New console password: ")
+        if getpass.getpass("Again: ") != password:
+            raise RelayError("the two passwords differ")
+    if len(password) < 12:
+        raise RelayError("use at least 12 characters")
+    print(hash_password(password))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -237,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    sp = add("console-password", cmd_console_password,
+             "print a password hash for console.users (asks for the password)")
+    sp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     return p
 
 

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import RelayError
+from .repair import event_of
 
 if TYPE_CHECKING:
-    from .store import DeliveryRow, EventDetail, Store
+    from .store import Store
 
 # ---------------------------------------------------------------- output helpers
 
@@ -100,7 +101,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with store_of(config_of(args)) as store:
-        detail = _event(store, args.event_id)
+        detail = event_of(store, args.event_id)
     e = detail.event
     lines = [f"event {e.id}  received {_when(e.received_at)}  "
              f"status {e.status if not e.malformed else 'MALFORMED'}",
@@ -126,13 +127,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _event(store: Store, event_id: str) -> EventDetail:
-    detail = store.event(event_id)
-    if detail is None:
-        raise RelayError(f"no event {event_id}")
-    return detail
-
-
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
@@ -148,16 +142,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from . import repair
+
     with store_of(config_of(args)) as store:
-        chosen: list[DeliveryRow]
         if args.event_id:
-            chosen = [dd.delivery for dd in _event(store, args.event_id).deliveries
-                      if (not args.failed or dd.delivery.state == "failed")
-                      and (not args.action or dd.delivery.action == args.action)
-                      and dd.delivery.state != "in_flight"]
+            chosen = repair.event_deliveries(store, args.event_id, failed_only=args.failed,
+                                             action=args.action)
         elif args.failed:
-            chosen = list(store.deliveries(state="failed", action=args.action,
-                                           since=parse_since(args.since), limit=args.limit))
+            chosen = repair.failed_deliveries(store, since=parse_since(args.since),
+                                              action=args.action, limit=args.limit)
         else:
             raise RelayError("give an EVENT_ID, or --failed for every failed delivery")
         rows = [{"id": d.id, "event_id": d.event_id, "action": d.action, "state": d.state}
@@ -166,28 +159,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
             emit(args, rows, f"would replay {len(rows)} deliveries\n" + table(
                 rows, ["id", "event_id", "action", "state"]))
             return 0
-        n = store.reopen([d.id for d in chosen])
+        n = repair.replay(store, chosen)
     emit(args, rows, f"replaying {n} deliveries (running workers pick them up now)")
     return 0
 
 
 def cmd_reroute(args: argparse.Namespace) -> int:
-    from .routing import route
+    from . import repair
 
     config = config_of(args)
     with store_of(config) as store:
-        detail = _event(store, args.event_id)
-        if detail.event.malformed:
-            raise RelayError(f"event {args.event_id} is malformed; nothing to route")
-        plan = route(config.rules, config.unmatched, json.loads(detail.body))
-        have = {dd.delivery.action for dd in detail.deliveries}
-        new = [a for a in plan.actions if a not in have]
-        data = {"rules": plan.rules, "new_actions": new, "existing_actions": sorted(have)}
-        if not args.dry_run:
-            store.add_deliveries(args.event_id, plan.rules, new)
+        plan = (repair.plan_reroute if args.dry_run else repair.reroute)(config, store,
+                                                                         args.event_id)
+    data = {"rules": plan.rules, "new_actions": plan.new_actions,
+            "existing_actions": plan.existing_actions}
     verb = "would plan" if args.dry_run else "planned"
     emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
-                     f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
+                     f"{verb} {len(plan.new_actions)} new deliveries: "
+                     f"{', '.join(plan.new_actions) or '-'}")
     return 0
 
 

@@ -19,6 +19,8 @@ import yaml
 
 from . import outbound, plugins
 from .action import Action, RelayContext, validate_options
+from .console.settings import ConsoleSettings
+from .console.settings import check as check_console
 from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
 from .routing import Rule, compile_condition, required_statuses
@@ -28,7 +30,7 @@ from .templates import Templates
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
-             "suki", "metrics", "retention")
+             "suki", "metrics", "retention", "console")
 CORE_ACTION_KEYS = ("type", "max_concurrency", "retry", "fetch")
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -138,6 +140,7 @@ class Config:
     metrics: Metrics = Metrics()
     retention_days: float | None = None
     suki: SukiSettings | None = None
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     text: str = field(default="", repr=False)
 
 
@@ -243,6 +246,13 @@ class _Builder:
         delivery = self.section(raw.get("delivery"), "delivery", DeliverySettings, raw)
         metrics = self.section(raw.get("metrics"), "metrics", Metrics, raw)
         retention = self.retention(raw.get("retention"), _line(raw, "retention"))
+        console, console_problems = check_console(raw.get("console"))
+        for where, message in console_problems:
+            self.problem(where, message, _line(raw.get("console"), where.split(".")[1])
+                         if "." in where else _line(raw, "console"))
+        if console.enabled and console.path in (receiver.path, metrics.path):
+            self.problem("console.path", "already the webhook or metrics path",
+                         _line(raw, "console"))
         store_url = raw.get("store") or "sqlite:///suki-relay.db"
         if not isinstance(store_url, str) or not store_url.startswith(("sqlite:", "postgresql:",
                                                                        "postgres:")):
@@ -253,7 +263,8 @@ class _Builder:
         return Config(
             file=self.file, base_dir=self.base_dir, receiver=receiver, store_url=store_url,
             templates=templates, actions=actions, rules=rules, unmatched=unmatched,
-            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki, text=text,
+            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki, console=console,
+            text=text,
         )
 
     def section(self, raw: Any, name: str, cls: type, parent: Any) -> Any:

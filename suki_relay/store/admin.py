@@ -57,6 +57,9 @@ class Admin(Backend):
             if value is not None:
                 where.append(condition)
                 params.append(int(value) if isinstance(value, bool) else value)
+        if f.before is not None:  # the next page: after the last row shown, in the same order
+            where.append("(received_at < ? OR (received_at = ? AND id < ?))")
+            params += [f.before[0], f.before[0], f.before[1]]
         with self.tx(write=False) as tx:
             rows = tx.tuples(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                              "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
@@ -90,6 +93,11 @@ class Admin(Backend):
             counts[d.state] += 1
         return EventDetail(_event(found[0], dict(counts)), bytes(found[0][-1]),
                            [DeliveryDetail(d, attempts.get(d.id, [])) for d in deliveries])
+
+    def count_events(self, since: float) -> int:
+        with self.tx(write=False) as tx:
+            row = tx.one("SELECT count(*) AS n FROM events WHERE received_at >= ?", (since,))
+        return int(row["n"]) if row else 0
 
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,

@@ -116,6 +116,7 @@ class EventFilter:
     until: float | None = None
     matched: bool | None = None
     malformed: bool | None = None
+    before: tuple[float, str] | None = None  # (received_at, id) of the last row of a page
     limit: int = 50
 
 
@@ -177,6 +178,10 @@ class Store(ABC):
     @abstractmethod
     def event(self, event_id: str) -> EventDetail | None:
         """One event with its body, its deliveries and every attempt."""
+
+    @abstractmethod
+    def count_events(self, since: float) -> int:
+        """How many events were received since ``since``."""
 
     @abstractmethod
     def deliveries(self, state: str | None = None, action: str | None = None,
