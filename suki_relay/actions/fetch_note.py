@@ -26,7 +26,8 @@ from ..errors import PermanentError
 from ..fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
 from ..templates import map_strings, render_value
 
-DEFAULT_PATH = "{{ event.encounter_id }}/{{ event.session_id }}/{{ rel }}.json"
+DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
+                "{{ event.session_id }}/{{ rel }}.json")
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 PATH_MAX = 4000  # bytes in a whole path, a little under Linux's 4096
 

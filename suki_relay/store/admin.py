@@ -32,16 +32,17 @@ def _columns(row_type: type, prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row_type))
 
 
-EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")
+EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")  # recovered is the last
 DELIVERY_COLUMNS = _columns(DeliveryRow, "d.")
 ATTEMPT_COLUMNS = _columns(AttemptRow)
 
 
 def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None) -> EventRow:
     (id_, received_at, generated_at, status, session_id, encounter_id, malformed, matched,
-     rules) = row[:9]
+     rules, recovered) = row[:10]
     return EventRow(id_, received_at, generated_at, status, session_id, encounter_id,
-                    bool(malformed), bool(matched), json.loads(rules), deliveries or {})
+                    bool(malformed), bool(matched), json.loads(rules), bool(recovered),
+                    deliveries or {})
 
 
 class Admin(Backend):
@@ -53,7 +54,8 @@ class Admin(Backend):
                 where.append(f"{column} = ?")
                 params.append(value)
         for condition, value in (("received_at >= ?", f.since), ("received_at < ?", f.until),
-                                 ("matched = ?", f.matched), ("malformed = ?", f.malformed)):
+                                 ("matched = ?", f.matched), ("malformed = ?", f.malformed),
+                                 ("recovered = ?", f.recovered)):
             if value is not None:
                 where.append(condition)
                 params.append(int(value) if isinstance(value, bool) else value)
