@@ -256,9 +256,12 @@ def url_problem(url: str) -> str | None:
 
 
 def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
-         max_reply_bytes: int = MAX_REPLY_BYTES, **kwargs: Any) -> requests.Response:
+         delivery: Any = None, max_reply_bytes: int = MAX_REPLY_BYTES,
+         **kwargs: Any) -> requests.Response:
     """Make one request, all of it within ``timeout`` seconds, keeping at most
-    ``max_reply_bytes`` of the decompressed reply body as ``resp.content``.
+    ``max_reply_bytes`` of the decompressed reply body as ``resp.content``. With
+    ``delivery``, the answer's HTTP status is recorded on it (shown with the attempt by
+    `suki-relay show`).
 
     No status line and headers within the deadline: RetryableError. A body cut off by the
     deadline or the bound leaves ``resp.cut_off`` set ("deadline" or "size"; None when
@@ -291,6 +294,8 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
         if attempt.expired:  # cut off before the headers were done (a cut reads as their end)
             resp.raw.close()
             raise RetryableError(f"{what}: no answer within {timeout:g}s")
+        if delivery is not None:
+            delivery.http_status = resp.status_code
         _read_bounded(resp, attempt, max_reply_bytes)
         return resp
     finally:

@@ -20,14 +20,10 @@ class HttpAction(Action):
         "timeout_seconds": Option(float, default=10.0, template=False),
         "sign_secret": Option(str, secret=True, template=False,
                               help="sign what is forwarded the way Suki signs"),
-        "sign_window_seconds": Option(float, default=240.0, template=False,
+        "sign_window_seconds": Option(float, default=240.0, template=False, min=1, max=3600,
                                       help="retries within this long sign alike; keep it "
                                            "under the receiver's tolerance"),
     }
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._sessions = outbound.Sessions()
 
     def check(self) -> list[str]:
         url = self.values["url"]
@@ -38,8 +34,6 @@ class HttpAction(Action):
             return [f"url: {problem}"]
         if not 0 < self.values["timeout_seconds"] <= 300:
             return ["timeout_seconds: expected more than 0 and at most 300"]
-        if not 1 <= self.values["sign_window_seconds"] <= 3600:
-            return ["sign_window_seconds: expected at least 1 and at most 3600"]
         return []
 
     def request(self, delivery: Delivery) -> tuple[str, dict[str, str], bytes]:
@@ -63,9 +57,9 @@ class HttpAction(Action):
 
     def deliver(self, delivery: Delivery) -> str | None:
         url, headers, body = self.request(delivery)
-        resp = outbound.send(self._sessions.get(), self.values["method"], url, headers=headers,
+        resp = outbound.send(self.http, self.values["method"], url, headers=headers,
                              data=body, timeout=self.values["timeout_seconds"],
-                             what=f"{self.name} target")
+                             what=f"{self.name} target", delivery=delivery)
         outbound.raise_for_status(resp, f"{self.name} target")
         return outbound.delivered_note(resp)
 

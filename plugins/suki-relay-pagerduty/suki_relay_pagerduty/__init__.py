@@ -1,16 +1,15 @@
 """``pagerduty``: trigger a PagerDuty incident through the Events API v2.
 
 An example of a third-party suki-relay plugin: one class, options declared as data,
-``deliver`` raising RetryableError or PermanentError through suki_relay.outbound, whose
-sessions never read ~/.netrc and whose requests have one deadline and a bounded reply.
+``deliver`` raising RetryableError or PermanentError through suki_relay.outbound, and
+everything imported from the one public module, suki_relay.plugin.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from suki_relay import outbound
-from suki_relay.action import MASK, Action, Delivery, Option
+from suki_relay.plugin import MASK, Action, Delivery, Option, outbound
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
@@ -30,10 +29,6 @@ class PagerDutyAction(Action):
         "timeout_seconds": Option(float, default=10.0, template=False),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._sessions = outbound.Sessions()  # one session per delivery thread
-
     def event(self, delivery: Delivery) -> dict[str, Any]:
         return {
             "routing_key": self.values["routing_key"],
@@ -51,9 +46,9 @@ class PagerDutyAction(Action):
         }
 
     def deliver(self, delivery: Delivery) -> str | None:
-        resp = outbound.send(self._sessions.get(), "POST", self.values["events_url"],
+        resp = outbound.send(self.http, "POST", self.values["events_url"],
                              json=self.event(delivery), timeout=self.values["timeout_seconds"],
-                             what="PagerDuty")
+                             what="PagerDuty", delivery=delivery)
         outbound.raise_for_status(resp, "PagerDuty")
         return "incident triggered"
 
