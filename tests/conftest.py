@@ -18,12 +18,18 @@ import yaml
 from werkzeug.test import Client, TestResponse
 
 from suki_relay import signing
-from suki_relay.app import RelayApp
+from suki_relay.app import assemble
 from suki_relay.cli import main
 from suki_relay.config import load_config
-from suki_relay.deliver import Deliverer
 from suki_relay.store import Store, open_store
-from suki_relay.testing import SECRET, RelayProcess, Sink, pg_schema
+from suki_relay.testing import (
+    SECRET,
+    PrivateCluster,
+    PrivateDatabase,
+    RelayProcess,
+    Sink,
+    pg_schema,
+)
 
 PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
@@ -48,6 +54,32 @@ def pg_url() -> Iterator[str]:
         pytest.skip(PG_PROBLEM)
     with pg_schema(PG_URL) as url:
         yield url
+
+
+@pytest.fixture
+def private_db() -> Iterator[PrivateDatabase]:
+    """A database of this test's own on the machine's PostgreSQL, which it may take down
+    (``down()``/``up()``) without touching anyone else's; dropped afterwards."""
+    if PG_PROBLEM:
+        if os.environ.get("CI"):
+            pytest.fail(PG_PROBLEM)
+        pytest.skip(PG_PROBLEM)
+    with PrivateDatabase(PG_URL) as db:
+        yield db
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, started, which it may stop and start."""
+    try:
+        cluster = PrivateCluster()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -96,13 +128,10 @@ class LocalRelay:
 
     def __init__(self, config_file: Path, deliver: bool = True):
         self.config = load_config(str(config_file))
-        self.store = open_store(self.config.store_url, self.config.base_dir)
-        self.deliverer = Deliverer(self.config, self.store) if deliver else None
-        self.app = RelayApp(self.config, self.store, self.deliverer)
+        self.app = assemble(self.config, deliver)  # as each gunicorn worker does
+        self.store, self.deliverer = self.app.store, self.app.deliverer
         self.client = Client(self.app)
         self.path = self.config.receiver.path
-        if self.deliverer is not None:
-            self.deliverer.start()
 
     def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
         return self.client.post(self.path, data=body, headers=headers, **kwargs)
@@ -121,8 +150,15 @@ class LocalRelay:
         if self.deliverer is not None:
             self.deliverer.stop(timeout=5)
             self.deliverer.join(timeout=10)
+        if self.app.watcher is not None:
+            self.app.watcher.stop()
+        if self.app.drainer is not None:
+            self.app.drainer.stop()
+            self.app.drainer.join(timeout=10)
         self.app.rejections.stop()
         self.store.close()
+        if self.app.spool is not None:
+            self.app.spool.close()
 
 
 @pytest.fixture
