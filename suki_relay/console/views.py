@@ -60,6 +60,18 @@ def readiness(relay: RelayApp) -> str:
     return f"{body['status']}" + (f" ({details})" if details else "")
 
 
+def spool_state(spool: Any) -> str:
+    """How many notifications wait in the local spool for the store to come back."""
+    try:
+        summary = spool.summary()
+    except Exception:
+        return "unavailable"
+    if not summary["spooled"]:
+        return "empty"
+    return (f"{summary['spooled']} waiting for the store, the oldest for "
+            f"{int(summary['oldest_age_seconds'])} s")
+
+
 class Views:
     def __init__(self, console: Console, relay: RelayApp):
         self.console = console
@@ -90,6 +102,7 @@ class Views:
         facts = [
             ("Readiness", readiness(self.relay)),
             ("Store", self.config.store_url.split(":", 1)[0]),
+            *([("Spool", spool_state(self.relay.spool))] if self.relay.spool is not None else []),
             ("Events stored", stats.events if stats else "-"),
             ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
         ]
