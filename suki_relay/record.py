@@ -90,14 +90,16 @@ def recorder(store: Store) -> GroupCommit[NewEvent, Recorded]:
 
 def commit(commits: GroupCommit[NewEvent, Recorded], event: NewEvent) -> tuple[NewEvent, Recorded]:
     """Commit ``event``; returns what was committed: the event itself, or, if it could not
-    be committed as it was, the same request kept as malformed. Raises StoreUnavailable
-    (and nothing else, short of a bug that even a malformed event meets)."""
-    try:
-        return event, commits.submit(event)
-    except StoreUnavailable:
-        raise
-    except Exception:
-        if event.malformed:
+    be committed as it was (tried twice, in case the failure was passing), the same request
+    kept as malformed. Raises StoreUnavailable (and nothing else, short of a bug that even a
+    malformed event meets)."""
+    for _ in range(2):
+        try:
+            return event, commits.submit(event)
+        except StoreUnavailable:
             raise
+        except Exception:
+            if event.malformed:
+                raise
     kept = malformed(event)
     return kept, commits.submit(kept)
