@@ -2,6 +2,8 @@
 
 * :class:`Sink` - an HTTP server on 127.0.0.1 that records what it receives and answers
   as scripted (status sequence, delay, headers); stops itself after ``lifetime`` seconds.
+* :class:`RawServer` - a TCP server on 127.0.0.1 that answers with raw bytes as scripted:
+  a reply whose headers or body never end, or anything else HTTP libraries will not send.
 * :class:`SukiStandIn` - Suki's follow-up API on 127.0.0.1 (login, content, transcript,
   status, structured data), for actions that ``fetch:``.
 * :func:`build_action` - an action built through the registry and the config loader,
@@ -11,7 +13,7 @@
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
 * :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
-* :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
+* :func:`post_signed`, :func:`wait_until`, :func:`in_thread`, :func:`free_port`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,39 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def in_thread(fn: Callable[[], Any], wait: float = 20.0) -> Any:
+    """Run ``fn`` in a thread; fail if it is still running after ``wait`` seconds (a hung
+    call is the bug these tests look for, and the test must end either way)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(wait)
+    assert not thread.is_alive(), f"still running after {wait}s: the deadline did not hold"
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def plant_netrc(monkeypatch: Any, home: Path) -> None:
+    """A ~/.netrc with credentials for 127.0.0.1 and no proxy settings (through pytest's
+    ``monkeypatch``): a test then shows that no request hands them to a target."""
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def post_signed(url: str, body: bytes, secret: str = SECRET, *, timeout: float = 10.0,
@@ -186,6 +221,77 @@ class Sink:
         self.stop()
 
 
+class RawServer:
+    """A real local TCP server for replies no HTTP server would send. Each connection's
+    request head (and a Content-Length body) is read, then ``script(sock, head, stopped)``
+    writes whatever it likes (``head`` is the request line and headers, for a script that
+    answers by path); it should return once ``stopped`` is set. One request per
+    connection: a script that answers in full should say ``Connection: close``. Everything stops after
+    ``lifetime`` seconds, or on stop(), so a test that waits forever fails instead."""
+
+    def __init__(self, script: Callable[[socket.socket, bytes, threading.Event], None],
+                 lifetime: float = 60.0):
+        self.script = script
+        self.stopped = threading.Event()
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._deadline = time.monotonic() + lifetime
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            if time.monotonic() > self._deadline:
+                self.stopped.set()
+                break
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        self._listener.close()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                while len(body) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    body += data
+                self.requests += 1
+                self.script(conn, head, self.stopped)
+            except OSError:
+                return  # the client hung up: what these scripts are for
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 # ---------------------------------------------------------------- Suki's API, stood in
 
 
@@ -279,6 +385,19 @@ class SukiStandIn:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def drip(head: bytes, unit: bytes = b"x", every: float = 0.05
+         ) -> Callable[[socket.socket, bytes, threading.Event], None]:
+    """A RawServer script: send ``head``, then ``unit`` every ``every`` seconds, forever
+    (until the server stops or the client hangs up)."""
+
+    def script(sock: socket.socket, request: bytes, stopped: threading.Event) -> None:
+        sock.sendall(head)
+        while not stopped.wait(every):
+            sock.sendall(unit)
+
+    return script
 
 
 # ---------------------------------------------------------------- actions in isolation
