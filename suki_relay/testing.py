@@ -9,23 +9,20 @@
   options (``fetch``, ``retry``), and :func:`attempt_once` one attempt as the deliverer
   makes it (links fetched first).
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
-* :class:`RelayProcess` - a real gunicorn running the relay on a free local port.
-* :func:`pg_schema` - a fresh schema on a PostgreSQL, as a store URL; dropped afterwards.
+* :class:`LocalRelay` - the relay in this process (werkzeug's test Client, delivery
+  threads); :class:`RelayProcess` - a real gunicorn running it on a free local port;
+  :func:`pg_schema` - a fresh PostgreSQL schema as a store URL (all in testing_relay.py).
 * :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -307,113 +304,11 @@ def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-
                     event=json.loads(body), raw_body=body, received_at="2026-01-01T00:00:00.000Z")
 
 
-# ---------------------------------------------------------------- a real relay
+def __getattr__(name: str) -> Any:
+    """The relay runners (RelayProcess, LocalRelay, pg_schema) live in testing_relay.py and
+    are importable from here too; loaded on first use (they import the whole relay)."""
+    if name in ("LocalRelay", "RelayProcess", "pg_schema"):
+        from . import testing_relay
 
-
-class RelayProcess:
-    """`suki-relay serve` (or plain gunicorn) on a free port, stopped by its PID only."""
-
-    def __init__(self, config_file: Path, *, plain_gunicorn: bool = False, workers: int = 2,
-                 threads: int = 4, env: dict[str, str] | None = None,
-                 log_file: Path | None = None):
-        self.config_file = config_file
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file or config_file.parent / f"relay-{self.port}.log"
-        self.plain = plain_gunicorn
-        self.workers, self.threads = workers, threads
-        self.env = {**os.environ, "SUKI_RELAY_CONFIG": str(config_file),
-                    "PROMETHEUS_MULTIPROC_DIR": str(config_file.parent / f"prom-{self.port}"),
-                    **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def webhook(self) -> str:
-        return self.url + "/webhooks/notification"
-
-    def start(self, wait: bool = True) -> RelayProcess:
-        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
-        if self.plain:
-            cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                   "--workers", str(self.workers), "--no-control-socket",
-                   "suki_relay.wsgi:app"]
-        else:
-            cmd = [sys.executable, "-m", "suki_relay.cli", "-c", str(self.config_file), "serve",
-                   "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                   "--threads", str(self.threads)]
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env,
-                                     cwd=self.config_file.parent, start_new_session=True)
-        log.close()
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(up, timeout, 0.1, "the relay to be ready")
-
-    def worker_pids(self) -> list[int]:
-        assert self.proc is not None
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def kill9(self) -> None:
-        """kill -9 the master and every worker it started, by PID."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        workers = self.worker_pids()
-        for pid in [self.proc.pid, *workers]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        return self.proc.returncode
-
-    def logs(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def __enter__(self) -> RelayProcess:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-@contextlib.contextmanager
-def pg_schema(url: str, prefix: str = "t") -> Iterator[str]:
-    """A fresh, empty schema on the PostgreSQL at ``url``, as a store URL that uses it;
-    the schema and everything in it is dropped afterwards."""
-    import secrets
-
-    import psycopg
-
-    schema = f"{prefix}_{secrets.token_hex(6)}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        return getattr(testing_relay, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

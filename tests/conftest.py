@@ -15,15 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from werkzeug.test import Client, TestResponse
 
-from suki_relay import signing
-from suki_relay.app import RelayApp
 from suki_relay.cli import main
-from suki_relay.config import load_config
-from suki_relay.deliver import Deliverer
 from suki_relay.store import Store, open_store
-from suki_relay.testing import SECRET, RelayProcess, Sink, pg_schema
+from suki_relay.testing import SECRET, Sink
+from suki_relay.testing_relay import LocalRelay, RelayProcess, pg_schema
 
 PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
@@ -99,44 +95,10 @@ def relay() -> Iterator[Callable[..., RelayProcess]]:
         proc.stop(timeout=15)
 
 
-class LocalRelay:
-    """The relay's WSGI app in this process, with its delivery threads (unless
-    ``deliver=False``), spoken to through werkzeug's test Client: no server, no fork.
-    What needs a process (gunicorn, signals, kill -9) is in tests/system/."""
-
-    def __init__(self, config_file: Path, deliver: bool = True):
-        self.config = load_config(str(config_file))
-        self.store = open_store(self.config.store_url, self.config.base_dir)
-        self.deliverer = Deliverer(self.config, self.store) if deliver else None
-        self.app = RelayApp(self.config, self.store, self.deliverer)
-        self.client = Client(self.app)
-        self.path = self.config.receiver.path
-        if self.deliverer is not None:
-            self.deliverer.start()
-
-    def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
-        return self.client.post(self.path, data=body, headers=headers, **kwargs)
-
-    def post_signed(self, body: bytes, secret: str = SECRET, now: float | None = None,
-                    headers: dict[str, str] | None = None) -> TestResponse:
-        return self.post(body, {**signing.signed_headers(secret, body, now), **(headers or {})})
-
-    def accept(self, body: bytes) -> str:
-        """Post ``body`` signed; it must be accepted. Its event id."""
-        resp = self.post_signed(body)
-        assert resp.status_code == 200 and resp.json["status"] == "accepted", resp.get_data()
-        return str(resp.json["event_id"])
-
-    def stop(self) -> None:
-        if self.deliverer is not None:
-            self.deliverer.stop(timeout=5)
-            self.deliverer.join(timeout=10)
-        self.store.close()
-
-
 @pytest.fixture
 def local_relay() -> Iterator[Callable[..., LocalRelay]]:
-    """Start relays in this process (see LocalRelay); stopped when the test ends."""
+    """Start relays in this process (LocalRelay: no server, no fork; what needs a process
+    is in tests/system/); stopped when the test ends."""
     started: list[LocalRelay] = []
 
     def start(config_file: Path, **kwargs: Any) -> LocalRelay:
