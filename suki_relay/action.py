@@ -59,18 +59,25 @@ class Delivery:
     # the documents fetched for this attempt (the action's ``fetch:``), by link relation:
     # protected health information, never stored or logged, fetched again each attempt
     fetched: dict[str, Any] = field(default_factory=dict)
+    recovered: bool = False  # the event was recovered from Suki's status API
+    failed: dict[str, Any] | None = None  # on_failure: action, error, attempts, delivery_id
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        """What templates see: event, event_id, received_at, delivery_id, attempt, fetched."""
-        return {
+        """What templates see: event, event_id, received_at, delivery_id, attempt, fetched,
+        recovered; and `failed` in an on_failure delivery."""
+        context = {
             "event": self.event,
             "event_id": self.event_id,
             "received_at": self.received_at,
             "delivery_id": self.id,
             "attempt": self.attempt,
             "fetched": self.fetched,
+            "recovered": self.recovered,
             **extra,
         }
+        if self.failed is not None:
+            context.setdefault("failed", self.failed)
+        return context
 
 
 @dataclass

@@ -20,6 +20,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from . import logs, metrics, verify
 from .config import Config
 from .record import recorder, to_event
+from .rejections import RejectionLog, expired_hint, skew_ms
 from .store import Store, StoreUnavailable
 from .verify import Rejected
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .deliver import Deliverer
+    from .recovery import GapWatcher
 
 log = logging.getLogger("suki_relay.receiver")
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
@@ -56,11 +58,20 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 
 class RelayApp:
-    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None):
+    def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
+                 watcher: GapWatcher | None = None):
         self.config = config
         self.store = store
         self.recorder = recorder(store)
         self.deliverer = deliverer
+        self.watcher = watcher
+        self.rejections = RejectionLog(store)
+        self.console: Any = None  # the operator console's WSGI app, when enabled
+        self.console_prefix = config.console.path
+        if config.console.enabled:
+            from .console.app import Console
+
+            self.console = Console(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -75,6 +86,9 @@ class RelayApp:
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        if self.console is not None and (path == self.console_prefix or path.startswith(
+                self.console_prefix + "/")):
+            return self.console(environ, start_response)
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
@@ -95,9 +109,11 @@ class RelayApp:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
                 "store_unavailable"
+            self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if answer.status >= 500 else logging.INFO
+        level = logging.WARNING if answer.status >= 500 or outcome == "expired" \
+            else logging.INFO
         logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
                    duration_ms=round(elapsed * 1000, 2), **fields)
         return answer
@@ -118,6 +134,7 @@ class RelayApp:
                                      list(receiver.secrets), receiver.tolerance_seconds,
                                      time.time())
         except Rejected as r:
+            self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
 
         event = to_event(body, verified, self.config)
@@ -140,11 +157,22 @@ class RelayApp:
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
 
+    def rejected(self, r: Rejected, environ: WSGIEnvironment, fields: dict[str, Any]) -> None:
+        """Keep a trace of the refusal (no body); an expiry logs its skew and a hint."""
+        skew = skew_ms(environ.get("HTTP_GENERATED_AT"), time.time())
+        if skew is not None:
+            fields["skew_ms"] = skew
+            if r.reason == "expired":
+                fields["hint"] = expired_hint(skew)
+        self.rejections.add(r.reason, r.status, skew, environ.get("REMOTE_ADDR"))
+
+
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None) -> RelayApp:
     """Load config, open the store, start this process's delivery threads."""
     from .config import load_config
     from .deliver import Deliverer
+    from .recovery import GapWatcher, Recoverer
     from .store import open_store
 
     logs.setup()
@@ -154,4 +182,8 @@ def create_app(config_path: str | None = None, deliver: bool = True,
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
-    return RelayApp(config, store, deliverer)
+    watcher = None
+    if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
+        watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+        watcher.start()
+    return RelayApp(config, store, deliverer, watcher)

@@ -15,6 +15,7 @@ from .cli_store import (
     cmd_deliveries,
     cmd_events,
     cmd_prune,
+    cmd_recover,
     cmd_replay,
     cmd_reroute,
     cmd_show,
@@ -158,10 +159,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         deliverer.start()
+        watcher = None
+        if config.recovery_enabled:
+            from .recovery import GapWatcher, Recoverer
+
+            watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+            watcher.start()
         print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
               file=sys.stderr)
         done.wait()
+        if watcher is not None:
+            watcher.stop()
         deliverer.stop()
+    return 0
+
+
+def cmd_console_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .console.auth import hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New console password: ")
+        if getpass.getpass("Again: ") != password:
+            raise RelayError("the two passwords differ")
+    if len(password) < 12:
+        raise RelayError("use at least 12 characters")
+    print(hash_password(password))
     return 0
 
 
@@ -213,7 +239,19 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until")
     sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument("--recovered", action=argparse.BooleanOptionalAction, default=None,
+                    help="only events recovered from Suki's status API (or none of them)")
+    sp.add_argument("--rejected", action="store_true",
+                    help="recent refused requests instead (time, reason, skew, address)")
     sp.add_argument("--limit", type=int, default=50)
+    sp = add("recover", cmd_recover, "ask Suki's API about sessions with no event, and "
+             "record those that ended", json_flag=True)
+    sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    sp.add_argument("--encounter", help="the encounter these sessions belong to (default: "
+                                        "from another event's sessions list)")
+    sp.add_argument("--from-file", metavar="FILE", help="session ids, one per line (- for "
+                                                        "stdin)")
+    sp.add_argument("--dry-run", action="store_true", help="ask Suki, record nothing")
     sp = add("show", cmd_show, "one event, its deliveries and every attempt", json_flag=True)
     sp.add_argument("event_id")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")
@@ -237,6 +275,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    sp = add("console-password", cmd_console_password,
+             "print a password hash for console.users (asks for the password)")
+    sp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     return p
 
 

@@ -8,17 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RelayError
+from .repair import event_of
 
 if TYPE_CHECKING:
-    from .store import DeliveryRow, EventDetail, Store
+    from .store import Store
 
 # ---------------------------------------------------------------- output helpers
 
@@ -80,9 +83,12 @@ def store_of(config: Any) -> Iterator[Store]:
 def cmd_events(args: argparse.Namespace) -> int:
     from .store import EventFilter
 
+    if args.rejected:
+        return _rejected(args)
     f = EventFilter(status=args.status, session_id=args.session, encounter_id=args.encounter,
                     since=parse_since(args.since), until=parse_since(args.until),
-                    matched=args.matched, malformed=args.malformed, limit=args.limit)
+                    matched=args.matched, malformed=args.malformed, recovered=args.recovered,
+                    limit=args.limit)
     with store_of(config_of(args)) as store:
         events = store.events(f)
     rows = []
@@ -92,18 +98,71 @@ def cmd_events(args: argparse.Namespace) -> int:
         r["deliveries"] = " ".join(f"{k}={v}" for k, v in sorted(e.deliveries.items())) or \
             ("unmatched" if not e.matched else "-")
         r["status"] = "MALFORMED" if e.malformed else e.status
+        r["via"] = "recovered" if e.recovered else "webhook"
         rows.append(r)
-    emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
-                                  "deliveries"]))
+    emit(args, rows, table(rows, ["id", "received", "status", "via", "session_id",
+                                  "encounter_id", "deliveries"]))
     return 0
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    """`events --rejected`: recent refused requests (no body was ever kept)."""
+    with store_of(config_of(args)) as store:
+        found = store.rejections(since=parse_since(args.since), limit=args.limit)
+    rows = [{**asdict(r), "last": _when(r.last_at), "first": _when(r.first_at),
+             "remote": r.remote_addr, "status": r.http_status} for r in found]
+    emit(args, rows, table(rows, ["last", "reason", "status", "skew_ms", "remote", "count",
+                                  "first"]))
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Ask Suki about sessions the relay has no event for; exit 1 only if Suki could not
+    be asked about one of them."""
+    from .recovery import Recoverer
+
+    config = config_of(args)
+    if config.suki is None:
+        raise RelayError("recover needs the suki: section (base_url, partner_id, "
+                         "partner_token) in the config")
+    sessions = list(args.session_ids)
+    if args.from_file:
+        sessions += _session_list(args.from_file)
+    if not sessions:
+        raise RelayError("give SESSION_ID... or --from-file FILE")
+    results = []
+    with store_of(config) as store:
+        recoverer = Recoverer(config, store)
+        for sid in dict.fromkeys(sessions):
+            result = recoverer.recover(sid, encounter_id=args.encounter, dry_run=args.dry_run)
+            results.append(result)
+            if not args.json:
+                print(result.line(), flush=True)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    return 0 if all(r.asked_suki for r in results) else 1
+
+
+def _session_list(path: str) -> list[str]:
+    """Session ids from a file (or - for stdin): whitespace or commas between them, # for
+    comments."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RelayError(f"{path}: {exc.strerror}") from None
+    ids: list[str] = []
+    for line in text.splitlines():
+        ids += line.split("#", 1)[0].replace(",", " ").split()
+    return ids
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with store_of(config_of(args)) as store:
-        detail = _event(store, args.event_id)
+        detail = event_of(store, args.event_id)
     e = detail.event
     lines = [f"event {e.id}  received {_when(e.received_at)}  "
-             f"status {e.status if not e.malformed else 'MALFORMED'}",
+             f"status {e.status if not e.malformed else 'MALFORMED'}"
+             + ("  (recovered from Suki's status API)" if e.recovered else ""),
              f"session {e.session_id}  encounter {e.encounter_id}",
              f"rules matched: {', '.join(e.rules) or '(none)'}"]
     data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
@@ -126,13 +185,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _event(store: Store, event_id: str) -> EventDetail:
-    detail = store.event(event_id)
-    if detail is None:
-        raise RelayError(f"no event {event_id}")
-    return detail
-
-
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
@@ -148,16 +200,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from . import repair
+
     with store_of(config_of(args)) as store:
-        chosen: list[DeliveryRow]
         if args.event_id:
-            chosen = [dd.delivery for dd in _event(store, args.event_id).deliveries
-                      if (not args.failed or dd.delivery.state == "failed")
-                      and (not args.action or dd.delivery.action == args.action)
-                      and dd.delivery.state != "in_flight"]
+            chosen = repair.event_deliveries(store, args.event_id, failed_only=args.failed,
+                                             action=args.action)
         elif args.failed:
-            chosen = list(store.deliveries(state="failed", action=args.action,
-                                           since=parse_since(args.since), limit=args.limit))
+            chosen = repair.failed_deliveries(store, since=parse_since(args.since),
+                                              action=args.action, limit=args.limit)
         else:
             raise RelayError("give an EVENT_ID, or --failed for every failed delivery")
         rows = [{"id": d.id, "event_id": d.event_id, "action": d.action, "state": d.state}
@@ -166,28 +217,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
             emit(args, rows, f"would replay {len(rows)} deliveries\n" + table(
                 rows, ["id", "event_id", "action", "state"]))
             return 0
-        n = store.reopen([d.id for d in chosen])
+        n = repair.replay(store, chosen)
     emit(args, rows, f"replaying {n} deliveries (running workers pick them up now)")
     return 0
 
 
 def cmd_reroute(args: argparse.Namespace) -> int:
-    from .routing import route
+    from . import repair
 
     config = config_of(args)
     with store_of(config) as store:
-        detail = _event(store, args.event_id)
-        if detail.event.malformed:
-            raise RelayError(f"event {args.event_id} is malformed; nothing to route")
-        plan = route(config.rules, config.unmatched, json.loads(detail.body))
-        have = {dd.delivery.action for dd in detail.deliveries}
-        new = [a for a in plan.actions if a not in have]
-        data = {"rules": plan.rules, "new_actions": new, "existing_actions": sorted(have)}
-        if not args.dry_run:
-            store.add_deliveries(args.event_id, plan.rules, new)
+        plan = (repair.plan_reroute if args.dry_run else repair.reroute)(config, store,
+                                                                         args.event_id)
+    data = {"rules": plan.rules, "new_actions": plan.new_actions,
+            "existing_actions": plan.existing_actions}
     verb = "would plan" if args.dry_run else "planned"
     emit(args, data, f"rules matched: {', '.join(plan.rules) or '(none)'}\n"
-                     f"{verb} {len(new)} new deliveries: {', '.join(new) or '-'}")
+                     f"{verb} {len(plan.new_actions)} new deliveries: "
+                     f"{', '.join(plan.new_actions) or '-'}")
     return 0
 
 

@@ -19,6 +19,8 @@ import yaml
 
 from . import plugins
 from .action import Action, RelayContext, validate_options
+from .console.settings import ConsoleSettings
+from .console.settings import check as check_console
 from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
 from .routing import Rule, compile_condition, required_statuses
@@ -28,7 +30,7 @@ from .templates import Templates
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
-             "suki", "metrics", "retention")
+             "suki", "metrics", "retention", "recovery", "on_failure", "console")
 CORE_ACTION_KEYS = ("type", "max_concurrency", "retry", "fetch")
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -109,6 +111,16 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class RecoverySettings:
+    """Gap detection (recovery.py). On by default when the suki: section is configured."""
+
+    enabled: bool = True
+    grace_seconds: float = 300.0  # a listed session with no event this long after: check it
+    check_every_seconds: float = 600.0  # while Suki says it is unfinished, ask again this often
+    give_up_after_hours: float = 24.0  # then stop asking, log an error, count a give-up
+
+
+@dataclass(frozen=True)
 class ActionSpec:
     name: str
     type: str
@@ -138,7 +150,14 @@ class Config:
     metrics: Metrics = Metrics()
     retention_days: float | None = None
     suki: SukiSettings | None = None
+    recovery: RecoverySettings = RecoverySettings()
+    on_failure: list[str] = field(default_factory=list)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     text: str = field(default="", repr=False)
+
+    @property
+    def recovery_enabled(self) -> bool:
+        return self.suki is not None and self.recovery.enabled
 
 
 # ---------------------------------------------------------------- loading
@@ -243,6 +262,21 @@ class _Builder:
         delivery = self.section(raw.get("delivery"), "delivery", DeliverySettings, raw)
         metrics = self.section(raw.get("metrics"), "metrics", Metrics, raw)
         retention = self.retention(raw.get("retention"), _line(raw, "retention"))
+        recovery = self.section(raw.get("recovery"), "recovery", RecoverySettings, raw)
+        if raw.get("recovery") is not None and recovery.enabled and suki is None and \
+                not any(p.where.startswith("suki") for p in self.problems):
+            self.problem("recovery", "needs the top-level `suki:` section (Suki's status API "
+                         "is how missing sessions are checked); or set enabled: false",
+                         _line(raw, "recovery"))
+        on_failure = self.action_list(raw.get("on_failure") or [], "on_failure", actions,
+                                      _line(raw, "on_failure"))
+        console, console_problems = check_console(raw.get("console"))
+        for where, message in console_problems:
+            self.problem(where, message, _line(raw.get("console"), where.split(".")[1])
+                         if "." in where else _line(raw, "console"))
+        if console.enabled and console.path in (receiver.path, metrics.path):
+            self.problem("console.path", "already the webhook or metrics path",
+                         _line(raw, "console"))
         store_url = raw.get("store") or "sqlite:///suki-relay.db"
         if not isinstance(store_url, str) or not store_url.startswith(("sqlite:", "postgresql:",
                                                                        "postgres:")):
@@ -253,7 +287,8 @@ class _Builder:
         return Config(
             file=self.file, base_dir=self.base_dir, receiver=receiver, store_url=store_url,
             templates=templates, actions=actions, rules=rules, unmatched=unmatched,
-            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki, text=text,
+            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki,
+            recovery=recovery, on_failure=on_failure, console=console, text=text,
         )
 
     def section(self, raw: Any, name: str, cls: type, parent: Any) -> Any:

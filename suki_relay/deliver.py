@@ -11,6 +11,7 @@ the rest are given back.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import os
@@ -58,7 +59,8 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
         delivery = Delivery(
             id=claimed.id, event_id=claimed.event_id, action=claimed.action,
             attempt=claimed.attempt, event=json.loads(claimed.body), raw_body=claimed.body,
-            received_at=iso(claimed.received_at),
+            received_at=iso(claimed.received_at), recovered=claimed.recovered,
+            failed=json.loads(claimed.cause) if claimed.cause else None,
         )
         note = perform(spec, delivery)
     except RetryableError as exc:
@@ -279,6 +281,13 @@ class Deliverer:
                    action=claimed.action, attempt=claimed.attempt, outcome=result.outcome,
                    http_status=result.http_status, duration_ms=round(result.duration * 1000, 1),
                    error_class=_error_class(result))
+        if result.state == FAILED and self.config.on_failure and claimed.cause is None:
+            # failed for good: plan the on_failure actions in the transaction recording it
+            # (an on_failure delivery that fails does not plan them again)
+            result = dataclasses.replace(result, on_failure=tuple(self.config.on_failure))
+            logs.event(log, "delivery failed for good; on_failure planned", logging.ERROR,
+                       event_id=claimed.event_id, delivery_id=claimed.id,
+                       action=claimed.action, on_failure=len(self.config.on_failure))
         return self._finish(claimed, result)
 
     def _finish(self, claimed: Claimed, result: Outcome) -> Claimed | None:

@@ -30,18 +30,27 @@ class Preview:
     fetch: dict[str, str] | None = None  # relation -> URL that would be fetched (not fetched)
 
 
-def fake_delivery(action: str, body: bytes, payload: Any) -> Delivery:
+# what an on_failure action sees as `failed` in dry runs and `check`
+SAMPLE_FAILED = {"action": "forward-to-ehr", "error": "gave up after 20 tries: HTTP 503",
+                 "attempts": 20, "delivery_id": "dlv_dry_run_failed"}
+
+
+def fake_delivery(action: str, body: bytes, payload: Any,
+                  failed: dict[str, Any] | None = None) -> Delivery:
     return Delivery(id="dlv_dry_run", event_id="evt_dry_run", action=action, attempt=1,
-                    event=payload, raw_body=body, received_at="1970-01-01T00:00:00.000Z")
+                    event=payload, raw_body=body, received_at="1970-01-01T00:00:00.000Z",
+                    failed=failed)
 
 
 def preview_action(config: Config, name: str, body: bytes, payload: Any) -> Preview:
     """What the action would do with this event. Links under ``fetch:`` are shown, not
-    fetched: templates see stand-in documents shaped like Suki's (fetch.placeholders)."""
+    fetched: templates see stand-in documents shaped like Suki's (fetch.placeholders).
+    On_failure actions are rendered with a sample `failed` as well."""
     spec = config.actions[name]
     would_fetch: dict[str, str] | None = None
+    failed = SAMPLE_FAILED if name in config.on_failure else None
     try:
-        delivery = fake_delivery(name, body, payload)
+        delivery = fake_delivery(name, body, payload, failed)
         if spec.fetch:
             hrefs = fetch.links(payload, spec.fetch)
             base = config.suki.base_url if config.suki else ""
@@ -70,6 +79,8 @@ def check_templates(config: Config) -> list[Problem]:
     for action, names in routed.items():
         if action not in config.actions:
             continue
+        if action in config.on_failure:  # any event may have a failed delivery
+            names = list(SAMPLES)
         tried = names or list(SAMPLES)
         failures = []
         for name in tried:

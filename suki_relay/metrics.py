@@ -38,6 +38,10 @@ ACK_SECONDS = Histogram("suki_relay_ack_seconds", "Time from request to acknowle
                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 DELIVERY_SECONDS = Histogram("suki_relay_delivery_seconds", "Duration of one delivery attempt",
                              ["action"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+RECOVERED = Counter("suki_relay_recovered_sessions_total",
+                    "Sessions recorded from Suki's status API, by what it said", ["status"])
+GIVE_UPS = Counter("suki_relay_recovery_give_ups_total",
+                   "Missing sessions still not recoverable after give_up_after_hours")
 LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
                         "From acceptance to successful delivery", ["action"],
                         buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
@@ -79,6 +83,16 @@ class StoreCollector:
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
                                 value=stats.oldest_pending_age_seconds)
+        try:
+            sessions = self.store.recovery_counts()
+        except Exception:
+            return
+        yield GaugeMetricFamily("suki_relay_sessions_missing",
+                                "Sessions listed by a success event, with no event of their "
+                                "own yet, still being checked", value=sessions.get("waiting", 0))
+        yield GaugeMetricFamily("suki_relay_sessions_given_up",
+                                "Missing sessions that recovery gave up on (kept a week)",
+                                value=sessions.get("given_up", 0))
 
 
 def render(store: Store) -> tuple[bytes, str]:

@@ -9,7 +9,6 @@ where the caller sends it. Neither ever appears in an error message.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from .errors import PermanentError, RetryableError
 
 DEFAULT_LIFETIME = 3600.0  # when the token endpoint does not say (expires_in is optional)
 MAX_MARGIN = 60.0  # refresh this long before expiry (half the lifetime for short ones)
-_ERROR_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 5.2 error codes; anything else is not shown
+# RFC 6749 5.2: only these are repeated from the token endpoint's answer (never free text)
+ERROR_CODES = frozenset(("invalid_request", "invalid_client", "invalid_grant",
+                         "unauthorized_client", "unsupported_grant_type", "invalid_scope"))
 CLIENT_KEYS = ("token_url", "client_id", "client_secret", "scope", "client_auth")
 
 
@@ -130,7 +131,7 @@ def _error_code(resp: Any) -> str:
         code = resp.json().get("error")
     except (ValueError, AttributeError):
         return ""
-    return f" {code}" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
+    return f" {code}" if isinstance(code, str) and code in ERROR_CODES else ""
 
 
 _CACHE: dict[ClientCredentials, Tokens] = {}

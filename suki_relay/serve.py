@@ -74,6 +74,12 @@ def _worker_exit(server: Any, worker: Any) -> None:
     deliverer = getattr(app, "deliverer", None)
     if deliverer is not None:
         deliverer.stop()
+    watcher = getattr(app, "watcher", None)
+    if watcher is not None:
+        watcher.stop()
+    rejections = getattr(app, "rejections", None)
+    if rejections is not None:
+        rejections.stop()
 
 
 def _child_exit(server: Any, worker: Any) -> None:

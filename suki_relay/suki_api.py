@@ -7,11 +7,12 @@ and refused if the result names another scheme, host or port, or leaves its path
 from __future__ import annotations
 
 import posixpath
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
@@ -20,6 +21,18 @@ from .errors import PermanentError, RetryableError
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# what GET /api/v1/ambient/session/{id}/status may answer
+SESSION_STATUSES = ("created", "ready", "running", "paused", "aborted", "skipped", "failed",
+                    "completed")
+
+
+def session_path(session_id: str, tail: str) -> str:
+    """``/api/v1/ambient/session/{id}/{tail}``; refuses an id that is not a plain token
+    (ids may come from payloads: one must not steer a request elsewhere on the API)."""
+    if not SESSION_ID.fullmatch(session_id):
+        raise PermanentError("not a session id")
+    return f"/api/v1/ambient/session/{quote(session_id, safe='')}/{tail}"
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,8 @@ class SukiClient:
                 self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
             return self._token
 
-    def get(self, href: str) -> requests.Response:
-        """GET a link from a notification, with the token; one re-login on 401."""
+    def _get(self, href: str) -> requests.Response:
+        """GET a path on the base URL with the token; one re-login on 401."""
         url = safe_url(self.settings.base_url, href)
         for refresh in (False, True):
             headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
@@ -103,6 +116,30 @@ class SukiClient:
                                  timeout=self.settings.timeout_seconds, what="Suki API")
             if resp.status_code != 401:
                 break
+        return resp
+
+    def session_status(self, session_id: str) -> str | None:
+        """What Suki's API says of a session (one of SESSION_STATUSES, or another string
+        Suki may add), or None if Suki does not know the session (404). Raises
+        RetryableError/PermanentError when Suki could not be asked."""
+        resp = self._get(session_path(session_id, "status"))
+        if resp.status_code == 404:
+            return None
+        if resp.status_code in (401, 403):
+            raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
+                                 status=resp.status_code)
+        outbound.raise_for_status(resp, "Suki API")
+        try:
+            status = resp.json()["status"]
+        except (ValueError, KeyError, TypeError):
+            raise RetryableError("Suki's status answer has no status") from None
+        if not isinstance(status, str) or not status:
+            raise RetryableError("Suki's status answer has no status")
+        return status.strip().lower()[:40]
+
+    def get(self, href: str) -> requests.Response:
+        """GET a link from a notification, with the token; one re-login on 401."""
+        resp = self._get(href)
         if resp.status_code in (404, 409):
             raise RetryableError(f"Suki answered {resp.status_code}: content not ready yet",
                                  status=resp.status_code)

@@ -200,12 +200,21 @@ class SukiStandIn:
     Login checks the partner credentials and hands out ``tok-1``, ``tok-2``, ...; every
     other call needs a token it issued. ``api_status`` (used in order) answers the next
     API calls before anything else; ``content_status`` the next content GETs. Content,
-    transcript, status and structured data are served for any session id.
+    transcript and structured data are served for any session id. A session's status is
+    ``statuses[id]`` (change it at will), else ``default_status`` (None: 404, as Suki
+    answers for a session it does not know); ``asked[id]`` counts status calls, each
+    answered after ``status_delay`` seconds.
     """
 
     def __init__(self, content: dict[str, Any] | None = None, partner_id: str = "p-1",
-                 partner_token: str = "pt-SECRET", lifetime: float = 120.0):
+                 partner_token: str = "pt-SECRET", lifetime: float = 120.0,
+                 statuses: dict[str, str] | None = None,
+                 default_status: str | None = "completed", status_delay: float = 0.0):
         self.content = NOTE if content is None else content
+        self.statuses = dict(statuses or {})
+        self.default_status = default_status
+        self.status_delay = status_delay
+        self.asked: dict[str, int] = {}
         self.partner_id, self.partner_token = partner_id, partner_token
         self.logins: list[dict[str, Any]] = []
         self.api_status: list[int] = []
@@ -247,7 +256,12 @@ class SukiStandIn:
         if path.endswith("/transcript"):
             return Reply(200, json.dumps(TRANSCRIPT).encode())
         if path.endswith("/status"):
-            return Reply(200, b'{"status": "completed"}')
+            session = path.split("/")[-2]
+            self.asked[session] = self.asked.get(session, 0) + 1
+            status = self.statuses.get(session, self.default_status)
+            if status is None:
+                return Reply(404, b'{"error": "no such session"}')
+            return Reply(200, json.dumps({"status": status}).encode(), delay=self.status_delay)
         if path.endswith("/structured-data"):
             return Reply(200, json.dumps({"structured_data": self.content.get(
                 "structured_data", [])}).encode())

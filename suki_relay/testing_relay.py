@@ -59,6 +59,7 @@ class LocalRelay:
         if self.deliverer is not None:
             self.deliverer.stop(timeout=5)
             self.deliverer.join(timeout=10)
+        self.app.rejections.stop()
         self.store.close()
 
 

@@ -71,16 +71,6 @@ def write_config(tmp_path: Path, store_url: str) -> Callable[..., Path]:
     return write
 
 
-def sqlite_config(folder: Path, config: dict[str, Any]) -> Path:
-    """actions.yaml in ``folder`` with a test secret, fast delivery and the SQLite store
-    relay.db, for tests about an action rather than a store."""
-    full: dict[str, Any] = {"receiver": {"secrets": [SECRET]}, "store": "sqlite:///relay.db",
-                            "delivery": dict(FAST_DELIVERY), **config}
-    path = folder / "actions.yaml"
-    path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def relay() -> Iterator[Callable[..., RelayProcess]]:
     started: list[RelayProcess] = []

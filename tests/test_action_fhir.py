@@ -22,12 +22,11 @@ from suki_relay.testing import (
     attempt_once,
     build_spec,
     make_delivery,
-    post_signed,
     unique_body,
     wait_until,
 )
 
-from .conftest import check_fails, open_test_store, run_cli, sqlite_config
+from .conftest import check_fails, run_cli
 
 try:
     from .fhir_standin import CLIENT_SECRET, FhirStandIn, outcome
@@ -218,12 +217,32 @@ def test_outcomes_name_only_the_issue_codes(tmp_path: Path, suki: SukiStandIn, e
         assert info.value.retry_after == 7  # type: ignore[attr-defined]
 
 
-def test_a_hostile_issue_code_is_not_repeated(tmp_path: Path, suki: SukiStandIn,
-                                              ehr: FhirStandIn) -> None:
-    ehr.scripted = [outcome(400, "Jane Doe has stable angina")]
+@pytest.mark.parametrize("body", [
+    {"resourceType": "OperationOutcome", "issue": [{"code": "jane-doe-has-angina"}]},
+    {"resourceType": "OperationOutcome", "issue": [{"code": {"text": "x"}}, "junk", None]},
+    {"resourceType": "OperationOutcome", "issue": "not a list"},
+    {"resourceType": "Patient", "id": "jane-doe"},
+    ["not", "an", "object"],
+])
+def test_a_hostile_answer_is_not_repeated(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn,
+                                          body: Any) -> None:
+    ehr.scripted = [Reply(400, json.dumps(body).encode())]
     with pytest.raises(PermanentError) as info:
         attempt_once(filer(tmp_path, suki, ehr), make_delivery(event()))
     assert str(info.value) == "FHIR server answered 400"
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": "invalid_client: Jane Doe"}, {"error": {"x": 1}}, ["invalid_client"], "oops"])
+def test_a_hostile_token_error_is_not_repeated(tmp_path: Path, suki: SukiStandIn,
+                                               sink, answer: Any) -> None:  # type: ignore[no-untyped-def]
+    token = sink(default=Reply(401, json.dumps(answer).encode()))
+    spec = build_spec("fhir", {"base_url": "http://127.0.0.1:1/fhir", "subject": "Patient/1",
+                               "auth": {"token_url": token.url, "client_id": "c",
+                                        "client_secret": "s"}}, tmp_path, suki=suki.settings())
+    with pytest.raises(PermanentError) as info:
+        attempt_once(spec, make_delivery(event()))
+    assert str(info.value) == "OAuth2 token endpoint refused the client credentials (401)"
 
 
 def test_a_timeout_is_retried(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn) -> None:
@@ -312,43 +331,45 @@ def test_dry_run_shows_the_resource_and_the_fetch_without_fetching(
     assert suki.sink.received == [] and ehr.sink.received == []
 
 
-def test_a_lost_answer_is_retried_and_leaves_one_document_and_nothing_leaks(
-        relay, suki: SukiStandIn, ehr: FhirStandIn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Through a real relay: the server stores the document, then answers 500; the retry
-    finds it by If-None-Exist. A 401 on the way costs one token refresh. The note text,
-    the client secret and the token appear in no log line and nowhere in the store."""
-    cfg = sqlite_config(tmp_path, {
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_lost_answer_is_retried_and_leaves_one_document(write_config, local_relay,  # type: ignore[no-untyped-def]
+                                                          relay_log, suki: SukiStandIn,
+                                                          ehr: FhirStandIn) -> None:
+    """Through the relay's delivery threads: the server stores the document, then answers
+    500; the retry finds it by If-None-Exist. A 401 on the next event costs one token
+    refresh. The note, the client secret and the token reach no log record."""
+    cfg = write_config({
         "suki": suki.settings(),
         "actions": {"file-note": {
             "type": "fhir", "base_url": ehr.base_url,
             "subject": "Patient/{{ event.additional_info.patient_id }}",
             "auth": ehr.oauth(),
-            "retry": {"initial_seconds": 0.2, "max_seconds": 0.5, "max_attempts": 6}}},
+            "retry": {"initial_seconds": 0.1, "max_seconds": 0.3, "max_attempts": 6}}},
         "rules": [{"name": "notes", "when": {"status": "success"}, "do": ["file-note"]}],
     })
-    r = relay(cfg, workers=1)  # tokens are cached per process: one process, one cache
+    r = local_relay(cfg)
     ehr.lose_answers = 1
     body = unique_body("success", additional_info={"patient_id": PATIENT})
-    assert post_signed(r.webhook, body).status_code == 200
-    wait_until(lambda: len(ehr.posts) >= 2, message="the retried create")
+    first = r.accept(body)
+    wait_until(lambda: [d.state for d in r.store.deliveries(event_id=first)] == ["done"],
+               message="the retried create done")
     ehr.revoke_tokens()  # the next event meets a 401: one refresh
-    second = unique_body("success", additional_info={"patient_id": PATIENT})
-    assert post_signed(r.webhook, second).status_code == 200
-    store = open_test_store("sqlite:///relay.db", tmp_path)
-    wait_until(lambda: len(store.deliveries(state="done")) == 2, timeout=30,
-               message="both deliveries done")
+    second_body = unique_body("success", additional_info={"patient_id": PATIENT})
+    second = r.accept(second_body)
+    wait_until(lambda: [d.state for d in r.store.deliveries(event_id=second)] == ["done"],
+               message="the second event filed")
     assert len(ehr.documents) == 2 and ehr.invalid == []
     sessions = [d["identifier"][0]["value"] for d in ehr.documents.values()]
-    assert sessions == [json.loads(body)["session_id"], json.loads(second)["session_id"]]
-    assert len(ehr.token_requests) == 2 and ehr.unauthorized == 1
-    notes = sorted(detail.attempts[-1].note or "" for d in store.deliveries(state="done")
-                   for detail in store.event(d.event_id).deliveries)  # type: ignore[union-attr]
-    assert notes == ["already filed DocumentReference/1", "created DocumentReference/2"]
-    r.stop()
-    logs = r.logs()
-    assert "file-note" in logs  # the attempts were logged ...
-    for secret in ("PHI-NOTE", "stable angina", CLIENT_SECRET, "ACCESS-TOKEN", "c0ffee",
-                   "pt-SECRET", "tok-1"):
-        assert secret not in logs, f"{secret!r} in the relay's log output"  # ... without PHI
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("relay.db*"))
-    assert stored and b"PHI-NOTE" not in stored and b"ACCESS-TOKEN" not in stored
+    assert sessions == [json.loads(body)["session_id"], json.loads(second_body)["session_id"]]
+    assert len(ehr.posts) == 4  # lost, then found by If-None-Exist; 401, then created ...
+    assert len(ehr.token_requests) == 2 and ehr.unauthorized == 1  # ... after one refresh
+    attempts = [[(a.outcome, a.error or a.note) for a in d.attempts]
+                for e in (first, second) for d in r.store.event(e).deliveries]  # type: ignore[union-attr]
+    assert attempts == [
+        [("retry", "FHIR server answered 500: OperationOutcome issue codes: exception"),
+         ("ok", "already filed DocumentReference/1")],
+        [("ok", "created DocumentReference/2")]]
+    logs = relay_log.text()
+    assert "file-note" in logs
+    for secret in ("PHI-NOTE", "stable angina", CLIENT_SECRET, "ACCESS-TOKEN", "pt-SECRET"):
+        assert secret not in logs, f"{secret!r} in the relay's log output"

@@ -21,12 +21,11 @@ from suki_relay.testing import (
     attempt_once,
     build_spec,
     make_delivery,
-    post_signed,
     unique_body,
     wait_until,
 )
 
-from .conftest import FAST_DELIVERY, check_fails, open_test_store, run_cli
+from .conftest import check_fails, run_cli
 
 # The recipe of issue 13 ("forward the note to your own application"), as written.
 RECIPE = """
@@ -78,25 +77,23 @@ def test_the_readme_recipes_pass_check(tmp_path: Path, heading: str) -> None:
     assert "would fetch contents: GET https://sdp.suki.ai/api/v1/ambient/session/" in shown.stdout
 
 
-def relay_config(folder: Path, suki: SukiStandIn, actions: dict[str, Any]) -> Path:
-    path = folder / "actions.yaml"
-    path.write_text(yaml.safe_dump({
-        "receiver": {"secrets": [SECRET]}, "store": "sqlite:///relay.db",
-        "delivery": dict(FAST_DELIVERY), "suki": suki.settings(), "actions": actions,
-        "rules": [{"name": "notes", "when": {"status": "success"}, "do": list(actions)}],
-    }, sort_keys=False))
-    return path
+def with_suki(suki: SukiStandIn, actions: dict[str, Any]) -> dict[str, Any]:
+    """A config routing success events to ``actions``, with Suki's API stood in."""
+    return {"suki": suki.settings(), "actions": actions,
+            "rules": [{"name": "notes", "when": {"status": "success"}, "do": list(actions)}]}
 
 
-def test_the_http_recipe_delivers_the_note_and_its_text(relay, sink, suki: SukiStandIn,
-                                                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Through a real relay. Suki first answers 404 (not ready) and the application 503:
-    each attempt fetches the note again. Nothing fetched reaches the logs or the store."""
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_http_recipe_delivers_the_note_and_its_text(write_config, local_relay, sink,  # type: ignore[no-untyped-def]
+                                                        relay_log, suki: SukiStandIn) -> None:
+    """Suki first answers 404 (not ready) and the application 503: each attempt fetches
+    the note again. Nothing fetched reaches the logs, the store or an error."""
     app = sink(replies=[Reply(503)], default=Reply(200))
     suki.content_status = [404]
-    r = relay(relay_config(tmp_path, suki, recipe(app.url + "/suki/notes")), workers=1)
+    cfg = write_config(with_suki(suki, recipe(app.url + "/suki/notes")))
+    r = local_relay(cfg)
     body = unique_body("success")
-    assert post_signed(r.webhook, body).status_code == 200
+    event_id = r.accept(body)
     wait_until(lambda: len(app.received) == 2, message="the retried delivery")
     got = app.received[-1]
     assert got.path == "/suki/notes"
@@ -106,28 +103,29 @@ def test_the_http_recipe_delivers_the_note_and_its_text(relay, sink, suki: SukiS
                                   "Plan\nPHI-NOTE-PLAN follow up in 2 weeks")
     assert len(suki.api_calls("/content")) == 3  # 404, then once for each target attempt
     assert len(suki.logins) == 1  # one token for every attempt of the process
-    store = open_test_store("sqlite:///relay.db", tmp_path)
-    wait_until(lambda: store.deliveries(state="done"), message="the delivery recorded done")
-    detail = store.event(store.deliveries()[0].event_id)
+    wait_until(lambda: [d.state for d in r.store.deliveries()] == ["done"], message="done")
+    detail = r.store.event(event_id)
     assert detail is not None
-    errors = [a.error for a in detail.deliveries[0].attempts]
-    assert errors[0] == "fetch contents: Suki answered 404: content not ready yet"
-    r.stop()
-    logs = r.logs()
+    attempts = detail.deliveries[0].attempts
+    assert [(a.outcome, a.error) for a in attempts] == [
+        ("retry", "fetch contents: Suki answered 404: content not ready yet"),
+        ("retry", "note-to-app target answered 503"), ("ok", None)]
+    logs = relay_log.text()
     assert "note-to-app" in logs
     for secret in PHI:
         assert secret not in logs, f"{secret!r} in the relay's log output"
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("relay.db*"))
-    assert b"PHI-NOTE" not in stored
+    stored = b"".join(p.read_bytes() for p in cfg.parent.glob("relay.db*"))
+    assert stored and b"PHI-NOTE" not in stored
 
 
-def test_a_third_party_plugin_sees_delivery_fetched(relay, sink, suki: SukiStandIn,
-                                                    tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_third_party_plugin_sees_delivery_fetched(write_config, local_relay, sink,  # type: ignore[no-untyped-def]
+                                                    suki: SukiStandIn) -> None:
     """`probe` is a package installed through the entry point group (tests/plugins/)."""
     probe = sink()
-    r = relay(relay_config(tmp_path, suki, {"probe-it": {
+    local_relay(write_config(with_suki(suki, {"probe-it": {
         "type": "probe", "url": probe.url, "fetch": ["contents", "status", "transcripts"]}}))
-    assert post_signed(r.webhook, unique_body("success")).status_code == 200
+    ).accept(unique_body("success"))
     report = wait_until(lambda: probe.received, message="the probe's report")[0].json()
     assert report["fetched"]["contents"] == NOTE
     assert report["fetched"]["status"] == {"status": "completed"}
@@ -258,7 +256,8 @@ rules:
 def test_routes_test_shows_the_links_without_fetching(tmp_path: Path, suki: SukiStandIn,
                                                       sink) -> None:  # type: ignore[no-untyped-def]
     app = sink()
-    relay_config(tmp_path, suki, recipe(app.url))
+    (tmp_path / "actions.yaml").write_text(yaml.safe_dump(
+        {"receiver": {"secrets": [SECRET]}, **with_suki(suki, recipe(app.url))}))
     result = run_cli("routes", "test", "success", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (f"would fetch contents: GET {suki.url}/api/v1/ambient/session/"

@@ -19,7 +19,8 @@ from ..action import Action, Delivery, Option
 from ..errors import PermanentError
 from ..fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
 
-DEFAULT_PATH = "{{ event.encounter_id }}/{{ event.session_id }}/{{ rel }}.json"
+DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
+                "{{ event.session_id }}/{{ rel }}.json")
 
 
 class FetchNoteAction(Action):

@@ -31,7 +31,14 @@ DEFAULT_TYPE = {"code": "11506-3", "display": "Progress note"}
 DEFAULT_IDENTIFIER_SYSTEM = "urn:suki:session-id"
 FHIR_JSON = "application/fhir+json"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR's id datatype
-_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")  # the IssueType value set is lowercase tokens
+# FHIR R4's IssueType value set: only these are repeated from a server's answer, so a
+# server cannot put free text (possibly PHI) into an error message by calling it a code
+ISSUE_CODES = frozenset((
+    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown",
+    "expired", "forbidden", "suppressed", "processing", "not-supported", "duplicate",
+    "multiple-matches", "not-found", "deleted", "too-long", "code-invalid", "extension",
+    "too-costly", "business-rule", "conflict", "transient", "lock-error", "no-store",
+    "exception", "timeout", "incomplete", "throttled", "informational"))
 _TYPE_KEYS = ("code", "display", "system")
 
 
@@ -202,8 +209,7 @@ def issue_codes(resp: requests.Response) -> list[str]:
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return []
     codes = [i.get("code") for i in body.get("issue") or [] if isinstance(i, dict)]
-    return list(dict.fromkeys(c for c in codes if isinstance(c, str)
-                              and _ISSUE_CODE.fullmatch(c)))[:5]
+    return list(dict.fromkeys(c for c in codes if isinstance(c, str) and c in ISSUE_CODES))[:5]
 
 
 def _b64(text: str) -> str:

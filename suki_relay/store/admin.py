@@ -32,16 +32,17 @@ def _columns(row_type: type, prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row_type))
 
 
-EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")
+EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")  # recovered is the last
 DELIVERY_COLUMNS = _columns(DeliveryRow, "d.")
 ATTEMPT_COLUMNS = _columns(AttemptRow)
 
 
 def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None) -> EventRow:
     (id_, received_at, generated_at, status, session_id, encounter_id, malformed, matched,
-     rules) = row[:9]
+     rules, recovered) = row[:10]
     return EventRow(id_, received_at, generated_at, status, session_id, encounter_id,
-                    bool(malformed), bool(matched), json.loads(rules), deliveries or {})
+                    bool(malformed), bool(matched), json.loads(rules), bool(recovered),
+                    deliveries or {})
 
 
 class Admin(Backend):
@@ -53,10 +54,14 @@ class Admin(Backend):
                 where.append(f"{column} = ?")
                 params.append(value)
         for condition, value in (("received_at >= ?", f.since), ("received_at < ?", f.until),
-                                 ("matched = ?", f.matched), ("malformed = ?", f.malformed)):
+                                 ("matched = ?", f.matched), ("malformed = ?", f.malformed),
+                                 ("recovered = ?", f.recovered)):
             if value is not None:
                 where.append(condition)
                 params.append(int(value) if isinstance(value, bool) else value)
+        if f.before is not None:  # the next page: after the last row shown, in the same order
+            where.append("(received_at < ? OR (received_at = ? AND id < ?))")
+            params += [f.before[0], f.before[0], f.before[1]]
         with self.tx(write=False) as tx:
             rows = tx.tuples(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                              "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
@@ -90,6 +95,11 @@ class Admin(Backend):
             counts[d.state] += 1
         return EventDetail(_event(found[0], dict(counts)), bytes(found[0][-1]),
                            [DeliveryDetail(d, attempts.get(d.id, [])) for d in deliveries])
+
+    def count_events(self, since: float) -> int:
+        with self.tx(write=False) as tx:
+            row = tx.one("SELECT count(*) AS n FROM events WHERE received_at >= ?", (since,))
+        return int(row["n"]) if row else 0
 
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,

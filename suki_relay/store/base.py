@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from .rows import DeliveryRow, EventDetail, EventRow, Stats
+from .rows import DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -61,6 +61,7 @@ class NewEvent:
     actions: list[str]
     id: str = field(default_factory=lambda: new_id("evt"))
     received_at: float = field(default_factory=time.time)
+    recovered: bool = False  # built from Suki's status API, not received (recovery.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class Claimed:
     cycle_started_at: float
     body: bytes
     received_at: float
+    recovered: bool = False
+    cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Outcome:
     http_status: int | None = None
     error: str | None = None
     note: str | None = None
+    on_failure: tuple[str, ...] = ()  # actions to plan, in the same transaction, if failed
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class EventFilter:
     until: float | None = None
     matched: bool | None = None
     malformed: bool | None = None
+    recovered: bool | None = None
+    before: tuple[float, str] | None = None  # (received_at, id) of the last row of a page
     limit: int = 50
 
 
@@ -179,6 +185,10 @@ class Store(ABC):
         """One event with its body, its deliveries and every attempt."""
 
     @abstractmethod
+    def count_events(self, since: float) -> int:
+        """How many events were received since ``since``."""
+
+    @abstractmethod
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,
                    limit: int = 100) -> list[DeliveryRow]:
@@ -195,6 +205,25 @@ class Store(ABC):
     @abstractmethod
     def stats(self) -> Stats:
         """Deliveries by state, events stored and the oldest unfinished delivery's age."""
+
+    # ------------------------------------------------------------ recovery (store/recovery.py)
+
+    @abstractmethod
+    def event_for_session(self, session_id: str) -> str | None:
+        """The id of an event already recorded for this session (received or recovered)."""
+
+    @abstractmethod
+    def record_recovered(self, event: NewEvent) -> Recorded:
+        """Record a recovered event unless its session has an event by now."""
+
+    @abstractmethod
+    def recovery_counts(self) -> dict[str, int]:
+        """Sessions known to recovery, by state."""
+
+    @abstractmethod
+    def rejections(self, since: float | None = None, reason: str | None = None,
+                   limit: int = 100) -> list[RejectionRow]:
+        """Recent refused requests, newest first (store/rejections.py)."""
 
     @abstractmethod
     def close(self) -> None:

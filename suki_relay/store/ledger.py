@@ -17,14 +17,15 @@ from .tx import Backend, Tx, marks
 
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
-                 "session_id, encounter_id, malformed, matched, rules, body) VALUES ")
-EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 "session_id, encounter_id, malformed, matched, rules, body, recovered) VALUES ")
+EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
                      "next_attempt_at, updated_at) VALUES ")
 DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
 CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
-                "d.state, e.body, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id")
+                "d.state, d.cause, e.body, e.received_at, e.recovered FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id")
 
 
 def _not_in(actions: list[str], prefix: str = "") -> str:
@@ -53,18 +54,21 @@ class Ledger(Backend):
         (PostgreSQL) or a release of the GIL (SQLite), and both lengthen the time the write
         lock is held. A dedup key seen before keeps its first event and plans nothing."""
         with self.tx() as tx:
-            inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
-                ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
-                ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
-                ev.body) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
-            owner = {ev.dedup_key: ev.id for ev in events}
-            if inserted != len(events):  # a duplicate: find which event holds each key
-                keys = list(owner)
-                owner = {r["dedup_key"]: r["id"] for r in tx.all(
-                    f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
-                    f"({marks(keys)})", keys)}
-            plan(tx, [(ev.id, action, ev.received_at) for ev in events
-                      if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
+            return self._record_in(tx, events)
+
+    def _record_in(self, tx: Tx, events: list[NewEvent]) -> list[Recorded]:
+        inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
+            ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
+            ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
+            ev.body, int(ev.recovered)) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
+        owner = {ev.dedup_key: ev.id for ev in events}
+        if inserted != len(events):  # a duplicate: find which event holds each key
+            keys = list(owner)
+            owner = {r["dedup_key"]: r["id"] for r in tx.all(
+                f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
+                f"({marks(keys)})", keys)}
+        plan(tx, [(ev.id, action, ev.received_at) for ev in events
+                  if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
 
@@ -121,7 +125,8 @@ class Ledger(Backend):
                              "worker stopped before finishing; lease expired"))
             claimed.append(Claimed(
                 row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
-                row["cycle_started_at"], bytes(row["body"]), row["received_at"]))
+                row["cycle_started_at"], bytes(row["body"]), row["received_at"],
+                bool(row["recovered"]), row["cause"]))
         tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
                 "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
         tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
@@ -155,11 +160,33 @@ class Ledger(Backend):
                     "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
                     "WHERE id = ? AND lease_owner = ? AND state = ?",
                     [(r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now,
-                      c.id, owner, IN_FLIGHT) for c, owner, r in finished])
+                      c.id, owner, IN_FLIGHT) for c, owner, r in finished if not r.on_failure])
+            self._plan_on_failure(tx, [(c, owner, r) for c, owner, r in finished
+                                       if r.on_failure], now)
             if then_claim is None or then_claim.limit <= 0:
                 return []
             return self._claim_in(tx, then_claim.owner, then_claim.limit,
                                   then_claim.lease_seconds, then_claim.concurrency)
+
+    def _plan_on_failure(self, tx: Tx, failed: list[tuple[Claimed, str, Outcome]],
+                         now: float) -> None:
+        """Deliveries that failed for good, with on_failure actions: record each one's end
+        and, only if this owner still held it, plan the on_failure actions for its event,
+        each carrying the failure (``cause``). These never plan on_failure themselves."""
+        for c, owner, r in failed:
+            cur = tx.exec("UPDATE deliveries SET state = ?, next_attempt_at = ?, "
+                          "lease_owner = NULL, lease_until = NULL, last_error = ?, "
+                          "last_status = ?, updated_at = ? WHERE id = ? AND lease_owner = ? "
+                          "AND state = ?", (r.state, r.next_attempt_at or now, _short(r.error),
+                                            r.http_status, now, c.id, owner, IN_FLIGHT))
+            if cur.rowcount != 1:
+                continue
+            cause = json.dumps({"action": c.action, "error": _short(r.error),
+                                "attempts": c.attempt, "delivery_id": c.id})
+            tx.many("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
+                    "next_attempt_at, updated_at, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(new_id("dlv"), c.event_id, action, PENDING, now, now, now, cause)
+                     for action in r.on_failure])
 
     def release(self, owner: str, ids: list[str] | None = None) -> int:
         """Give back claimed deliveries (shutdown): pending again, due now."""

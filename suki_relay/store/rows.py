@@ -40,6 +40,7 @@ class DeliveryRow:
     last_error: str | None
     last_status: int | None
     updated_at: float
+    cause: str | None = None  # an on_failure delivery: JSON of the failure it reports
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class EventRow:
     malformed: bool
     matched: bool
     rules: list[str]
+    recovered: bool = False  # recorded from Suki's status API, not received
     deliveries: dict[str, int] = field(default_factory=dict)  # count by state
 
 
@@ -79,6 +81,38 @@ class EventDetail:
     event: EventRow
     body: bytes
     deliveries: list[DeliveryDetail]
+
+
+@dataclass(frozen=True)
+class RejectionRow:
+    """Refused requests alike (same reason, same address) within one second; no body."""
+
+    id: str
+    first_at: float
+    last_at: float
+    reason: str
+    http_status: int | None
+    skew_ms: int | None  # this node's clock minus generated-at
+    remote_addr: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class RecoverySessionRow:
+    """A session a success event listed, as recovery tracks it (store/recovery.py)."""
+
+    session_id: str
+    encounter_id: str | None
+    listed_by: str | None
+    first_seen: float
+    next_check_at: float
+    state: str  # waiting, present, recovered, given_up
+    checks: int
+    last_status: str | None
+    event_id: str | None
+    lease_owner: str | None
+    lease_until: float | None
+    updated_at: float
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,41 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 """),
+    Migration(2, "recovery: recovered events, sessions to check against Suki's status API, "
+                 "on_failure deliveries' cause; the bounded record of refused requests", """
+ALTER TABLE events ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN cause TEXT;
+CREATE TABLE IF NOT EXISTS recovery_sessions (
+    session_id TEXT PRIMARY KEY,
+    encounter_id TEXT,
+    listed_by TEXT,
+    first_seen DOUBLE PRECISION NOT NULL,
+    next_check_at DOUBLE PRECISION NOT NULL,
+    state TEXT NOT NULL,
+    checks INTEGER NOT NULL DEFAULT 0,
+    last_status TEXT,
+    event_id TEXT,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recovery_sessions_due ON recovery_sessions (state, next_check_at);
+CREATE TABLE IF NOT EXISTS recovery_cursor (
+    name TEXT PRIMARY KEY,
+    received_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id TEXT PRIMARY KEY,
+    first_at DOUBLE PRECISION NOT NULL,
+    last_at DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    http_status INTEGER,
+    skew_ms BIGINT,
+    remote_addr TEXT,
+    count INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS rejections_last_at ON rejections (last_at);
+"""),
 ]
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from .admin import Admin
 from .ledger import Ledger
+from .recovery import RecoveryLedger
+from .rejections import RejectionLedger
 from .schema import ensure_schema
 
 
-class SqlStore(Ledger, Admin):
+class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger):
     def ensure_schema(self) -> None:
         """Create or upgrade the schema; a backend calls this last in __init__. If it fails
         (unreachable, newer than this code) the connections it opened are closed."""

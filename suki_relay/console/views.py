@@ -1,0 +1,229 @@
+"""The console's pages: what each one reads from the store and what each action does.
+
+Reads are the store's admin reads; replay and reroute are the same repair operations
+the CLI runs (suki_relay.repair). Every action has a confirmation page (GET) and does
+its work only on a POST carrying the session's CSRF token, then shows the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Request, Response
+
+from .. import repair
+from ..errors import RelayError
+from ..store import EventFilter, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ..app import RelayApp
+    from ..config import Config
+    from ..store import EventDetail
+    from .app import Console
+    from .auth import Session
+
+PAGE_SIZE = 50
+STATUSES = ("success", "failure", "timeout", "cancelled")
+CHOICES = {"": None, "yes": True, "no": False}
+
+
+def _flag(value: str | None) -> bool | None:
+    return CHOICES.get(value or "")
+
+
+def _since(text: str) -> float:
+    from ..cli_store import parse_since
+
+    since = parse_since(text)
+    assert since is not None
+    return since
+
+
+def config_version(config: Config) -> str:
+    """A short fingerprint of the config text this process runs."""
+    return hashlib.sha256(config.text.encode()).hexdigest()[:12]
+
+
+def readiness(relay: RelayApp) -> str:
+    """What /readyz says (store, and spool where there is one), in words."""
+    answer = relay.ready()
+    body = json.loads(answer.body)
+    if answer.status != 200:
+        return f"not ready: {body.get('message', body.get('error', 'unknown'))}"
+    details = ", ".join(f"{k} {v}" for k, v in body.items() if k != "status")
+    return f"{body['status']}" + (f" ({details})" if details else "")
+
+
+class Views:
+    def __init__(self, console: Console, relay: RelayApp):
+        self.console = console
+        self.relay = relay
+        self.config = relay.config
+        self.store = relay.store
+
+    def render(self, request: Request, template: str, session: Session, status: int = 200,
+               **context: Any) -> Response:
+        return self.console.render(request, template, session, status, **context)
+
+    def _event(self, event_id: str) -> EventDetail:
+        detail = self.store.event(event_id)
+        if detail is None:
+            raise NotFound(f"There is no event {event_id} (it may have been pruned).")
+        return detail
+
+    # ------------------------------------------------------------ overview
+
+    def overview(self, request: Request, session: Session) -> Response:
+        now = time.time()
+        try:
+            stats = self.store.stats()
+            counts = {"hour": self.store.count_events(now - 3600),
+                      "day": self.store.count_events(now - 86400)}
+        except StoreUnavailable:
+            stats, counts = None, None
+        facts = [
+            ("Readiness", readiness(self.relay)),
+            ("Store", self.config.store_url.split(":", 1)[0]),
+            ("Events stored", stats.events if stats else "-"),
+            ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
+        ]
+        return self.render(request, "overview.html", session, stats=stats, counts=counts,
+                           facts=facts)
+
+    # ------------------------------------------------------------ events
+
+    def events(self, request: Request, session: Session) -> Response:
+        args = request.args
+        form = {k: args.get(k, "").strip()[:200] for k in (
+            "status", "session", "encounter", "since", "matched", "malformed", "recovered")}
+        supported = {f.name for f in fields(EventFilter)}
+        error = None
+        rows: list[Any] = []
+        older = None
+        try:
+            criteria: dict[str, Any] = {
+                "status": form["status"] or None, "session_id": form["session"] or None,
+                "encounter_id": form["encounter"] or None,
+                "since": _since(form["since"]) if form["since"] else None,
+                "matched": _flag(form["matched"]), "malformed": _flag(form["malformed"]),
+            }
+            if "recovered" in supported:  # events recovered from Suki after a gap
+                criteria["recovered"] = _flag(form["recovered"])
+            before = args.get("before", "")
+            if before:
+                at, _, last_id = before.partition("~")
+                criteria["before"] = (float(at), last_id)
+            rows = self.store.events(EventFilter(**criteria, limit=PAGE_SIZE + 1))
+        except (RelayError, ValueError) as exc:
+            error = str(exc) if isinstance(exc, RelayError) else "cannot read that page marker"
+        if len(rows) > PAGE_SIZE:
+            rows = rows[:PAGE_SIZE]
+            last = rows[-1]
+            query = {k: v for k, v in form.items() if v}
+            query["before"] = f"{last.received_at!r}~{last.id}"
+            older = query
+        return self.render(request, "events.html", session, rows=rows, form=form, error=error,
+                           older=older, first_page=not args.get("before"), statuses=STATUSES,
+                           recovered_filter="recovered" in supported,
+                           status=400 if error else 200)
+
+    def event(self, request: Request, session: Session, event_id: str,
+              payload: str | None = None) -> Response:
+        detail = self._event(event_id)
+        return self.render(request, "event.html", session, event=detail.event,
+                           deliveries=detail.deliveries, payload=payload,
+                           reroutable=not detail.event.malformed)
+
+    def payload(self, request: Request, session: Session, event_id: str) -> Response:
+        body = self._event(event_id).body
+        try:
+            shown = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        except ValueError:
+            shown = body.decode("utf-8", "replace")
+        self.console.audit(session, "show payload", event_id)
+        return self.event(request, session, event_id, payload=shown)
+
+    # ------------------------------------------------------------ reroute
+
+    def reroute(self, request: Request, session: Session, event_id: str) -> Response:
+        try:
+            if request.method == "GET":
+                plan = repair.plan_reroute(self.config, self.store, event_id)
+                return self.render(request, "confirm_reroute.html", session, plan=plan)
+            plan = repair.reroute(self.config, self.store, event_id)
+        except repair.NoSuchEvent:
+            raise NotFound(f"There is no event {event_id}.") from None
+        except RelayError as exc:
+            return self.outcome(request, session, "Reroute refused", str(exc), event_id, 409)
+        self.console.audit(session, "reroute", event_id, added=len(plan.new_actions))
+        if plan.new_actions:
+            n = len(plan.new_actions)
+            message = (f"Planned {n} new deliver{'y' if n == 1 else 'ies'}: "
+                       f"{', '.join(plan.new_actions)}. The workers start on them now.")
+        else:
+            message = "Nothing to add: the event already has every delivery the rules ask for."
+        return self.outcome(request, session, "Rerouted", message, event_id)
+
+    # ------------------------------------------------------------ replay
+
+    def failed(self, request: Request, session: Session) -> Response:
+        rows = repair.failed_deliveries(self.store, limit=PAGE_SIZE + 1)
+        return self.render(request, "failed.html", session, rows=rows[:PAGE_SIZE],
+                           more=len(rows) > PAGE_SIZE, since=request.args.get("since", "24h"))
+
+    def replay(self, request: Request, session: Session) -> Response:
+        event_id = request.values.get("event", "")
+        delivery_id = request.values.get("delivery", "")
+        try:
+            chosen = [d for d in repair.event_deliveries(self.store, event_id)
+                      if d.id == delivery_id]
+        except repair.NoSuchEvent:
+            raise NotFound(f"There is no event {event_id}.") from None
+        if not chosen:
+            return self.outcome(request, session, "Replay refused",
+                                "That delivery is being attempted right now, or is not one of "
+                                "this event's. Nothing was changed.", event_id, 409)
+        if request.method == "GET":
+            return self.render(request, "confirm_replay.html", session, delivery=chosen[0],
+                               event_id=event_id)
+        repair.replay(self.store, chosen)
+        self.console.audit(session, "replay", event_id, delivery_id=delivery_id,
+                           delivery_action=chosen[0].action)
+        return self.outcome(request, session, "Replayed",
+                            f"Delivery {delivery_id} to {chosen[0].action} is pending "
+                            "again with a fresh retry budget; the workers pick it up now.",
+                            event_id)
+
+    def replay_failed(self, request: Request, session: Session) -> Response:
+        text = request.values.get("since", "").strip()[:40]
+        try:
+            since = float(request.form["since_ts"]) if request.method == "POST" else \
+                _since(text)
+            if not math.isfinite(since):
+                raise ValueError(since)
+        except (RelayError, ValueError, KeyError) as exc:
+            message = str(exc) if isinstance(exc, RelayError) else "cannot read that time"
+            return self.outcome(request, session, "Nothing replayed", message, None, 400)
+        chosen = repair.failed_deliveries(self.store, since=since)
+        if request.method == "GET":
+            return self.render(request, "confirm_replay_failed.html", session, rows=chosen,
+                               since=since, since_text=text, shown=PAGE_SIZE)
+        n = repair.replay(self.store, chosen)
+        for d in chosen:
+            self.console.audit(session, "replay", d.event_id, delivery_id=d.id,
+                               delivery_action=d.action)
+        return self.outcome(request, session, "Replayed",
+                            f"{n} failed deliveries are pending again with a fresh retry "
+                            "budget; the workers pick them up now.", None)
+
+    def outcome(self, request: Request, session: Session, title: str, message: str,
+                event_id: str | None, status: int = 200) -> Response:
+        return self.render(request, "outcome.html", session, status, title=title,
+                           message=message, event_id=event_id, ok=status < 400)
+
