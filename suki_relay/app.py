@@ -21,14 +21,17 @@ from . import logs, metrics, verify
 from .config import Config
 from .record import recorder, to_event
 from .rejections import RejectionLog, expired_hint, skew_ms
-from .store import Store, StoreUnavailable
+from .spool import SpoolFull
+from .store import NewEvent, Store, StoreUnavailable
 from .verify import Rejected
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .deliver import Deliverer
+    from .drain import Drainer
     from .recovery import GapWatcher
+    from .spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
@@ -59,13 +62,19 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
-                 watcher: GapWatcher | None = None):
+                 watcher: GapWatcher | None = None, spool: Spool | None = None,
+                 drainer: Drainer | None = None):
+        from .spool import Spooling
+
         self.config = config
         self.store = store
         self.recorder = recorder(store)
         self.deliverer = deliverer
         self.watcher = watcher
         self.rejections = RejectionLog(store)
+        self.spool = spool
+        self.spooling = Spooling(spool) if spool is not None else None
+        self.drainer = drainer
         self.console: Any = None  # the operator console's WSGI app, when enabled
         self.console_prefix = config.console.path
         if config.console.enabled:
@@ -82,7 +91,7 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store)
+            body, content_type = metrics.render(self.store, self.spool)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -92,11 +101,34 @@ class RelayApp:
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
+        """200 while a notification can be committed: to the store, or (a degraded state a
+        load balancer must not act on: every node would go) to the spool."""
         try:
             self.store.ping()
         except Exception:
-            return error(503, "store_unavailable", "the store cannot commit")
-        return Answer(200, {"status": "ready"})
+            spooled = self._spool_room()
+            if spooled is None:
+                return error(503, "store_unavailable", "the store cannot commit")
+            return Answer(200, {"status": "degraded", "store": "unavailable",
+                                "spooled": spooled})
+        if self.spool is None:
+            return Answer(200, {"status": "ready"})
+        try:
+            spooled: int | str = self.spool.summary()["spooled"]
+        except Exception:
+            spooled = "unavailable"
+        return Answer(200, {"status": "ready", "store": "ok", "spooled": spooled})
+
+    def _spool_room(self) -> int | None:
+        """How many events wait in the spool, if it can take one more; else None."""
+        if self.spool is None:
+            return None
+        try:
+            self.spool.ping()
+            summary = self.spool.summary()
+        except Exception:
+            return None
+        return summary["spooled"] if summary["room"] > 0 else None
 
     # ---------------------------------------------------------------- the webhook
 
@@ -105,10 +137,10 @@ class RelayApp:
         fields: dict[str, Any] = {}
         try:
             answer, outcome = self._receive(environ, fields)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
-                "store_unavailable"
+                "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
             self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
@@ -138,20 +170,43 @@ class RelayApp:
             return error(r.status, r.reason, r.message), r.reason
 
         event = to_event(body, verified, self.config)
-        recorded = self.recorder.submit(event)
+        spooled = False
+        if self.spool is not None and self.spool.maybe_waiting:
+            first = self._spooled_before(event)
+            if first is not None:
+                fields.update(event_id=first, status=event.status, session_id=event.session_id)
+                return Answer(200, {"status": "duplicate", "event_id": first,
+                                    "spooled": True}), "duplicate"
+        try:
+            recorded = self.recorder.submit(event)
+        except StoreUnavailable as exc:
+            if self.spooling is None:
+                raise
+            recorded = self.spooling.submit(event, exc)
+            spooled = True
+        else:
+            if self.spooling is not None and self.spooling.active:
+                self.spooling.stopped()
+                if self.drainer is not None:
+                    self.drainer.wake()
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
+        if spooled:
+            fields["spooled"] = True
         if event.malformed:
             return error(400, "malformed_payload",
                          "signed body is not a JSON object with a string status; "
                          f"kept as {recorded.event_id}"), "malformed"
         if recorded.duplicate:
-            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id}), \
-                "duplicate"
+            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id,
+                                **({"spooled": True} if spooled else {})}), "duplicate"
         metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
         if not event.rules:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))
+        if spooled:
+            return Answer(200, {"status": "accepted", "event_id": recorded.event_id,
+                                "spooled": True}), "spooled"
         if self.deliverer is not None and event.actions:
             self.deliverer.wake(event.actions)
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
@@ -166,18 +221,36 @@ class RelayApp:
                 fields["hint"] = expired_hint(skew)
         self.rejections.add(r.reason, r.status, skew, environ.get("REMOTE_ADDR"))
 
+    def _spooled_before(self, event: NewEvent) -> str | None:
+        """While this node's spool may hold events: the one spooled with this request's
+        dedup key (the same request sent again after the outage, before it was moved)."""
+        assert self.spool is not None
+        try:
+            return self.spool.find(event.dedup_key)
+        except Exception:  # the spool unreadable: the store's dedup key still holds
+            return None
+
 
 def create_app(config_path: str | None = None, deliver: bool = True,
                config: Config | None = None) -> RelayApp:
-    """Load config, open the store, start this process's delivery threads."""
+    """Set up logging, load the config and assemble the relay (under gunicorn, per worker)."""
     from .config import load_config
-    from .deliver import Deliverer
-    from .recovery import GapWatcher, Recoverer
-    from .store import open_store
 
     logs.setup()
-    config = config or load_config(config_path)
-    store = open_store(config.store_url, config.base_dir)
+    return assemble(config or load_config(config_path), deliver)
+
+
+def assemble(config: Config, deliver: bool = True) -> RelayApp:
+    """Open the store (and the spool), start this process's delivery threads and its drain
+    thread (receive-only processes drain too), and build the app over them."""
+    from .deliver import Deliverer
+    from .drain import Drainer
+    from .recovery import GapWatcher, Recoverer
+    from .spool import open_spool
+    from .store import open_store
+
+    store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
+    spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
@@ -186,4 +259,7 @@ def create_app(config_path: str | None = None, deliver: bool = True,
     if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
         watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
         watcher.start()
-    return RelayApp(config, store, deliverer, watcher)
+    drainer = None
+    if spool is not None:
+        drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
+    return RelayApp(config, store, deliverer, watcher, spool, drainer)

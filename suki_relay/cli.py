@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .cli_spool import cmd_spool
 from .cli_store import (
     cmd_deliveries,
     cmd_events,
@@ -149,16 +150,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import logs
+    from .cli_spool import spool_of
     from .deliver import Deliverer
+    from .drain import Drainer
 
     logs.setup(args.log_format)
     config = config_of(args)
-    with store_of(config) as store:
+    with store_of(config) as store, spool_of(config) as spool:
         deliverer = Deliverer(config, store)
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         deliverer.start()
+        drainer = Drainer(spool, store, deliverer.wake).start() if spool is not None else None
         watcher = None
         if config.recovery_enabled:
             from .recovery import GapWatcher, Recoverer
@@ -170,6 +174,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         done.wait()
         if watcher is not None:
             watcher.stop()
+        if drainer is not None:
+            drainer.stop()
         deliverer.stop()
     return 0
 
@@ -244,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--rejected", action="store_true",
                     help="recent refused requests instead (time, reason, skew, address)")
     sp.add_argument("--limit", type=int, default=50)
+    sp = add("spool", cmd_spool, "events waiting in this node's spool for the store, oldest "
+             "first", json_flag=True)
+    sp.add_argument("--limit", type=int, default=1000)
     sp = add("recover", cmd_recover, "ask Suki's API about sessions with no event, and "
              "record those that ended", json_flag=True)
     sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RelayError
-from .repair import event_of
 
 if TYPE_CHECKING:
     from .store import Store
@@ -89,8 +88,18 @@ def cmd_events(args: argparse.Namespace) -> int:
                     since=parse_since(args.since), until=parse_since(args.until),
                     matched=args.matched, malformed=args.malformed, recovered=args.recovered,
                     limit=args.limit)
-    with store_of(config_of(args)) as store:
-        events = store.events(f)
+    from .cli_spool import spool_note
+    from .store import StoreUnavailable
+
+    config = config_of(args)
+    note = spool_note(config)
+    if note:
+        print(note, file=sys.stderr)
+    try:
+        with store_of(config) as store:
+            events = store.events(f)
+    except StoreUnavailable as exc:
+        raise RelayError(f"the store is unavailable ({exc})") from None
     rows = []
     for e in events:
         r = asdict(e)
@@ -157,8 +166,22 @@ def _session_list(path: str) -> list[str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with store_of(config_of(args)) as store:
-        detail = event_of(store, args.event_id)
+    from .cli_spool import show_spooled
+    from .store import StoreUnavailable
+
+    config = config_of(args)
+    try:
+        with store_of(config) as store:
+            detail = store.event(args.event_id)
+    except StoreUnavailable as exc:
+        if show_spooled(args, config, args.event_id):
+            return 0
+        raise RelayError(f"the store is unavailable ({exc}) and this node's spool has no "
+                         f"event {args.event_id}") from None
+    if detail is None:
+        if show_spooled(args, config, args.event_id):
+            return 0
+        raise RelayError(f"no event {args.event_id}")
     e = detail.event
     lines = [f"event {e.id}  received {_when(e.received_at)}  "
              f"status {e.status if not e.malformed else 'MALFORMED'}"

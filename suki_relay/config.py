@@ -30,7 +30,7 @@ from .templates import Templates
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
-             "suki", "metrics", "retention", "recovery", "on_failure", "console")
+             "suki", "metrics", "retention", "recovery", "on_failure", "console", "spool")
 CORE_ACTION_KEYS = ("type", "max_concurrency", "retry", "fetch")
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -136,6 +136,15 @@ class Metrics:
     path: str = "/metrics"
 
 
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (spool.py): used only with a PostgreSQL store."""
+
+    enabled: bool = True
+    path: str = "suki-relay-spool.db"  # relative to actions.yaml
+    max_events: int = 100_000
+
+
 @dataclass
 class Config:
     file: Path
@@ -153,6 +162,7 @@ class Config:
     recovery: RecoverySettings = RecoverySettings()
     on_failure: list[str] = field(default_factory=list)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    spool: SpoolSettings = SpoolSettings()
     text: str = field(default="", repr=False)
 
     @property
@@ -262,6 +272,7 @@ class _Builder:
         delivery = self.section(raw.get("delivery"), "delivery", DeliverySettings, raw)
         metrics = self.section(raw.get("metrics"), "metrics", Metrics, raw)
         retention = self.retention(raw.get("retention"), _line(raw, "retention"))
+        spool = self.section(raw.get("spool"), "spool", SpoolSettings, raw)
         recovery = self.section(raw.get("recovery"), "recovery", RecoverySettings, raw)
         if raw.get("recovery") is not None and recovery.enabled and suki is None and \
                 not any(p.where.startswith("suki") for p in self.problems):
@@ -288,7 +299,8 @@ class _Builder:
             file=self.file, base_dir=self.base_dir, receiver=receiver, store_url=store_url,
             templates=templates, actions=actions, rules=rules, unmatched=unmatched,
             delivery=delivery, metrics=metrics, retention_days=retention, suki=suki,
-            recovery=recovery, on_failure=on_failure, console=console, text=text,
+            recovery=recovery, on_failure=on_failure, console=console, spool=spool,
+            text=text,
         )
 
     def section(self, raw: Any, name: str, cls: type, parent: Any) -> Any:

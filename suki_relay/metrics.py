@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
+    from .spool import Spool
     from .store import Store
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -45,6 +46,10 @@ GIVE_UPS = Counter("suki_relay_recovery_give_ups_total",
 LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
                         "From acceptance to successful delivery", ["action"],
                         buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
+SPOOLED = Counter("suki_relay_spooled_total",
+                  "Events committed to the local spool because the store could not commit")
+SPOOL_DRAINED = Counter("suki_relay_spool_drained_total",
+                        "Spooled events moved into the store")
 
 
 def count_request(outcome: str, seconds: float) -> None:
@@ -95,8 +100,29 @@ class StoreCollector:
                                 value=sessions.get("given_up", 0))
 
 
-def render(store: Store) -> tuple[bytes, str]:
-    """This process's counts (or every worker's, in multiprocess mode), then the store's."""
+class SpoolCollector:
+    """Events waiting in this node's spool and the age of the oldest, read when scraped
+    (from the file: the same for every process of the node)."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            summary = self.spool.summary()
+        except Exception:
+            return
+        yield GaugeMetricFamily("suki_relay_spool_events",
+                                "Events waiting in the local spool for the store",
+                                value=summary["spooled"])
+        yield GaugeMetricFamily("suki_relay_spool_oldest_age_seconds",
+                                "Age of the oldest event waiting in the local spool",
+                                value=summary["oldest_age_seconds"])
+
+
+def render(store: Store, spool: Spool | None = None) -> tuple[bytes, str]:
+    """This process's counts (or every worker's, in multiprocess mode), then the store's
+    (and the spool's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
         MultiProcessCollector(counts)
@@ -104,4 +130,6 @@ def render(store: Store) -> tuple[bytes, str]:
         counts = REGISTRY
     queue = CollectorRegistry()
     queue.register(StoreCollector(store))  # type: ignore[arg-type]
+    if spool is not None:
+        queue.register(SpoolCollector(spool))  # type: ignore[arg-type]
     return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST

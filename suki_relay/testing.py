@@ -11,7 +11,9 @@
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
 * :class:`LocalRelay` - the relay in this process (werkzeug's test Client, delivery
   threads); :class:`RelayProcess` - a real gunicorn running it on a free local port;
-  :func:`pg_schema` - a fresh PostgreSQL schema as a store URL (all in testing_relay.py).
+  :func:`pg_schema` - a fresh PostgreSQL schema as a store URL; :class:`PrivateDatabase`
+  and :class:`PrivateCluster` - a database or a server of a test's own, for outages
+  (all in testing_relay.py).
 * :func:`post_signed`, :func:`wait_until`, :func:`free_port`.
 """
 
@@ -319,10 +321,14 @@ def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-
 
 
 def __getattr__(name: str) -> Any:
-    """The relay runners (RelayProcess, LocalRelay, pg_schema) live in testing_relay.py and
-    are importable from here too; loaded on first use (they import the whole relay)."""
-    if name in ("LocalRelay", "RelayProcess", "pg_schema"):
+    """The relay runners and private databases live in testing_relay.py and are importable
+    from here too; loaded on first use (they import the whole relay)."""
+    if name in RELAY_HELPERS:
         from . import testing_relay
 
         return getattr(testing_relay, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+RELAY_HELPERS = ("LocalRelay", "RelayProcess", "pg_schema", "PrivateDatabase", "PrivateCluster",
+                 "PG_BIN")

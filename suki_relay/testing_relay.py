@@ -1,7 +1,8 @@
 """Running the relay in a test: in this process (LocalRelay), or as a real gunicorn
 (RelayProcess) for what needs a process (signals, kill -9, reload, several workers);
-and a fresh PostgreSQL schema for its store (pg_schema). Importable from
-suki_relay.testing as well.
+and PostgreSQL for its store: a fresh schema (pg_schema), a database of its own that can
+be taken down (PrivateDatabase), a server of its own that can be restarted
+(PrivateCluster). Importable from suki_relay.testing as well.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from werkzeug.test import Client, TestResponse
@@ -25,22 +27,17 @@ from .testing import SECRET, free_port, wait_until
 class LocalRelay:
     """The relay's WSGI app in this process, with its delivery threads (unless
     ``deliver=False``), spoken to through werkzeug's test Client: no server, no fork.
-    ``stop()`` stops delivering and closes the store."""
+    ``stop()`` stops its threads and closes its store."""
 
     def __init__(self, config_file: Path, deliver: bool = True):
-        from .app import RelayApp
+        from .app import assemble
         from .config import load_config
-        from .deliver import Deliverer
-        from .store import open_store
 
         self.config = load_config(str(config_file))
-        self.store = open_store(self.config.store_url, self.config.base_dir)
-        self.deliverer = Deliverer(self.config, self.store) if deliver else None
-        self.app = RelayApp(self.config, self.store, self.deliverer)
+        self.app = assemble(self.config, deliver)  # as each gunicorn worker does
+        self.store, self.deliverer = self.app.store, self.app.deliverer
         self.client = Client(self.app)
         self.path = self.config.receiver.path
-        if self.deliverer is not None:
-            self.deliverer.start()
 
     def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
         return self.client.post(self.path, data=body, headers=headers, **kwargs)
@@ -59,8 +56,15 @@ class LocalRelay:
         if self.deliverer is not None:
             self.deliverer.stop(timeout=5)
             self.deliverer.join(timeout=10)
+        if self.app.watcher is not None:
+            self.app.watcher.stop()
+        if self.app.drainer is not None:
+            self.app.drainer.stop()
+            self.app.drainer.join(timeout=10)
         self.app.rejections.stop()
         self.store.close()
+        if self.app.spool is not None:
+            self.app.spool.close()
 
 
 class RelayProcess:
@@ -170,3 +174,98 @@ def pg_schema(url: str, prefix: str = "t") -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class PrivateDatabase:
+    """A database of its own on a PostgreSQL server, for tests that need an outage without
+    touching anyone else's: ``down()`` refuses new connections to it and ends the open ones
+    (of this database only), ``up()`` lets connections in again. Dropped by ``drop()``."""
+
+    def __init__(self, server_url: str, prefix: str = "suki_outage"):
+        import secrets
+
+        self.server_url = server_url
+        self.name = f"{prefix}_{secrets.token_hex(6)}"
+        parts = urlsplit(server_url)
+        self.url = urlunsplit(parts._replace(path=f"/{self.name}"))
+        self._admin(f"CREATE DATABASE {self.name}")
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.server_url, autocommit=True, connect_timeout=10) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def down(self) -> None:
+        self._admin(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS false",
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{self.name}' AND pid <> pg_backend_pid()")
+
+    def up(self) -> None:
+        self._admin(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS true")
+
+    def drop(self) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+    def __enter__(self) -> PrivateDatabase:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.drop()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PrivateCluster:
+    """A PostgreSQL server of its own (initdb + pg_ctl, run as user ``postgres``) on a free
+    port with its data in a temporary folder: a test can stop and start it, as a real
+    database restart, without touching the machine's server. ``remove()`` stops it and
+    deletes its folder. Needs root (to run as ``postgres``) and the binaries in PG_BIN."""
+
+    def __init__(self, bin_dir: Path = PG_BIN, user: str = "postgres"):
+        import shutil
+        import tempfile
+
+        if not (bin_dir / "pg_ctl").exists() or os.geteuid() != 0 or not shutil.which("runuser"):
+            raise RuntimeError(f"needs root, runuser and PostgreSQL binaries in {bin_dir}")
+        self.bin_dir, self.user = bin_dir, user
+        self.folder = Path(tempfile.mkdtemp(prefix="suki-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        shutil.chown(self.folder, user)
+        self.folder.chmod(0o700)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+        with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.folder}'\nfsync = off\n"
+                       "shared_buffers = 16MB\nmax_connections = 40\n")
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        subprocess.run(["runuser", "-u", self.user, "--", str(self.bin_dir / tool), *args],
+                       check=True, capture_output=True, timeout=timeout)
+
+    def start(self) -> PrivateCluster:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
+                  "-t", "30", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        with contextlib.suppress(Exception):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30",
+                      "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> PrivateCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()

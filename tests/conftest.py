@@ -19,7 +19,13 @@ import yaml
 from suki_relay.cli import main
 from suki_relay.store import Store, open_store
 from suki_relay.testing import SECRET, Sink
-from suki_relay.testing_relay import LocalRelay, RelayProcess, pg_schema
+from suki_relay.testing_relay import (
+    LocalRelay,
+    PrivateCluster,
+    PrivateDatabase,
+    RelayProcess,
+    pg_schema,
+)
 
 PG_URL = os.environ.get("SUKI_RELAY_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
@@ -44,6 +50,32 @@ def pg_url() -> Iterator[str]:
         pytest.skip(PG_PROBLEM)
     with pg_schema(PG_URL) as url:
         yield url
+
+
+@pytest.fixture
+def private_db() -> Iterator[PrivateDatabase]:
+    """A database of this test's own on the machine's PostgreSQL, which it may take down
+    (``down()``/``up()``) without touching anyone else's; dropped afterwards."""
+    if PG_PROBLEM:
+        if os.environ.get("CI"):
+            pytest.fail(PG_PROBLEM)
+        pytest.skip(PG_PROBLEM)
+    with PrivateDatabase(PG_URL) as db:
+        yield db
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, started, which it may stop and start."""
+    try:
+        cluster = PrivateCluster()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -87,8 +119,7 @@ def relay() -> Iterator[Callable[..., RelayProcess]]:
 
 @pytest.fixture
 def local_relay() -> Iterator[Callable[..., LocalRelay]]:
-    """Start relays in this process (LocalRelay: no server, no fork; what needs a process
-    is in tests/system/); stopped when the test ends."""
+    """Start relays in this process (see LocalRelay); stopped when the test ends."""
     started: list[LocalRelay] = []
 
     def start(config_file: Path, **kwargs: Any) -> LocalRelay:

@@ -46,8 +46,10 @@ __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest
            "StoreUnavailable", "open_store"]
 
 
-def open_store(url: str, base_dir: Path | None = None) -> Store:
-    """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://..."""
+def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> Store:
+    """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
+
+    ``lazy``: a PostgreSQL store that cannot connect now opens anyway (see PostgresStore)."""
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
@@ -58,5 +60,5 @@ def open_store(url: str, base_dir: Path | None = None) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, lazy=lazy)
     raise ValueError("store URL must start with sqlite:/// or postgresql://")

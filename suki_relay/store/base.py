@@ -141,6 +141,10 @@ class Store(ABC):
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
 
+    @abstractmethod
+    def known(self, event_ids: list[str]) -> set[str]:
+        """Which of these event ids are committed (a spooled event moved before a crash)."""
+
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by group commit around gathering and committing a batch (may be a no-op)."""
         return nullcontext()

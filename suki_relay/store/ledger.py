@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
-from .tx import Backend, Tx, marks
+from .tx import ROWS_PER_INSERT, Backend, Tx, marks
 
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
@@ -71,6 +71,15 @@ class Ledger(Backend):
                   if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
+
+    def known(self, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        with self.tx(write=False) as tx:
+            for i in range(0, len(event_ids), ROWS_PER_INSERT):
+                chunk = event_ids[i:i + ROWS_PER_INSERT]
+                found.update(r["id"] for r in tx.all(
+                    f"SELECT id FROM events WHERE id IN ({marks(chunk)})", chunk))
+        return found
 
     # ------------------------------------------------------------ the delivery path
 

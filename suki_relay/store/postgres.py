@@ -3,24 +3,24 @@
 Schema creation takes an advisory lock, so nodes starting together do not race. Claimers
 serialise on a transaction-scoped advisory lock (which keeps per-action concurrency limits
 true across nodes) and take rows FOR UPDATE SKIP LOCKED. Connections are checked when
-taken from the pool, so after a database restart the first use reconnects; while the
-database is unreachable every operation raises StoreUnavailable (the receiver answers 503).
+taken (pgpool.py), and a request that finds none alive connects at once, so the first
+request after a database restart commits; while the database is unreachable every
+operation raises StoreUnavailable (the receiver spools, or answers 503).
 
 Pool settings ride on the URL: ``?pool_size=10&pool_timeout=5&connect_timeout=5``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .base import StoreUnavailable
+from .pgpool import Connections
 from .sql import SqlStore
 from .tx import Tx
 
@@ -43,35 +43,45 @@ class PostgresStore(SqlStore):
     blob_type = "BYTEA"
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, lazy: bool = False):
+        """``lazy``: if the database is unreachable now, start anyway and make sure of the
+        schema at the first transaction that can connect (a node with a spool must be able
+        to start, and receive, during an outage)."""
         self.url = url
         self.conninfo, pool = split_url(url)
         self.pool_size = int(pool["pool_size"])
         self.pool_timeout = pool["pool_timeout"]
-        self._pool: ConnectionPool | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-        self.ensure_schema()
+        self.connections = Connections(self.conninfo, self.pool_size, self.pool_timeout)
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+        self._ensuring = threading.local()
+        try:
+            self._ready_schema()
+        except StoreUnavailable:
+            if not lazy:
+                raise
 
-    def _get_pool(self) -> ConnectionPool:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():  # pools do not survive fork
-                self._pool = ConnectionPool(
-                    self.conninfo, min_size=1, max_size=self.pool_size,
-                    timeout=self.pool_timeout, check=ConnectionPool.check_connection,
-                    open=True, name=f"suki-relay-{os.getpid()}",
-                )
-                self._pid = os.getpid()
-            return self._pool
+    def _ready_schema(self) -> None:
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._ensuring.active = True
+                try:
+                    self.ensure_schema()
+                finally:
+                    self._ensuring.active = False
+                self._schema_ready = True
 
     @contextmanager
     def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
+        if not self._schema_ready and not getattr(self._ensuring, "active", False):
+            self._ready_schema()
         try:
-            with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with self.connections.connection() as conn, conn.transaction(), \
+                    conn.cursor() as cur:
                 if not durable:
                     cur.execute("SET LOCAL synchronous_commit TO OFF")
                 yield Tx(cur, self.placeholder)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
 
     def lock_schema(self, tx: Tx) -> None:
@@ -81,6 +91,4 @@ class PostgresStore(SqlStore):
         tx.exec(f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
 
     def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.close()
-            self._pool = None
+        self.connections.close()

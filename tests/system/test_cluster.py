@@ -3,31 +3,33 @@ private cluster the test starts itself)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import pytest
 import requests
 import yaml
 
-from suki_relay.testing import SECRET, Reply, free_port, post_signed, unique_body, wait_until
+from suki_relay.testing import (
+    SECRET,
+    PrivateCluster,
+    Reply,
+    post_signed,
+    unique_body,
+    wait_until,
+)
 
 from ..conftest import FAST_DELIVERY, http_action, open_test_store
 
 
-def cluster_config(tmp_path: Path, pg_url: str, target: str, name: str = "actions.yaml") -> Path:
+def cluster_config(tmp_path: Path, pg_url: str, target: str, name: str = "actions.yaml",
+                   **top_level: Any) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump({
         "receiver": {"secrets": [SECRET]}, "store": pg_url, "delivery": FAST_DELIVERY,
         "actions": {"target": http_action(target, max_concurrency=16, timeout_seconds=20)},
-        "rules": [{"name": "all", "do": ["target"]}],
+        "rules": [{"name": "all", "do": ["target"]}], **top_level,
     }))
     return path
 
@@ -64,54 +66,14 @@ def test_failover_after_kill_9(tmp_path: Path, pg_url: str, relay, sink) -> None
     assert b.proc is not None and b.proc.poll() is None
 
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-class PrivateCluster:
-    """A PostgreSQL cluster of this test's own, on a free port, that the test may stop and
-    start: never the machine's shared server, which other tests are using right now."""
-
-    def __init__(self) -> None:
-        if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
-            pytest.skip(f"needs {PG_BIN} and root (to run it as user postgres)")
-        self.dir = Path(tempfile.mkdtemp(prefix="suki-pg-"))
-        shutil.chown(self.dir, "postgres", "postgres")
-        self.data, self.port = self.dir / "data", free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args],
-                       check=True, timeout=120, capture_output=True)
-
-    def start(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60",
-                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError):
-            self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PrivateCluster]:
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.remove()
-
 
 def test_database_restart_mid_stream(tmp_path: Path, private_pg: PrivateCluster, relay,  # type: ignore[no-untyped-def]
                                      sink) -> None:
     pg_url = private_pg.url
     target = sink()
-    cfg = cluster_config(tmp_path, pg_url + "?pool_timeout=1", target.url)
+    # without the spool (with it, nothing is refused: test_spool_outage.py)
+    cfg = cluster_config(tmp_path, pg_url + "?pool_timeout=1", target.url,
+                         spool={"enabled": False})
     node = relay(cfg)
     results: list[tuple[int, str | None]] = []
     stop = threading.Event()
