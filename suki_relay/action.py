@@ -10,7 +10,11 @@ config loads, compiles their strings as Jinja templates, and hands ``deliver`` o
 * raise :class:`~suki_relay.errors.RetryableError` - tried again later, with backoff;
 * raise :class:`~suki_relay.errors.PermanentError` - failed, kept for replay.
 
-Any other exception counts as retryable and is logged by class name only.
+Any other exception counts as retryable and is logged by class name only. ``self.http``
+is a requests session for outbound calls (made by suki_relay.outbound: ~/.netrc is never
+read); ``outbound.send(self.http, ..., delivery=delivery)`` records the target's HTTP
+status on the delivery, and `suki-relay show` lists it with the attempt. Suki's settings
+reach an action only as ``self.relay.suki``.
 """
 
 from __future__ import annotations
@@ -21,28 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import outbound
 from .errors import PermanentError
+from .options import Option
 from .templates import Template, Templates, render_value
 
 if TYPE_CHECKING:
+    import requests
+
     from .suki_api import SukiClient, SukiSettings
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"authorization|token|secret|password|api[-_]?key", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of an action type, declared as data."""
-
-    kind: type | tuple[type, ...] = str
-    required: bool = False
-    default: Any = None
-    secret: bool = False  # masked wherever the relay prints it
-    template: bool = True  # strings inside are Jinja templates rendered per delivery
-    html: bool = False  # templates autoescape HTML
-    choices: tuple[Any, ...] = ()
-    help: str = ""
 
 
 @dataclass
@@ -56,6 +50,7 @@ class Delivery:
     event: Any
     raw_body: bytes
     received_at: str
+    http_status: int | None = None  # the target's answer; outbound.send(..., delivery=) sets it
     # the documents fetched for this attempt (the action's ``fetch:``), by link relation:
     # protected health information, never stored or logged, fetched again each attempt
     fetched: dict[str, Any] = field(default_factory=dict)
@@ -86,8 +81,7 @@ class RelayContext:
 
     templates: Templates
     base_dir: Path  # the folder of actions.yaml: relative paths are relative to it
-    suki: SukiSettings | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    suki: SukiSettings | None = None  # the top-level `suki:` section, if the config has one
     _suki_client: SukiClient | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -114,6 +108,13 @@ class Action:
         self.name = name
         self.values = values  # validated; strings compiled to templates where declared
         self.relay = relay
+        self._sessions = outbound.Sessions()
+
+    @property
+    def http(self) -> requests.Session:
+        """This thread's session for outbound HTTP (connections are reused; made by
+        outbound.new_session, so ~/.netrc is never read)."""
+        return self._sessions.get()
 
     def check(self) -> list[str]:
         """Further validation across options; return messages, empty if all is well."""
@@ -157,50 +158,6 @@ def mask_secret_keys(value: Any) -> Any:
     return value
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a mapping"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def validate_options(
-    cls: type[Action], raw: dict[str, Any], templates: Templates
-) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Check ``raw`` against ``cls.options``; returns (values, [(option, message)])."""
-    problems: list[tuple[str, str]] = []
-    values: dict[str, Any] = {}
-    for key in raw:
-        if key not in cls.options:
-            known = ", ".join(sorted(cls.options)) or "none"
-            problems.append((key, f"unknown option; expected one of: {known}"))
-    for key, opt in cls.options.items():
-        if key not in raw or raw[key] is None:
-            if opt.required:
-                problems.append((key, f"required option missing ({opt.help or _kind_name(opt.kind)})"))
-            default = opt.default
-            values[key] = templates.compile_value(default, opt.html) if opt.template else default
-            continue
-        value = raw[key]
-        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            problems.append((key, f"expected {_kind_name(opt.kind)}, got {type(value).__name__}"))
-            continue
-        if opt.choices and value not in opt.choices:
-            problems.append((key, f"expected one of {list(opt.choices)}, got {value!r}"))
-            continue
-        if opt.template:
-            try:
-                value = templates.compile_value(value, html=opt.html)
-            except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-                problems.append((key, f"template error: {exc}"))
-                continue
-        values[key] = value
-    return values, problems
-
-
 __all__ = [
     "Action",
     "Delivery",
@@ -208,5 +165,4 @@ __all__ = [
     "RelayContext",
     "Template",
     "mask_secret_keys",
-    "validate_options",
 ]

@@ -19,11 +19,11 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 
 from . import logs, metrics, verify
 from .config import Config
+from .errors import Rejected, StoreUnavailable
 from .record import recorder, to_event
 from .rejections import RejectionLog, expired_hint, skew_ms
 from .spool import SpoolFull
-from .store import NewEvent, Store, StoreUnavailable
-from .verify import Rejected
+from .store import NewEvent, Store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from .cli_store import (
     store_of,
     table,
 )
-from .errors import ConfigError, RelayError
+from .errors import ConfigError, RelayError, StoreUnavailable
 
 
 def _read_body(arg: str) -> bytes:
@@ -44,22 +45,29 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .dryrun import check_templates
+    from .dryrun import check_templates, seen_statuses, status_problems
 
     config = config_of(args)
-    problems = check_templates(config)
-    if problems:
-        raise ConfigError(problems)
+    problems = check_templates(config) + status_problems(config, seen_statuses(config))
+    for p in problems:
+        if p.warning:
+            print(str(p), file=sys.stderr)
+    if any(not p.warning for p in problems):
+        raise ConfigError([p for p in problems if not p.warning])
     print(f"{config.file}: ok ({len(config.actions)} actions, {len(config.rules)} rules, "
           f"store {config.store_url.split('://')[0]})")
     return 0
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run
+    from .dryrun import dry_run, seen_statuses, status_problems
 
     config = config_of(args)
     body = _read_body(args.file)
+    statuses = status_problems(config, seen_statuses(config))
+    for p in statuses:
+        print(str(p) if p.warning else f"{p.file}:{p.line}: error: {p.where}: {p.message}",
+              file=sys.stderr)
     try:
         plan, previews = dry_run(config, body)
     except ValueError:
@@ -75,17 +83,19 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
         for rel, url in (p.fetch or {}).items():
             lines.append(f"  would fetch {rel}: GET {url} (not fetched in a dry run)")
         if p.error:
-            lines.append(f"  ERROR {p.error}")
+            lines.append(f"  ERROR {f'option {p.option}: ' if p.option else ''}{p.error}")
         else:
             for key, value in (p.sends or {}).items():
                 shown = value if isinstance(value, str) else json.dumps(value)
                 lines.append(f"  {key}: {shown}")
     emit(args, data, "\n".join(lines))
-    failed = any(p.error for p in previews)
+    failed = any(p.error for p in previews) or any(not p.warning for p in statuses)
     if args.expect is not None:
         ok, why = _expectation(config, plan.rules, plan.actions, args.expect)
         if not ok:
-            print(f"expectation failed: {why}", file=sys.stderr)
+            print(f"expectation failed: {why}\n  expected: {' '.join(args.expect) or '(nothing)'}"
+                  f"\n  matched:  rules {', '.join(plan.rules) or '(none)'}; actions "
+                  f"{', '.join(plan.actions) or '(none)'}", file=sys.stderr)
             return 1
     return 1 if failed else 0
 
@@ -294,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not hasattr(args, "json"):
         args.json = False
+    if args.func is not cmd_serve:  # the pool's reconnect attempts would bury the one message
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
+    except StoreUnavailable as exc:
+        print(f"error: the store cannot be reached ({exc}); is the database up?", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"{len(exc.problems)} problem(s) found:", file=sys.stderr)
         for problem in exc.problems:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .cli_store import _when, config_of, emit, table
+from .cli_store import _when, emit, store_settings, table
 from .errors import RelayError
 from .spool import Spool, open_spool
 
@@ -33,7 +33,7 @@ def spool_note(config: Any) -> str | None:
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
-    with spool_of(config_of(args)) as spool:
+    with spool_of(store_settings(args)) as spool:
         if spool is None:
             raise RelayError("this config has no spool (it is used only with a PostgreSQL "
                              "store, and `spool: {enabled: false}` turns it off)")

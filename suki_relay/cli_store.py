@@ -67,6 +67,14 @@ def config_of(args: argparse.Namespace) -> Any:
     return load_config(args.config)
 
 
+def store_settings(args: argparse.Namespace) -> Any:
+    """Only the config's store settings (store:, spool:): all that the store commands that
+    need no rules read, so the webhook secret and other settings need not be set."""
+    from .config import load_store_settings
+
+    return load_store_settings(args.config)
+
+
 @contextmanager
 def store_of(config: Any) -> Iterator[Store]:
     """The configured store, closed when the command is done."""
@@ -91,7 +99,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from .cli_spool import spool_note
     from .store import StoreUnavailable
 
-    config = config_of(args)
+    config = store_settings(args)
     note = spool_note(config)
     if note:
         print(note, file=sys.stderr)
@@ -116,7 +124,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def _rejected(args: argparse.Namespace) -> int:
     """`events --rejected`: recent refused requests (no body was ever kept)."""
-    with store_of(config_of(args)) as store:
+    with store_of(store_settings(args)) as store:
         found = store.rejections(since=parse_since(args.since), limit=args.limit)
     rows = [{**asdict(r), "last": _when(r.last_at), "first": _when(r.first_at),
              "remote": r.remote_addr, "status": r.http_status} for r in found]
@@ -169,7 +177,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .cli_spool import show_spooled
     from .store import StoreUnavailable
 
-    config = config_of(args)
+    config = store_settings(args)
     try:
         with store_of(config) as store:
             detail = store.event(args.event_id)
@@ -213,7 +221,7 @@ def _indent(text: str) -> str:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    with store_of(config_of(args)) as store:
+    with store_of(store_settings(args)) as store:
         found = store.deliveries(state=args.state, action=args.action,
                                  since=parse_since(args.since), limit=args.limit)
     rows = [{**asdict(d), "updated": _when(d.updated_at)} for d in found]
@@ -225,7 +233,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from . import repair
 
-    with store_of(config_of(args)) as store:
+    with store_of(store_settings(args)) as store:
         if args.event_id:
             chosen = repair.event_deliveries(store, args.event_id, failed_only=args.failed,
                                              action=args.action)

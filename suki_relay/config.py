@@ -1,123 +1,157 @@
 """The one config loader: actions.yaml in, a validated Config out, or every Problem found.
 
 Loading substitutes ``${VAR}``, ``${VAR:-default}`` and ``${file:/path}`` (``$${`` is a
-literal ``${``), builds every action through the plugin registry, compiles every template
-and every rule. Each problem names the file, the line, the action or rule, and what was
-expected, so `suki-relay check` can print them all at once.
+literal ``${``; substituted text is literal, never template markup), validates every
+section through the one validator (options.validate), builds every action through the
+plugin registry, compiles every template and every rule. Each problem names the file,
+the line of the offending key, and what was expected, so `suki-relay check` lists them all.
+
+Adding a section (say ``spool:``) takes three declarative steps:
+
+1. a frozen dataclass whose fields are declared with ``setting()``::
+
+       @dataclass(frozen=True)
+       class Spool:
+           directory: str | None = setting(None, kind=str, help="where bodies are spooled")
+           max_mb: int = setting(512, positive=True)
+
+2. an entry in SECTIONS: ``"spool": Option(Spool, default=Spool())`` (``Option(Spool)``
+   alone: absent means None; ``required=True``: it must be there);
+3. a field of the same name on Config: ``spool: Spool = Spool()``.
+
+A per-action core option (next to ``type``, ``max_concurrency``, ``retry``) is an entry in
+ACTION_OPTIONS plus a field of the same name on ActionSpec. Cross-field rules go in the
+option's ``check`` (it gets the built section and returns a message or None).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import plugins
-from .action import Action, RelayContext, validate_options
+from . import plugins, store
+from .action import Action, RelayContext
 from .console.settings import ConsoleSettings
 from .console.settings import check as check_console
 from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
+from .options import Option, Unresolved, is_section, line_of, setting, validate
+from .retry import RetryPolicy
 from .routing import Rule, compile_condition, required_statuses
 from .suki_api import SukiSettings
-from .templates import Templates
+from .templates import Literal, Templates
+from .yaml_lines import LineMap, load_yaml
 
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
-TOP_LEVEL = ("receiver", "store", "templates", "actions", "rules", "unmatched", "delivery",
-             "suki", "metrics", "retention", "recovery", "on_failure", "console", "spool")
-CORE_ACTION_KEYS = ("type", "max_concurrency", "retry", "fetch")
+DEFAULT_STORE = "sqlite:///suki-relay.db"
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-# ---------------------------------------------------------------- YAML with line numbers
+def _path(value: str) -> str | None:
+    return None if value.startswith("/") else "expected a path starting with /"
 
 
-class _Map(dict):  # type: ignore[type-arg]
-    """A mapping that remembers the line of itself and of each key."""
-
-    line: int = 0
-    lines: dict[Any, int]
-
-
-class _Loader(yaml.SafeLoader):
-    duplicates: list[tuple[str, int]]
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            loader.duplicates.append((str(key), key_node.start_mark.line + 1))
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.lines[key] = key_node.start_mark.line + 1
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line(mapping: Any, key: Any = None) -> int | None:
-    if isinstance(mapping, _Map):
-        return mapping.lines.get(key, mapping.line) if key is not None else mapping.line
+def _relations(value: Any) -> str | None:
+    bad = unknown_relations([value] if isinstance(value, str) else value)
+    if bad:
+        return f"unknown link relation(s) {', '.join(bad)}; expected any of {', '.join(RELATIONS)}"
     return None
 
 
-# ---------------------------------------------------------------- the Config
+def _secrets(value: Any) -> str | None:
+    items = [value] if isinstance(value, str) else value
+    if items and all(isinstance(s, str) and (s or isinstance(s, Unresolved)) for s in items):
+        return None
+    return 'expected a list of non-empty secrets (e.g. ["${SUKI_WEBHOOK_SECRET}"])'
 
 
 @dataclass(frozen=True)
 class Receiver:
-    path: str = "/webhooks/notification"
-    secrets: tuple[str, ...] = ()
-    tolerance_seconds: float = 300.0
-    max_body_bytes: int = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; defaults retry for about a day."""
-
-    max_attempts: int = 20
-    initial_seconds: float = 5.0
-    max_seconds: float = 3 * 3600.0
-    max_age_seconds: float = 24 * 3600.0
-
-    def delay(self, tries: int, retry_after: float | None = None) -> float:
-        """Seconds before the next try, after ``tries`` failed ones (1-based)."""
-        base = min(self.max_seconds, self.initial_seconds * 2 ** (tries - 1))
-        delay = base * random.uniform(0.75, 1.25)
-        if retry_after is not None:  # the target knows best, within the retry window
-            delay = max(delay, min(retry_after, self.max_age_seconds))
-        return delay
+    path: str = setting("/webhooks/notification", check=_path)
+    secrets: tuple[str, ...] = setting((), kind=(list, str), required=True, secret=True,
+                                       check=_secrets, help="the webhook secrets",
+                                       convert=lambda v: (v,) if isinstance(v, str) else tuple(v))
+    tolerance_seconds: float = setting(300.0, positive=True)
+    max_body_bytes: int = setting(1024 * 1024, positive=True)
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    threads: int = 8  # delivery threads per process
-    lease_seconds: float = 30.0  # a claimed delivery whose owner stops renewing is free again after this
-    poll_seconds: float = 1.0  # longest idle wait between looks at the store
-    shutdown_seconds: float = 20.0  # on SIGTERM, how long in-flight deliveries may finish
+    threads: int = setting(8, positive=True, help="delivery threads per process")
+    lease_seconds: float = setting(30.0, positive=True,
+                                   help="a claimed delivery whose owner stops renewing is "
+                                        "free again after this")
+    poll_seconds: float = setting(1.0, positive=True,
+                                  help="longest idle wait between looks at the store")
+    shutdown_seconds: float = setting(20.0, positive=True,
+                                      help="on SIGTERM, how long in-flight deliveries may finish")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    enabled: bool = setting(True)
+    path: str = setting("/metrics", check=_path)
+
+
+@dataclass(frozen=True)
+class Retention:
+    days: float | None = setting(None, kind=float, positive=True,
+                                 help="finished events older than this are pruned")
 
 
 @dataclass(frozen=True)
 class RecoverySettings:
     """Gap detection (recovery.py). On by default when the suki: section is configured."""
 
-    enabled: bool = True
-    grace_seconds: float = 300.0  # a listed session with no event this long after: check it
-    check_every_seconds: float = 600.0  # while Suki says it is unfinished, ask again this often
-    give_up_after_hours: float = 24.0  # then stop asking, log an error, count a give-up
+    enabled: bool = setting(True)
+    grace_seconds: float = setting(300.0, positive=True,
+                                   help="a listed session with no event this long after: check it")
+    check_every_seconds: float = setting(600.0, positive=True,
+                                         help="while Suki says it is unfinished, ask this often")
+    give_up_after_hours: float = setting(24.0, positive=True,
+                                         help="then stop asking, log an error, count a give-up")
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (spool.py): used only with a PostgreSQL store."""
+
+    enabled: bool = setting(True)
+    path: str = setting("suki-relay-spool.db", help="relative to actions.yaml")
+    max_events: int = setting(100_000, positive=True)
+
+
+SECTIONS: dict[str, Option] = {
+    "receiver": Option(Receiver, required=True),
+    "store": Option(str, default=DEFAULT_STORE, template=False, check=store.url_problem),
+    "templates": Option(str, template=False, help="folder for {% include %} / {% import %}"),
+    "delivery": Option(DeliverySettings, default=DeliverySettings()),
+    "metrics": Option(Metrics, default=Metrics()),
+    "retention": Option(Retention, default=Retention()),
+    "suki": Option(SukiSettings),
+    "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console),
+    "recovery": Option(RecoverySettings, default=RecoverySettings()),
+    "spool": Option(SpoolSettings, default=SpoolSettings()),
+    # checked here for their type, then built below
+    "actions": Option(dict, template=False),
+    "rules": Option(list, template=False),
+    "unmatched": Option((list, str), template=False),
+    "on_failure": Option((list, str), template=False),
+}
+ACTION_OPTIONS: dict[str, Option] = {
+    "type": Option(str, required=True, template=False, help="the action type"),
+    "max_concurrency": Option(int, default=4, positive=True, template=False),
+    "retry": Option(RetryPolicy, default=RetryPolicy(), template=False),
+    "fetch": Option((list, str), default=(), template=False, check=_relations,
+                    help="link relations fetched from Suki before each attempt",
+                    convert=lambda v: tuple(dict.fromkeys([v] if isinstance(v, str) else v))),
+}
 
 
 @dataclass(frozen=True)
@@ -126,26 +160,12 @@ class ActionSpec:
     type: str
     action: Action
     max_concurrency: int = 4
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     fetch: tuple[str, ...] = ()  # link relations fetched before each attempt (suki_relay.fetch)
+    lines: dict[str, int] = field(default_factory=dict, repr=False)  # of its options, for check
 
 
-@dataclass(frozen=True)
-class Metrics:
-    enabled: bool = True
-    path: str = "/metrics"
-
-
-@dataclass(frozen=True)
-class SpoolSettings:
-    """The local spool (spool.py): used only with a PostgreSQL store."""
-
-    enabled: bool = True
-    path: str = "suki-relay-spool.db"  # relative to actions.yaml
-    max_events: int = 100_000
-
-
-@dataclass
+@dataclass(repr=False)
 class Config:
     file: Path
     base_dir: Path
@@ -157,369 +177,309 @@ class Config:
     unmatched: list[str]
     delivery: DeliverySettings = DeliverySettings()
     metrics: Metrics = Metrics()
-    retention_days: float | None = None
+    retention: Retention = Retention()
     suki: SukiSettings | None = None
     recovery: RecoverySettings = RecoverySettings()
-    on_failure: list[str] = field(default_factory=list)
+    on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     spool: SpoolSettings = SpoolSettings()
-    text: str = field(default="", repr=False)
+    fingerprint: str = ""  # of the config text: which config a process runs (console)
+
+    @property
+    def retention_days(self) -> float | None:
+        return self.retention.days
 
     @property
     def recovery_enabled(self) -> bool:
         return self.suki is not None and self.recovery.enabled
 
-
-# ---------------------------------------------------------------- loading
+    def __repr__(self) -> str:  # no secrets: the store URL may hold a password
+        return (f"Config(file={str(self.file)!r}, store={self.store_url.split(':')[0]}, "
+                f"actions={list(self.actions)}, rules={[r.name for r in self.rules]})")
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_FILE)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+def read_config(path: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
+    """The text of actions.yaml; a missing file is a ConfigError that suggests `init`."""
     file = config_path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8"), file
+    except FileNotFoundError:
+        hint = "; `suki-relay init` writes a starter config" if path is None else ""
+        message = f"no config file {str(file)!r} (give -c FILE or set {ENV_CONFIG}{hint})"
     except OSError as exc:
-        raise ConfigError([Problem("config", f"cannot read: {exc.strerror}", file=str(file))]) from None
+        message = f"cannot read: {exc.strerror}"
+    raise ConfigError([Problem("config", message, file=str(file))])
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    text, file = read_config(path)
     return parse_config(text, file)
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """What the store commands need: the store, where relative paths start, the spool."""
+
+    store_url: str
+    base_dir: Path
+    spool: SpoolSettings
+
+
+def load_store_settings(path: str | os.PathLike[str] | None = None) -> StoreSettings:
+    """Only the store settings (store:, spool:): the store commands need no webhook secret."""
+    text, file = read_config(path)
+    raw, problems = _load(text, file)
+    raw = _substitute(raw.like({k: raw[k] for k in ("store", "spool") if k in raw}), "", None,
+                      problems)
+    values, found = validate({k: SECTIONS[k] for k in ("store", "spool")}, raw)
+    _raise([*problems, *found], file)
+    return StoreSettings(values["store"], file.resolve().parent, values["spool"])
+
+
 def parse_config(text: str, file: Path) -> Config:
-    return _Builder(file).build(text)
+    base_dir = file.resolve().parent
+    raw, problems = _load(text, file)
+    raw = _substitute(raw, "", None, problems)
+    _secret_alias(raw.get("receiver"), problems)
+    values, found = validate(SECTIONS, raw)
+    problems += found
+    templates = Templates(_templates_dir(values["templates"], base_dir, raw, problems))
+    relay = RelayContext(templates=templates, base_dir=base_dir, suki=values["suki"])
+    context_ok = values["suki"] is not None or "suki" not in raw  # else "needs suki:" misleads
+    actions = _actions(values["actions"] or {}, relay, context_ok, problems)
+    defined = {str(name) for name in values["actions"] or {}}
+    rules = _rules(values["rules"] or [], defined, problems)
+    unmatched = _action_list(values["unmatched"] or [], "unmatched", defined,
+                             line_of(raw, "unmatched"), problems)
+    on_failure = _action_list(values["on_failure"] or [], "on_failure", defined,
+                              line_of(raw, "on_failure"), problems)
+    if "recovery" in raw and values["recovery"].enabled and values["suki"] is None and \
+            context_ok:
+        problems.append(Problem("recovery", "needs the top-level `suki:` section (Suki's status "
+                                "API is how missing sessions are checked); or set enabled: false",
+                                line_of(raw, "recovery")))
+    console = values["console"]
+    if console.enabled and values["receiver"] and console.path in (values["receiver"].path,
+                                                                   values["metrics"].path):
+        problems.append(Problem("console.path", "already the webhook or metrics path",
+                                line_of(raw.get("console"), "path")))
+    _raise(problems, file)
+    sections = {name: values[name] for name, opt in SECTIONS.items() if is_section(opt.kind)}
+    return Config(file=file, base_dir=base_dir, store_url=values["store"], templates=templates,
+                  actions=actions, rules=rules, unmatched=unmatched, on_failure=on_failure,
+                  fingerprint=hashlib.sha256(text.encode()).hexdigest()[:12], **sections)
 
 
-class _Builder:
-    def __init__(self, file: Path):
-        self.file = file
-        self.base_dir = file.resolve().parent
-        self.problems: list[Problem] = []
+def _secret_alias(receiver: Any, problems: list[Problem]) -> None:
+    """``secret: x`` is short for ``secrets: [x]``."""
+    if isinstance(receiver, LineMap) and "secret" in receiver:
+        if "secrets" in receiver:
+            problems.append(Problem("receiver.secret", "give either secret or secrets, not both",
+                                    line_of(receiver, "secret")))
+        receiver["secrets"] = receiver.pop("secret")
+        receiver.lines["secrets"] = receiver.lines.pop("secret")
 
-    def problem(self, where: str, message: str, line: int | None = None) -> None:
-        self.problems.append(Problem(where, message, line, str(self.file)))
 
-    # ${...} substitution, recording problems at the line of the string
-    def substitute(self, value: Any, where: str, line: int | None) -> Any:
-        if isinstance(value, str):
-            return _VAR.sub(lambda m: self._var(m, where, line), value)
-        if isinstance(value, _Map):
-            out = _Map({k: self.substitute(v, f"{where}.{k}" if where else str(k), _line(value, k))
-                        for k, v in value.items()})
-            out.line, out.lines = value.line, value.lines
-            return out
-        if isinstance(value, list):
-            return [self.substitute(v, f"{where}[{i}]", line) for i, v in enumerate(value)]
-        return value
+def _raise(problems: list[Problem], file: Path) -> None:
+    if problems:
+        raise ConfigError([Problem(p.where, p.message, p.line, str(file)) for p in problems])
 
-    def _var(self, m: re.Match[str], where: str, line: int | None) -> str:
+
+def _load(text: str, file: Path) -> tuple[Any, list[Problem]]:
+    raw, problems = load_yaml(text)
+    if problems and raw is None:
+        _raise(problems, file)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _raise([Problem("config", "expected a mapping at the top level", 1)], file)
+    return raw if isinstance(raw, LineMap) else LineMap(raw), problems
+
+
+# ---------------------------------------------------------------- ${...} substitution
+
+
+def _substitute(value: Any, where: str, line: int | None, problems: list[Problem]) -> Any:
+    """A copy of the YAML tree with ${...} replaced (mappings keep their lines)."""
+    if isinstance(value, str):
+        return _substitute_text(value, where, line, problems) if "${" in value else value
+    if isinstance(value, dict):
+        return _with_lines({k: _substitute(v, f"{where}.{k}" if where else str(k),
+                                           line_of(value, k), problems)
+                            for k, v in value.items()}, value)
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}[{i}]", line, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _substitute_text(text: str, where: str, line: int | None, problems: list[Problem]) -> str:
+    parts: list[tuple[str, bool]] = []  # (text, substituted)
+    unresolved = False
+    end = 0
+    for m in _VAR.finditer(text):
+        parts.append((text[end:m.start()], False))
+        end = m.end()
         if m.group(1):
-            return "${" + m.group(2) + "}"
-        expr = m.group(2)
-        if expr.startswith("file:"):
-            path = Path(expr[5:])
-            try:
-                return path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                self.problem(where, f"secret file {path} cannot be read: {exc.strerror}", line)
-                return ""
-        name, sep, default = expr.partition(":-")
-        if not _NAME.fullmatch(name):
-            self.problem(where, f"${{{expr}}}: expected ${{NAME}}, ${{NAME:-default}} or "
-                                "${file:/path}", line)
-            return ""
-        if name in os.environ:
-            return os.environ[name]
-        if sep:
-            return default
-        self.problem(where, f"environment variable {name} is not set", line)
-        return ""
+            parts.append(("${" + m.group(2) + "}", False))
+            continue
+        value = _variable(m.group(2), where, line, problems)
+        unresolved = unresolved or value is None
+        parts.append((value or "", True))
+    parts.append((text[end:], False))
+    plain = "".join(p for p, _ in parts)
+    if unresolved:
+        return Unresolved(plain)
+    template = "".join(Literal.quote(p) if sub else p for p, sub in parts)
+    return plain if template == plain else Literal(plain, template)
 
-    def build(self, text: str) -> Config:
-        loader = _Loader(text)
-        loader.duplicates = []
+
+def _variable(expr: str, where: str, line: int | None, problems: list[Problem]) -> str | None:
+    if expr.startswith("file:"):
+        path = Path(expr[5:])
         try:
-            raw = loader.get_single_data()
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            self.problem("yaml", str(getattr(exc, "problem", exc)),
-                         mark.line + 1 if mark else None)
-            raise ConfigError(self.problems) from None
-        finally:
-            loader.dispose()
-        for key, line in loader.duplicates:
-            self.problem(key, "key appears twice; the second would silently win", line)
-        if raw is None:
-            raw = _Map()
-        if not isinstance(raw, dict):
-            self.problem("config", "expected a mapping at the top level", 1)
-            raise ConfigError(self.problems)
-        for key in raw:
-            if key not in TOP_LEVEL:
-                self.problem(str(key), f"unknown key; expected one of: {', '.join(TOP_LEVEL)}",
-                             _line(raw, key))
-        raw = self.substitute(raw, "", None)
-
-        receiver = self.receiver(raw.get("receiver"), _line(raw, "receiver"))
-        templates_dir = self.templates_dir(raw.get("templates"), _line(raw, "templates"))
-        templates = Templates(templates_dir)
-        suki = self.suki(raw.get("suki"), _line(raw, "suki"))
-        relay = RelayContext(templates=templates, base_dir=self.base_dir, suki=suki)
-        actions = self.actions(raw.get("actions"), relay, _line(raw, "actions"))
-        rules = self.rules(raw.get("rules"), actions, _line(raw, "rules"))
-        unmatched = self.action_list(raw.get("unmatched") or [], "unmatched", actions,
-                                     _line(raw, "unmatched"))
-        delivery = self.section(raw.get("delivery"), "delivery", DeliverySettings, raw)
-        metrics = self.section(raw.get("metrics"), "metrics", Metrics, raw)
-        retention = self.retention(raw.get("retention"), _line(raw, "retention"))
-        spool = self.section(raw.get("spool"), "spool", SpoolSettings, raw)
-        recovery = self.section(raw.get("recovery"), "recovery", RecoverySettings, raw)
-        if raw.get("recovery") is not None and recovery.enabled and suki is None and \
-                not any(p.where.startswith("suki") for p in self.problems):
-            self.problem("recovery", "needs the top-level `suki:` section (Suki's status API "
-                         "is how missing sessions are checked); or set enabled: false",
-                         _line(raw, "recovery"))
-        on_failure = self.action_list(raw.get("on_failure") or [], "on_failure", actions,
-                                      _line(raw, "on_failure"))
-        console, console_problems = check_console(raw.get("console"))
-        for where, message in console_problems:
-            self.problem(where, message, _line(raw.get("console"), where.split(".")[1])
-                         if "." in where else _line(raw, "console"))
-        if console.enabled and console.path in (receiver.path, metrics.path):
-            self.problem("console.path", "already the webhook or metrics path",
-                         _line(raw, "console"))
-        store_url = raw.get("store") or "sqlite:///suki-relay.db"
-        if not isinstance(store_url, str) or not store_url.startswith(("sqlite:", "postgresql:",
-                                                                       "postgres:")):
-            self.problem("store", "expected sqlite:///path or postgresql://...",
-                         _line(raw, "store"))
-        if self.problems:
-            raise ConfigError(self.problems)
-        return Config(
-            file=self.file, base_dir=self.base_dir, receiver=receiver, store_url=store_url,
-            templates=templates, actions=actions, rules=rules, unmatched=unmatched,
-            delivery=delivery, metrics=metrics, retention_days=retention, suki=suki,
-            recovery=recovery, on_failure=on_failure, console=console, spool=spool,
-            text=text,
-        )
-
-    def section(self, raw: Any, name: str, cls: type, parent: Any) -> Any:
-        """A flat section of numbers/bools/strings mapped onto a frozen dataclass."""
-        if raw is None:
-            return cls()
-        if not isinstance(raw, dict):
-            self.problem(name, "expected a mapping", _line(parent, name))
-            return cls()
-        defaults = cls()
-        values = {}
-        for key, value in raw.items():
-            if not hasattr(defaults, key):
-                fields = ", ".join(cls.__dataclass_fields__)
-                self.problem(f"{name}.{key}", f"unknown option; expected one of: {fields}",
-                             _line(raw, key))
-                continue
-            want = type(getattr(defaults, key))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-                self.problem(f"{name}.{key}", f"expected {want.__name__}, got {value!r}",
-                             _line(raw, key))
-                continue
-            if want in (int, float) and value <= 0:
-                self.problem(f"{name}.{key}", "expected a positive number", _line(raw, key))
-                continue
-            values[key] = value
-        return cls(**values)
-
-    def receiver(self, raw: Any, line: int | None) -> Receiver:
-        if raw is None:
-            raw = _Map()
-        if not isinstance(raw, dict):
-            self.problem("receiver", "expected a mapping", line)
-            return Receiver()
-        secrets = raw.get("secrets", raw.get("secret"))
-        if "secrets" in raw and "secret" in raw:
-            self.problem("receiver.secret", "give either secret or secrets, not both",
-                         _line(raw, "secret"))
-        if isinstance(secrets, str):
-            secrets = [secrets]
-        already = any(p.where.startswith("receiver.secret") for p in self.problems)
-        if not already and (not secrets or not isinstance(secrets, list) or not all(
-                isinstance(s, str) and s for s in secrets)):
-            self.problem("receiver.secrets", "expected a list of non-empty secrets (e.g. "
-                         '["${SUKI_WEBHOOK_SECRET}"])', _line(raw, "secrets") or line)
-            secrets = []
-        rest = _Map({k: v for k, v in raw.items() if k not in ("secret", "secrets")})
-        rest.line, rest.lines = _line(raw) or 0, getattr(raw, "lines", {})
-        fields = self.section(rest, "receiver", Receiver, {"receiver": rest})
-        if not str(fields.path).startswith("/"):
-            self.problem("receiver.path", "expected a path starting with /", _line(raw, "path"))
-        return Receiver(fields.path, tuple(secrets), fields.tolerance_seconds,
-                        fields.max_body_bytes)
-
-    def templates_dir(self, raw: Any, line: int | None) -> Path | None:
-        if raw is None:
-            default = self.base_dir / "templates"
-            return default if default.is_dir() else None
-        folder = self.base_dir / str(raw)
-        if not folder.is_dir():
-            self.problem("templates", f"folder {folder} does not exist", line)
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.append(Problem(where, f"secret file {path} cannot be read: {exc.strerror}", line))
             return None
-        return folder
+    name, sep, default = expr.partition(":-")
+    if not _NAME.fullmatch(name):
+        problems.append(Problem(where, f"${{{expr}}}: expected ${{NAME}}, ${{NAME:-default}} or "
+                                       "${file:/path}", line))
+        return None
+    if name in os.environ:
+        return os.environ[name]
+    if sep:
+        return default
+    problems.append(Problem(where, f"environment variable {name} is not set", line))
+    return None
 
-    def suki(self, raw: Any, line: int | None) -> SukiSettings | None:
-        if raw is None:
-            return None
-        if not isinstance(raw, dict):
-            self.problem("suki", "expected a mapping with base_url, partner_id, partner_token",
-                         line)
-            return None
-        known = SukiSettings.__dataclass_fields__
-        for key in raw:
-            if key not in known:
-                self.problem(f"suki.{key}", f"unknown option; expected one of: {', '.join(known)}",
-                             _line(raw, key))
-        missing = [k for k in ("base_url", "partner_id", "partner_token") if not raw.get(k)]
-        for key in missing:
-            self.problem(f"suki.{key}", "required", line)
-        base = str(raw.get("base_url", ""))
-        if base and not re.match(r"https?://[^/]+", base):
-            self.problem("suki.base_url", "expected an http(s):// URL", _line(raw, "base_url"))
-        if missing:
-            return None
-        return SukiSettings(
-            base_url=base, partner_id=str(raw["partner_id"]),
-            partner_token=str(raw["partner_token"]),
-            provider_id=str(raw["provider_id"]) if raw.get("provider_id") else None,
-            timeout_seconds=float(raw.get("timeout_seconds", 20.0)),
-        )
 
-    def actions(self, raw: Any, relay: RelayContext, line: int | None) -> dict[str, ActionSpec]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.problem("actions", "expected a mapping of action name to options", line)
-            return {}
-        types = plugins.discover()
-        out: dict[str, ActionSpec] = {}
-        for name, options in raw.items():
-            where = f"actions.{name}"
-            aline = _line(raw, name)
-            if not isinstance(options, dict):
-                self.problem(where, "expected a mapping with at least `type:`", aline)
-                continue
-            type_name = options.get("type")
-            found = types.get(str(type_name)) if type_name else None
-            if found is None:
-                known = ", ".join(sorted(t for t, v in types.items() if v.cls)) or "none"
-                self.problem(f"{where}.type", f"unknown action type {type_name!r}; installed: "
-                             f"{known}", _line(options, "type"))
-                continue
-            if found.cls is None:
-                self.problem(f"{where}.type", f"plugin {type_name!r} from {found.package} cannot "
-                             f"be loaded: {found.error}", _line(options, "type"))
-                continue
-            plugin_raw = {k: v for k, v in options.items() if k not in CORE_ACTION_KEYS}
-            values, problems = validate_options(found.cls, plugin_raw, relay.templates)
-            for option, message in problems:
-                self.problem(f"{where}.{option}", message, _line(options, option))
-            concurrency = options.get("max_concurrency", 4)
-            if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-                self.problem(f"{where}.max_concurrency", "expected a positive integer",
-                             _line(options, "max_concurrency"))
-                concurrency = 1
-            retry = self.section(options.get("retry"), f"{where}.retry", RetryPolicy, options)
-            fetch = self.fetch(options.get("fetch"), where, _line(options, "fetch") or aline)
-            if problems:
-                continue
-            try:
-                action = found.cls(str(name), values, relay)
-                for message in action.check():
-                    self.problem(where, message, aline)
-                fetch = tuple(dict.fromkeys([*fetch, *action.fetches()]))
-            except Exception as exc:
-                self.problem(where, f"cannot be set up: {exc}", aline)
-                continue
-            if fetch and relay.suki is None:
-                self.problem(where, f"fetching {', '.join(fetch)} needs the top-level `suki:` "
-                             "section (base_url, partner_id, partner_token)", aline)
-            out[str(name)] = ActionSpec(str(name), str(type_name), action, concurrency, retry,
-                                        fetch)
-        return out
+def _unresolved(value: Any) -> bool:
+    if isinstance(value, Unresolved):
+        return True
+    if isinstance(value, dict):
+        return any(_unresolved(v) for v in value.values())
+    return isinstance(value, list) and any(_unresolved(v) for v in value)
 
-    def fetch(self, raw: Any, where: str, line: int | None) -> tuple[str, ...]:
-        """The core ``fetch:`` option: a list of link relations (suki_relay.fetch)."""
-        if raw is None:
-            return ()
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list):
-            self.problem(f"{where}.fetch", f"expected a list of link relations: "
-                         f"{', '.join(RELATIONS)}", line)
-            return ()
-        bad = unknown_relations(raw)
-        if bad:
-            self.problem(f"{where}.fetch", f"unknown link relation(s) {', '.join(bad)}; expected "
-                         f"any of {', '.join(RELATIONS)}", line)
-            return ()
-        return tuple(dict.fromkeys(raw))
 
-    def action_list(self, raw: Any, where: str, actions: dict[str, ActionSpec],
-                    line: int | None) -> list[str]:
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list):
-            self.problem(where, "expected a list of action names", line)
-            return []
-        for name in raw:
-            if name not in actions and not any(p.where.startswith(f"actions.{name}")
-                                               for p in self.problems):
-                known = ", ".join(actions) or "none defined"
-                self.problem(where, f"unknown action {name!r}; defined: {known}", line)
-        return [str(n) for n in raw]
+# ---------------------------------------------------------------- the parts that are not flat
 
-    def rules(self, raw: Any, actions: dict[str, ActionSpec], line: int | None) -> list[Rule]:
-        if raw is None:
-            return []
-        if not isinstance(raw, list):
-            self.problem("rules", "expected a list of rules", line)
-            return []
-        rules: list[Rule] = []
-        names: set[str] = set()
-        for i, item in enumerate(raw):
-            rline = _line(item) or line
-            if not isinstance(item, dict):
-                self.problem(f"rules[{i}]", "expected a mapping with name, when, do", rline)
-                continue
-            name = str(item.get("name") or f"rule {i + 1}")
-            where = f"rule {name!r}"
-            if name in names:
-                self.problem(where, "rule name used twice", rline)
-            names.add(name)
-            for key in item:
-                if key not in ("name", "when", "do", "stop"):
-                    self.problem(f"{where}.{key}", "unknown key; expected name, when, do, stop",
-                                 _line(item, key))
-            errors: list[tuple[str, str]] = []
-            condition = compile_condition(item.get("when"), f"{where}.when", errors)
-            for sub, message in errors:
-                self.problem(sub, message, _line(item, "when"))
-            if "do" not in item:
-                self.problem(where, "missing `do:` (the list of actions to run)", rline)
-            do = self.action_list(item.get("do") or [], f"{where}.do", actions,
-                                  _line(item, "do") or rline)
-            stop = item.get("stop", False)
-            if not isinstance(stop, bool):
-                self.problem(f"{where}.stop", "expected true or false", _line(item, "stop"))
-            rules.append(Rule(name, condition, do, bool(stop),
-                              required_statuses(item.get("when"))))
-        return rules
 
-    def retention(self, raw: Any, line: int | None) -> float | None:
-        if raw is None:
-            return None
-        days = raw.get("days") if isinstance(raw, dict) else None
-        if not isinstance(days, int | float) or isinstance(days, bool) or days <= 0:
-            self.problem("retention.days", "expected a positive number of days", line)
-            return None
-        return float(days)
+def _templates_dir(value: str | None, base_dir: Path, raw: Any,
+                   problems: list[Problem]) -> Path | None:
+    if value is None:
+        default = base_dir / "templates"
+        return default if default.is_dir() else None
+    folder = base_dir / str(value)
+    if not folder.is_dir():
+        problems.append(Problem("templates", f"folder {folder} does not exist",
+                                line_of(raw, "templates")))
+        return None
+    return folder
+
+
+def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
+             problems: list[Problem]) -> dict[str, ActionSpec]:
+    types = plugins.discover()
+    out: dict[str, ActionSpec] = {}
+    for name, options in raw.items():
+        where, line = f"actions.{name}", line_of(raw, name)
+        if not isinstance(options, dict):
+            problems.append(Problem(where, "expected a mapping with at least `type:`", line))
+            continue
+        core = _with_lines({k: v for k, v in options.items() if k in ACTION_OPTIONS}, options)
+        core_values, found = validate(ACTION_OPTIONS, core, where)
+        problems += found
+        type_name = core_values["type"]
+        found_type = types.get(str(type_name)) if type_name else None
+        if type_name and found_type is None:
+            known = ", ".join(sorted(t for t, v in types.items() if v.cls)) or "none"
+            problems.append(Problem(f"{where}.type", f"unknown action type {type_name!r}; "
+                                    f"installed: {known}", line_of(options, "type")))
+        if found_type is not None and found_type.cls is None:
+            problems.append(Problem(f"{where}.type", f"plugin {type_name!r} from "
+                                    f"{found_type.package} cannot be loaded: {found_type.error}",
+                                    line_of(options, "type")))
+        if found_type is None or found_type.cls is None:
+            continue
+        cls = found_type.cls
+        plugin_raw = {k: v for k, v in options.items() if k not in ACTION_OPTIONS}
+        values, plugin_found = validate(cls.options, _with_lines(plugin_raw, options), where,
+                                        relay.templates)
+        problems += plugin_found
+        if found or plugin_found or _unresolved(values) or not context_ok:
+            continue  # the problem is reported; checking further would only mislead
+        try:
+            action = cls(str(name), values, relay)
+            problems += [Problem(where, message, line) for message in action.check()]
+            fetch = tuple(dict.fromkeys([*core_values["fetch"], *action.fetches()]))
+        except Exception as exc:
+            problems.append(Problem(where, f"cannot be set up: {exc}", line))
+            continue
+        if fetch and relay.suki is None:
+            problems.append(Problem(where, f"fetching {', '.join(fetch)} needs the top-level "
+                                    "`suki:` section (base_url, partner_id, partner_token)", line))
+        lines = {str(k): n for k, n in getattr(options, "lines", {}).items()}
+        out[str(name)] = ActionSpec(name=str(name), action=action, lines=lines,
+                                    **{**core_values, "fetch": fetch})
+    return out
+
+
+def _with_lines(part: dict[Any, Any], whole: Any) -> Any:
+    """``part`` of a YAML mapping, keeping the line numbers of ``whole``."""
+    return whole.like(part) if isinstance(whole, LineMap) else part
+
+
+def _action_list(raw: Any, where: str, defined: set[str], line: int | None,
+                 problems: list[Problem]) -> list[str]:
+    """Names of actions; one that is defined but has problems was reported already."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        problems.append(Problem(where, "expected a list of action names", line))
+        return []
+    for name in raw:
+        if str(name) not in defined:
+            known = ", ".join(sorted(defined)) or "none defined"
+            problems.append(Problem(where, f"unknown action {name!r}; defined: {known}", line))
+    return [str(n) for n in raw]
+
+
+RULE_OPTIONS: dict[str, Option] = {
+    "name": Option((str, int, float), template=False),
+    "when": Option((dict, type(None)), template=False),
+    "do": Option((list, str), template=False),
+    "stop": Option(bool, default=False, template=False),
+}
+
+
+def _rules(raw: list[Any], actions: set[str], problems: list[Problem]) -> list[Rule]:
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        rline = line_of(item)
+        if not isinstance(item, dict):
+            problems.append(Problem(f"rules[{i}]", "expected a mapping with name, when, do", rline))
+            continue
+        name = str(item.get("name") or f"rule {i + 1}")
+        where = f"rule {name!r}"
+        if name in names:
+            problems.append(Problem(where, "rule name used twice", rline))
+        names.add(name)
+        values, found = validate(RULE_OPTIONS, item, where)
+        problems += found
+        errors: list[tuple[str, str]] = []
+        condition = compile_condition(values["when"], f"{where}.when", errors)
+        problems += [Problem(sub, message, line_of(item, "when")) for sub, message in errors]
+        if "do" not in item:
+            problems.append(Problem(where, "missing `do:` (the list of actions to run)", rline))
+        do = _action_list(values["do"] or [], f"{where}.do", actions,
+                          line_of(item, "do") or rline, problems)
+        when = values["when"]
+        rules.append(Rule(name, condition, do, bool(values["stop"]), required_statuses(when),
+                          line=line_of(when, "status") if isinstance(when, dict) else rline))
+    return rules

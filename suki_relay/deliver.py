@@ -26,7 +26,7 @@ import jinja2
 from . import fetch, logs, metrics
 from .action import Delivery
 from .config import ActionSpec, Config
-from .errors import PermanentError, RetryableError
+from .errors import PermanentError, RetryableError, StoreUnavailable
 from .store import (
     DONE,
     FAILED,
@@ -35,7 +35,6 @@ from .store import (
     ClaimRequest,
     Outcome,
     Store,
-    StoreUnavailable,
 )
 from .store.group_commit import GroupCommit
 
@@ -53,6 +52,7 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
     t0 = time.perf_counter()
     spec = config.actions.get(claimed.action)
     note: str | None = None
+    delivery: Delivery | None = None
     try:
         if spec is None:
             raise PermanentError(f"action {claimed.action!r} is no longer in the config")
@@ -75,7 +75,8 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
     except Exception as exc:  # a bug in an action: retry, it may be transient
         return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0,
                                  f"unexpected {type(exc).__name__} in action")
-    return Outcome("ok", started, time.perf_counter() - t0, DONE, None, None, None,
+    return Outcome("ok", started, time.perf_counter() - t0, DONE, None,
+                   delivery.http_status if delivery is not None else None, None,
                    note[:500] if isinstance(note, str) else None)
 
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from . import fetch
 from .action import Delivery
 from .config import Config
-from .errors import Problem
+from .errors import Problem, RelayError
 from .routing import Plan, route
 from .suki_api import safe_url
 
 SAMPLES = ("success", "failure", "timeout", "cancelled")
+KNOWN_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+SEEN_DAYS = 90  # statuses the store saw within this many days count as known
 
 
 def sample(name: str) -> bytes:
@@ -28,6 +34,7 @@ class Preview:
     sends: dict[str, Any] | None
     error: str | None
     fetch: dict[str, str] | None = None  # relation -> URL that would be fetched (not fetched)
+    option: str | None = None  # the option whose template failed, when one did
 
 
 # what an on_failure action sees as `failed` in dry runs and `check`
@@ -59,7 +66,8 @@ def preview_action(config: Config, name: str, body: bytes, payload: Any) -> Prev
         sends = spec.action.preview(delivery)
         return Preview(name, spec.type, sends, None, would_fetch)
     except Exception as exc:
-        return Preview(name, spec.type, None, f"{type(exc).__name__}: {exc}", would_fetch)
+        return Preview(name, spec.type, None, f"{type(exc).__name__}: {exc}", would_fetch,
+                       getattr(exc, "option", None))
 
 
 def dry_run(config: Config, body: bytes) -> tuple[Plan, list[Preview]]:
@@ -79,6 +87,7 @@ def check_templates(config: Config) -> list[Problem]:
     for action, names in routed.items():
         if action not in config.actions:
             continue
+        spec = config.actions[action]
         if action in config.on_failure:  # any event may have a failed delivery
             names = list(SAMPLES)
         tried = names or list(SAMPLES)
@@ -86,11 +95,59 @@ def check_templates(config: Config) -> list[Problem]:
         for name in tried:
             result = preview_action(config, action, bodies[name], json.loads(bodies[name]))
             if result.error:
-                failures.append((name, result.error))
-        if names:
-            problems += [Problem(f"actions.{action}", f"rendering against the {n} sample: {e}",
-                                 file=str(config.file)) for n, e in failures]
-        elif len(failures) == len(tried):
-            problems.append(Problem(f"actions.{action}", "no sample routes to it and it renders "
-                                    f"against none of them: {failures[0][1]}", file=str(config.file)))
+                failures.append((name, result))
+        for n, result in failures if names else failures[:1] if len(failures) == len(tried) else []:
+            where = f"actions.{action}" + (f".{result.option}" if result.option else "")
+            line = spec.lines.get(result.option or "") or spec.lines.get("type")
+            what = f"rendering against the {n} sample" if names else \
+                "no sample routes to it and it renders against none of them"
+            problems.append(Problem(where, f"{what}: {result.error}", line, str(config.file)))
     return problems
+
+
+def status_problems(config: Config, seen: Iterable[str] = ()) -> list[Problem]:
+    """Rules on a plain ``status:`` value that matches no status the relay knows.
+
+    Known: success and failure (what Suki documents) and any status the store has seen.
+    A near miss of a known status (``sucess``) is an error; any other unknown value is a
+    warning, since Suki's timeout and cancellation statuses are not documented and a rule
+    for them must stay possible.
+    """
+    known = sorted({*KNOWN_STATUSES, *seen})
+    problems = []
+    for rule in config.rules:
+        for status in sorted(rule.statuses or ()):
+            if status in known:
+                continue
+            close = difflib.get_close_matches(status, known, n=1, cutoff=0.8)
+            where = f"rule {rule.name!r}.when.status"
+            if close:
+                problems.append(Problem(where, f"{status!r} is no status the relay knows; did you "
+                                        f"mean {close[0]!r}?", rule.line, str(config.file)))
+            else:
+                problems.append(Problem(where, f"{status!r} is no status Suki is known to send "
+                                        f"(known: {', '.join(known)}); right for an undocumented "
+                                        "status such as a timeout, wrong if it is a typo",
+                                        rule.line, str(config.file), warning=True))
+    return problems
+
+
+def seen_statuses(config: Config) -> set[str]:
+    """Statuses the store has recorded lately; empty if it cannot be read (never created)."""
+    from .store import open_store
+
+    url = config.store_url
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not (config.base_dir / path).is_file():
+            return set()
+    try:
+        store = open_store(url, config.base_dir)
+    except RelayError:
+        return set()
+    try:
+        return store.statuses(time.time() - SEEN_DAYS * 86400)
+    except RelayError:
+        return set()
+    finally:
+        store.close()

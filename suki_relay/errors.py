@@ -1,13 +1,18 @@
-"""Errors a user can cause, and how an action reports a failed delivery.
+"""Every error the relay raises on purpose, in one hierarchy.
 
-    RelayError                 a mistake in what the user gave us; the CLI prints it cleanly
-     ├── ConfigError           actions.yaml, plugin options, templates: every Problem found
-     └── PluginError           an installed plugin that cannot be loaded
-    DeliveryError              raised by an action's deliver()
-     ├── RetryableError        try again later (after retry_after seconds if given)
-     └── PermanentError        do not retry; the delivery is kept as failed, for replay
+    RelayError                   the base: a condition the relay expects and reports cleanly
+     ├── ConfigError             actions.yaml, plugin options, templates: every Problem found
+     ├── StoreError              the store cannot be used as asked
+     │    ├── StoreUnavailable   it cannot commit right now (database down, disk full, locked
+     │    │                      too long): the receiver answers 503, deliveries wait
+     │    └── SchemaTooNew       its schema is newer than this relay: upgrade the relay
+     ├── Rejected                a request refused: an HTTP status and a payload-free reason
+     └── DeliveryError           raised by an action's deliver()
+          ├── RetryableError     try again later (after retry_after seconds if given)
+          └── PermanentError     do not retry; the delivery is kept as failed, for replay
 
-Bugs are none of these and keep their tracebacks.
+The CLI prints any RelayError as a message and exits non-zero; only bugs are none of these,
+and they keep their tracebacks. No message carries payload content or a secret.
 """
 
 from __future__ import annotations
@@ -23,16 +28,17 @@ class Problem:
     message: str
     line: int | None = None
     file: str | None = None
+    warning: bool = False  # worth a look, but the config works as written
 
     def __str__(self) -> str:
         loc = self.file or "actions.yaml"
         if self.line:
             loc += f":{self.line}"
-        return f"{loc}: {self.where}: {self.message}"
+        return f"{loc}: {'warning: ' if self.warning else ''}{self.where}: {self.message}"
 
 
 class RelayError(Exception):
-    """A mistake the user can fix; printed without a traceback."""
+    """A condition the user can see and act on; printed without a traceback."""
 
 
 class ConfigError(RelayError):
@@ -41,11 +47,29 @@ class ConfigError(RelayError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class PluginError(RelayError):
-    pass
+class StoreError(RelayError):
+    """The store cannot be used as asked."""
 
 
-class DeliveryError(Exception):
+class StoreUnavailable(StoreError):
+    """The store cannot commit right now (database down, disk full, locked too long)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was upgraded by a newer suki-relay than this one."""
+
+
+class Rejected(RelayError):
+    """A request we refuse: an HTTP status and a short, payload-free reason code."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class DeliveryError(RelayError):
     """Base for what an action raises when a delivery did not succeed.
 
     The message is stored with the delivery and shown by `suki-relay show`; it must not

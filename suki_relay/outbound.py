@@ -63,10 +63,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
-         **kwargs: Any) -> requests.Response:
-    """Make one request; transport failures become RetryableError."""
+         delivery: Any = None, **kwargs: Any) -> requests.Response:
+    """Make one request; transport failures become RetryableError. With ``delivery``, the
+    answer's HTTP status is recorded on it (shown with the attempt by `suki-relay show`)."""
     try:
-        return session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
+        resp = session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
+        if delivery is not None:
+            delivery.http_status = resp.status_code
+        return resp
     except requests.Timeout:
         raise RetryableError(f"{what}: no answer within {timeout:g}s") from None
     except requests.ConnectionError:

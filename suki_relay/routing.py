@@ -14,15 +14,10 @@ from typing import Any
 Predicate = Callable[[Any], bool]
 _MISSING = object()
 OPERATORS = ("regex", "exists", "not", "in")
-COMBINATORS = ("any", "all", "not")
-
-
-def lookup(payload: Any, path: str) -> Any:
-    """Follow a dotted path through mappings (and lists, by index)."""
-    return _lookup_parts(payload, path.split("."))
 
 
 def _lookup_parts(payload: Any, parts: list[str]) -> Any:
+    """Follow a dotted path through mappings (and lists, by index)."""
     value = payload
     for part in parts:
         if isinstance(value, dict):
@@ -130,6 +125,7 @@ class Rule:
     actions: list[str]
     stop: bool = False
     statuses: frozenset[str] | None = None  # a quick pre-check; None: any status may match
+    line: int | None = None  # in actions.yaml, of `status:` when the rule names one
 
 
 def required_statuses(when: Any) -> frozenset[str] | None:

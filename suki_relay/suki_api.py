@@ -18,6 +18,7 @@ import requests
 
 from . import outbound
 from .errors import PermanentError, RetryableError
+from .options import setting
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
@@ -35,13 +36,22 @@ def session_path(session_id: str, tail: str) -> str:
     return f"/api/v1/ambient/session/{quote(session_id, safe='')}/{tail}"
 
 
+def _http_url(value: str) -> str | None:
+    return None if re.match(r"https?://[^/]+", value) else "expected an http(s):// URL"
+
+
 @dataclass(frozen=True)
 class SukiSettings:
-    base_url: str
-    partner_id: str
-    partner_token: str
-    provider_id: str | None = None
-    timeout_seconds: float = 20.0
+    """The top-level ``suki:`` section; actions see it as ``RelayContext.suki``."""
+
+    base_url: str = setting(kind=str, required=True, check=_http_url,
+                            help="e.g. https://sdp.suki.ai")
+    partner_id: str = setting(kind=(str, int), required=True, convert=str,
+                              help="your Suki partner id")
+    partner_token: str = setting(kind=str, required=True, secret=True,
+                                 help="your Suki partner token")
+    provider_id: str | None = setting(None, kind=(str, int), convert=lambda v: str(v) or None)
+    timeout_seconds: float = setting(20.0, positive=True, help="per request to Suki's API")
 
 
 def safe_url(base_url: str, href: str) -> str:

@@ -47,21 +47,47 @@ def _defined(value: Any) -> Any:
     return value
 
 
+class Literal(str):
+    """Text substituted from ``${VAR}`` into actions.yaml: literal, never template markup.
+
+    ``template`` is the source to compile if the string it is part of is a template, with
+    the substituted parts quoted so that ``{{ 7*7 }}`` in a variable stays that text.
+    """
+
+    template: str
+
+    def __new__(cls, text: str, template: str) -> Literal:
+        self = super().__new__(cls, text)
+        self.template = template
+        return self
+
+    @staticmethod
+    def quote(text: str) -> str:
+        """``text`` as Jinja source that renders it verbatim."""
+        if "{" not in text:
+            return text
+        return "{{ " + repr(text).replace("{", "\\x7b").replace("}", "\\x7d") + " }}"
+
+
 class Template:
-    """A compiled option string; ``source`` is kept for messages and dry runs."""
+    """A compiled option string; ``source`` is kept for messages and dry runs, ``name``
+    (the option) is attached to render errors as ``exc.option``."""
 
-    __slots__ = ("compiled", "source")
+    __slots__ = ("compiled", "name", "source")
 
-    def __init__(self, source: str, compiled: jinja2.Template):
+    def __init__(self, source: str, compiled: jinja2.Template, name: str | None = None):
         self.source = source
         self.compiled = compiled
+        self.name = name
 
     def render(self, scope: Scope) -> str:
         env = self.compiled.environment
         try:
             return env.concat(self.compiled.root_render_func(  # type: ignore[attr-defined]
                 scope.context(env)))
-        except Exception:
+        except Exception as exc:
+            if self.name is not None and getattr(exc, "option", None) is None:
+                exc.option = self.name  # type: ignore[attr-defined]
             env.handle_exception()
             raise  # not reached: handle_exception re-raises
 
@@ -105,21 +131,23 @@ class Templates:
         self.env.filters["json"] = lambda v: json.dumps(_defined(v), ensure_ascii=False)
         self.env.filters["note_text"] = lambda v: note_text(_defined(v))
 
-    def compile(self, source: str, html: bool = False) -> Template | str:
+    def compile(self, source: str, html: bool = False, name: str | None = None) -> Template | str:
         """Compile ``source``; raises jinja2.TemplateSyntaxError."""
-        if "{{" not in source and "{%" not in source:
-            return source
-        text = f"{{% autoescape true %}}{source}{{% endautoescape %}}" if html else source
-        return Template(source, self.env.from_string(text))
+        text = source.template if isinstance(source, Literal) else source
+        if "{{" not in text and "{%" not in text:
+            return str(source)
+        if html:
+            text = f"{{% autoescape true %}}{text}{{% endautoescape %}}"
+        return Template(str(source), self.env.from_string(text), name)
 
-    def compile_value(self, value: Any, html: bool = False) -> Any:
+    def compile_value(self, value: Any, html: bool = False, name: str | None = None) -> Any:
         """Compile every string inside a YAML structure (dicts, lists)."""
         if isinstance(value, str):
-            return self.compile(value, html)
+            return self.compile(value, html, name)
         if isinstance(value, dict):
-            return {k: self.compile_value(v, html) for k, v in value.items()}
+            return {k: self.compile_value(v, html, name) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.compile_value(v, html) for v in value]
+            return [self.compile_value(v, html, name) for v in value]
         return value
 
 

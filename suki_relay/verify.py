@@ -10,19 +10,10 @@ import re
 from dataclasses import dataclass
 
 from . import signing
+from .errors import Rejected
 
 _DIGITS = re.compile(r"\d{1,16}")
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class Rejected(Exception):
-    """A request we refuse: an HTTP status and a short, payload-free reason code."""
-
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

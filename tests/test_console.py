@@ -23,7 +23,7 @@ from suki_relay.config import parse_config
 from suki_relay.console import views
 from suki_relay.console.auth import Throttle, hash_password
 from suki_relay.errors import ConfigError
-from suki_relay.store import FAILED, Outcome
+from suki_relay.store import FAILED, NewEvent, Outcome
 from suki_relay.testing import SECRET, unique_body
 
 from .conftest import LocalRelay, LogRecords, cli_here
@@ -485,6 +485,12 @@ def test_events_filters_and_pagination(any_relay: Relay,
     assert listed("matched=no") == [bad_id]  # a malformed body matches no rule
     assert listed("matched=no&malformed=no") == []
     assert listed("since=1h&malformed=no&status=timeout") == [ids[1]]
+    recovered = NewEvent("recovered:r1", b'{"status": "success", "session_id": "r1"}', None,
+                         "success", "r1", None, False, [], [], recovered=True)
+    relay.store.record_recovered(recovered)
+    assert listed("recovered=yes") == [recovered.id]
+    assert recovered.id not in listed("recovered=no&malformed=no")
+    assert "badge-recovered" in client.get("/console/events?recovered=yes").text
     bad = client.get("/console/events?since=last+tuesday")
     assert bad.status_code == 400 and "cannot read time" in bad.text
 
@@ -500,6 +506,8 @@ def test_overview_shows_the_figures(any_relay: Relay) -> None:
     assert "Review and replay" in page
     assert "<dd>ready" in page and relay.config.store_url.split(":")[0] in page
     assert re.search(r"version [0-9a-f]{12}", page)
+    spooling = relay.config.store_url.startswith("postgres")  # the spool stands in for it
+    assert ("<dt>Spool</dt><dd>empty</dd>" in page) == spooling
 
 
 # ---------------------------------------------------------------- configuration

@@ -47,6 +47,7 @@ def test_flapping_target_is_retried_until_it_answers(write_config, local_relay, 
     assert [(a.outcome, a.http_status) for a in d.attempts][:3] == [
         ("retry", 503), ("retry", 500), ("retry", 408)]
     assert [a.outcome for a in d.attempts] == ["retry", "retry", "retry", "ok"]
+    assert d.attempts[-1].http_status == 200  # a success records the target's status too
     keys = {g.headers["Idempotency-Key"] for g in target.received}
     assert len(target.received) == 4 and keys == {d.delivery.id}
 

@@ -227,7 +227,7 @@ actions:
     assert "actions.a.fetch: unknown link relation(s) note; expected any of contents, " \
            "encounter_content, structured_data" in report
     assert "actions.b.fetch: unknown link relation(s) contents-please" in report
-    assert "actions.c.fetch: expected a list of link relations" in report
+    assert "actions.c.fetch: expected a list or a string, got a mapping" in report
 
 
 def test_check_needs_the_suki_section(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ actions:
 rules:
   - {name: notes, when: {status: success}, do: [a]}
 """)
-    assert "actions.a: rendering against the success sample" in report
+    assert "actions.yaml:6: actions.a.body: rendering against the success sample" in report
     assert "transcripts" in report
 
 

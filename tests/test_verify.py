@@ -7,7 +7,7 @@ import time
 import pytest
 
 from suki_relay import signing, verify
-from suki_relay.verify import Rejected
+from suki_relay.errors import Rejected
 
 BODY = b'{"status": "failure"}'
 

@@ -35,9 +35,9 @@ class FetchNoteAction(Action):
                          help="text: also save the note summary as plain text"),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.directory = (self.relay.base_dir / self.values["directory"]).resolve()
+    @property
+    def directory(self) -> Path:
+        return (self.relay.base_dir / self.values["directory"]).resolve()
 
     def check(self) -> list[str]:
         bad = unknown_relations(self.values["links"])

@@ -14,6 +14,7 @@ diagnostics text can quote the resource, which is protected health information.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from typing import Any
@@ -66,14 +67,14 @@ class FhirAction(Action):
         "timeout_seconds": Option(float, default=20.0, template=False),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._sessions = outbound.Sessions()
-        self.url = str(self.values["base_url"]).rstrip("/") + "/DocumentReference"
-        self.credentials: oauth.Bearer | oauth.Tokens | None = None
-        if not self.check():
-            self.credentials = oauth.credentials(self.values["auth"],
-                                                 self.values["timeout_seconds"])
+    @property
+    def url(self) -> str:
+        return str(self.values["base_url"]).rstrip("/") + "/DocumentReference"
+
+    @functools.cached_property
+    def credentials(self) -> oauth.Bearer | oauth.Tokens | None:
+        """Shared per process with every action that names the same client (oauth's cache)."""
+        return oauth.credentials(self.values["auth"], self.values["timeout_seconds"])
 
     def check(self) -> list[str]:
         problems = []
@@ -149,9 +150,9 @@ class FhirAction(Action):
         for _ in range(2):  # once more after a 401, with a fresh token
             if self.credentials is not None:
                 headers["Authorization"] = self.credentials.authorization(stale)
-            resp = outbound.send(self._sessions.get(), "POST", self.url, headers=headers,
+            resp = outbound.send(self.http, "POST", self.url, headers=headers,
                                  data=body, timeout=self.values["timeout_seconds"],
-                                 what="FHIR server")
+                                 what="FHIR server", delivery=delivery)
             if resp.status_code != 401 or self.credentials is None \
                     or not self.credentials.refreshable or stale is not None:
                 break

@@ -21,10 +21,6 @@ class HttpAction(Action):
                               help="sign what is forwarded the way Suki signs"),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._sessions = outbound.Sessions()
-
     def check(self) -> list[str]:
         url = self.values["url"]
         if isinstance(url, str) and not url.startswith(("http://", "https://")):
@@ -51,9 +47,9 @@ class HttpAction(Action):
 
     def deliver(self, delivery: Delivery) -> str | None:
         url, headers, body = self.request(delivery)
-        resp = outbound.send(self._sessions.get(), self.values["method"], url, headers=headers,
+        resp = outbound.send(self.http, self.values["method"], url, headers=headers,
                              data=body, timeout=self.values["timeout_seconds"],
-                             what=f"{self.name} target")
+                             what=f"{self.name} target", delivery=delivery)
         outbound.raise_for_status(resp, f"{self.name} target")
         return f"HTTP {resp.status_code}"
 

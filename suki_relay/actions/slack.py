@@ -40,10 +40,6 @@ class SlackAction(Action):
         "timeout_seconds": Option(float, default=10.0, template=False),
     }
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._sessions = outbound.Sessions()
-
     def check(self) -> list[str]:
         if not str(self.values["webhook_url"]).startswith(("https://", "http://")):
             return ["webhook_url: expected an https:// URL"]
@@ -59,9 +55,9 @@ class SlackAction(Action):
         return body
 
     def deliver(self, delivery: Delivery) -> str | None:
-        resp = outbound.send(self._sessions.get(), "POST", self.values["webhook_url"],
+        resp = outbound.send(self.http, "POST", self.values["webhook_url"],
                              json=self.payload(delivery), timeout=self.values["timeout_seconds"],
-                             what="Slack")
+                             what="Slack", delivery=delivery)
         text = resp.text.strip()[:60]
         outbound.raise_for_status(resp, "Slack", text if _SLACK_ERROR.fullmatch(text) else "")
         return "posted"

@@ -7,7 +7,6 @@ its work only on a POST carrying the session's CSRF token, then shows the outcom
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -18,7 +17,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Request, Response
 
 from .. import repair
-from ..errors import RelayError
+from ..errors import RelayError, StoreError
 from ..store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def _since(text: str) -> float:
 
 def config_version(config: Config) -> str:
     """A short fingerprint of the config text this process runs."""
-    return hashlib.sha256(config.text.encode()).hexdigest()[:12]
+    return config.fingerprint
 
 
 def readiness(relay: RelayApp) -> str:
@@ -58,6 +57,18 @@ def readiness(relay: RelayApp) -> str:
         return f"not ready: {body.get('message', body.get('error', 'unknown'))}"
     details = ", ".join(f"{k} {v}" for k, v in body.items() if k != "status")
     return f"{body['status']}" + (f" ({details})" if details else "")
+
+
+def spool_state(spool: Any) -> str:
+    """How many notifications wait in the local spool for the store to come back."""
+    try:
+        summary = spool.summary()
+    except Exception:
+        return "unavailable"
+    if not summary["spooled"]:
+        return "empty"
+    return (f"{summary['spooled']} waiting for the store, the oldest for "
+            f"{int(summary['oldest_age_seconds'])} s")
 
 
 class Views:
@@ -90,6 +101,7 @@ class Views:
         facts = [
             ("Readiness", readiness(self.relay)),
             ("Store", self.config.store_url.split(":", 1)[0]),
+            *([("Spool", spool_state(self.relay.spool))] if self.relay.spool is not None else []),
             ("Events stored", stats.events if stats else "-"),
             ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
         ]
@@ -120,6 +132,8 @@ class Views:
                 at, _, last_id = before.partition("~")
                 criteria["before"] = (float(at), last_id)
             rows = self.store.events(EventFilter(**criteria, limit=PAGE_SIZE + 1))
+        except StoreError:
+            raise  # the store's trouble, not the form's (a 503 page)
         except (RelayError, ValueError) as exc:
             error = str(exc) if isinstance(exc, RelayError) else "cannot read that page marker"
         if len(rows) > PAGE_SIZE:
@@ -159,6 +173,8 @@ class Views:
             plan = repair.reroute(self.config, self.store, event_id)
         except repair.NoSuchEvent:
             raise NotFound(f"There is no event {event_id}.") from None
+        except StoreError:
+            raise
         except RelayError as exc:
             return self.outcome(request, session, "Reroute refused", str(exc), event_id, 409)
         self.console.audit(session, "reroute", event_id, added=len(plan.new_actions))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RelayError, SchemaTooNew, StoreUnavailable
 from .base import (
     DONE,
     FAILED,
@@ -35,21 +36,33 @@ from .base import (
     Outcome,
     Recorded,
     Store,
-    StoreUnavailable,
 )
 from .rows import AttemptRow, DeliveryDetail, DeliveryListRow, DeliveryRow, EventDetail, EventRow, Stats
-from .schema import SchemaTooNew
 
 __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
            "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail", "EventFilter",
            "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats", "Store",
-           "StoreUnavailable", "open_store"]
+           "StoreUnavailable", "open_store", "url_problem"]
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a store URL, or None: the one rule for `check` and open_store()."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return None
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    return "expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
 
 
 def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> Store:
     """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
 
-    ``lazy``: a PostgreSQL store that cannot connect now opens anyway (see PostgresStore)."""
+    ``lazy``: a PostgreSQL store that cannot connect now opens anyway (see PostgresStore).
+    Raises RelayError for a URL that url_problem() refuses, StoreUnavailable when the
+    store cannot be reached, SchemaTooNew for a schema newer than this relay."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise RelayError(f"store: {problem}")
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
@@ -61,4 +74,4 @@ def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> St
         from .postgres import PostgresStore
 
         return PostgresStore(url, lazy=lazy)
-    raise ValueError("store URL must start with sqlite:/// or postgresql://")
+    raise AssertionError(url)  # url_problem() refused everything else

@@ -149,6 +149,12 @@ class Admin(Backend):
                 _delete_events(tx, ids[chunk:chunk + CHUNK])
         return len(ids)
 
+    def statuses(self, since: float) -> set[str]:
+        with self.tx(write=False) as tx:
+            rows = tx.all("SELECT DISTINCT status FROM events WHERE received_at >= ? AND "
+                          "status IS NOT NULL AND malformed = 0", (since,))
+        return {r["status"] for r in rows}
+
     def stats(self) -> Stats:
         now = time.time()
         with self.tx(write=False) as tx:

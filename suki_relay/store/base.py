@@ -22,11 +22,6 @@ from .rows import DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
-
-class StoreUnavailable(Exception):
-    """The store cannot commit right now (database down, disk full, locked too long)."""
-
-
 _random = random.Random()
 
 
@@ -228,6 +223,10 @@ class Store(ABC):
     def rejections(self, since: float | None = None, reason: str | None = None,
                    limit: int = 100) -> list[RejectionRow]:
         """Recent refused requests, newest first (store/rejections.py)."""
+
+    @abstractmethod
+    def statuses(self, since: float) -> set[str]:
+        """The distinct statuses of well-formed events received since then (for `check`)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from .base import StoreUnavailable
+from ..errors import StoreUnavailable
 
 RECHECK_IDLE_SECONDS = 2.0  # idle longer than this: also one round trip before use
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from .base import StoreUnavailable
+from ..errors import StoreUnavailable
 from .pgpool import Connections
 from .sql import SqlStore
 from .tx import Tx

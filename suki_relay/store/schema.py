@@ -10,12 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import RelayError
+from ..errors import SchemaTooNew
 from .tx import Backend, Tx
-
-
-class SchemaTooNew(RelayError):
-    """The database was upgraded by a newer suki-relay than this one."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from .base import StoreUnavailable
+from ..errors import StoreUnavailable
 from .sql import SqlStore
 from .tx import Tx
 

@@ -1,17 +1,15 @@
 """``pagerduty``: trigger a PagerDuty incident through the Events API v2.
 
 An example of a third-party suki-relay plugin: one class, options declared as data,
-``deliver`` raising RetryableError or PermanentError through suki_relay.outbound.
+``deliver`` raising RetryableError or PermanentError through suki_relay.outbound, and
+everything imported from the one public module, suki_relay.plugin.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import requests
-
-from suki_relay import outbound
-from suki_relay.action import MASK, Action, Delivery, Option
+from suki_relay.plugin import MASK, Action, Delivery, Option, outbound
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
@@ -48,9 +46,9 @@ class PagerDutyAction(Action):
         }
 
     def deliver(self, delivery: Delivery) -> str | None:
-        resp = outbound.send(requests.Session(), "POST", self.values["events_url"],
+        resp = outbound.send(self.http, "POST", self.values["events_url"],
                              json=self.event(delivery), timeout=self.values["timeout_seconds"],
-                             what="PagerDuty")
+                             what="PagerDuty", delivery=delivery)
         outbound.raise_for_status(resp, "PagerDuty")
         return "incident triggered"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.errors import ConfigError, PermanentError, RetryableError
+from suki_relay.plugin import ConfigError, PermanentError, RetryableError
 from suki_relay.plugins import discover
 from suki_relay.testing import Reply, Sink, build_action, make_delivery
 

@@ -1,0 +1,57 @@
+"""The public surface for action plugins: import everything a plugin needs from here.
+
+    from suki_relay.plugin import Action, Delivery, Option, PermanentError, outbound
+
+    class PagerDutyAction(Action):
+        options = {"routing_key": Option(str, required=True, secret=True, template=False)}
+
+        def deliver(self, delivery: Delivery) -> str | None:
+            resp = outbound.send(self.http, "POST", URL, json={...}, timeout=10,
+                                 what="PagerDuty", delivery=delivery)
+            outbound.raise_for_status(resp, "PagerDuty")
+            return "sent"
+
+What a plugin gets:
+
+* :class:`Action`: the base class. ``options`` (a dict of :class:`Option`) is validated
+  when the config loads; ``self.values`` holds the validated values (strings compiled as
+  templates unless ``template=False``); ``self.render(option, delivery)`` renders one;
+  ``self.http`` is a requests session for outbound calls that never reads ~/.netrc;
+  ``self.relay`` is the :class:`RelayContext` (``templates``, ``base_dir``, and ``suki``,
+  the top-level ``suki:`` section or None: the only way Suki's settings reach a plugin).
+* :class:`Delivery`: one attempt of one event for one action (``event``, ``raw_body``,
+  ``id``, ``event_id``, ``attempt``, ``received_at``, ``http_status``).
+* Outcomes: return normally for done; raise :class:`RetryableError` to be tried again
+  with backoff, :class:`PermanentError` to fail for good (both :class:`DeliveryError`).
+* ``outbound``: ``send`` (transport failures become RetryableError; with ``delivery=``
+  the HTTP status is recorded for `suki-relay show`), ``raise_for_status`` (408, 429,
+  5xx retryable with Retry-After; other non-2xx permanent), ``new_session``.
+* :data:`MASK` and :func:`mask_secret_keys` for ``preview()`` (dry runs).
+
+Test helpers for plugins are in :mod:`suki_relay.testing`.
+"""
+
+from . import outbound
+from .action import MASK, Action, Delivery, RelayContext, mask_secret_keys
+from .errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
+from .options import Option
+from .outbound import new_session, raise_for_status, send
+
+__all__ = [
+    "MASK",
+    "Action",
+    "ConfigError",
+    "Delivery",
+    "DeliveryError",
+    "Option",
+    "PermanentError",
+    "Problem",
+    "RelayContext",
+    "RelayError",
+    "RetryableError",
+    "mask_secret_keys",
+    "new_session",
+    "outbound",
+    "raise_for_status",
+    "send",
+]

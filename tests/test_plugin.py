@@ -1,0 +1,67 @@
+"""The public plugin surface: what suki_relay.plugin exports, and what every action gets."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import suki_relay
+import suki_relay.plugin as plugin
+from suki_relay import outbound
+from suki_relay.plugins import discover
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_plugin_module_exports_exactly_this() -> None:
+    assert sorted(plugin.__all__) == sorted([
+        "MASK", "Action", "ConfigError", "Delivery", "DeliveryError", "Option",
+        "PermanentError", "Problem", "RelayContext", "RelayError", "RetryableError",
+        "mask_secret_keys", "new_session", "outbound", "raise_for_status", "send",
+    ])
+    for name in plugin.__all__:
+        assert getattr(plugin, name) is not None
+
+
+def test_version_is_single_sourced_with_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert suki_relay.__version__ == version("suki-relay")
+    assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()
+
+
+def test_no_built_in_action_overrides_init() -> None:
+    built_in = [t.cls for t in discover().values() if t.value.startswith("suki_relay.")]
+    assert len(built_in) >= 4
+    for cls in built_in:
+        assert cls is not None and "__init__" not in vars(cls), cls
+
+
+def test_every_action_has_a_session_that_never_reads_netrc(tmp_path: Path) -> None:
+    from suki_relay.testing import build_action
+
+    action = build_action("http", {"url": "http://127.0.0.1:9/x"}, tmp_path)
+    session = action.http
+    assert session is action.http  # one per thread, reused
+    if not __import__("urllib.request").request.getproxies():
+        assert session.trust_env is False
+    fresh = outbound.new_session()
+    assert type(session) is type(fresh)
+
+
+def test_the_example_plugin_imports_only_the_public_module() -> None:
+    source = (REPO / "plugins/suki-relay-pagerduty/suki_relay_pagerduty/__init__.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.Import) for alias in node.names}
+    relay = {m for m in imported if m.startswith("suki_relay")}
+    assert relay == {"suki_relay.plugin"}, relay
+    assert "requests" not in imported and "self.http" in source
+
+
+def test_the_plugin_contract_reaches_suki_settings_only_through_relay_suki() -> None:
+    assert list(inspect.signature(plugin.RelayContext).parameters) == ["templates", "base_dir",
+                                                                       "suki"]
+    assert "suki" not in inspect.signature(plugin.Action).parameters
