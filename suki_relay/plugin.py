@@ -20,7 +20,11 @@ What a plugin gets:
   ``self.relay`` is the :class:`RelayContext` (``templates``, ``base_dir``, and ``suki``,
   the top-level ``suki:`` section or None: the only way Suki's settings reach a plugin).
 * :class:`Delivery`: one attempt of one event for one action (``event``, ``raw_body``,
-  ``id``, ``event_id``, ``attempt``, ``received_at``, ``http_status``).
+  ``id``, ``event_id``, ``attempt``, ``received_at``, ``http_status``, and ``fetched``:
+  the Suki documents the action's ``fetch:`` listed, by link relation, fetched just before
+  ``deliver``; protected health information, never to be stored or logged). An action
+  type that always needs a document returns its relations from ``fetches()``;
+  :func:`note_text` turns a content document into plain text.
 * Outcomes: return normally for done; raise :class:`RetryableError` to be tried again
   with backoff, :class:`PermanentError` to fail for good (both :class:`DeliveryError`).
 * ``outbound``: ``send`` (transport failures become RetryableError; with ``delivery=``
@@ -34,6 +38,7 @@ Test helpers for plugins are in :mod:`suki_relay.testing`.
 from . import outbound
 from .action import MASK, Action, Delivery, RelayContext, mask_secret_keys
 from .errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
+from .fetch import note_text
 from .options import Option
 from .outbound import new_session, raise_for_status, send
 
@@ -51,6 +56,7 @@ __all__ = [
     "RetryableError",
     "mask_secret_keys",
     "new_session",
+    "note_text",
     "outbound",
     "raise_for_status",
     "send",

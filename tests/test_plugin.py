@@ -18,7 +18,7 @@ def test_the_plugin_module_exports_exactly_this() -> None:
     assert sorted(plugin.__all__) == sorted([
         "MASK", "Action", "ConfigError", "Delivery", "DeliveryError", "Option",
         "PermanentError", "Problem", "RelayContext", "RelayError", "RetryableError",
-        "mask_secret_keys", "new_session", "outbound", "raise_for_status", "send",
+        "mask_secret_keys", "new_session", "note_text", "outbound", "raise_for_status", "send",
     ])
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None

@@ -4,10 +4,7 @@ can see exactly what a plugin installed through the entry point group is handed.
 
 from __future__ import annotations
 
-import requests
-
-from suki_relay import outbound
-from suki_relay.action import Action, Delivery, Option
+from suki_relay.plugin import Action, Delivery, Option, outbound
 
 
 class ProbeAction(Action):
@@ -16,7 +13,7 @@ class ProbeAction(Action):
 
     def deliver(self, delivery: Delivery) -> str | None:
         report = {"attempt": delivery.attempt, "fetched": delivery.fetched}
-        resp = outbound.send(requests.Session(), "POST", self.values["url"], json=report,
-                             timeout=10, what="probe")
+        resp = outbound.send(self.http, "POST", self.values["url"], json=report, timeout=10,
+                             what="probe", delivery=delivery)
         outbound.raise_for_status(resp, "probe")
         return "reported"
