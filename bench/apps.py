@@ -55,7 +55,8 @@ def relay_without(part: str) -> Any:
     (``bench/run.py --only breakdown``); configured by $SUKI_RELAY_CONFIG, served like the
     relay. ``store``: no store at all, every event answered as accepted at once; ``sqlite``:
     group commit and the cross-process writer lock around a batch that writes nothing;
-    ``nothing``: the relay as it is. Not for real use: the first two store nothing."""
+    ``nothing``: the relay as it is; ``rejections``: the relay without its record of refused
+    requests (for ``--only flood``). Not for real use: the first two store nothing."""
     from suki_relay.app import create_app
     from suki_relay.store import Recorded
     from suki_relay.store.group_commit import GroupCommit
@@ -70,6 +71,15 @@ def relay_without(part: str) -> Any:
     elif part == "sqlite":
         app.recorder = GroupCommit(lambda events: [Recorded(e.id, False) for e in events],
                                    app.store.exclusive)
+    elif part == "rejections":
+        class Forget:
+            def add(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def stop(self) -> None:
+                pass
+
+        app.rejections = Forget()  # type: ignore[assignment]
     elif part != "nothing":
         raise ValueError(part)
     return app

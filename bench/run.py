@@ -3,6 +3,7 @@
     python bench/run.py                 # everything (about 10 minutes on 2 cores)
     python bench/run.py --only ack      # one part: ack, stall, delivery, fetch, routing, memory
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
+    python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
     python bench/run.py --rounds 3 --duration 3
 
 Needs wrk (Debian: apt-get install wrk) and Flask (pip install -e '.[bench]').
@@ -108,13 +109,13 @@ def relay_env(folder: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- load
 
 
-def signed_lines(count: int, path: Path) -> Path:
+def signed_lines(count: int, path: Path, secret: str = SECRET) -> Path:
     """Distinct signed requests, one per line: generated-at, signature, body."""
     now = str(int(time.time() * 1000))
     with path.open("w") as f:
         for i in range(count):
             body = json.dumps({**SAMPLE, "session_id": f"bench-{os.getpid()}-{now}-{i}"})
-            f.write(f"{now}\t{signing.signature(SECRET, now, body.encode())}\t{body}\n")
+            f.write(f"{now}\t{signing.signature(secret, now, body.encode())}\t{body}\n")
     return path
 
 
@@ -324,6 +325,63 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
     out["breakdown"] = [{"step": name, "req_s": statistics.median(r),
                          "ratio": paired_ratio(r, bare), "req_s_by_round": r}
                         for name, r in runs.items()]
+
+
+def bench_flood(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Good requests (one connection) alone, then beside a flood of wrongly signed ones
+    (``--connections``), for the relay as shipped and for the relay without its record of
+    refused requests: what the record costs the refusals and the good requests beside them,
+    and how many rows it kept."""
+    from suki_relay.store import open_store
+
+    variants = {"relay as shipped": "bench.apps:relay_without('nothing')",
+                "relay without the refusal record": "bench.apps:relay_without('rejections')"}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
+    for rnd in range(args.rounds):
+        for name, app in variants.items():
+            folder = work / f"flood-{rnd}-{len(runs[name])}-{abs(hash(name))}"
+            port = free_port()
+            cfg = relay_config(folder)
+            env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg)}
+            with server(gunicorn(app, port), port, env):
+                good = signed_lines(int(args.duration * 3000), folder / "good.txt")
+                alone = wrk(port, good, args.duration, 1, threads=1)
+                bad = signed_lines(int(args.duration * 15000), folder / "bad.txt", "wrong")
+                flood: dict[str, Any] = {}
+                flooding = threading.Thread(target=lambda f=flood, p=port, b=bad: f.update(
+                    wrk(p, b, args.duration + 1, args.connections)))
+                flooding.start()
+                time.sleep(0.5)
+                good2 = signed_lines(int(args.duration * 3000), folder / "good2.txt")
+                beside = wrk(port, good2, args.duration, 1, threads=1)
+                flooding.join()
+                time.sleep(1.5)  # the last second's tally is written
+            store = open_store("sqlite:///relay.db", folder)
+            try:
+                kept = store.rejections(limit=100_000)
+            finally:
+                store.close()
+            runs[name].append({"good_p50_ms": alone["p50_ms"], "good_p99_ms": alone["p99_ms"],
+                               "flooded_good_p50_ms": beside["p50_ms"],
+                               "flooded_good_p99_ms": beside["p99_ms"],
+                               "flooded_good_non2xx": beside["non2xx"],
+                               "refusals_per_s": flood["rps"], "refusals": flood["requests"],
+                               "rows_kept": len(kept),
+                               "refusals_counted": sum(r.count for r in kept)})
+            print(f"  round {rnd + 1} {name}: good p99 {alone['p99_ms']:.1f} ms alone, "
+                  f"{beside['p99_ms']:.1f} ms beside {flood['rps']:.0f} refusals/s; "
+                  f"{len(kept)} rows kept", file=sys.stderr)
+    shipped = runs["relay as shipped"]
+    without = runs["relay without the refusal record"]
+    out["flood"] = {
+        "rows": [{"variant": name, **{k: statistics.median(r[k] for r in rs) for k in rs[0]}}
+                 for name, rs in runs.items()],
+        "refusals_ratio": paired_ratio([r["refusals_per_s"] for r in shipped],
+                                       [r["refusals_per_s"] for r in without]),
+        "flooded_good_p99_ratio": paired_ratio([r["flooded_good_p99_ms"] for r in shipped],
+                                               [r["flooded_good_p99_ms"] for r in without]),
+        "by_round": runs,
+    }
 
 
 # ---------------------------------------------------------------- 3: delivery
@@ -662,7 +720,7 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
          "fetch": bench_fetch, "routing": bench_routing, "memory": bench_memory}
-EXTRA = {"breakdown": bench_breakdown}  # run only when named in --only
+EXTRA = {"breakdown": bench_breakdown, "flood": bench_flood}  # only when named in --only
 
 
 def main() -> None:

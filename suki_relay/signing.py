@@ -26,6 +26,19 @@ def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[s
     }
 
 
+def stable_time(anchor: float, window: float, now: float | None = None) -> float:
+    """A signing time for retries of one delivery: ``anchor`` (when the event was
+    received) moved forward in whole ``window`` steps to the last step not after now.
+
+    Every retry within one window signs with the same ``generated-at``, so it carries the
+    same signature and a downstream relay de-duplicates it; a retry after a long outage
+    still signs with a time less than ``window`` old, so a receiver whose tolerance is
+    longer than ``window`` does not refuse it as expired. Pure: no state to keep.
+    """
+    now = time.time() if now is None else now
+    return anchor + max(0, int((now - anchor) // window)) * window
+
+
 def matches(secrets: list[str], generated_at: str, body: bytes, given: str) -> bool:
     """True if any secret signs the request to ``given`` (hex, either case).
 

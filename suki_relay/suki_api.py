@@ -1,7 +1,10 @@
 """Suki's follow-up API: login, token cache, and fetching a link from a notification.
 
 Credentials go to ``base_url`` and nowhere else: every href is joined to the base URL
-and refused if the result names another scheme, host or port, or leaves its path.
+and refused if the result names another scheme, host or port, or leaves its path (judged
+on the decoded, normalised path; encoded dots, slashes and backslashes are refused
+outright). Every call goes through :mod:`suki_relay.outbound`: one deadline for the whole
+call, and a document is read whole up to :data:`MAX_DOCUMENT_BYTES` or not at all.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 
@@ -22,6 +25,10 @@ from .options import setting
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+"""The largest Suki document (after decompression) the relay reads: far above a note or
+an hour of transcript; a larger one is a permanent failure rather than a worker's memory."""
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # what GET /api/v1/ambient/session/{id}/status may answer
 SESSION_STATUSES = ("created", "ready", "running", "paused", "aborted", "skipped", "failed",
@@ -37,7 +44,9 @@ def session_path(session_id: str, tail: str) -> str:
 
 
 def _http_url(value: str) -> str | None:
-    return None if re.match(r"https?://[^/]+", value) else "expected an http(s):// URL"
+    if not re.match(r"https?://[^/]+", value):
+        return "expected an http(s):// URL"
+    return outbound.url_problem(value)  # a host name that can never resolve fails here
 
 
 @dataclass(frozen=True)
@@ -59,10 +68,19 @@ def safe_url(base_url: str, href: str) -> str:
 
     A path is appended to the base URL (Suki's hrefs are paths such as /api/v1/...); an
     absolute or protocol-relative href must name the base's own scheme, host and port.
-    Either way the result must stay under the base URL's path.
+    Either way the result must stay under the base URL's path, however a server decodes
+    it: an encoded dot, slash or backslash (%2e, %2f, %5c, or the same encoded again) is
+    refused, and the path is checked once decoded and normalised.
     """
     if not href or any(c in href for c in "\\\x00\r\n\t "):
         raise PermanentError("link href refused: empty or has control characters")
+    decoded = href
+    for _ in range(4):  # %252e is %2e once a server decodes it: look through every layer
+        if _ENCODED_SEPARATOR.search(decoded):
+            raise PermanentError("link href refused: it has an encoded dot, slash or backslash")
+        decoded, previous = unquote(decoded), decoded
+        if decoded == previous:
+            break
     base = urlsplit(base_url)
     ref = urlsplit(href)
     if ref.scheme or ref.netloc or href.startswith("//"):
@@ -74,8 +92,9 @@ def safe_url(base_url: str, href: str) -> str:
     else:
         joined = urlsplit(base_url.rstrip("/") + "/" + href.lstrip("/"))
     base_path = base.path.rstrip("/") + "/"
-    if ".." in joined.path.split("/") or not (posixpath.normpath(joined.path) + "/").startswith(
-            base_path):
+    path = unquote(joined.path)
+    if (".." in path.split("/") or any(c in path for c in "\\\x00")
+            or not (posixpath.normpath(path) + "/").startswith(base_path)):
         raise PermanentError("link href refused: it leaves the Suki base URL's path")
     return joined.geturl()
 
@@ -102,6 +121,7 @@ class SukiClient:
             raise PermanentError(f"Suki login refused the partner credentials ({resp.status_code})",
                                  status=resp.status_code)
         outbound.raise_for_status(resp, "Suki login")
+        outbound.require_whole(resp, "Suki login")
         try:
             token = resp.json()["suki_token"]
         except (ValueError, KeyError, TypeError):
@@ -118,12 +138,14 @@ class SukiClient:
             return self._token
 
     def _get(self, href: str) -> requests.Response:
-        """GET a path on the base URL with the token; one re-login on 401."""
+        """GET a path on the base URL with the token; one re-login on 401. The body is
+        read up to MAX_DOCUMENT_BYTES within the deadline (see ``get``)."""
         url = safe_url(self.settings.base_url, href)
         for refresh in (False, True):
             headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
             resp = outbound.send(self._session, "GET", url, headers=headers,
-                                 timeout=self.settings.timeout_seconds, what="Suki API")
+                                 timeout=self.settings.timeout_seconds, what="Suki API",
+                                 max_reply_bytes=MAX_DOCUMENT_BYTES)
             if resp.status_code != 401:
                 break
         return resp
@@ -139,6 +161,7 @@ class SukiClient:
             raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
                                  status=resp.status_code)
         outbound.raise_for_status(resp, "Suki API")
+        outbound.require_whole(resp, "Suki API")
         try:
             status = resp.json()["status"]
         except (ValueError, KeyError, TypeError):
@@ -148,7 +171,9 @@ class SukiClient:
         return status.strip().lower()[:40]
 
     def get(self, href: str) -> requests.Response:
-        """GET a link from a notification, with the token; one re-login on 401."""
+        """GET a link from a notification, with the token; one re-login on 401. The
+        document in ``resp.content`` is whole (else RetryableError, or PermanentError when
+        it is larger than MAX_DOCUMENT_BYTES)."""
         resp = self._get(href)
         if resp.status_code in (404, 409):
             raise RetryableError(f"Suki answered {resp.status_code}: content not ready yet",
@@ -157,4 +182,5 @@ class SukiClient:
             raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
                                  status=resp.status_code)
         outbound.raise_for_status(resp, "Suki API")
+        outbound.require_whole(resp, "Suki API")
         return resp

@@ -8,12 +8,12 @@ plain strings, so rendering them costs nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.runtime
-from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .fetch import note_text
@@ -24,6 +24,19 @@ _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 def slack_escape(value: Any) -> str:
     """Escape Slack's control characters so payload text cannot add mentions or links."""
     return str(value).translate(_SLACK_ESCAPES)
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (a parsed payload) with ``fn`` applied to every string inside it: how an
+    action escapes payload text for where it goes (Slack markup, a file name) before its
+    templates see it, leaving text written in the template itself as written."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    return value
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -96,22 +109,23 @@ class Template:
 
 
 class Scope:
-    """What the templates of one delivery see: Jinja's default globals (range, dict,
-    namespace, ...; the environment adds none), then the context. Jinja's own ``render``
-    merges the globals into a new dict and builds a new context on every call, which
-    costs more than a short template itself; a scope does both once, and clears what a
-    template set before the next one renders (a ``{% set %}`` never leaks)."""
+    """What the templates of one delivery see: the environment's globals (the sandbox's
+    own: its ``range`` refuses more than 100,000 items, where Jinja's defaults would not),
+    then the context. Jinja's own ``render`` merges the globals into a new dict and builds
+    a new context on every call, which costs more than a short template itself; a scope
+    does both once, and clears what a template set before the next one renders (a
+    ``{% set %}`` never leaks)."""
 
-    __slots__ = ("_context", "names")
+    __slots__ = ("_context", "_vars")
 
     def __init__(self, context: dict[str, Any]):
-        self.names = {**DEFAULT_NAMESPACE, **context}
+        self._vars = context
         self._context: jinja2.runtime.Context | None = None
 
     def context(self, env: jinja2.Environment) -> jinja2.runtime.Context:
         ctx = self._context
         if ctx is None or ctx.environment is not env:
-            ctx = self._context = env.context_class(env, self.names, None, {})
+            ctx = self._context = env.context_class(env, {**env.globals, **self._vars}, None, {})
         else:
             ctx.vars = {}
             ctx.exported_vars = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from suki_relay.errors import PermanentError, RetryableError
+from suki_relay.dryrun import sample
+from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import build_action, free_port, make_delivery
 
 
@@ -114,3 +116,33 @@ def test_smtp_options_are_checked(tmp_path: Path) -> None:
                                                      "starttls": True}}, tmp_path)
     text = str(info.value)
     assert "smtp.hots: unknown" in text and "ssl or starttls" in text
+
+
+@pytest.mark.parametrize("option, template", [
+    ("to", "{{ event.error_code }}@clinic.example"),
+    ("cc", ["{{ event.error_code }}@clinic.example"]),
+    ("bcc", "{{ event.error_code }}@clinic.example"),
+    ("from", "{{ event.error_code }}@clinic.example"),
+    ("reply_to", "{{ event.error_code }}@clinic.example"),
+])
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
+def test_a_line_break_in_a_rendered_address_or_header_is_permanent(
+        smtp, tmp_path: Path, option: str, template: Any, newline: str) -> None:  # type: ignore[no-untyped-def]
+    """Payload text that would add a header or a recipient fails for good (it renders the
+    same on every retry), names no payload value, and sends nothing."""
+    handler, port = smtp
+    event = json.loads(sample("failure"))
+    event["error_code"] = f"x{newline}Bcc: PHI-evil@attacker.example"
+    with pytest.raises(PermanentError, match="line break") as info:
+        alert(port, tmp_path, **{option: template}).deliver(make_delivery(event))
+    assert "PHI" not in str(info.value) and "attacker" not in str(info.value)
+    assert handler.messages == []
+
+
+def test_a_login_in_clear_fails_check_unless_allowed(smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, port = smtp
+    login = {"host": "127.0.0.1", "port": port, "username": "relay", "password": "pw"}
+    with pytest.raises(ConfigError, match="sends the password in clear"):
+        build_action("email", {"to": "a@b", "smtp": login}, tmp_path)
+    for safe in ({"starttls": True}, {"ssl": True}, {"allow_plaintext_login": True}):
+        build_action("email", {"to": "a@b", "smtp": {**login, **safe}}, tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import stat
 from pathlib import Path
@@ -118,14 +119,68 @@ def test_base_path_is_a_boundary(tmp_path: Path, suki: SukiStandIn) -> None:
         action.deliver(make_delivery(event))
 
 
-@pytest.mark.parametrize("session", ["../../../etc", "/etc/passwd", "a\x00b"])
-def test_paths_from_the_payload_cannot_leave_the_directory(tmp_path: Path, suki: SukiStandIn,
-                                                           session: str) -> None:
+@pytest.mark.parametrize("session, name", [("../../../etc", "..%2F..%2F..%2Fetc"),
+                                           ("/etc/passwd", "%2Fetc%2Fpasswd"),
+                                           ("a\x00b", "a%00b"), ("..", "%2E%2E")])
+def test_payload_values_in_paths_stay_one_file_name(tmp_path: Path, suki: SukiStandIn,
+                                                    session: str, name: str) -> None:
     event = json.loads(sample("success"))
     event["session_id"] = session
-    with pytest.raises(PermanentError, match="leave the directory"):
-        saver(tmp_path, suki.url, path="{{ event.session_id }}").deliver(make_delivery(event))
+    saver(tmp_path, suki.url, path="{{ event.session_id }}").deliver(make_delivery(event))
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == [name]
     assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize("path", ["../{{ event.session_id }}", "/abs/{{ rel }}",
+                                  "a/../../{{ rel }}", "a//{{ rel }}", "./{{ rel }}"])
+def test_a_path_template_cannot_leave_the_directory(tmp_path: Path, suki: SukiStandIn,
+                                                    path: str) -> None:
+    with pytest.raises(PermanentError, match="refused"):
+        saver(tmp_path, suki.url, path=path).deliver(make_delivery("success"))
+    assert [p.name for p in tmp_path.iterdir()] == ["actions.yaml"]  # nothing written
+
+
+def test_no_event_can_overwrite_another_events_files(tmp_path: Path, suki: SukiStandIn) -> None:
+    """encounter "E1/S1" with session "." rendered E1/S1/contents.json: the file of
+    encounter E1, session S1. Each now has its own."""
+    action = saver(tmp_path, suki.url)
+    first = json.loads(sample("success")) | {"encounter_id": "E1", "session_id": "S1"}
+    action.deliver(make_delivery(first))
+    mine = tmp_path / "notes" / "E1" / "S1" / "contents.json"
+    mine.write_text("first event's note", encoding="utf-8")
+    for encounter, session in (("E1/S1", "."), ("E1", "S1/."), ("E1/S1/.", ""),
+                               ("E1%2FS1", "%2E")):
+        other = json.loads(sample("success")) | {"encounter_id": encounter,
+                                                  "session_id": session}
+        with contextlib.suppress(PermanentError):  # an empty segment is refused: also fine
+            action.deliver(make_delivery(other))
+        assert mine.read_text(encoding="utf-8") == "first event's note", (encounter, session)
+    names = sorted(str(p.relative_to(tmp_path / "notes"))
+                   for p in (tmp_path / "notes").rglob("contents.json"))
+    assert names == ["E1%252FS1/%252E/contents.json", "E1%2FS1/%2E/contents.json",
+                     "E1/S1%2F./contents.json", "E1/S1/contents.json"]
+
+
+def test_existing_folders_are_made_owner_only(tmp_path: Path, suki: SukiStandIn) -> None:
+    (tmp_path / "notes" / ENCOUNTER).mkdir(parents=True)
+    (tmp_path / "notes").chmod(0o755)
+    (tmp_path / "notes" / ENCOUNTER).chmod(0o777)
+    saver(tmp_path, suki.url).deliver(make_delivery("success"))
+    for folder in (tmp_path / "notes", tmp_path / "notes" / ENCOUNTER,
+                   tmp_path / "notes" / ENCOUNTER / SESSION):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+@pytest.mark.parametrize("size, segments", [(300, 1), (250, 17)], ids=["name", "path"])
+def test_an_over_long_name_is_a_permanent_failure(tmp_path: Path, suki: SukiStandIn, size: int,
+                                                  segments: int) -> None:
+    """Too long for the filesystem is true on every retry: fail for good, not for a day."""
+    event = json.loads(sample("success"))
+    event["session_id"] = "s" * size
+    path = "/".join(["{{ event.session_id }}"] * segments) + "/{{ rel }}"
+    with pytest.raises(PermanentError, match="longer than") as info:
+        saver(tmp_path, suki.url, path=path).deliver(make_delivery(event))
+    assert "sss" not in str(info.value)
 
 
 def test_needs_the_suki_section(tmp_path: Path) -> None:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from werkzeug.serving import make_server
 
 from suki_relay import signing
+from suki_relay.deliver import iso
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
-from suki_relay.testing import Reply, Sink, build_action, free_port, make_delivery
+from suki_relay.store import EventFilter
+from suki_relay.testing import (
+    Reply,
+    Sink,
+    build_action,
+    free_port,
+    make_delivery,
+)
 
 
 def test_forwards_the_raw_body_verbatim_with_its_identity(tmp_path: Path) -> None:
@@ -96,3 +108,51 @@ def test_preview_masks_secret_headers(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(tmp_path: Path, options: dict, fragment: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError, match=fragment):
         build_action("http", options, tmp_path)
+
+
+def test_retries_are_signed_alike_so_the_next_relay_deduplicates(
+        tmp_path: Path, local_relay) -> None:  # type: ignore[no-untyped-def]
+    """A retry (the answer to the first attempt was lost, say) carries the same
+    generated-at and signature, so a suki-relay downstream records the event once."""
+    down = tmp_path / "downstream"
+    down.mkdir()
+    config = down / "actions.yaml"
+    config.write_text(yaml.safe_dump({"receiver": {"secrets": ["next-hop"]},
+                                      "store": "sqlite:///down.db"}), encoding="utf-8")
+    downstream = local_relay(config, deliver=False)
+    server = make_server("127.0.0.1", 0, downstream.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        action = build_action("http", {"url": f"http://127.0.0.1:{server.port}{downstream.path}",
+                                       "sign_secret": "next-hop"}, tmp_path)
+        delivery = make_delivery("success")
+        delivery.received_at = iso(time.time() - 5)
+        action.deliver(delivery)
+        delivery.attempt = 2
+        action.deliver(delivery)
+    finally:
+        server.shutdown()
+    assert len(downstream.store.events(EventFilter())) == 1
+
+
+def test_a_retry_after_a_long_outage_is_signed_recently_and_alike(tmp_path: Path) -> None:
+    """An event received a day ago is signed with a time under sign_window_seconds old
+    (a receiver's replay window would refuse the original time), the same on each retry."""
+    action = build_action("http", {"url": "http://127.0.0.1:9/", "sign_secret": "s",
+                                   "sign_window_seconds": 60}, tmp_path)
+    delivery = make_delivery("success")
+    delivery.received_at = iso(time.time() - 86400 - 7)
+    _, first, body = action.request(delivery)
+    delivery.attempt = 3
+    _, again, _ = action.request(delivery)
+    assert (first["generated-at"], first["X-API-Key"]) == (again["generated-at"],
+                                                           again["X-API-Key"])
+    assert 0 <= time.time() - int(first["generated-at"]) / 1000 < 60
+    assert signing.matches(["s"], first["generated-at"], body, first["X-API-Key"])
+
+
+@pytest.mark.parametrize("window", [0, -1, 86400])
+def test_the_sign_window_is_checked(tmp_path: Path, window: float) -> None:
+    with pytest.raises(ConfigError, match="sign_window_seconds"):
+        build_action("http", {"url": "http://127.0.0.1:9/", "sign_secret": "s",
+                              "sign_window_seconds": window}, tmp_path)

@@ -576,3 +576,15 @@ def test_store_outage_shows_a_503_page_and_the_overview_says_so(relay: Relay) ->
         db.commit()
         db.close()
     assert client.get(f"/console/events/{event_id}").status_code == 200
+
+
+def test_users_hashes_from_secret_files(start: Callable[..., Relay], tmp_path: Path) -> None:
+    """As the README says to configure it: each hash in a file of its own."""
+    secret = tmp_path / "console-ops"
+    secret.write_text(HASH + "\n")
+    secret.chmod(0o600)
+    config = json.loads(config_text())
+    config["console"]["users"] = {"ops": f"${{file:{secret}}}"}
+    relay = start(json.dumps(config), tmp_path / "relay")
+    assert sign_in(relay.client()).status_code == 303
+    assert cli_here("-c", str(tmp_path / "relay" / "actions.yaml"), "check").returncode == 0

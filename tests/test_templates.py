@@ -55,3 +55,13 @@ def test_the_sandbox_still_guards_attributes() -> None:
         render("{{ event.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(SecurityError):
         render("{{ event.update({'status': 'x'}) }}")
+
+
+def test_the_sandbox_range_limit_holds() -> None:
+    """Templates get the sandbox's globals: its range() refuses more than 100,000 items
+    (Jinja's default range would build ten million here)."""
+    assert render("{{ range(5) | list | length }}") == "5"
+    with pytest.raises(OverflowError, match="Range too big"):
+        render("{{ range(10000000) | length }}")
+    with pytest.raises(OverflowError, match="Range too big"):
+        render({"a": "{{ event.status }}", "b": "{% for i in range(200000) %}{% endfor %}"})

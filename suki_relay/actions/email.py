@@ -1,11 +1,16 @@
 """``email``: a plain-text (and optionally HTML) alert over SMTP.
 
 SMTP 4xx replies and connection failures are retried; 5xx replies (unknown recipient,
-authentication refused) are permanent and say which.
+authentication refused) are permanent and say which. A rendered address or header with a
+line break or other control character is permanent (it could only add headers or
+recipients, and renders the same on every retry). A login needs ssl or starttls, unless
+``allow_plaintext_login`` says the password may cross the network in clear.
 """
 
 from __future__ import annotations
 
+import email.errors
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -16,7 +21,8 @@ from ..action import Action, Delivery, Option
 from ..errors import PermanentError, RetryableError
 
 SMTP_KEYS = {"host": str, "port": int, "username": str, "password": str, "starttls": bool,
-             "ssl": bool, "timeout_seconds": (int, float)}
+             "ssl": bool, "timeout_seconds": (int, float), "allow_plaintext_login": bool}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 class EmailAction(Action):
@@ -48,24 +54,44 @@ class EmailAction(Action):
             problems.append("smtp: choose ssl or starttls, not both")
         if bool(smtp.get("username")) != bool(smtp.get("password")):
             problems.append("smtp: username and password go together")
+        if (smtp.get("username") and not smtp.get("ssl") and not smtp.get("starttls")
+                and not smtp.get("allow_plaintext_login")):
+            problems.append("smtp: a login without ssl or starttls sends the password in clear; "
+                            "set ssl: true or starttls: true (or allow_plaintext_login: true "
+                            "for a server on this machine)")
         return problems
 
     def message(self, delivery: Delivery) -> tuple[EmailMessage, list[str]]:
+        def header(option: str) -> str:
+            value = str(self.render(option, delivery))
+            if _CONTROL.search(value):
+                raise PermanentError(f"{option}: the rendered value has a line break or control "
+                                     "character")
+            return value
+
         def addresses(option: str) -> list[str]:
             value = self.render(option, delivery)
-            return [value] if isinstance(value, str) else [str(v) for v in value]
+            found = [value] if isinstance(value, str) else [str(v) for v in value]
+            if any(_CONTROL.search(a) for a in found):
+                raise PermanentError(f"{option}: a rendered address has a line break or control "
+                                     "character")
+            return found
 
         msg = EmailMessage()
-        msg["From"] = self.render("from", delivery)
         to, cc, bcc = addresses("to"), addresses("cc"), addresses("bcc")
-        msg["To"] = ", ".join(to)
-        if cc:
-            msg["Cc"] = ", ".join(cc)
-        if self.values["reply_to"]:
-            msg["Reply-To"] = self.render("reply_to", delivery)
-        msg["Subject"] = " ".join(self.render("subject", delivery).split())
-        msg["Date"] = formatdate(localtime=False)
-        msg["Message-ID"] = make_msgid(idstring=delivery.id.replace("_", ""), domain="suki-relay")
+        try:
+            msg["From"] = header("from")
+            msg["To"] = ", ".join(to)
+            if cc:
+                msg["Cc"] = ", ".join(cc)
+            if self.values["reply_to"]:
+                msg["Reply-To"] = header("reply_to")
+            msg["Subject"] = " ".join(self.render("subject", delivery).split())
+            msg["Date"] = formatdate(localtime=False)
+            msg["Message-ID"] = make_msgid(idstring=delivery.id.replace("_", ""),
+                                           domain="suki-relay")
+        except (ValueError, email.errors.MessageError) as exc:  # the same on every retry
+            raise PermanentError(f"a rendered header is not valid ({type(exc).__name__})") from None
         msg.set_content(self.render("body", delivery), charset="utf-8")
         if self.values["html"] is not None:
             msg.add_alternative(self.render("html", delivery), subtype="html", charset="utf-8")

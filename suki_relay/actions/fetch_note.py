@@ -3,24 +3,42 @@
 The documents are fetched by the core, exactly as for any action's ``fetch:`` (this type
 asks for its ``links``), through the one Suki client: credentials go only to the
 ``suki:`` base URL. Files are written atomically (temporary file, fsync, rename),
-owner-only (0600, folders 0700), at a path rendered from a template that may not leave
-``directory``. Running the same delivery again overwrites the same files.
+owner-only (0600, folders 0700, tightened if they exist looser), at a path rendered from a
+template that may not leave ``directory``. Every payload string the path template uses is
+percent-encoded into one safe file-name segment first (``/`` and ``%`` encoded, ``.`` and
+``..`` too), so no event can name another event's files: the encoding is one-to-one.
+Running the same delivery again overwrites the same files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..action import Action, Delivery, Option
 from ..errors import PermanentError
 from ..fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
+from ..templates import map_strings, render_value
 
 DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
                 "{{ event.session_id }}/{{ rel }}.json")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+PATH_MAX = 4000  # bytes in a whole path, a little under Linux's 4096
+
+
+def path_segment(value: str) -> str:
+    """A payload string as one file-name segment, one-to-one: everything but letters,
+    digits and ``_.-~`` percent-encoded (``/`` and ``%`` included), and ``.``/``..``
+    encoded whole, so "E1/S1" is ``E1%2FS1`` and "." is ``%2E``."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
 
 
 class FetchNoteAction(Action):
@@ -50,15 +68,25 @@ class FetchNoteAction(Action):
         return tuple(self.values["links"])
 
     def target(self, delivery: Delivery, rel: str, suffix: str = "") -> Path:
-        """The file for one relation; refuses anything that would leave `directory`."""
-        rendered = str(self.render("path", delivery, rel=rel)) + suffix
-        parts = PurePosixPath(rendered).parts
-        if not rendered or "\x00" in rendered or "\\" in rendered or rendered.startswith("/") \
-                or ".." in parts or not parts:
-            raise PermanentError(f"path for {rel!r} refused: it would leave the directory")
+        """The file for one relation; refuses anything that would leave `directory`, an
+        empty or dot segment, and names too long for the filesystem (permanent: the same
+        event renders the same path every time). Messages name no payload value."""
+        context = delivery.context(rel=rel)
+        context["event"] = map_strings(delivery.event, path_segment)
+        rendered = str(render_value(self.values["path"], context)) + suffix
+        parts = rendered.split("/")
+        if (not rendered or "\x00" in rendered or "\\" in rendered or rendered.startswith("/")
+                or any(p in ("", ".", "..") for p in parts)):
+            raise PermanentError(f"path for {rel!r} refused: it would leave the directory or "
+                                 "has an empty or dot segment")
+        if any(len(p.encode()) > NAME_MAX for p in parts):
+            raise PermanentError(f"path for {rel!r} refused: a file name is longer than "
+                                 f"{NAME_MAX} bytes")
         path = (self.directory / Path(*parts)).resolve()
         if not path.is_relative_to(self.directory):
             raise PermanentError(f"path for {rel!r} refused: it would leave the directory")
+        if len(str(path).encode()) > PATH_MAX:
+            raise PermanentError(f"path for {rel!r} refused: longer than {PATH_MAX} bytes")
         return path
 
     def files(self, delivery: Delivery) -> dict[str, Path]:
@@ -80,12 +108,21 @@ class FetchNoteAction(Action):
 
 
 def write_private(path: Path, data: bytes, root: Path) -> None:
-    """Atomically replace ``path`` with ``data``, owner-only; parents 0700 up to ``root``."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for folder in reversed(path.parent.relative_to(root).parents[:-1] or []):
-        (root / folder).mkdir(mode=0o700, exist_ok=True)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    """Atomically replace ``path`` with ``data``, owner-only; ``root`` and every folder
+    below it on the way 0700 (created so, or tightened if they exist looser)."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_folder(root)
+        folder = root
+        for part in path.parent.relative_to(root).parts:
+            folder = folder / part
+            folder.mkdir(mode=0o700, exist_ok=True)
+            _private_folder(folder)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise PermanentError("file name too long for the filesystem") from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -101,3 +138,14 @@ def write_private(path: Path, data: bytes, root: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _private_folder(folder: Path) -> None:
+    """Owner-only, whoever made the folder and however: notes are PHI."""
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(folder, 0o700)
+        except PermissionError:
+            raise PermanentError("a folder under `directory` is open to other users and "
+                                 "cannot be made owner-only") from None

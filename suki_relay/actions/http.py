@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from .. import outbound, signing
@@ -19,12 +20,18 @@ class HttpAction(Action):
         "timeout_seconds": Option(float, default=10.0, template=False),
         "sign_secret": Option(str, secret=True, template=False,
                               help="sign what is forwarded the way Suki signs"),
+        "sign_window_seconds": Option(float, default=240.0, template=False, min=1, max=3600,
+                                      help="retries within this long sign alike; keep it "
+                                           "under the receiver's tolerance"),
     }
 
     def check(self) -> list[str]:
         url = self.values["url"]
         if isinstance(url, str) and not url.startswith(("http://", "https://")):
             return ["url: expected an http:// or https:// URL"]
+        problem = outbound.url_problem(url) if isinstance(url, str) else None
+        if problem:
+            return [f"url: {problem}"]
         if not 0 < self.values["timeout_seconds"] <= 300:
             return ["timeout_seconds: expected more than 0 and at most 300"]
         return []
@@ -40,7 +47,10 @@ class HttpAction(Action):
                    "X-Suki-Relay-Event": delivery.event_id}
         headers.update({str(k): str(v) for k, v in self.render("headers", delivery).items()})
         if self.values["sign_secret"]:
-            signed = signing.signed_headers(self.values["sign_secret"], body)
+            # signed once per delivery: retries carry the same generated-at and signature
+            received = datetime.fromisoformat(delivery.received_at).timestamp()
+            signed = signing.signed_headers(self.values["sign_secret"], body, signing.stable_time(
+                received, self.values["sign_window_seconds"]))
             headers["generated-at"] = signed["generated-at"]
             headers["X-API-Key"] = signed["X-API-Key"]
         return url, headers, body
@@ -51,7 +61,7 @@ class HttpAction(Action):
                              data=body, timeout=self.values["timeout_seconds"],
                              what=f"{self.name} target", delivery=delivery)
         outbound.raise_for_status(resp, f"{self.name} target")
-        return f"HTTP {resp.status_code}"
+        return outbound.delivered_note(resp)
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         url, headers, body = self.request(delivery)

@@ -13,19 +13,9 @@ from typing import Any
 
 from .. import outbound
 from ..action import MASK, Action, Delivery, Option
-from ..templates import render_value, slack_escape
+from ..templates import map_strings, render_value, slack_escape
 
 _SLACK_ERROR = re.compile(r"[a-z_]{2,60}")
-
-
-def escape_payload(value: Any) -> Any:
-    if isinstance(value, str):
-        return slack_escape(value)
-    if isinstance(value, dict):
-        return {k: escape_payload(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [escape_payload(v) for v in value]
-    return value
 
 
 class SlackAction(Action):
@@ -43,11 +33,12 @@ class SlackAction(Action):
     def check(self) -> list[str]:
         if not str(self.values["webhook_url"]).startswith(("https://", "http://")):
             return ["webhook_url: expected an https:// URL"]
-        return []
+        problem = outbound.url_problem(self.values["webhook_url"])
+        return [f"webhook_url: {problem}"] if problem else []
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
         context = delivery.context()
-        context["event"] = escape_payload(delivery.event)
+        context["event"] = map_strings(delivery.event, slack_escape)
         body: dict[str, Any] = {"text": render_value(self.values["text"], context)}
         for key in ("blocks", "username", "icon_emoji"):
             if self.values[key] is not None:
@@ -60,7 +51,8 @@ class SlackAction(Action):
                              what="Slack", delivery=delivery)
         text = resp.text.strip()[:60]
         outbound.raise_for_status(resp, "Slack", text if _SLACK_ERROR.fullmatch(text) else "")
-        return "posted"
+        cut_off = getattr(resp, "cut_off", None)
+        return f"posted (reply body cut off: {cut_off})" if cut_off else "posted"
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         return {"webhook_url": MASK, "json": self.payload(delivery)}

@@ -8,7 +8,16 @@ import pytest
 
 from suki_relay.plugin import ConfigError, PermanentError, RetryableError
 from suki_relay.plugins import discover
-from suki_relay.testing import Reply, Sink, build_action, make_delivery
+from suki_relay.testing import (
+    RawServer,
+    Reply,
+    Sink,
+    build_action,
+    drip,
+    in_thread,
+    make_delivery,
+    plant_netrc,
+)
 
 
 def test_is_discovered_through_the_entry_point() -> None:
@@ -49,3 +58,22 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
 def test_preview_masks_the_routing_key(tmp_path: Path) -> None:
     action = build_action("pagerduty", {"routing_key": "SECRET-KEY"}, tmp_path)
     assert "SECRET-KEY" not in str(action.preview(make_delivery("failure")))
+
+
+def test_netrc_credentials_never_reach_pagerduty(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain requests.Session would add Basic auth from ~/.netrc; the plugin's sessions
+    come from suki_relay.outbound, which never reads it."""
+    plant_netrc(monkeypatch, tmp_path)
+    with Sink(default=Reply(202, b"{}")) as pd:
+        action = build_action("pagerduty", {"routing_key": "k", "events_url": pd.url}, tmp_path)
+        action.deliver(make_delivery("failure"))
+        assert "Authorization" not in pd.received[0].headers
+
+
+def test_a_reply_that_never_ends_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    with RawServer(drip(b"HTTP/1.1 202 Accepted\r\nContent-Length: 100000000\r\n\r\n")) as pd:
+        action = build_action("pagerduty", {"routing_key": "k", "events_url": pd.url,
+                                            "timeout_seconds": 1}, tmp_path)
+        assert in_thread(lambda: action.deliver(make_delivery("failure"))) == (
+            "incident triggered")
