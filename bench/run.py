@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from suki_relay import signing  # noqa: E402
-from suki_relay.testing import free_port, pg_schema, wait_until  # noqa: E402
+from suki_relay.testing import PrivateDatabase, free_port, pg_schema, wait_until  # noqa: E402
 
 SECRET = "bench-secret"
 PY = sys.executable
@@ -85,11 +85,11 @@ def gunicorn(app: str, port: int, extra: list[str] | None = None) -> list[str]:
 
 
 def relay_config(folder: Path, actions: dict[str, Any] | None = None,
-                 store: str = "sqlite:///relay.db") -> Path:
+                 store: str = "sqlite:///relay.db", **top_level: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "actions.yaml"
     config: dict[str, Any] = {"receiver": {"secrets": [SECRET]}, "store": store,
-                              "metrics": {"enabled": True}}
+                              "metrics": {"enabled": True}, **top_level}
     config["actions"] = actions or {}
     config["rules"] = [{"name": "all", "do": list(actions or {})}]
     cfg.write_text(yaml.safe_dump(config))
@@ -146,23 +146,47 @@ def paired_ratio(values: list[float], baselines: list[float]) -> float:
 
 
 def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
+    """Events committed by the relay that ran in ``folder``: in its store, and in its
+    spool (events received while the database was down, not moved yet)."""
+    from suki_relay.spool import Spool
     from suki_relay.store import open_store
 
     store = open_store(url, folder)
     try:
-        return store.stats().events
+        events = store.stats().events
     finally:
         store.close()
+    spool_file = folder / "suki-relay-spool.db"
+    if spool_file.exists():
+        spool = Spool(spool_file, 1)
+        try:
+            events += spool.summary()["spooled"]
+        finally:
+            spool.close()
+    return events
+
+
+OUTAGES: dict[str, PrivateDatabase] = {}  # store URL -> its database, to take down
 
 
 @contextmanager
 def run_store(spec: str) -> Iterator[str]:
     """The store URL for one run, cleaned up afterwards: a PostgreSQL URL gets a fresh
-    schema there; ``tmpfs``, SQLite in a fresh folder under /dev/shm; anything else (a
-    SQLite URL, or "" for a handler without a store) is used as it is."""
+    schema there; ``outage:URL``, a database of its own on that server, which the run
+    takes down once the relay is up (OUTAGES) and drops afterwards; ``tmpfs``, SQLite in
+    a fresh folder under /dev/shm; anything else (a SQLite URL, or "" for a handler
+    without a store) is used as it is."""
     if spec.startswith("postgres"):
         with pg_schema(spec, "bench") as url:
             yield url
+    elif spec.startswith("outage:"):  # a private database on that server, to take down
+        with PrivateDatabase(spec.removeprefix("outage:"), "suki_bench_outage") as db:
+            OUTAGES[db.url] = db
+            try:
+                yield db.url
+            finally:
+                db.up()
+                del OUTAGES[db.url]
     elif spec == "tmpfs":
         ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir="/dev/shm"))
         try:
@@ -221,24 +245,34 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
             (sqlite, lambda d, p, u: (relay_cmd(relay_config(d, store=u), p), relay_env(d))),
     }
     if args.pg:
-        handlers["suki-relay on PostgreSQL (verify, route, commit, 200)"] = \
-            (args.pg, handlers["suki-relay (verify, route, commit, 200)"][1])
+        relay = handlers["suki-relay (verify, route, commit, 200)"][1]
+        handlers["suki-relay on PostgreSQL (verify, route, commit, 200)"] = (args.pg, relay)
+        handlers["suki-relay on PostgreSQL, spool disabled"] = (args.pg, lambda d, p, u: (
+            relay_cmd(relay_config(d, store=u, spool={"enabled": False}), p), relay_env(d)))
+        handlers["suki-relay on PostgreSQL, database down (spooled, 200)"] = \
+            (f"outage:{args.pg}", relay)
     saturated: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     single: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     for rnd in range(args.rounds):
-        for name, (store, make) in handlers.items():
+        # every other round in reverse order: no handler always follows the same one (the
+        # disk and the database are still busy with the last run's writes for a while)
+        for name, (store, make) in list(handlers.items())[::-1 if rnd % 2 else 1]:
             folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
             folder.mkdir(parents=True)
             port = free_port()
             with run_store(store) as url:
                 cmd, env = make(folder, port, url)
                 with server(cmd, port, env):
+                    if url in OUTAGES:
+                        OUTAGES[url].down()
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
                     result = wrk(port, lines, args.duration, args.connections)
                     saturated[name].append(result)
                     lines1 = signed_lines(int(args.duration * 3000), folder / "load1.txt")
                     single[name].append(wrk(port, lines1, args.duration / 2, 1, threads=1))
                 if url:
+                    if url in OUTAGES:  # the relay is stopped: nothing moves while counting
+                        OUTAGES[url].up()
                     accepted = result["requests"] - result["non2xx"]
                     committed = stored_events(folder, url)
                     assert committed >= accepted, f"{accepted} acknowledged, {committed} stored"

@@ -257,7 +257,8 @@ def assemble(config: Config, deliver: bool = True) -> RelayApp:
         deliverer.start()
     watcher = None
     if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
-        watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+        watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer),
+                             spool=spool)
         watcher.start()
     drainer = None
     if spool is not None:

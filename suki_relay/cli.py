@@ -177,7 +177,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if config.recovery_enabled:
             from .recovery import GapWatcher, Recoverer
 
-            watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer))
+            watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer),
+                                 spool=spool)
             watcher.start()
         print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
               file=sys.stderr)

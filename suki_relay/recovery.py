@@ -48,6 +48,7 @@ from .suki_api import SESSION_ID, SukiClient, session_path
 if TYPE_CHECKING:
     from .config import Config
     from .deliver import Deliverer
+    from .spool import Spool
 
 log = logging.getLogger("suki_relay.recovery")
 
@@ -214,8 +215,9 @@ class GapWatcher:
     recovers them. One thread per delivering process; the store's leases share the work."""
 
     def __init__(self, config: Config, store: Store, recoverer: Recoverer,
-                 owner: str | None = None):
+                 owner: str | None = None, spool: Spool | None = None):
         self.config = config
+        self.spool = spool  # this node's: while it holds events, they may be the "missing"
         self.settings = config.recovery
         self.store = store
         self.recoverer = recoverer
@@ -254,8 +256,12 @@ class GapWatcher:
             since = newest
 
     def check_due(self) -> list[Result]:
-        """Check the sessions due now, one lease at a time."""
+        """Check the sessions due now, one lease at a time; none while this node's spool
+        holds events not yet moved into the store (a session's own notification may be
+        among them: recovering it first would record the session twice)."""
         results: list[Result] = []
+        if self.spool is not None and self.spool.has_waiting():
+            return results
         for _ in range(CHECKS_PER_TICK):
             if self._stopping.is_set():
                 break

@@ -99,6 +99,22 @@ def safe_url(base_url: str, href: str) -> str:
     return joined.geturl()
 
 
+def _string_field(resp: requests.Response, key: str, what: str, refused: str) -> str:
+    """A non-empty string field of Suki's JSON answer. 401/403: PermanentError(``refused``);
+    other failures as outbound classifies them; no such field: RetryableError."""
+    if resp.status_code in (401, 403):
+        raise PermanentError(f"{refused} ({resp.status_code})", status=resp.status_code)
+    outbound.raise_for_status(resp, what)
+    outbound.require_whole(resp, what)
+    try:
+        value = resp.json()[key]
+    except (ValueError, KeyError, TypeError):
+        value = None
+    if not isinstance(value, str) or not value:
+        raise RetryableError(f"{what} answered without a {key}")
+    return value
+
+
 class SukiClient:
     """One per process and settings: caches the token across deliveries and threads."""
 
@@ -117,18 +133,8 @@ class SukiClient:
         url = s.base_url.rstrip("/") + "/api/v1/auth/login"
         resp = outbound.send(self._session, "POST", url, json=body, timeout=s.timeout_seconds,
                              what="Suki login")
-        if resp.status_code in (401, 403):
-            raise PermanentError(f"Suki login refused the partner credentials ({resp.status_code})",
-                                 status=resp.status_code)
-        outbound.raise_for_status(resp, "Suki login")
-        outbound.require_whole(resp, "Suki login")
-        try:
-            token = resp.json()["suki_token"]
-        except (ValueError, KeyError, TypeError):
-            raise RetryableError("Suki login answered without a suki_token") from None
-        if not isinstance(token, str) or not token:
-            raise RetryableError("Suki login answered without a suki_token")
-        return token
+        return _string_field(resp, "suki_token", "Suki login",
+                             "Suki login refused the partner credentials")
 
     def token(self, refresh: bool = False) -> str:
         with self._lock:
@@ -157,17 +163,7 @@ class SukiClient:
         resp = self._get(session_path(session_id, "status"))
         if resp.status_code == 404:
             return None
-        if resp.status_code in (401, 403):
-            raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
-                                 status=resp.status_code)
-        outbound.raise_for_status(resp, "Suki API")
-        outbound.require_whole(resp, "Suki API")
-        try:
-            status = resp.json()["status"]
-        except (ValueError, KeyError, TypeError):
-            raise RetryableError("Suki's status answer has no status") from None
-        if not isinstance(status, str) or not status:
-            raise RetryableError("Suki's status answer has no status")
+        status = _string_field(resp, "status", "Suki API", "Suki refused the credentials")
         return status.strip().lower()[:40]
 
     def get(self, href: str) -> requests.Response:

@@ -222,6 +222,32 @@ def test_gap_watcher_leaves_arrived_sessions_and_gives_up(tmp_path: Path,
     assert watcher.run_once() == []  # given up: never asked again
 
 
+def test_no_check_while_this_nodes_spool_holds_events(tmp_path: Path,
+                                                     suki: SukiStandIn) -> None:
+    """A session's own notification may wait in the spool (a database outage): recovering
+    it before the spool is moved would record the session twice."""
+    from suki_relay.spool import Spool
+
+    suki.statuses["sp-1"] = "completed"
+    config = load_config(write_config(tmp_path, suki, recovery={
+        "grace_seconds": 1, "check_every_seconds": 1, "give_up_after_hours": 1}))
+    store = open_test_store(config.store_url, config.base_dir)
+    store.note_listed([Listed("sp-1", ENCOUNTER, "evt_x", time.time() - 5)], 1)
+    spool = Spool(tmp_path / "spool.db", 100)
+    try:
+        body = json.dumps({"status": "success", "session_id": "sp-1"}).encode()
+        spooled = NewEvent("k-sp", body, 1, "success", "sp-1", ENCOUNTER, False, [], [])
+        spool.add([spooled])
+        watcher = GapWatcher(config, store, Recoverer(config, store), spool=spool)
+        assert watcher.run_once() == [] and suki.asked == {}
+        spool.remove([spooled.id])  # moved into the store (here: by hand)
+        store.record([spooled])
+        assert [r.outcome for r in watcher.run_once()] == ["present"]
+        assert suki.asked == {}
+    finally:
+        spool.close()
+
+
 def test_recovery_needs_suki_section(tmp_path: Path) -> None:
     (tmp_path / "actions.yaml").write_text(
         "receiver: {secrets: [x]}\nrecovery: {grace_seconds: 5}\n")

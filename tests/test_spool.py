@@ -55,8 +55,8 @@ def delivered_events(target: Sink) -> list[str]:
     return [got.headers["X-Suki-Relay-Event"] for got in target.received]
 
 
-def test_spool_takes_what_the_store_cannot_and_drains_it(spooling_relay, private_db,
-                                                         sink) -> None:  # type: ignore[no-untyped-def]
+def test_spool_takes_what_the_store_cannot_and_drains_it(tmp_path: Path, spooling_relay,
+                                                         private_db, sink) -> None:  # type: ignore[no-untyped-def]
     target = sink()
     relay = spooling_relay(target.url)
     private_db.down()
@@ -65,6 +65,8 @@ def test_spool_takes_what_the_store_cannot_and_drains_it(spooling_relay, private
         status, body = answer(relay.post_signed(unique_body()))
         assert (status, body["status"], body["spooled"]) == (200, "accepted", True)
         accepted.append(body["event_id"])
+    spool_file = tmp_path / "suki-relay-spool.db"  # the default: next to actions.yaml
+    assert spool_file.stat().st_mode & 0o777 == 0o600
     assert readyz(relay) == (200, {"status": "degraded", "store": "unavailable",
                                    "spooled": 5})
     metrics = metrics_text(relay)

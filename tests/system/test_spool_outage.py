@@ -1,8 +1,8 @@
 """A PostgreSQL outage under a real gunicorn relay: nothing refused, nothing lost or doubled.
 
-Outages are made on a private database (connections refused and ended) or on a private
-PostgreSQL server this test starts itself (a real stop and start); never on the machine's
-shared server or its `test` database.
+Outages are made on a private database (connections refused and ended), never on the
+machine's shared server or its `test` database. A real stop and start of a (private)
+server, with and without the spool, is in test_cluster.py.
 """
 
 from __future__ import annotations
@@ -113,42 +113,3 @@ def test_kill_9_during_an_outage_loses_nothing(tmp_path: Path, private_db, relay
     private_db.up()
     relay(cfg)  # restarted, as after a crash
     delivered_once(target, spooled, private_db.url)
-
-
-def test_a_real_database_restart(tmp_path: Path, private_pg, relay,
-                                 sink) -> None:  # type: ignore[no-untyped-def]
-    """A private PostgreSQL server stopped and started while requests stream in: every
-    request answered 2xx (spooled while it is down), requests after it is back committed
-    to the store again, and every event delivered exactly once."""
-    target = sink()
-    cfg = write_config(tmp_path, private_pg.url + "?pool_timeout=2&connect_timeout=2",
-                       target.url)
-    node = relay(cfg, workers=1)
-    results: list[tuple[int, dict[str, Any]]] = []
-    stop = threading.Event()
-
-    def stream() -> None:
-        deadline = time.monotonic() + 60
-        while not stop.is_set() and time.monotonic() < deadline:
-            resp = post_signed(node.webhook, unique_body(), timeout=15)
-            results.append((resp.status_code, resp.json()))
-            time.sleep(0.02)
-
-    sender = threading.Thread(target=stream, daemon=True)
-    sender.start()
-    try:
-        wait_until(lambda: len(results) >= 5, message="a stream of accepted events")
-        private_pg.stop()
-        during = len(results)
-        wait_until(lambda: len(results) >= during + 5, timeout=30,
-                   message="requests while the database is down")
-    finally:
-        private_pg.start()
-    after = len(results)
-    wait_until(lambda: any(not b.get("spooled") for _, b in results[after + 1:]), timeout=30,
-               message="a request committed to the store again")
-    stop.set()
-    sender.join(20)
-    assert {s for s, _ in results} == {200}
-    assert any(b.get("spooled") for _, b in results[during:after])
-    delivered_once(target, [b["event_id"] for _, b in results], private_pg.url)
