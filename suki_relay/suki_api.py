@@ -116,14 +116,16 @@ def _string_field(resp: requests.Response, key: str, what: str, refused: str) ->
 
 
 class SukiClient:
-    """One per process and settings: caches the token across deliveries and threads."""
+    """One per process and settings (every action's ``fetch:`` shares it): caches the
+    token across deliveries and threads. Each thread has its own HTTP session (a requests
+    session is not meant to be shared between threads)."""
 
     def __init__(self, settings: SukiSettings):
         self.settings = settings
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
-        self._session = outbound.new_session()
+        self._sessions = outbound.Sessions()
 
     def _login(self) -> str:
         s = self.settings
@@ -131,14 +133,18 @@ class SukiClient:
         if s.provider_id:
             body["provider_id"] = s.provider_id
         url = s.base_url.rstrip("/") + "/api/v1/auth/login"
-        resp = outbound.send(self._session, "POST", url, json=body, timeout=s.timeout_seconds,
+        resp = outbound.send(self._sessions.get(), "POST", url, json=body, timeout=s.timeout_seconds,
                              what="Suki login")
         return _string_field(resp, "suki_token", "Suki login",
                              "Suki login refused the partner credentials")
 
-    def token(self, refresh: bool = False) -> str:
+    def token(self, refresh: bool = False, stale: str | None = None) -> str:
+        """The cached token, logging in when there is none or it is near its hour.
+        ``stale``: a token Suki just refused; replaced unless another thread already did
+        (eight threads meeting one expired token log in once, not eight times)."""
         with self._lock:
-            if refresh or self._token is None or time.time() >= self._expires:
+            if refresh or self._token is None or time.time() >= self._expires or (
+                    stale is not None and stale == self._token):
                 self._token = self._login()
                 self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
             return self._token
@@ -147,13 +153,16 @@ class SukiClient:
         """GET a path on the base URL with the token; one re-login on 401. The body is
         read up to MAX_DOCUMENT_BYTES within the deadline (see ``get``)."""
         url = safe_url(self.settings.base_url, href)
-        for refresh in (False, True):
-            headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
-            resp = outbound.send(self._session, "GET", url, headers=headers,
+        stale: str | None = None
+        for _ in range(2):
+            token = self.token(stale=stale)
+            headers = {"sdp_suki_token": token, "Accept": "application/json"}
+            resp = outbound.send(self._sessions.get(), "GET", url, headers=headers,
                                  timeout=self.settings.timeout_seconds, what="Suki API",
                                  max_reply_bytes=MAX_DOCUMENT_BYTES)
             if resp.status_code != 401:
                 break
+            stale = token
         return resp
 
     def session_status(self, session_id: str) -> str | None:
