@@ -99,13 +99,19 @@ def safe_url(base_url: str, href: str) -> str:
     return joined.geturl()
 
 
-def _string_field(resp: requests.Response, key: str, what: str, refused: str) -> str:
-    """A non-empty string field of Suki's JSON answer. 401/403: PermanentError(``refused``);
-    other failures as outbound classifies them; no such field: RetryableError."""
+def _accepted(resp: requests.Response, what: str, refused: str) -> None:
+    """Suki answered 2xx with a whole body, or: 401/403 PermanentError(``refused``), other
+    failures as outbound classifies them, a body cut off as require_whole says."""
     if resp.status_code in (401, 403):
         raise PermanentError(f"{refused} ({resp.status_code})", status=resp.status_code)
     outbound.raise_for_status(resp, what)
     outbound.require_whole(resp, what)
+
+
+def _string_field(resp: requests.Response, key: str, what: str, refused: str) -> str:
+    """A non-empty string field of Suki's JSON answer (see _accepted); no such field:
+    RetryableError."""
+    _accepted(resp, what, refused)
     try:
         value = resp.json()[key]
     except (ValueError, KeyError, TypeError):
@@ -183,9 +189,5 @@ class SukiClient:
         if resp.status_code in (404, 409):
             raise RetryableError(f"Suki answered {resp.status_code}: content not ready yet",
                                  status=resp.status_code)
-        if resp.status_code in (401, 403):
-            raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
-                                 status=resp.status_code)
-        outbound.raise_for_status(resp, "Suki API")
-        outbound.require_whole(resp, "Suki API")
+        _accepted(resp, "Suki API", "Suki refused the credentials")
         return resp
