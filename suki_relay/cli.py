@@ -46,10 +46,10 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .dryrun import check_templates, seen_statuses, status_problems
+    from .dryrun import check_templates, status_problems
 
     config = config_of(args)
-    problems = check_templates(config) + status_problems(config, seen_statuses(config))
+    problems = check_templates(config) + status_problems(config)
     for p in problems:
         if p.warning:
             print(str(p), file=sys.stderr)
@@ -61,11 +61,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run, seen_statuses, status_problems
+    from .dryrun import dry_run, status_problems
 
     config = config_of(args)
     body = _read_body(args.file)
-    statuses = status_problems(config, seen_statuses(config))
+    statuses = status_problems(config)
     for p in statuses:
         print(str(p) if p.warning else f"{p.file}:{p.line}: error: {p.where}: {p.message}",
               file=sys.stderr)
