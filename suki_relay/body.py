@@ -49,11 +49,17 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._watches: deque[_Watch] = deque()
-        self._pid: int | None = None
+        self._running = False  # in this process (a forked child starts its own thread)
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._watches = deque()  # a child watches only its own reads
+        self._running = False
         self._lock = threading.Lock()
 
     def watch(self, sock: Any, seconds: float) -> _Watch:
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
         w = _Watch(sock, time.monotonic() + seconds)
         self._watches.append(w)
@@ -61,14 +67,13 @@ class Watchdog:
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._running:
                 return
-            self._watches = deque()  # a forked child watches only its own reads
-            threading.Thread(target=self._run, name="suki-read-deadline", daemon=True).start()
-            self._pid = os.getpid()
+            threading.Thread(target=self._run, args=(self._watches,),
+                             name="suki-read-deadline", daemon=True).start()
+            self._running = True
 
-    def _run(self) -> None:
-        watches = self._watches
+    def _run(self, watches: deque[_Watch]) -> None:
         while True:
             wait = IDLE_SECONDS
             while watches:
