@@ -57,8 +57,8 @@ def test_twenty_notifications_during_an_outage(tmp_path: Path, private_db, relay
     cfg = write_config(tmp_path, private_db.url, target.url)
     node = relay(cfg)
     accepted = [post_signed(node.webhook, unique_body()).json()["event_id"] for _ in range(3)]
-    # (a delivery whose attempt cannot be recorded while the database is down is attempted
-    # again once its lease runs out: at-least-once, and not what this test is about)
+    # (a delivery under way when the database goes may be attempted again by another
+    # process once its lease runs out: at-least-once, and not what this test is about)
     wait_until(lambda: len(target.received) == 3, message="the events before the outage")
     time.sleep(0.3)  # their attempts recorded
     private_db.down()
