@@ -147,7 +147,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if any(not t.cls for t in types.values()) else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .starter import write_starter
+
+    folder = Path(args.dir)
+    written = write_starter(folder, force=args.force)
+    print("wrote " + ", ".join(str(p) for p in written))
+    cd = f"cd {folder} && " if folder != Path(".") else ""
+    print(f"next: {cd}export SUKI_WEBHOOK_SECRET=... (the secret Suki gave you), edit "
+          "actions.yaml, then `suki-relay check` and `suki-relay serve`")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    config_of(args)  # a missing or broken config is reported here, as `check` reports it
     if args.log_format:
         os.environ["SUKI_RELAY_LOG_FORMAT"] = args.log_format
     if args.config:
@@ -233,6 +246,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("worker", cmd_worker, "deliver only, without receiving")
     sp.add_argument("--log-format", choices=("text", "json"))
     add("check", cmd_check, "validate actions.yaml, plugins and templates")
+    sp = add("init", cmd_init, "write a commented starter actions.yaml and templates folder")
+    sp.add_argument("dir", nargs="?", default=".", help="where (default: here)")
+    sp.add_argument("--force", action="store_true", help="replace an existing actions.yaml")
     routes = sub.add_parser("routes", help="routing tools").add_subparsers(dest="sub",
                                                                            required=True)
     sp = routes.add_parser("test", help="dry run: which rules match and what would be sent")

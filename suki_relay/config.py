@@ -1,34 +1,36 @@
 """The one config loader: actions.yaml in, a validated Config out, or every Problem found.
 
-Loading substitutes ``${VAR}``, ``${VAR:-default}`` and ``${file:/path}`` (``$${`` is a
-literal ``${``; substituted text is literal, never template markup), validates every
+Loading reads YAML with line numbers (yaml_lines.py), substitutes ``${...}``
+(substitute.py: substituted text is literal, never template markup), validates every
 section through the one validator (options.validate), builds every action through the
 plugin registry, compiles every template and every rule. Each problem names the file,
 the line of the offending key, and what was expected, so `suki-relay check` lists them all.
 
-Adding a section (say ``spool:``) takes three declarative steps:
+Adding a section (say ``archive:``) takes three declarative steps:
 
-1. a frozen dataclass whose fields are declared with ``setting()``::
+1. a frozen dataclass whose fields are declared with ``setting()``, in sections.py or in
+   the module of the feature (as console/settings.py does)::
 
        @dataclass(frozen=True)
-       class Spool:
-           directory: str | None = setting(None, kind=str, help="where bodies are spooled")
+       class ArchiveSettings:
+           directory: str | None = setting(None, kind=str, help="where bodies are copied")
            max_mb: int = setting(512, positive=True)
 
-2. an entry in SECTIONS: ``"spool": Option(Spool, default=Spool())`` (``Option(Spool)``
-   alone: absent means None; ``required=True``: it must be there);
-3. a field of the same name on Config: ``spool: Spool = Spool()``.
+2. an entry in SECTIONS: ``"archive": Option(ArchiveSettings, default=ArchiveSettings())``
+   (``Option(ArchiveSettings)`` alone: absent means None; ``required=True``: it must be
+   there; ``check=f``: f(built section) returns a message about the section as a whole);
+3. a field of the same name on Config:
+   ``archive: ArchiveSettings = field(default_factory=ArchiveSettings)``.
 
-A per-action core option (next to ``type``, ``max_concurrency``, ``retry``) is an entry in
-ACTION_OPTIONS plus a field of the same name on ActionSpec. Cross-field rules go in the
-option's ``check`` (it gets the built section and returns a message or None).
+A setting takes ``positive``, ``min``, ``max``, ``choices``, ``finite`` (on by default),
+``secret`` (hidden from repr), ``check`` and ``convert``. A per-action core option (next to
+``type``, ``max_concurrency``, ``retry``, ``fetch``) is an entry in ACTION_OPTIONS plus a
+field of the same name on ActionSpec.
 """
-
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,22 +41,25 @@ from .console.settings import ConsoleSettings
 from .console.settings import check as check_console
 from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
-from .options import Option, Unresolved, is_section, line_of, setting, validate
+from .options import Option, is_section, line_of, validate
 from .retry import RetryPolicy
 from .routing import Rule, compile_condition, required_statuses
+from .sections import (
+    DeliverySettings,
+    Metrics,
+    Receiver,
+    RecoverySettings,
+    Retention,
+    SpoolSettings,
+)
+from .substitute import substitute, unresolved
 from .suki_api import SukiSettings
-from .templates import Literal, Templates
+from .templates import Templates
 from .yaml_lines import LineMap, load_yaml
 
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
 DEFAULT_STORE = "sqlite:///suki-relay.db"
-_VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _path(value: str) -> str | None:
-    return None if value.startswith("/") else "expected a path starting with /"
 
 
 def _relations(value: Any) -> str | None:
@@ -62,69 +67,6 @@ def _relations(value: Any) -> str | None:
     if bad:
         return f"unknown link relation(s) {', '.join(bad)}; expected any of {', '.join(RELATIONS)}"
     return None
-
-
-def _secrets(value: Any) -> str | None:
-    items = [value] if isinstance(value, str) else value
-    if items and all(isinstance(s, str) and (s or isinstance(s, Unresolved)) for s in items):
-        return None
-    return 'expected a list of non-empty secrets (e.g. ["${SUKI_WEBHOOK_SECRET}"])'
-
-
-@dataclass(frozen=True)
-class Receiver:
-    path: str = setting("/webhooks/notification", check=_path)
-    secrets: tuple[str, ...] = setting((), kind=(list, str), required=True, secret=True,
-                                       check=_secrets, help="the webhook secrets",
-                                       convert=lambda v: (v,) if isinstance(v, str) else tuple(v))
-    tolerance_seconds: float = setting(300.0, positive=True)
-    max_body_bytes: int = setting(1024 * 1024, positive=True)
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    threads: int = setting(8, positive=True, help="delivery threads per process")
-    lease_seconds: float = setting(30.0, positive=True,
-                                   help="a claimed delivery whose owner stops renewing is "
-                                        "free again after this")
-    poll_seconds: float = setting(1.0, positive=True,
-                                  help="longest idle wait between looks at the store")
-    shutdown_seconds: float = setting(20.0, positive=True,
-                                      help="on SIGTERM, how long in-flight deliveries may finish")
-
-
-@dataclass(frozen=True)
-class Metrics:
-    enabled: bool = setting(True)
-    path: str = setting("/metrics", check=_path)
-
-
-@dataclass(frozen=True)
-class Retention:
-    days: float | None = setting(None, kind=float, positive=True,
-                                 help="finished events older than this are pruned")
-
-
-@dataclass(frozen=True)
-class RecoverySettings:
-    """Gap detection (recovery.py). On by default when the suki: section is configured."""
-
-    enabled: bool = setting(True)
-    grace_seconds: float = setting(300.0, positive=True,
-                                   help="a listed session with no event this long after: check it")
-    check_every_seconds: float = setting(600.0, positive=True,
-                                         help="while Suki says it is unfinished, ask this often")
-    give_up_after_hours: float = setting(24.0, positive=True,
-                                         help="then stop asking, log an error, count a give-up")
-
-
-@dataclass(frozen=True)
-class SpoolSettings:
-    """The local spool (spool.py): used only with a PostgreSQL store."""
-
-    enabled: bool = setting(True)
-    path: str = setting("suki-relay-spool.db", help="relative to actions.yaml")
-    max_events: int = setting(100_000, positive=True)
 
 
 SECTIONS: dict[str, Option] = {
@@ -175,14 +117,14 @@ class Config:
     actions: dict[str, ActionSpec]
     rules: list[Rule]
     unmatched: list[str]
-    delivery: DeliverySettings = DeliverySettings()
-    metrics: Metrics = Metrics()
-    retention: Retention = Retention()
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    metrics: Metrics = field(default_factory=Metrics)
+    retention: Retention = field(default_factory=Retention)
     suki: SukiSettings | None = None
-    recovery: RecoverySettings = RecoverySettings()
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
     on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
-    spool: SpoolSettings = SpoolSettings()
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property
@@ -233,7 +175,7 @@ def load_store_settings(path: str | os.PathLike[str] | None = None) -> StoreSett
     """Only the store settings (store:, spool:): the store commands need no webhook secret."""
     text, file = read_config(path)
     raw, problems = _load(text, file)
-    raw = _substitute(raw.like({k: raw[k] for k in ("store", "spool") if k in raw}), "", None,
+    raw = substitute(raw.like({k: raw[k] for k in ("store", "spool") if k in raw}), "", None,
                       problems)
     values, found = validate({k: SECTIONS[k] for k in ("store", "spool")}, raw)
     _raise([*problems, *found], file)
@@ -243,7 +185,7 @@ def load_store_settings(path: str | os.PathLike[str] | None = None) -> StoreSett
 def parse_config(text: str, file: Path) -> Config:
     base_dir = file.resolve().parent
     raw, problems = _load(text, file)
-    raw = _substitute(raw, "", None, problems)
+    raw = substitute(raw, "", None, problems)
     _secret_alias(raw.get("receiver"), problems)
     values, found = validate(SECTIONS, raw)
     problems += found
@@ -300,72 +242,6 @@ def _load(text: str, file: Path) -> tuple[Any, list[Problem]]:
     return raw if isinstance(raw, LineMap) else LineMap(raw), problems
 
 
-# ---------------------------------------------------------------- ${...} substitution
-
-
-def _substitute(value: Any, where: str, line: int | None, problems: list[Problem]) -> Any:
-    """A copy of the YAML tree with ${...} replaced (mappings keep their lines)."""
-    if isinstance(value, str):
-        return _substitute_text(value, where, line, problems) if "${" in value else value
-    if isinstance(value, dict):
-        return _with_lines({k: _substitute(v, f"{where}.{k}" if where else str(k),
-                                           line_of(value, k), problems)
-                            for k, v in value.items()}, value)
-    if isinstance(value, list):
-        return [_substitute(v, f"{where}[{i}]", line, problems) for i, v in enumerate(value)]
-    return value
-
-
-def _substitute_text(text: str, where: str, line: int | None, problems: list[Problem]) -> str:
-    parts: list[tuple[str, bool]] = []  # (text, substituted)
-    unresolved = False
-    end = 0
-    for m in _VAR.finditer(text):
-        parts.append((text[end:m.start()], False))
-        end = m.end()
-        if m.group(1):
-            parts.append(("${" + m.group(2) + "}", False))
-            continue
-        value = _variable(m.group(2), where, line, problems)
-        unresolved = unresolved or value is None
-        parts.append((value or "", True))
-    parts.append((text[end:], False))
-    plain = "".join(p for p, _ in parts)
-    if unresolved:
-        return Unresolved(plain)
-    template = "".join(Literal.quote(p) if sub else p for p, sub in parts)
-    return plain if template == plain else Literal(plain, template)
-
-
-def _variable(expr: str, where: str, line: int | None, problems: list[Problem]) -> str | None:
-    if expr.startswith("file:"):
-        path = Path(expr[5:])
-        try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            problems.append(Problem(where, f"secret file {path} cannot be read: {exc.strerror}", line))
-            return None
-    name, sep, default = expr.partition(":-")
-    if not _NAME.fullmatch(name):
-        problems.append(Problem(where, f"${{{expr}}}: expected ${{NAME}}, ${{NAME:-default}} or "
-                                       "${file:/path}", line))
-        return None
-    if name in os.environ:
-        return os.environ[name]
-    if sep:
-        return default
-    problems.append(Problem(where, f"environment variable {name} is not set", line))
-    return None
-
-
-def _unresolved(value: Any) -> bool:
-    if isinstance(value, Unresolved):
-        return True
-    if isinstance(value, dict):
-        return any(_unresolved(v) for v in value.values())
-    return isinstance(value, list) and any(_unresolved(v) for v in value)
-
-
 # ---------------------------------------------------------------- the parts that are not flat
 
 
@@ -411,7 +287,7 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
         values, plugin_found = validate(cls.options, _with_lines(plugin_raw, options), where,
                                         relay.templates)
         problems += plugin_found
-        if found or plugin_found or _unresolved(values) or not context_ok:
+        if found or plugin_found or unresolved(values) or not context_ok:
             continue  # the problem is reported; checking further would only mislead
         try:
             action = cls(str(name), values, relay)

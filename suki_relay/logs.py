@@ -104,14 +104,19 @@ class BatchWriter(logging.Handler):
 _writer: BatchWriter | None = None
 
 
+def formatter(fmt: str | None = None) -> logging.Formatter:
+    """The relay's line format: ``fmt``, else $SUKI_RELAY_LOG_FORMAT, else text."""
+    fmt = fmt or os.environ.get(ENV_FORMAT, "text")
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
 def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
     """Log through a batch writer (idempotent: a new setup replaces the last)."""
     global _writer
-    fmt = fmt or os.environ.get(ENV_FORMAT, "text")
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level)
     flush()
-    _writer = BatchWriter(JsonFormatter() if fmt == "json" else TextFormatter(), sys.stderr)
+    _writer = BatchWriter(formatter(fmt), sys.stderr)
     logger.addHandler(_writer)
     logger.propagate = False
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
 from . import logs
 from .config import config_path, parse_config
@@ -31,6 +32,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class RelayLogger(GunicornLogger):  # type: ignore[misc]
+    """Gunicorn's own lines (booting, signals, worker exits) in the relay's format."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.formatter())
+
+
 class RelayServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config_file: str | None, options: dict[str, Any]):
         self.config_file = config_path(config_file)
@@ -44,6 +54,7 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
             self.cfg.set("control_socket_disable", True)
+        self.cfg.set("logger_class", RelayLogger)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
         try:

@@ -99,13 +99,19 @@ def safe_url(base_url: str, href: str) -> str:
     return joined.geturl()
 
 
-def _string_field(resp: requests.Response, key: str, what: str, refused: str) -> str:
-    """A non-empty string field of Suki's JSON answer. 401/403: PermanentError(``refused``);
-    other failures as outbound classifies them; no such field: RetryableError."""
+def _accepted(resp: requests.Response, what: str, refused: str) -> None:
+    """Suki answered 2xx with a whole body, or: 401/403 PermanentError(``refused``), other
+    failures as outbound classifies them, a body cut off as require_whole says."""
     if resp.status_code in (401, 403):
         raise PermanentError(f"{refused} ({resp.status_code})", status=resp.status_code)
     outbound.raise_for_status(resp, what)
     outbound.require_whole(resp, what)
+
+
+def _string_field(resp: requests.Response, key: str, what: str, refused: str) -> str:
+    """A non-empty string field of Suki's JSON answer (see _accepted); no such field:
+    RetryableError."""
+    _accepted(resp, what, refused)
     try:
         value = resp.json()[key]
     except (ValueError, KeyError, TypeError):
@@ -116,14 +122,16 @@ def _string_field(resp: requests.Response, key: str, what: str, refused: str) ->
 
 
 class SukiClient:
-    """One per process and settings: caches the token across deliveries and threads."""
+    """One per process and settings (every action's ``fetch:`` shares it): caches the
+    token across deliveries and threads. Each thread has its own HTTP session (a requests
+    session is not meant to be shared between threads)."""
 
     def __init__(self, settings: SukiSettings):
         self.settings = settings
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
-        self._session = outbound.new_session()
+        self._sessions = outbound.Sessions()
 
     def _login(self) -> str:
         s = self.settings
@@ -131,14 +139,18 @@ class SukiClient:
         if s.provider_id:
             body["provider_id"] = s.provider_id
         url = s.base_url.rstrip("/") + "/api/v1/auth/login"
-        resp = outbound.send(self._session, "POST", url, json=body, timeout=s.timeout_seconds,
+        resp = outbound.send(self._sessions.get(), "POST", url, json=body, timeout=s.timeout_seconds,
                              what="Suki login")
         return _string_field(resp, "suki_token", "Suki login",
                              "Suki login refused the partner credentials")
 
-    def token(self, refresh: bool = False) -> str:
+    def token(self, refresh: bool = False, stale: str | None = None) -> str:
+        """The cached token, logging in when there is none or it is near its hour.
+        ``stale``: a token Suki just refused; replaced unless another thread already did
+        (eight threads meeting one expired token log in once, not eight times)."""
         with self._lock:
-            if refresh or self._token is None or time.time() >= self._expires:
+            if refresh or self._token is None or time.time() >= self._expires or (
+                    stale is not None and stale == self._token):
                 self._token = self._login()
                 self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
             return self._token
@@ -147,13 +159,16 @@ class SukiClient:
         """GET a path on the base URL with the token; one re-login on 401. The body is
         read up to MAX_DOCUMENT_BYTES within the deadline (see ``get``)."""
         url = safe_url(self.settings.base_url, href)
-        for refresh in (False, True):
-            headers = {"sdp_suki_token": self.token(refresh=refresh), "Accept": "application/json"}
-            resp = outbound.send(self._session, "GET", url, headers=headers,
+        stale: str | None = None
+        for _ in range(2):
+            token = self.token(stale=stale)
+            headers = {"sdp_suki_token": token, "Accept": "application/json"}
+            resp = outbound.send(self._sessions.get(), "GET", url, headers=headers,
                                  timeout=self.settings.timeout_seconds, what="Suki API",
                                  max_reply_bytes=MAX_DOCUMENT_BYTES)
             if resp.status_code != 401:
                 break
+            stale = token
         return resp
 
     def session_status(self, session_id: str) -> str | None:
@@ -174,9 +189,5 @@ class SukiClient:
         if resp.status_code in (404, 409):
             raise RetryableError(f"Suki answered {resp.status_code}: content not ready yet",
                                  status=resp.status_code)
-        if resp.status_code in (401, 403):
-            raise PermanentError(f"Suki refused the credentials ({resp.status_code})",
-                                 status=resp.status_code)
-        outbound.raise_for_status(resp, "Suki API")
-        outbound.require_whole(resp, "Suki API")
+        _accepted(resp, "Suki API", "Suki refused the credentials")
         return resp

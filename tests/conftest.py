@@ -15,19 +15,15 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from werkzeug.test import Client, TestResponse
 
-from suki_relay import signing
-from suki_relay.app import assemble
 from suki_relay.cli import main
-from suki_relay.config import load_config
 from suki_relay.store import Store, open_store
-from suki_relay.testing import (
-    SECRET,
+from suki_relay.testing import SECRET, Sink
+from suki_relay.testing_relay import (
+    LocalRelay,
     PrivateCluster,
     PrivateDatabase,
     RelayProcess,
-    Sink,
     pg_schema,
 )
 
@@ -119,46 +115,6 @@ def relay() -> Iterator[Callable[..., RelayProcess]]:
     yield start
     for proc in started:
         proc.stop(timeout=15)
-
-
-class LocalRelay:
-    """The relay's WSGI app in this process, with its delivery threads (unless
-    ``deliver=False``), spoken to through werkzeug's test Client: no server, no fork.
-    What needs a process (gunicorn, signals, kill -9) is in tests/system/."""
-
-    def __init__(self, config_file: Path, deliver: bool = True):
-        self.config = load_config(str(config_file))
-        self.app = assemble(self.config, deliver)  # as each gunicorn worker does
-        self.store, self.deliverer = self.app.store, self.app.deliverer
-        self.client = Client(self.app)
-        self.path = self.config.receiver.path
-
-    def post(self, body: bytes, headers: dict[str, str], **kwargs: Any) -> TestResponse:
-        return self.client.post(self.path, data=body, headers=headers, **kwargs)
-
-    def post_signed(self, body: bytes, secret: str = SECRET, now: float | None = None,
-                    headers: dict[str, str] | None = None) -> TestResponse:
-        return self.post(body, {**signing.signed_headers(secret, body, now), **(headers or {})})
-
-    def accept(self, body: bytes) -> str:
-        """Post ``body`` signed; it must be accepted. Its event id."""
-        resp = self.post_signed(body)
-        assert resp.status_code == 200 and resp.json["status"] == "accepted", resp.get_data()
-        return str(resp.json["event_id"])
-
-    def stop(self) -> None:
-        if self.deliverer is not None:
-            self.deliverer.stop(timeout=5)
-            self.deliverer.join(timeout=10)
-        if self.app.watcher is not None:
-            self.app.watcher.stop()
-        if self.app.drainer is not None:
-            self.app.drainer.stop()
-            self.app.drainer.join(timeout=10)
-        self.app.rejections.stop()
-        self.store.close()
-        if self.app.spool is not None:
-            self.app.spool.close()
 
 
 @pytest.fixture

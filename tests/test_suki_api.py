@@ -14,7 +14,16 @@ import pytest
 from suki_relay import suki_api
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.suki_api import SukiClient, SukiSettings, safe_url
-from suki_relay.testing import RawServer, Received, Reply, Sink, build_action, drip, in_thread
+from suki_relay.testing import (
+    RawServer,
+    Received,
+    Reply,
+    Sink,
+    build_action,
+    drip,
+    in_thread,
+    wait_until,
+)
 
 DOC = {"summary": [{"title": "Assessment", "content": "PHI-NOTE-TEXT"}]}
 
@@ -90,3 +99,36 @@ def test_a_base_url_host_failing_idna_is_permanent(tmp_path: Path) -> None:
                      suki={"base_url": base, "partner_id": "p", "partner_token": "t"})
     with pytest.raises(PermanentError, match="IDNA"):  # at run time: not retried for a day
         client(base).get("/api/v1/ambient/session/s-1/content")
+
+
+def test_threads_meeting_an_expired_token_log_in_once() -> None:
+    """Eight delivery threads whose token Suki refuses at the same moment: one re-login,
+    and every thread retries with the new token (not eight logins racing each other)."""
+    logins: list[int] = []
+    refused = threading.Event()
+    seen_401 = []
+
+    def handle(got: Received) -> Reply:
+        if got.path == "/tenant/api/v1/auth/login":
+            logins.append(1)
+            return Reply(200, json.dumps({"suki_token": f"tok-{len(logins)}"}).encode())
+        if got.headers.get("sdp_suki_token") == "tok-1" and refused.is_set():
+            seen_401.append(1)
+            return Reply(401, b"{}", delay=30)  # held until all eight have been refused
+        return Reply(200, json.dumps(DOC).encode())
+
+    with Sink(handler=handle) as suki:
+        c = client(suki.url)
+        c.get("/api/v1/ambient/session/s/content")  # tok-1, cached
+        refused.set()
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(
+            c.get("/api/v1/ambient/session/s/content").status_code)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(seen_401) == 8, message="eight refused requests")
+        suki.release()
+        for t in threads:
+            t.join(30)
+    assert results == [200] * 8
+    assert len(logins) == 2

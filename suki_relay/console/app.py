@@ -88,8 +88,9 @@ class Console:
         self.users_throttle = Throttle(free=5)
         self.unknown_throttle = Throttle(free=5)
         self.addresses_throttle = Throttle(free=20)
-        # scrypt takes ~32 MiB and tens of ms per check: a few at a time per process, and
-        # a sign-in that finds them all busy is told to retry rather than made to wait
+        # scrypt takes 32 MiB and 0.3-1 s of CPU per check (it releases the GIL, so the
+        # webhook's threads run meanwhile): two at a time per process, and a sign-in that
+        # finds both busy is told to retry rather than made to wait
         self.checking = threading.BoundedSemaphore(CONCURRENT_CHECKS)
         self.jinja = Environment(loader=FileSystemLoader(HERE / "templates"),
                                  autoescape=select_autoescape(default=True),

@@ -214,6 +214,10 @@ def test_console_in_a_browser(browser: Any, relay, sink, tmp_path: Path) -> None
     assert "Nothing to replay" in browser.page_source
     shots("replay-failed-confirm")
 
+    browser.get(console + "/events/evt_0000000000000000000000")
+    assert "Not found" in browser.title or "Not found" in browser.page_source
+    shots("not-found")
+
     # a POST without the CSRF token is refused, even with the session cookie
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
     assert "suki_console" in cookies
