@@ -12,15 +12,18 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_content_length
 
 from . import logs, metrics, verify
+from .body import TooSlow, read_body
 from .config import Config
+from .config_state import ConfigState, load_or_last_good
 from .errors import Rejected, StoreUnavailable
-from .record import recorder, to_event
+from .record import commit, recorder, to_event
 from .rejections import RejectionLog, expired_hint, skew_ms
 from .spool import SpoolFull
 from .store import NewEvent, Store
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from .spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
+READY_SECONDS = 1.0  # /readyz asks the store at most this often
 ENV_DELIVER = "SUKI_RELAY_DELIVER"  # "0": this process receives only (run `suki-relay worker`)
 
 
@@ -56,20 +60,32 @@ class Answer:
 
 
 def error(status: int, reason: str, message: str) -> Answer:
-    return Answer(status, {"error": reason, "message": message},
-                 (("Allow", "POST"),) if status == 405 else ())
+    headers = (("Allow", "POST"),) if status == 405 else (
+        (("Connection", "close"),) if status == 408 else ())
+    return Answer(status, {"error": reason, "message": message}, headers)
 
 
 class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
                  watcher: GapWatcher | None = None, spool: Spool | None = None,
-                 drainer: Drainer | None = None):
+                 drainer: Drainer | None = None, state: ConfigState | None = None):
         from .spool import Spooling
 
         self.config = config
+        self.config_state = state or ConfigState(config.fingerprint)
+        try:  # the audit trail of config versions; never a reason not to start
+            store.remember_config(self.config_state.version, str(config.file.resolve()))
+        except StoreUnavailable as exc:
+            logs.event(log, "config version not recorded: store unavailable", logging.WARNING,
+                       version=self.config_state.version, error=str(exc)[:200])
         self.store = store
         self.recorder = recorder(store)
+        self.count_event = metrics.event_counter(config.rules)
         self.deliverer = deliverer
+        self.store_stats = metrics.StoreStats(store)
+        self._ready: tuple[float, Answer | None] = (0.0, None)
+        self.ready_seconds = READY_SECONDS
+        self._store_down = False  # the last commit failed: the next success is news
         self.watcher = watcher
         self.rejections = RejectionLog(store)
         self.spool = spool
@@ -91,7 +107,7 @@ class RelayApp:
         if path == "/readyz":
             return self.ready()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
-            body, content_type = metrics.render(self.store, self.spool)
+            body, content_type = metrics.render(self.store_stats, self.config_state, self.spool)
             start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -101,6 +117,17 @@ class RelayApp:
         return error(404, "not_found", "no such path")(start_response)
 
     def ready(self) -> Answer:
+        """Asked of the store (a write transaction) at most once every ``ready_seconds``,
+        however often probes come; sooner when a request has just found the store gone, or
+        back."""
+        at, answer = self._ready
+        now = time.monotonic()
+        if answer is None or now - at >= self.ready_seconds:
+            answer = self._readiness()
+            self._ready = (now, answer)
+        return answer
+
+    def _readiness(self) -> Answer:
         """200 while a notification can be committed: to the store, or (a degraded state a
         load balancer must not act on: every node would go) to the spool."""
         try:
@@ -110,14 +137,15 @@ class RelayApp:
             if spooled is None:
                 return error(503, "store_unavailable", "the store cannot commit")
             return Answer(200, {"status": "degraded", "store": "unavailable",
-                                "spooled": spooled})
+                                "spooled": spooled, **self.config_state.describe()})
         if self.spool is None:
-            return Answer(200, {"status": "ready"})
+            return Answer(200, {"status": "ready", **self.config_state.describe()})
         try:
             spooled: int | str = self.spool.summary()["spooled"]
         except Exception:
             spooled = "unavailable"
-        return Answer(200, {"status": "ready", "store": "ok", "spooled": spooled})
+        return Answer(200, {"status": "ready", "store": "ok", "spooled": spooled,
+                            **self.config_state.describe()})
 
     def _spool_room(self) -> int | None:
         """How many events wait in the spool, if it can take one more; else None."""
@@ -160,7 +188,12 @@ class RelayApp:
             generated_at = environ.get("HTTP_GENERATED_AT")
             api_key = environ.get("HTTP_X_API_KEY")
             verify.check_headers(generated_at, api_key)
-            body = get_input_stream(environ).read(receiver.max_body_bytes + 1)
+            try:
+                body = read_body(environ, receiver.max_body_bytes + 1,
+                                 receiver.read_timeout_seconds)
+            except TooSlow:
+                raise Rejected(408, "request_timeout", "the body did not arrive within "
+                               f"{receiver.read_timeout_seconds:g} seconds") from None
             verify.check_length(len(body), receiver.max_body_bytes)
             verified = verify.verify(generated_at or "", api_key or "", body,
                                      list(receiver.secrets), receiver.tolerance_seconds,
@@ -169,7 +202,7 @@ class RelayApp:
             self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
 
-        event = to_event(body, verified, self.config)
+        event = to_event(body, verified, self.config, self.config_state.version)
         spooled = False
         if self.spool is not None and self.spool.maybe_waiting:
             first = self._spooled_before(event)
@@ -178,13 +211,18 @@ class RelayApp:
                 return Answer(200, {"status": "duplicate", "event_id": first,
                                     "spooled": True}), "duplicate"
         try:
-            recorded = self.recorder.submit(event)
+            event, recorded = commit(self.recorder, event)
         except StoreUnavailable as exc:
+            self._store_down = True
+            self._ready = (0.0, None)  # readiness is news now: ask again
             if self.spooling is None:
                 raise
             recorded = self.spooling.submit(event, exc)
             spooled = True
         else:
+            if self._store_down:  # back: readiness is news again
+                self._store_down = False
+                self._ready = (0.0, None)
             if self.spooling is not None and self.spooling.active:
                 self.spooling.stopped()
                 if self.drainer is not None:
@@ -200,7 +238,7 @@ class RelayApp:
         if recorded.duplicate:
             return Answer(200, {"status": "duplicate", "event_id": recorded.event_id,
                                 **({"spooled": True} if spooled else {})}), "duplicate"
-        metrics.EVENTS.labels(metrics.status_label(event.status)).inc()
+        self.count_event(event.status or "")
         if not event.rules:
             logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
                        status=event.status, deliveries=len(event.actions))
@@ -232,15 +270,19 @@ class RelayApp:
 
 
 def create_app(config_path: str | None = None, deliver: bool = True,
-               config: Config | None = None) -> RelayApp:
-    """Set up logging, load the config and assemble the relay (under gunicorn, per worker)."""
-    from .config import load_config
+               config: Config | None = None, state: ConfigState | None = None,
+               shared: Path | None = None) -> RelayApp:
+    """Set up logging, load the config and assemble the relay (under gunicorn, per worker).
 
+    ``shared``: the folder a gunicorn master's workers share (runtime.py); a config that
+    fails to load there falls back to the last one that loaded."""
     logs.setup()
-    return assemble(config or load_config(config_path), deliver)
+    if config is None:
+        config, state = load_or_last_good(config_path, shared)
+    return assemble(config, deliver, state)
 
 
-def assemble(config: Config, deliver: bool = True) -> RelayApp:
+def assemble(config: Config, deliver: bool = True, state: ConfigState | None = None) -> RelayApp:
     """Open the store (and the spool), start this process's delivery threads and its drain
     thread (receive-only processes drain too), and build the app over them."""
     from .deliver import Deliverer
@@ -263,4 +305,4 @@ def assemble(config: Config, deliver: bool = True) -> RelayApp:
     drainer = None
     if spool is not None:
         drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
-    return RelayApp(config, store, deliverer, watcher, spool, drainer)
+    return RelayApp(config, store, deliverer, watcher, spool, drainer, state)

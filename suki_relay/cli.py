@@ -14,6 +14,7 @@ from typing import Any
 
 from .cli_spool import cmd_spool
 from .cli_store import (
+    cmd_configs,
     cmd_deliveries,
     cmd_events,
     cmd_prune,
@@ -45,10 +46,10 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .dryrun import check_templates, seen_statuses, status_problems
+    from .dryrun import check_templates, status_problems
 
     config = config_of(args)
-    problems = check_templates(config) + status_problems(config, seen_statuses(config))
+    problems = check_templates(config) + status_problems(config)
     for p in problems:
         if p.warning:
             print(str(p), file=sys.stderr)
@@ -60,11 +61,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run, seen_statuses, status_problems
+    from .dryrun import dry_run, status_problems
 
     config = config_of(args)
     body = _read_body(args.file)
-    statuses = status_problems(config, seen_statuses(config))
+    statuses = status_problems(config)
     for p in statuses:
         print(str(p) if p.warning else f"{p.file}:{p.line}: error: {p.where}: {p.message}",
               file=sys.stderr)
@@ -311,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    add("configs", cmd_configs, "the config versions used (the version `show` names)",
+        json_flag=True)
     sp = add("console-password", cmd_console_password,
              "print a password hash for console.users (asks for the password)")
     sp.add_argument("--stdin", action="store_true", help="read the password from stdin")

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RelayError
+from .printable import printable
 
 if TYPE_CHECKING:
     from .store import Store
+
+ERROR_MAX = 500  # errors are stored up to this long; `show` prints them whole
 
 # ---------------------------------------------------------------- output helpers
 
@@ -31,8 +34,10 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+def table(rows: list[dict[str, Any]], columns: list[str], limit: int = 200) -> str:
+    """Rows as aligned columns; payload values escaped and cut (see printable.py)."""
+    cells = [[printable(r[c], limit) if r.get(c) is not None else "-" for c in columns]
+             for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -193,11 +198,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         raise RelayError(f"no event {args.event_id}")
     e = detail.event
-    lines = [f"event {e.id}  received {_when(e.received_at)}  "
-             f"status {e.status if not e.malformed else 'MALFORMED'}"
+    status = printable(e.status) if not e.malformed else "MALFORMED"
+    lines = [f"event {e.id}  received {_when(e.received_at)}  status {status}"
              + ("  (recovered from Suki's status API)" if e.recovered else ""),
-             f"session {e.session_id}  encounter {e.encounter_id}",
-             f"rules matched: {', '.join(e.rules) or '(none)'}"]
+             f"session {printable(e.session_id)}  encounter {printable(e.encounter_id)}",
+             f"rules matched: {', '.join(e.rules) or '(none)'}  "
+             f"(config {e.config_version or 'unknown'})"]
     data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
     data["delivery_list"] = []
     for dd in detail.deliveries:
@@ -209,11 +215,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                      "ms": round(a.duration * 1000, 1)} for a in dd.attempts]
         if attempts:
             lines.append(_indent(table(attempts, ["attempt", "started", "outcome", "http_status",
-                                                  "ms", "error"])))
+                                                  "ms", "error"], limit=ERROR_MAX)))
         data["delivery_list"].append({**asdict(d), "attempt_list": attempts})
     if args.payload:
         data["payload"] = detail.body.decode("utf-8", "replace")
-        lines.append("\npayload:\n" + data["payload"])
+        lines.append("\npayload:\n" + printable(data["payload"], None, keep_newlines=True))
     emit(args, data, "\n".join(lines))
     return 0
 
@@ -271,15 +277,28 @@ def cmd_reroute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The audit trail: every config version used, and where and when it was first."""
+    with store_of(store_settings(args)) as store:
+        found = store.config_versions()
+    rows = [{**asdict(c), "first_used": _when(c.first_used_at)} for c in found]
+    emit(args, rows, table(rows, ["version", "first_used", "host", "file"]))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     config = config_of(args)
     older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
     if older is None:
         raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
-    before = parse_since(older)
-    assert before is not None
+    from .retention import prune
+
+    asked = parse_since(older)
+    assert asked is not None
     with store_of(config) as store:
-        n = store.prune(before)
-    emit(args, {"deleted_events": n}, f"deleted {n} finished events received before "
-                                      f"{_when(before)}")
+        n, before = prune(store, config, asked)
+    kept = "" if before >= asked else (" (events inside the replay window are kept: "
+                                       "twice receiver.tolerance_seconds plus a minute)")
+    emit(args, {"deleted_events": n, "before": before},
+         f"deleted {n} finished events received before {_when(before)}{kept}")
     return 0

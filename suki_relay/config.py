@@ -43,7 +43,7 @@ from .errors import ConfigError, Problem
 from .fetch import RELATIONS, unknown_relations
 from .options import Option, is_section, line_of, validate
 from .retry import RetryPolicy
-from .routing import Rule, compile_condition, required_statuses
+from .routing import Rule, action_names, compile_rules
 from .sections import (
     DeliverySettings,
     Metrics,
@@ -140,6 +140,12 @@ class Config:
                 f"actions={list(self.actions)}, rules={[r.name for r in self.rules]})")
 
 
+def fingerprint(text: str) -> str:
+    """A config's version: the start of the SHA-256 of its text as written (as `sha256sum`
+    prints it for a file with LF line endings)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_FILE)
 
@@ -194,10 +200,10 @@ def parse_config(text: str, file: Path) -> Config:
     context_ok = values["suki"] is not None or "suki" not in raw  # else "needs suki:" misleads
     actions = _actions(values["actions"] or {}, relay, context_ok, problems)
     defined = {str(name) for name in values["actions"] or {}}
-    rules = _rules(values["rules"] or [], defined, problems)
-    unmatched = _action_list(values["unmatched"] or [], "unmatched", defined,
+    rules = compile_rules(values["rules"] or [], defined, problems)
+    unmatched = action_names(values["unmatched"] or [], "unmatched", defined,
                              line_of(raw, "unmatched"), problems)
-    on_failure = _action_list(values["on_failure"] or [], "on_failure", defined,
+    on_failure = action_names(values["on_failure"] or [], "on_failure", defined,
                               line_of(raw, "on_failure"), problems)
     if "recovery" in raw and values["recovery"].enabled and values["suki"] is None and \
             context_ok:
@@ -213,7 +219,7 @@ def parse_config(text: str, file: Path) -> Config:
     sections = {name: values[name] for name, opt in SECTIONS.items() if is_section(opt.kind)}
     return Config(file=file, base_dir=base_dir, store_url=values["store"], templates=templates,
                   actions=actions, rules=rules, unmatched=unmatched, on_failure=on_failure,
-                  fingerprint=hashlib.sha256(text.encode()).hexdigest()[:12], **sections)
+                  fingerprint=fingerprint(text), **sections)
 
 
 def _secret_alias(receiver: Any, problems: list[Problem]) -> None:
@@ -308,54 +314,3 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
 def _with_lines(part: dict[Any, Any], whole: Any) -> Any:
     """``part`` of a YAML mapping, keeping the line numbers of ``whole``."""
     return whole.like(part) if isinstance(whole, LineMap) else part
-
-
-def _action_list(raw: Any, where: str, defined: set[str], line: int | None,
-                 problems: list[Problem]) -> list[str]:
-    """Names of actions; one that is defined but has problems was reported already."""
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        problems.append(Problem(where, "expected a list of action names", line))
-        return []
-    for name in raw:
-        if str(name) not in defined:
-            known = ", ".join(sorted(defined)) or "none defined"
-            problems.append(Problem(where, f"unknown action {name!r}; defined: {known}", line))
-    return [str(n) for n in raw]
-
-
-RULE_OPTIONS: dict[str, Option] = {
-    "name": Option((str, int, float), template=False),
-    "when": Option((dict, type(None)), template=False),
-    "do": Option((list, str), template=False),
-    "stop": Option(bool, default=False, template=False),
-}
-
-
-def _rules(raw: list[Any], actions: set[str], problems: list[Problem]) -> list[Rule]:
-    rules: list[Rule] = []
-    names: set[str] = set()
-    for i, item in enumerate(raw):
-        rline = line_of(item)
-        if not isinstance(item, dict):
-            problems.append(Problem(f"rules[{i}]", "expected a mapping with name, when, do", rline))
-            continue
-        name = str(item.get("name") or f"rule {i + 1}")
-        where = f"rule {name!r}"
-        if name in names:
-            problems.append(Problem(where, "rule name used twice", rline))
-        names.add(name)
-        values, found = validate(RULE_OPTIONS, item, where)
-        problems += found
-        errors: list[tuple[str, str]] = []
-        condition = compile_condition(values["when"], f"{where}.when", errors)
-        problems += [Problem(sub, message, line_of(item, "when")) for sub, message in errors]
-        if "do" not in item:
-            problems.append(Problem(where, "missing `do:` (the list of actions to run)", rline))
-        do = _action_list(values["do"] or [], f"{where}.do", actions,
-                          line_of(item, "do") or rline, problems)
-        when = values["when"]
-        rules.append(Rule(name, condition, do, bool(values["stop"]), required_statuses(when),
-                          line=line_of(when, "status") if isinstance(when, dict) else rline))
-    return rules

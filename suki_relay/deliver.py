@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from . import fetch, logs, metrics
+from . import fetch, logs, metrics, retention
 from .action import Delivery
 from .config import ActionSpec, Config
 from .errors import PermanentError, RetryableError, StoreUnavailable
@@ -234,7 +234,7 @@ class Deliverer:
         """Retention: drop finished events older than retention.days (never unfinished)."""
         assert self.config.retention_days
         try:
-            n = self.store.prune(time.time() - self.config.retention_days * 86400)
+            n, _ = retention.prune(self.store, self.config, time.time() - self.config.retention_days * 86400)
         except Exception as exc:
             logs.event(log, "retention prune failed", logging.WARNING,
                        error_class=type(exc).__name__)

@@ -105,14 +105,18 @@ def check_templates(config: Config) -> list[Problem]:
     return problems
 
 
-def status_problems(config: Config, seen: Iterable[str] = ()) -> list[Problem]:
+def status_problems(config: Config, seen: Iterable[str] | None = None) -> list[Problem]:
     """Rules on a plain ``status:`` value that matches no status the relay knows.
 
-    Known: success and failure (what Suki documents) and any status the store has seen.
+    Known: success and failure (what Suki documents) and any status the store has seen
+    (``seen``; by default read from the store, and only when a rule names another status).
     A near miss of a known status (``sucess``) is an error; any other unknown value is a
     warning, since Suki's timeout and cancellation statuses are not documented and a rule
     for them must stay possible.
     """
+    if seen is None:
+        named = {status for rule in config.rules for status in rule.statuses or ()}
+        seen = seen_statuses(config) if named - set(KNOWN_STATUSES) else ()
     known = sorted({*KNOWN_STATUSES, *seen})
     problems = []
     for rule in config.rules:

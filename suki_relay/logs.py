@@ -16,6 +16,8 @@ import time
 from collections import deque
 from typing import Any
 
+from .printable import LIMIT, printable
+
 LOGGER = "suki_relay"
 ENV_FORMAT = "SUKI_RELAY_LOG_FORMAT"
 
@@ -29,14 +31,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
-        return json.dumps(line, default=str)
+        for k, v in getattr(record, "fields", {}).items():
+            line[k] = v if not isinstance(v, str) or len(v) <= LIMIT else v[:LIMIT] + "\u2026"
+        return json.dumps(line, default=str)  # json escapes control characters itself
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        extra = " ".join(f"{k}={printable(v)}" for k, v in fields.items() if v is not None)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
         return f"{stamp} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
 
@@ -53,6 +56,7 @@ class BatchWriter(logging.Handler):
         self.stream = stream
         self.interval = interval
         self.records: deque[logging.LogRecord] = deque()
+        self.pid = os.getpid()  # a forked child's copy writes nothing: those are the parent's
         self.wake = threading.Event()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="suki-relay-log", daemon=True)
@@ -74,6 +78,9 @@ class BatchWriter(logging.Handler):
             self.write_out()
 
     def write_out(self) -> None:
+        if self.pid != os.getpid():  # the parent's lines, queued before a fork
+            self.records.clear()
+            return
         lines = []
         while True:
             try:
@@ -132,7 +139,8 @@ def flush() -> None:
 
 def _after_fork_in_child() -> None:
     """The parent's writer thread is not in the child, and its buffered lines are the
-    parent's to write: start afresh with the same output."""
+    parent's to write: start afresh with the same output. (The parent's writer stays
+    known to logging, which closes every handler at exit; it then writes nothing.)"""
     global _writer
     if _writer is not None:
         old, _writer = _writer, None

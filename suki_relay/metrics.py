@@ -2,14 +2,15 @@
 
 Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (``suki-relay serve``
 does) and every worker's counts are summed at scrape time. Queue depth and the age of
-the oldest pending delivery are read from the store at scrape time.
+the oldest pending delivery are read from the store when scraped, at most every 2 s.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -24,8 +25,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
+    from .config_state import ConfigState
+    from .routing import Rule
     from .spool import Spool
-    from .store import Store
+    from .store import Stats, Store
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -63,22 +66,57 @@ def count_request(outcome: str, seconds: float) -> None:
 _REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
 
 
-def status_label(status: str | None) -> str:
-    if status is None:
-        return "malformed"
-    return status if _TOKEN.fullmatch(status) else "other"
+ALWAYS_LABELLED = ("success", "failure")
+
+
+def event_counter(rules: Iterable[Rule]) -> Callable[[str], None]:
+    """Counts accepted events by status. Label values are bounded: the statuses the
+    config's rules name (``status: x`` or a list; plus success and failure); any other
+    status is ``other``, so a signed payload cannot make up new time series."""
+    known = {s for rule in rules for s in rule.statuses or ()}
+    children = {s: EVENTS.labels(s) for s in {*ALWAYS_LABELLED, *known} if _TOKEN.fullmatch(s)}
+    other = EVENTS.labels("other")
+
+    def count(status: str) -> None:
+        children.get(status, other).inc()
+
+    return count
+
+
+class StoreStats:
+    """The store's counts (queue depth, oldest pending age, recovery's sessions), read at
+    most every ``seconds``: a scrape, or several scrapers, must not count whole tables
+    each time."""
+
+    def __init__(self, store: Store, seconds: float = 2.0):
+        self.store = store
+        self.seconds = seconds
+        self._at: float | None = None
+        self._stats: Stats | None = None
+        self._sessions: dict[str, int] | None = None
+
+    def __call__(self) -> tuple[Stats | None, dict[str, int] | None]:
+        now = time.monotonic()
+        if self._at is None or now - self._at >= self.seconds:
+            self._stats = self._sessions = None
+            try:
+                self._stats = self.store.stats()
+                self._sessions = self.store.recovery_counts()
+            except Exception:
+                pass
+            self._at = now
+        return self._stats, self._sessions
 
 
 class StoreCollector:
-    """Queue depth and oldest pending age, read when scraped."""
+    """Queue depth, oldest pending age and recovery's sessions, as last read by StoreStats."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, stats: StoreStats):
+        self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            stats = self.store.stats()
-        except Exception:
+        stats, sessions = self.stats()
+        if stats is None:
             return
         depth = GaugeMetricFamily("suki_relay_deliveries", "Deliveries by state",
                                   labels=["state"])
@@ -88,9 +126,7 @@ class StoreCollector:
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
                                 value=stats.oldest_pending_age_seconds)
-        try:
-            sessions = self.store.recovery_counts()
-        except Exception:
+        if sessions is None:
             return
         yield GaugeMetricFamily("suki_relay_sessions_missing",
                                 "Sessions listed by a success event, with no event of their "
@@ -98,6 +134,23 @@ class StoreCollector:
         yield GaugeMetricFamily("suki_relay_sessions_given_up",
                                 "Missing sessions that recovery gave up on (kept a week)",
                                 value=sessions.get("given_up", 0))
+
+
+class ConfigCollector:
+    """Which config runs, and whether the last edit of actions.yaml was rejected."""
+
+    def __init__(self, state: ConfigState):
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("suki_relay_config_info", "The config running (version)",
+                                 labels=["version"])
+        info.add_metric([self.state.version], 1)
+        yield info
+        yield GaugeMetricFamily("suki_relay_config_reload_rejected",
+                                "1 while the last edit of actions.yaml failed to load and "
+                                "the previous config keeps running",
+                                value=int(self.state.rejected is not None))
 
 
 class SpoolCollector:
@@ -120,16 +173,19 @@ class SpoolCollector:
                                 value=summary["oldest_age_seconds"])
 
 
-def render(store: Store, spool: Spool | None = None) -> tuple[bytes, str]:
+def render(stats: StoreStats, config: ConfigState | None = None,
+           spool: Spool | None = None) -> tuple[bytes, str]:
     """This process's counts (or every worker's, in multiprocess mode), then the store's
-    (and the spool's)."""
+    (and the config's, and the spool's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
         MultiProcessCollector(counts)
     else:
         counts = REGISTRY
     queue = CollectorRegistry()
-    queue.register(StoreCollector(store))  # type: ignore[arg-type]
+    queue.register(StoreCollector(stats))  # type: ignore[arg-type]
+    if config is not None:
+        queue.register(ConfigCollector(config))  # type: ignore[arg-type]
     if spool is not None:
         queue.register(SpoolCollector(spool))  # type: ignore[arg-type]
     return generate_latest(counts) + generate_latest(queue), CONTENT_TYPE_LATEST

@@ -146,6 +146,7 @@ class Recoverer:
         self.store = store
         self.client = client or SukiClient(config.suki)  # type: ignore[arg-type]
         self.deliverer = deliverer
+        self.count_event = metrics.event_counter(config.rules)
 
     def encounter_of(self, session_id: str) -> str | None:
         """The encounter another event's ``sessions`` tied this session to, if any."""
@@ -201,7 +202,7 @@ class Recoverer:
                          f"{recorded.event_id} (recovered), actions: "
                          f"{', '.join(plan.actions) or '(none)'}")
         metrics.RECOVERED.labels(status).inc()
-        metrics.EVENTS.labels(metrics.status_label(payload["status"])).inc()
+        self.count_event(payload["status"])
         logs.event(log, "session recovered", logging.WARNING, session_id=session_id,
                    event_id=recorded.event_id, session_status=status,
                    deliveries=len(plan.actions))

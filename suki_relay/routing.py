@@ -1,7 +1,8 @@
 """Rules from actions.yaml: conditions compiled once, matched against each payload.
 
 A condition is a tree of small predicate functions; compile errors are collected as
-(where, message) pairs so `suki-relay check` can list them all.
+(where, message) pairs, and compile_rules() turns them into Problems at their lines, so
+`suki-relay check` can list them all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import Problem
+from .options import Option, line_of, validate
 
 Predicate = Callable[[Any], bool]
 _MISSING = object()
@@ -167,3 +171,58 @@ def route(rules: list[Rule], unmatched: list[str], payload: Any) -> Plan:
     if not plan.rules:
         plan.actions = list(unmatched)
     return plan
+
+
+# ---------------------------------------------------------------- compiling actions.yaml's rules
+
+
+def action_names(raw: Any, where: str, defined: set[str], line: int | None,
+                 problems: list[Problem]) -> list[str]:
+    """Names of actions; one that is defined but has problems was reported already."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        problems.append(Problem(where, "expected a list of action names", line))
+        return []
+    for name in raw:
+        if str(name) not in defined:
+            known = ", ".join(sorted(defined)) or "none defined"
+            problems.append(Problem(where, f"unknown action {name!r}; defined: {known}", line))
+    return [str(n) for n in raw]
+
+
+RULE_OPTIONS: dict[str, Option] = {
+    "name": Option((str, int, float), template=False),
+    "when": Option((dict, type(None)), template=False),
+    "do": Option((list, str), template=False),
+    "stop": Option(bool, default=False, template=False),
+}
+
+
+def compile_rules(raw: list[Any], actions: set[str], problems: list[Problem]) -> list[Rule]:
+    """The ``rules:`` list compiled, each problem at its line; ``actions``: names defined."""
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        rline = line_of(item)
+        if not isinstance(item, dict):
+            problems.append(Problem(f"rules[{i}]", "expected a mapping with name, when, do", rline))
+            continue
+        name = str(item.get("name") or f"rule {i + 1}")
+        where = f"rule {name!r}"
+        if name in names:
+            problems.append(Problem(where, "rule name used twice", rline))
+        names.add(name)
+        values, found = validate(RULE_OPTIONS, item, where)
+        problems += found
+        errors: list[tuple[str, str]] = []
+        condition = compile_condition(values["when"], f"{where}.when", errors)
+        problems += [Problem(sub, message, line_of(item, "when")) for sub, message in errors]
+        if "do" not in item:
+            problems.append(Problem(where, "missing `do:` (the list of actions to run)", rline))
+        do = action_names(values["do"] or [], f"{where}.do", actions,
+                          line_of(item, "do") or rline, problems)
+        when = values["when"]
+        rules.append(Rule(name, condition, do, bool(values["stop"]), required_statuses(when),
+                          line=line_of(when, "status") if isinstance(when, dict) else rline))
+    return rules

@@ -31,6 +31,8 @@ class Receiver:
                                        convert=lambda v: (v,) if isinstance(v, str) else tuple(v))
     tolerance_seconds: float = setting(300.0, positive=True)
     max_body_bytes: int = setting(1024 * 1024, positive=True)
+    read_timeout_seconds: float = setting(10.0, positive=True,
+                                          help="the whole body must arrive within this, or 408")
 
 
 @dataclass(frozen=True)

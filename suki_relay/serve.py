@@ -15,7 +15,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from . import logs
+from . import config_state, logs
 from .config import config_path, parse_config
 from .errors import ConfigError
 
@@ -46,6 +46,7 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         self.config_file = config_path(config_file)
         self.options = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
         self.snapshot: str | None = None
+        self.rejected: tuple[str, int] | None = None  # the edit that failed: version, problems
         super().__init__()
 
     def load_config(self) -> None:
@@ -57,6 +58,7 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("logger_class", RelayLogger)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
+        text: str | None = None
         try:
             text = self.config_file.read_text(encoding="utf-8")
             parse_config(text, self.config_file)
@@ -64,20 +66,24 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
             if self.snapshot is None:
                 raise
             problems = getattr(exc, "problems", [exc])
-            for p in problems:
-                logs.event(log, "config rejected; still running the previous one",
-                           logging.ERROR, problem=str(p))
+            self.rejected = (config_state.version(text) if text is not None else "unreadable",
+                             len(problems))
+            config_state.log_rejected(problems, self.rejected[0])
             return
         if self.snapshot is not None and text != self.snapshot:
-            logs.event(log, "config reloaded", file=str(self.config_file))
+            logs.event(log, "config reloaded", file=str(self.config_file),
+                       version=config_state.version(text))
         self.snapshot = text
+        self.rejected = None
 
     def load(self) -> Any:
         """Runs in each worker: the app from the last config that passed."""
         from .app import create_app
 
         assert self.snapshot is not None
-        return create_app(config=parse_config(self.snapshot, self.config_file))
+        rejected, problems = self.rejected or (None, 0)
+        state = config_state.ConfigState(config_state.version(self.snapshot), rejected, problems)
+        return create_app(config=parse_config(self.snapshot, self.config_file), state=state)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

@@ -79,9 +79,11 @@ class RelayProcess:
         self.log_file = log_file or config_file.parent / f"relay-{self.port}.log"
         self.plain = plain_gunicorn
         self.workers, self.threads = workers, threads
-        self.env = {**os.environ, "SUKI_RELAY_CONFIG": str(config_file),
-                    "PROMETHEUS_MULTIPROC_DIR": str(config_file.parent / f"prom-{self.port}"),
-                    **(env or {})}
+        # plain gunicorn gets no help: its workers find their shared folder by themselves
+        # (under TMPDIR, here the test's folder)
+        helped = ({"TMPDIR": str(config_file.parent)} if plain_gunicorn else
+                  {"PROMETHEUS_MULTIPROC_DIR": str(config_file.parent / f"prom-{self.port}")})
+        self.env = {**os.environ, "SUKI_RELAY_CONFIG": str(config_file), **helped, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,7 +91,8 @@ class RelayProcess:
         return self.url + "/webhooks/notification"
 
     def start(self, wait: bool = True) -> RelayProcess:
-        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
+        if self.env.get("PROMETHEUS_MULTIPROC_DIR"):
+            Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
         if self.plain:
             cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
                    "--workers", str(self.workers), "--no-control-socket",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import signing
 from .errors import Rejected
 
-_DIGITS = re.compile(r"\d{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: \d also matches other scripts' digits
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 

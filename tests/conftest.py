@@ -223,3 +223,21 @@ def _close_stores() -> Iterator[None]:
     yield
     while _OPENED:
         _OPENED.pop().close()
+
+
+def old_events(store: Store, hours: float = 2) -> tuple[str, str]:
+    """One pending and one finished event received ``hours`` ago (outside any replay
+    window, which prune keeps whatever it is asked), committed as the receiver commits
+    them; their ids."""
+    import time
+
+    from suki_relay.store import NewEvent
+    from suki_relay.testing import unique_body
+
+    at = time.time() - hours * 3600
+    pending = NewEvent("old:1", unique_body("failure"), 1, "failure", "s1", None, False,
+                       ["failures"], ["ehr"], received_at=at)
+    finished = NewEvent("old:2", unique_body("timeout"), 2, "timeout", "s2", None, False,
+                        [], [], received_at=at)
+    store.record([pending, finished])
+    return pending.id, finished.id

@@ -100,7 +100,9 @@ def test_wrong_method_and_unknown_path(receiver) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize("body", [b"[1, 2, 3]", b'{"session_id": "x"}', b'{"status": 7}',
-                                  b"not json at all", b'{"status": "\\ud800"}', b"\xff\xfe"])
+                                  b"not json at all", b"\xff\xfe",
+                                  pytest.param(b'{"status": "x", "n": ' + b"[" * 10**5 +
+                                               b"]" * 10**5 + b"}", id="too-deep")])
 def test_signed_but_malformed_bodies_are_kept_and_refused(receiver, body: bytes) -> None:  # type: ignore[no-untyped-def]
     resp = receiver.post_signed(body)
     assert (resp.status_code, resp.json["error"]) == (400, "malformed_payload")
@@ -161,4 +163,5 @@ def test_a_store_that_cannot_commit_answers_503_and_accepts_nothing(receiver) ->
 
 def test_health_and_readiness(receiver) -> None:  # type: ignore[no-untyped-def]
     assert receiver.client.get("/healthz").json == {"status": "alive"}
-    assert receiver.client.get("/readyz").json["status"] == "ready"
+    ready = receiver.client.get("/readyz").json
+    assert ready["status"] == "ready" and "config_rejected" not in ready

@@ -41,7 +41,8 @@ def test_store_commands_against_a_newer_schema(tmp_path: Path,
     with sqlite3.connect(tmp_path / "relay.db") as conn:
         conn.execute("INSERT INTO relay_schema (version) VALUES (999)")
     conn.close()
-    for args in (["events"], ["show", "evt_x"], ["deliveries"]):
+    for args in (["events"], ["show", "evt_x"], ["deliveries"], ["replay", "--failed"],
+                 ["prune", "--older-than", "30d"], ["reroute", "evt_x"]):
         code, _, err = run(tmp_path, "receiver: {secret: s}\nstore: sqlite:///relay.db\n", *args,
                            capsys=capsys)
         assert code == 1 and err.startswith("error: ") and "newer than this" in err and "upgrade" in err, err

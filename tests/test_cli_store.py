@@ -15,7 +15,7 @@ import yaml
 from suki_relay.cli import main
 from suki_relay.testing import Reply, unique_body, wait_until
 
-from .conftest import http_action
+from .conftest import http_action, old_events
 
 # keeps a delivery to a refusing target pending (unfinished) however long the test takes
 NEVER_GIVES_UP = {"initial_seconds": 0.2, "max_seconds": 1, "max_attempts": 1000}
@@ -117,13 +117,14 @@ def test_prune_deletes_only_old_finished_events(write_config, local_relay, sink,
                         "rules": [{"name": "failures", "when": {"status": "failure"},
                                    "do": ["ehr"]}]})
     r = local_relay(cfg)
-    pending = r.accept(unique_body("failure"))
-    finished = r.accept(unique_body("timeout"))
+    pending, finished = old_events(r.store)
+    recent = r.accept(unique_body("timeout"))
     time.sleep(1.2)
-    assert cli_json(cfg, "prune", "--older-than", "1h")["deleted_events"] == 0
+    assert cli_json(cfg, "prune", "--older-than", "3h")["deleted_events"] == 0
     assert cli_json(cfg, "prune", "--older-than", "1s")["deleted_events"] == 1
     ids = [e["id"] for e in cli_json(cfg, "events")]
     assert pending in ids and finished not in ids
+    assert recent in ids  # inside the replay window: kept, whatever age was asked for
 
 
 def test_unknown_events_and_bad_times_are_errors_not_tracebacks(write_config, cli) -> None:  # type: ignore[no-untyped-def]

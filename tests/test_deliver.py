@@ -9,7 +9,7 @@ import json
 from suki_relay import signing
 from suki_relay.testing import Reply, unique_body, wait_until
 
-from .conftest import http_action
+from .conftest import http_action, old_events
 
 
 def one_rule(action: dict, **more) -> dict:  # type: ignore[no-untyped-def]
@@ -140,10 +140,11 @@ def test_retention_prunes_finished_events_when_delivery_starts(write_config, loc
                                    "do": ["ehr"]}],
                         "retention": {"days": 0.3 / 86400}})  # 0.3 seconds
     receiving = local_relay(cfg, deliver=False)
-    pending = receiving.accept(unique_body("failure"))
-    finished = receiving.accept(unique_body("timeout"))  # nothing to deliver: finished
+    pending, finished = old_events(receiving.store)  # finished: nothing to deliver
+    recent = receiving.accept(unique_body("timeout"))
     wait_until(lambda: receiving.store.stats().oldest_pending_age_seconds > 0.5,
-               message="both events older than the retention")
+               message="the events older than the retention")
     delivering = local_relay(cfg)  # prunes when it starts, then hourly
     wait_until(lambda: delivering.store.event(finished) is None, message="the prune")
     assert delivering.store.event(pending) is not None
+    assert delivering.store.event(recent) is not None  # inside the replay window: kept

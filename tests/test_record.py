@@ -39,13 +39,14 @@ def test_the_same_body_signed_twice_is_two_events(config) -> None:  # type: igno
 
 
 @pytest.mark.parametrize("body", [b"[1]", b"null", b'{"status": null}', b'{"status": ["a"]}',
-                                  b"\xff", b'{"status": "\\udc80"}'])
+                                  b"\xff", pytest.param(b"[" * 10**5 + b"]" * 10**5, id="too-deep")])
 def test_malformed_bodies_plan_nothing(config, body: bytes) -> None:  # type: ignore[no-untyped-def]
     ev = to_event(body, verified(), config)
     assert ev.malformed and ev.status is None and ev.actions == [] and ev.body == body
 
 
-def test_ids_the_store_cannot_keep_as_text_are_left_out(config) -> None:  # type: ignore[no-untyped-def]
-    ev = to_event(b'{"status": "failure", "session_id": "\\ud800x", "encounter_id": [1]}',
+def test_text_the_store_cannot_keep_as_it_is_is_kept_escaped(config) -> None:  # type: ignore[no-untyped-def]
+    ev = to_event(b'{"status": "fail\\udc80", "session_id": "\\ud800x", "encounter_id": [1]}',
                   verified(), config)
-    assert not ev.malformed and ev.session_id is None and ev.encounter_id is None
+    assert not ev.malformed and ev.encounter_id is None
+    assert (ev.status, ev.session_id) == ("fail\\udc80", "\\ud800x")

@@ -22,7 +22,6 @@ from ..store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..app import RelayApp
-    from ..config import Config
     from ..store import EventDetail
     from .app import Console
     from .auth import Session
@@ -44,18 +43,14 @@ def _since(text: str) -> float:
     return since
 
 
-def config_version(config: Config) -> str:
-    """A short fingerprint of the config text this process runs."""
-    return config.fingerprint
-
-
 def readiness(relay: RelayApp) -> str:
     """What /readyz says (store, and spool where there is one), in words."""
     answer = relay.ready()
     body = json.loads(answer.body)
     if answer.status != 200:
         return f"not ready: {body.get('message', body.get('error', 'unknown'))}"
-    details = ", ".join(f"{k} {v}" for k, v in body.items() if k != "status")
+    details = ", ".join(f"{k} {v}" for k, v in body.items()
+                        if k not in ("status", "config"))  # the config: its own line
     return f"{body['status']}" + (f" ({details})" if details else "")
 
 
@@ -103,7 +98,7 @@ class Views:
             ("Store", self.config.store_url.split(":", 1)[0]),
             *([("Spool", spool_state(self.relay.spool))] if self.relay.spool is not None else []),
             ("Events stored", stats.events if stats else "-"),
-            ("Config", f"{self.config.file.name}, version {config_version(self.config)}"),
+            ("Config", f"{self.config.file.name}, version {self.relay.config_state.version}"),
         ]
         return self.render(request, "overview.html", session, stats=stats, counts=counts,
                            facts=facts)

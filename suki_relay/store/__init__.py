@@ -37,12 +37,21 @@ from .base import (
     Recorded,
     Store,
 )
-from .rows import AttemptRow, DeliveryDetail, DeliveryListRow, DeliveryRow, EventDetail, EventRow, Stats
+from .rows import (
+    AttemptRow,
+    ConfigVersionRow,
+    DeliveryDetail,
+    DeliveryListRow,
+    DeliveryRow,
+    EventDetail,
+    EventRow,
+    Stats,
+)
 
 __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
-           "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail", "EventFilter",
-           "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats", "Store",
-           "StoreUnavailable", "open_store", "url_problem"]
+           "ConfigVersionRow", "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail",
+           "EventFilter", "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats",
+           "Store", "StoreUnavailable", "open_store", "url_problem"]
 
 
 def url_problem(url: str) -> str | None:

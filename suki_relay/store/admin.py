@@ -7,6 +7,7 @@ column a later migration adds appears in a row only when a field is added for it
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import defaultdict
 from dataclasses import fields
@@ -16,6 +17,7 @@ from .base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
 from .ledger import plan
 from .rows import (
     AttemptRow,
+    ConfigVersionRow,
     DeliveryDetail,
     DeliveryListRow,
     DeliveryRow,
@@ -39,9 +41,10 @@ ATTEMPT_COLUMNS = _columns(AttemptRow)
 
 def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None) -> EventRow:
     (id_, received_at, generated_at, status, session_id, encounter_id, malformed, matched,
-     rules, recovered) = row[:10]
+     rules, recovered, config_version) = row[:11]
     return EventRow(id_, received_at, generated_at, status, session_id, encounter_id,
                     bool(malformed), bool(matched), json.loads(rules), bool(recovered),
+                    config_version,
                     deliveries or {})
 
 
@@ -148,6 +151,18 @@ class Admin(Backend):
             for chunk in range(0, len(ids), CHUNK):
                 _delete_events(tx, ids[chunk:chunk + CHUNK])
         return len(ids)
+
+    def remember_config(self, version: str, file: str) -> None:
+        with self.tx() as tx:
+            tx.exec("INSERT INTO config_versions (version, first_used_at, file, host) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
+                    (version, time.time(), file, socket.gethostname()))
+
+    def config_versions(self) -> list[ConfigVersionRow]:
+        with self.tx(write=False) as tx:
+            return [ConfigVersionRow(*row) for row in tx.tuples(
+                f"SELECT {_columns(ConfigVersionRow)} FROM config_versions "
+                "ORDER BY first_used_at, version")]
 
     def statuses(self, since: float) -> set[str]:
         with self.tx(write=False) as tx:

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from .rows import DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
+from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -57,6 +57,7 @@ class NewEvent:
     id: str = field(default_factory=lambda: new_id("evt"))
     received_at: float = field(default_factory=time.time)
     recovered: bool = False  # built from Suki's status API, not received (recovery.py)
+    config_version: str | None = None  # the config that routed it (config_state.version)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,14 @@ class Store(ABC):
     def rejections(self, since: float | None = None, reason: str | None = None,
                    limit: int = 100) -> list[RejectionRow]:
         """Recent refused requests, newest first (store/rejections.py)."""
+
+    @abstractmethod
+    def remember_config(self, version: str, file: str) -> None:
+        """Record that this config version is in use (first time only): the audit trail."""
+
+    @abstractmethod
+    def config_versions(self) -> list[ConfigVersionRow]:
+        """Every config version used, oldest first."""
 
     @abstractmethod
     def statuses(self, since: float) -> set[str]:

@@ -5,6 +5,12 @@ more callers queue up), runs the batch function over everything queued, wakes ex
 the callers it served, and hands the lead to the next one queued. No thundering herd:
 each waiter sleeps on its own lock. Used for recording events (the request path) and for
 recording delivery attempts (the delivery path).
+
+Failures are contained. If the write lock (or the transaction) cannot even be entered,
+every caller queued at that moment is told StoreUnavailable and the next caller starts
+afresh; nobody is left waiting for a leader that gave up. If a batch fails for any other
+reason than the store being unavailable, its items are run again one by one, so one bad
+item fails only itself.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
+
+from ..errors import StoreUnavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,24 +70,52 @@ class GroupCommit(Generic[T, R]):
             with self.exclusive():
                 with self._lock:
                     taken, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                results = self.batch([s.item for s in taken])
-            for s, r in zip(taken, results, strict=True):
-                s.result = r
+                self._run(taken)
         except BaseException as exc:
-            for s in taken:
+            if not taken:  # the lock or the transaction could not be entered: nothing ran
+                with self._lock:
+                    taken, self._queue = self._queue, []
+                exc = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
+                    f"cannot enter the write lock: {type(exc).__name__}")
+            for s in taken:  # _run raised: none of them has a result
                 s.error = exc
-            if not taken:
-                raise
         finally:
-            with self._lock:
-                for s in taken:
-                    s.done = True
-                following = self._queue[0] if self._queue else None
-                if following is not None:
-                    following.lead = True
-                else:
-                    self._leading = False
-            for s in taken[1:]:  # taken[0] is the leader itself
-                s.wake.release()
+            self._hand_over(taken)
+
+    def _run(self, taken: list[_Slot[T, R]]) -> None:
+        """The batch; if it fails other than by the store being unavailable, each alone."""
+        try:
+            results = self.batch([s.item for s in taken])
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(taken) == 1:
+                raise
+            for i, s in enumerate(taken):
+                try:
+                    s.result = self.batch([s.item])[0]
+                except StoreUnavailable as exc:  # those before are committed; the rest not
+                    for rest in taken[i:]:
+                        rest.error = exc
+                    return
+                except Exception as exc:
+                    s.error = exc
+            return
+        for s, r in zip(taken, results, strict=True):
+            s.result = r
+
+    def _hand_over(self, taken: list[_Slot[T, R]]) -> None:
+        """Wake everyone served; make the next one queued the leader (or nobody)."""
+        with self._lock:
+            for s in taken:
+                s.done = True
+            following = self._queue[0] if self._queue else None
             if following is not None:
-                following.wake.release()
+                following.lead = True
+            else:
+                self._leading = False
+        for s in taken:
+            if not s.lead:  # the leader is awake already
+                s.wake.release()
+        if following is not None:
+            following.wake.release()

@@ -17,8 +17,9 @@ from .tx import ROWS_PER_INSERT, Backend, Tx, marks
 
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
-                 "session_id, encounter_id, malformed, matched, rules, body, recovered) VALUES ")
-EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 "session_id, encounter_id, malformed, matched, rules, body, recovered, "
+                 "config_version) VALUES ")
+EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
                      "next_attempt_at, updated_at) VALUES ")
 DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
@@ -60,7 +61,8 @@ class Ledger(Backend):
         inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(
             ev.id, ev.received_at, ev.dedup_key, ev.generated_at, ev.status, ev.session_id,
             ev.encounter_id, int(ev.malformed), int(bool(ev.rules)), json.dumps(ev.rules),
-            ev.body, int(ev.recovered)) for ev in events], " ON CONFLICT (dedup_key) DO NOTHING")
+            ev.body, int(ev.recovered), ev.config_version) for ev in events],
+            " ON CONFLICT (dedup_key) DO NOTHING")
         owner = {ev.dedup_key: ev.id for ev in events}
         if inserted != len(events):  # a duplicate: find which event holds each key
             keys = list(owner)

@@ -65,6 +65,7 @@ class EventRow:
     matched: bool
     rules: list[str]
     recovered: bool = False  # recorded from Suki's status API, not received
+    config_version: str | None = None  # the config that routed it (None: before versions)
     deliveries: dict[str, int] = field(default_factory=dict)  # count by state
 
 
@@ -113,6 +114,16 @@ class RecoverySessionRow:
     lease_owner: str | None
     lease_until: float | None
     updated_at: float
+
+
+@dataclass(frozen=True)
+class ConfigVersionRow:
+    """A config version (the start of its SHA-256) and where and when it was first used."""
+
+    version: str
+    first_used_at: float
+    file: str
+    host: str
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,15 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 CREATE INDEX IF NOT EXISTS rejections_last_at ON rejections (last_at);
 """),
+    Migration(3, "which config version routed each event, and when each was first used", """
+CREATE TABLE IF NOT EXISTS config_versions (
+    version TEXT PRIMARY KEY,
+    first_used_at DOUBLE PRECISION NOT NULL,
+    file TEXT NOT NULL,
+    host TEXT NOT NULL
+);
+ALTER TABLE events ADD COLUMN config_version TEXT
+"""),
 ]
 
 

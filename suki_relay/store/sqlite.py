@@ -49,13 +49,19 @@ class SqliteStore(SqlStore):
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks back to 16 MiB
-            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            conn = None
+            try:  # cannot open the file, too many open files: unavailable, not a bug
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+                                       isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks to 16 MiB
+                lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    conn.close()
+                raise StoreUnavailable(f"sqlite: cannot open: {type(exc).__name__}") from None
             with self._opened_lock:
                 self._opened.append((conn, lock))
             self._local.conn, self._local.lock = conn, lock

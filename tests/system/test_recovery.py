@@ -43,8 +43,13 @@ def test_gap_detection_in_a_running_relay(tmp_path: Path, relay: Any, sink: Any,
     wait_until(lambda: suki.asked.get("gap-later", 0) >= 2, 30,
                message="the running session asked again")
     assert events_of(store, session_id="gap-later") == []
-    metrics = requests.get(proc.url + "/metrics", timeout=5).text
-    assert "suki_relay_sessions_missing 1.0" in metrics
+
+    def scraped() -> str:
+        return requests.get(proc.url + "/metrics", timeout=5).text
+
+    # the store's figures are read at most every 2 s by each worker
+    wait_until(lambda: "suki_relay_sessions_missing 1.0" in scraped(), interval=0.5,
+               message="the missing session in the metrics")
 
     suki.statuses["gap-later"] = "completed"
     wait_until(lambda: events_of(store, session_id="gap-later"), 30,
@@ -56,8 +61,8 @@ def test_gap_detection_in_a_running_relay(tmp_path: Path, relay: Any, sink: Any,
         for p in (tmp_path / "notes").glob("*/*/contents.json")}, message="notes saved")
     assert suki.asked["gap-done"] == 1
     assert own not in suki.asked  # the event's own session is never checked
-    metrics = requests.get(proc.url + "/metrics", timeout=5).text
-    assert 'suki_relay_recovered_sessions_total{status="completed"} 2.0' in metrics
-    assert "suki_relay_sessions_missing 0.0" in metrics
+    assert 'suki_relay_recovered_sessions_total{status="completed"} 2.0' in scraped()
+    wait_until(lambda: "suki_relay_sessions_missing 0.0" in scraped(), interval=0.5,
+               message="no missing session left in the metrics")
     logs = proc.logs()
     assert "session recovered" in logs and "PHI-NOTE-TEXT" not in logs

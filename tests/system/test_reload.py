@@ -1,43 +1,66 @@
-"""SIGHUP under `suki-relay serve`: a broken config is refused and the relay keeps
-serving; a good one takes effect."""
+"""SIGHUP under `suki-relay serve` and under plain `gunicorn 'suki_relay.wsgi:app'`: a
+broken config is refused (logged once at ERROR, reported in /readyz and a metric) and the
+relay keeps serving on the last good one; a good one takes effect."""
 
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
+import requests
 import yaml
 
 from suki_relay.testing import post_signed, unique_body, wait_until
 
 from ..conftest import http_action
+from .test_metrics import metric
 
 
-@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_sighup_with_a_broken_config_keeps_serving(write_config, relay, sink, store_url) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-gunicorn", "serve"])
+def test_a_reload_with_a_broken_config_keeps_serving(write_config, relay, sink, plain) -> None:  # type: ignore[no-untyped-def]
     first, second = sink(), sink()
     cfg = write_config({"actions": {"ehr": http_action(first.url)},
                         "rules": [{"name": "all", "do": ["ehr"]}]})
-    r = relay(cfg)
+    r = relay(cfg, plain_gunicorn=plain, workers=2)
     good = cfg.read_text()
     cfg.write_text(good + "\nrules: [{name: x, do: [no-such-action]}]\n")
     r.signal(signal.SIGHUP)
     wait_until(lambda: "config rejected" in r.logs() and "no-such-action" in r.logs(),
                message="the rejection, with its problems, in the log")
-    time.sleep(1)
-    post_signed(r.webhook, unique_body())
-    wait_until(lambda: first.received, message="delivery under the old config")
+
+    def rejected_everywhere() -> bool:
+        ready = requests.get(r.url + "/readyz", timeout=5)
+        text = requests.get(r.url + "/metrics", timeout=5).text
+        return (ready.status_code == 200 and "config_rejected" in ready.json()
+                and metric(text, "suki_relay_config_reload_rejected") == 1)
+
+    wait_until(rejected_everywhere, interval=0.3, message="the rejection in /readyz and metrics")
+    assert post_signed(r.webhook, unique_body()).status_code == 200
+    wait_until(lambda: first.received, message="delivery under the previous config")
+    assert r.proc is not None and r.proc.poll() is None
+    lines = [line for line in r.logs().splitlines()
+             if "config rejected" in line and "no-such-action" in line]
+    assert len(lines) == 1, lines  # logged once, not once per worker
+    assert " error " in lines[0]
 
     full = yaml.safe_load(good)
     full["actions"]["ehr"]["url"] = second.url
     cfg.write_text(yaml.safe_dump(full))
     r.signal(signal.SIGHUP)
-    wait_until(lambda: "config reloaded" in r.logs(), message="the reload")
+
+    def fixed() -> bool:
+        ready = requests.get(r.url + "/readyz", timeout=5).json()
+        return "config_rejected" not in ready
+
+    wait_until(fixed, interval=0.3, message="the good config loaded")
+    wait_until(lambda: r.logs().count("config reloaded") == 1, message="the reload, logged once")
 
     def lands_on_second() -> bool:
         post_signed(r.webhook, unique_body())
-        return bool(wait_until(lambda: len(first.received) + len(second.received) >= 1,
+        return bool(wait_until(lambda: len(first.received) + len(second.received) >= 2,
                                message="any delivery") and second.received)
 
     wait_until(lands_on_second, timeout=20, interval=0.5, message="the new config to take effect")
+    assert r.stop() == 0
+    assert r.logs().count("config reloaded") == 1

@@ -1,0 +1,60 @@
+"""A client that drips its body cannot hold the relay: the whole body must arrive within
+receiver.read_timeout_seconds, however steadily it trickles."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from suki_relay.testing import post_signed, unique_body
+
+
+def drip(port: int, answers: list[bytes], started: threading.Event) -> None:
+    """Plausible headers, then one byte of body every 0.3 s: never a pause long enough
+    for a per-read timeout. Gives up by itself after 40 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /webhooks/notification HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                  b"generated-at: 1\r\nX-API-Key: " + b"a" * 64 + b"\r\n\r\n")
+        started.set()
+        end = time.monotonic() + 40
+        while time.monotonic() < end:
+            readable, _, _ = select.select([s], [], [], 0.3)
+            if readable:
+                answers.append(s.recv(4096))
+                return
+            try:
+                s.sendall(b" ")
+            except OSError:
+                answers.append(b"cut off")
+                return
+        answers.append(b"")
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
+@pytest.mark.parametrize("plain", [False, True], ids=["serve-gthread", "plain-gunicorn-sync"])
+def test_dripping_clients_are_cut_off_and_others_are_served(write_config, relay,
+                                                            plain: bool) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_config({"receiver": {"secrets": ["test-secret"], "read_timeout_seconds": 2}})
+    # one process; gthread with 2 threads, or one sync worker: 3 drippers take every thread
+    r = relay(cfg, plain_gunicorn=plain, workers=1, threads=2)
+    answers: list[bytes] = []
+    drippers = []
+    for _ in range(3):
+        started = threading.Event()
+        t = threading.Thread(target=drip, args=(r.port, answers, started), daemon=True)
+        t.start()
+        started.wait(10)
+        drippers.append(t)
+    good = post_signed(r.webhook, unique_body(), timeout=30)  # waits for a thread
+    assert good.status_code == 200
+    for t in drippers:
+        t.join(45)
+    assert len(answers) == 3
+    assert all(a.startswith(b"HTTP/1.1 408") or a == b"cut off" for a in answers), answers
+    assert any(a.startswith(b"HTTP/1.1 408") for a in answers), answers
+    assert b"request_timeout" in b"".join(answers)
