@@ -81,11 +81,13 @@ def store_settings(args: argparse.Namespace) -> Any:
 
 
 @contextmanager
-def store_of(config: Any) -> Iterator[Store]:
-    """The configured store, closed when the command is done."""
+def store_of(config: Any, lazy: bool = False) -> Iterator[Store]:
+    """The configured store, closed when the command is done. ``lazy``: a PostgreSQL store
+    that cannot connect now opens anyway (for `worker`, which must start, and move its
+    node's spool, once the database is back)."""
     from .store import open_store
 
-    store = open_store(config.store_url, config.base_dir)
+    store = open_store(config.store_url, config.base_dir, lazy=lazy)
     try:
         yield store
     finally:

@@ -40,6 +40,7 @@ from .store.group_commit import GroupCommit
 
 log = logging.getLogger("suki_relay.deliver")
 PRUNE_EVERY = 3600.0  # seconds between retention prunes, when retention.days is set
+FINISH_PATIENCE = 600.0  # seconds to keep trying to record an attempt while the store is down
 
 
 def iso(ts: float) -> str:
@@ -194,6 +195,12 @@ class Deliverer:
         next_prune = time.monotonic()  # at start, then hourly
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: a wake-up from now on is never lost
+            # renew before claiming: after a database outage this process's own attempts,
+            # still waiting to be recorded, get their leases back before it looks for
+            # expired ones (which would take them again)
+            if time.monotonic() - last_renew > self.settings.lease_seconds / 3 and \
+                    self._renew():
+                last_renew = time.monotonic()
             with self._lock:
                 free = self.settings.threads - len(self._inflight)
             claimed: list[Claimed] = []
@@ -216,9 +223,6 @@ class Deliverer:
                 for c in claimed:
                     self._queue.put(c)
                 self._full = frozenset() if claimed else full
-            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
-                self._renew()
-                last_renew = time.monotonic()
             if self.config.retention_days and time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + PRUNE_EVERY
@@ -239,14 +243,19 @@ class Deliverer:
             logs.event(log, "retention pruned finished events", count=n,
                        days=self.config.retention_days)
 
-    def _renew(self) -> None:
+    def _renew(self) -> bool:
+        """Extend the leases of this process's attempts; False if the store could not."""
         with self._lock:
             ids = list(self._inflight)
         try:
             self.store.extend(self.owner, ids, self.settings.lease_seconds)
+        except StoreUnavailable:  # said by the claim that follows
+            return False
         except Exception as exc:
             logs.event(log, "lease renewal failed", logging.WARNING,
                        error_class=type(exc).__name__)
+            return False
+        return True
 
     # ---------------------------------------------------------------- attempting
 
@@ -292,14 +301,17 @@ class Deliverer:
         return self._finish(claimed, result)
 
     def _finish(self, claimed: Claimed, result: Outcome) -> Claimed | None:
-        """Record the attempt (and get this thread's next delivery); if the store is down,
-        keep trying while the lease lasts."""
-        deadline = time.monotonic() + self.settings.lease_seconds
+        """Record the attempt (and get this thread's next delivery). If the store is down,
+        keep trying until it is back (the claimer renews the lease first thing then), so an
+        attempt made before a database outage is not made again after it; give up only
+        when stopping, or after FINISH_PATIENCE (the lease has run out by then, and any
+        process takes the delivery again: at-least-once)."""
+        deadline = time.monotonic() + max(self.settings.lease_seconds, FINISH_PATIENCE)
         while True:
             try:
                 return self._finisher.submit((claimed, result))
             except StoreUnavailable:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self._stopping.is_set():
                     logs.event(log, "attempt not recorded; it will be retried", logging.ERROR,
                                delivery_id=claimed.id)
                     return None
