@@ -8,7 +8,7 @@ copy to keep working: `check` on it is tested.
 from __future__ import annotations
 
 from importlib import resources
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from .errors import RelayError

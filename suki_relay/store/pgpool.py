@@ -8,8 +8,11 @@ pool's next scheduled attempt and be answered 503 although the database was back
 * when no live idle connection is left, the thread that needs one connects itself, at
   once (bounded by ``connect_timeout``), so the first request after an outage commits;
 * while the database is known to be unreachable, one thread per process tries to connect
-  at a time; the others fail at once (the receiver spools) instead of each waiting out
-  ``connect_timeout`` and each costing the database server a refused backend.
+  at a time; the others wait at most PEER_WAIT_SECONDS for that attempt, then, if it
+  failed or is still running, fail (the receiver spools) instead of each waiting out
+  ``connect_timeout`` and each costing the database server a refused backend. The short
+  wait matters just after the database comes back: a request arriving while another
+  thread's (successful) attempt is under way commits to the database, not to the spool.
 
 The check on checkout costs no round trip for a connection used in the last few seconds:
 an idle connection has nothing to read, so a readable socket means the server closed it
@@ -32,6 +35,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StoreUnavailable
 
 RECHECK_IDLE_SECONDS = 2.0  # idle longer than this: also one round trip before use
+PEER_WAIT_SECONDS = 0.5  # while down: how long a thread waits for another's connect attempt
 
 
 class Connections:
@@ -44,6 +48,7 @@ class Connections:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._attempted = threading.Condition(self._lock)  # notified when an attempt ends
         self._slots = threading.BoundedSemaphore(self.size)
         self._idle: list[tuple[psycopg.Connection, float]] = []  # (connection, idle since)
         self._down = False  # the last attempt to connect failed
@@ -86,19 +91,20 @@ class Connections:
     def _connect(self) -> psycopg.Connection:
         with self._lock:
             if self._down and self._connecting:
-                raise StoreUnavailable("postgresql: unreachable (another thread is retrying)")
+                self._attempted.wait_for(lambda: not self._connecting, PEER_WAIT_SECONDS)
+                if self._down:  # the other attempt failed, or is still waiting on the server
+                    raise StoreUnavailable("postgresql: unreachable (another thread is retrying)")
             self._connecting += 1
+        conn: psycopg.Connection | None = None
         try:
             conn = psycopg.connect(self.conninfo, autocommit=True)
         except psycopg.Error as exc:
-            with self._lock:
-                self._down = True
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
         finally:
             with self._lock:
                 self._connecting -= 1
-        with self._lock:
-            self._down = False
+                self._down = conn is None
+                self._attempted.notify_all()
         return conn
 
     def _give_back(self, conn: psycopg.Connection) -> None:
