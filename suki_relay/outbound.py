@@ -19,12 +19,8 @@ response (``cut_off``); :func:`raise_for_status` still decides by the status lin
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import heapq
-import itertools
 import os
-import socket
 import threading
 import time
 import urllib.request
@@ -38,6 +34,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util
 
+from . import deadline
 from .errors import PermanentError, RetryableError
 
 MAX_REPLY_BYTES = 1024 * 1024
@@ -46,144 +43,6 @@ document or an error, far from what could hurt a worker."""
 
 _CHUNK = 64 * 1024
 _BAD_HOST = "the URL's host name is not a valid (IDNA) host name"
-
-# ---------------------------------------------------------------- the deadline
-
-
-class _Attempt:
-    """One request's deadline and the connections it used; shut down when it passes."""
-
-    __slots__ = ("conns", "deadline", "done", "expired", "lock")
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-        self.conns: list[urllib3.connection.HTTPConnection] = []
-        self.done = False
-        self.expired = False
-        self.lock = threading.Lock()
-
-    def add(self, conn: urllib3.connection.HTTPConnection) -> None:
-        with self.lock:
-            self.conns.append(conn)
-            if not self.expired:
-                return
-        _shutdown(conn)
-
-    def expire(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.expired = True
-            conns = list(self.conns)
-        for conn in conns:
-            _shutdown(conn)
-
-
-def _shutdown(conn: urllib3.connection.HTTPConnection) -> None:
-    """End whatever the connection's socket is blocked in (another thread is reading it).
-    The plain socket's shutdown is used even under TLS: it acts on the descriptor and
-    leaves the TLS object to fail in the reading thread, which expects it."""
-    sock = conn.sock
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _Watchdog:
-    """One daemon thread per process expiring attempts whose deadline has passed (a
-    thread per request would cost more than a local POST). Started lazily, and again in a
-    forked child, where threads do not survive."""
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        """Fresh state (a fork may copy the lock held by a thread that is not copied)."""
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Attempt]] = []
-        self._seq = itertools.count()
-        self._pid: int | None = None
-
-    def watch(self, attempt: _Attempt) -> None:
-        with self._cond:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="suki-outbound-deadline",
-                                 daemon=True).start()
-            heapq.heappush(self._heap, (attempt.deadline, next(self._seq), attempt))
-            if self._heap[0][2] is attempt:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)  # finished in time: nothing to do
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                attempt = heapq.heappop(self._heap)[2]
-            attempt.expire()
-
-
-_watchdog = _Watchdog()
-_current = threading.local()
-
-
-class _JoinsDeadline:
-    """A connection that joins the current request's deadline each time it is used."""
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        attempt: _Attempt | None = getattr(_current, "attempt", None)
-        if attempt is not None:
-            attempt.add(self)  # type: ignore[arg-type]
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Connection(_JoinsDeadline, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_JoinsDeadline, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter with connections that join the current request's deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
-
-
-def _ensure_adapter(session: requests.Session) -> None:
-    if not isinstance(session.get_adapter("https://x/"), _Adapter):
-        session.mount("https://", _Adapter())
-        session.mount("http://", _Adapter())
-
 
 # ---------------------------------------------------------------- sessions
 
@@ -200,7 +59,7 @@ def new_session() -> requests.Session:
     if not session.trust_env:
         session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
                           or os.environ.get("CURL_CA_BUNDLE") or True)
-    _ensure_adapter(session)
+    deadline.ensure_adapter(session)
     return session
 
 
@@ -269,13 +128,13 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     :func:`require_whole`). Other transport failures become RetryableError, a request that
     cannot be made at all PermanentError.
     """
-    _ensure_adapter(session)
+    deadline.ensure_adapter(session)
     headers = dict(kwargs.pop("headers", None) or {})
     if not any(k.lower() == "accept-encoding" for k in headers):
         headers["Accept-Encoding"] = "gzip, deflate"
-    attempt = _Attempt(time.monotonic() + timeout)
-    _watchdog.watch(attempt)
-    _current.attempt = attempt
+    attempt = deadline.Attempt(time.monotonic() + timeout)
+    deadline.watchdog.watch(attempt)
+    deadline.current.attempt = attempt
     try:
         try:
             resp = session.request(method, url, timeout=timeout, allow_redirects=False,
@@ -290,7 +149,7 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
         except (urllib3.exceptions.LocationParseError, UnicodeError):
             raise PermanentError(f"{what}: {_BAD_HOST}") from None
         finally:
-            _current.attempt = None
+            deadline.current.attempt = None
         if attempt.expired:  # cut off before the headers were done (a cut reads as their end)
             resp.raw.close()
             raise RetryableError(f"{what}: no answer within {timeout:g}s")
@@ -303,7 +162,7 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
             attempt.done = True
 
 
-def _read_bounded(resp: requests.Response, attempt: _Attempt, limit: int) -> None:
+def _read_bounded(resp: requests.Response, attempt: deadline.Attempt, limit: int) -> None:
     """Read the body into ``resp.content``: decoded, at most ``limit`` bytes, before the
     deadline. Sets ``resp.cut_off``: None (whole), "deadline", "size", "connection" (the
     target hung up mid-body) or "encoding" (one we did not ask for, or corrupt)."""
