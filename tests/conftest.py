@@ -41,13 +41,18 @@ def _pg_available() -> str | None:
 PG_PROBLEM = _pg_available()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema on the machine's PostgreSQL, dropped afterwards."""
+def _need_pg() -> None:
+    """Skip without PostgreSQL; under CI (where it must be up) fail instead."""
     if PG_PROBLEM:
         if os.environ.get("CI"):
             pytest.fail(PG_PROBLEM)
         pytest.skip(PG_PROBLEM)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema on the machine's PostgreSQL, dropped afterwards."""
+    _need_pg()
     with pg_schema(PG_URL) as url:
         yield url
 
@@ -56,10 +61,7 @@ def pg_url() -> Iterator[str]:
 def private_db() -> Iterator[PrivateDatabase]:
     """A database of this test's own on the machine's PostgreSQL, which it may take down
     (``down()``/``up()``) without touching anyone else's; dropped afterwards."""
-    if PG_PROBLEM:
-        if os.environ.get("CI"):
-            pytest.fail(PG_PROBLEM)
-        pytest.skip(PG_PROBLEM)
+    _need_pg()
     with PrivateDatabase(PG_URL) as db:
         yield db
 
