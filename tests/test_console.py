@@ -401,6 +401,18 @@ def test_event_detail_lists_deliveries_and_every_attempt(relay: Relay) -> None:
     assert client.get("/console/events/evt_missing").status_code == 404
 
 
+def test_hostile_ids_are_shown_escaped(relay: Relay) -> None:
+    """A signed payload's id with a bidirectional override and a terminal escape is shown
+    as escapes: it cannot reorder or hide what the operator reads."""
+    hostile = "S1\u202eevil\x1b[31m"
+    event_id = relay.receive(unique_body("failure", session_id=hostile))
+    client = signed_in(relay)
+    for path in (f"/console/events/{event_id}", "/console/events"):
+        page = client.get(path).text
+        assert "S1\\u202eevil\\x1b[31m" in page
+        assert "\u202e" not in page and "\x1b" not in page
+
+
 def test_replay_one_failed_delivery_confirms_then_reopens(relay: Relay,
                                                           relay_log: LogRecords) -> None:
     event_id = relay.receive()

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from .. import logs
+from ..printable import printable
 from ..store import StoreUnavailable
 from .auth import Keys, Session, Throttle
 from .views import Views
@@ -94,7 +96,7 @@ class Console:
         self.checking = threading.BoundedSemaphore(CONCURRENT_CHECKS)
         self.jinja = Environment(loader=FileSystemLoader(HERE / "templates"),
                                  autoescape=select_autoescape(default=True),
-                                 trim_blocks=True, lstrip_blocks=True)
+                                 trim_blocks=True, lstrip_blocks=True, finalize=_shown)
         self.jinja.filters.update(utc=_utc, iso=_iso, duration=_duration, ms=_ms,
                                   querystring=lambda d: urlencode(d))
         self.views = Views(self, relay)
@@ -292,3 +294,12 @@ def _duration(seconds: float) -> str:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.001 else "< 1 ms"
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page prints: payload text (a status, an id, an error) arrives with
+    control characters and bidirectional overrides escaped, as in logs and the CLI, so a
+    hostile id cannot reorder or hide what an operator reads. Whole: pages do not cut."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value, limit=None, keep_newlines=True)
+    return value
