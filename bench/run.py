@@ -5,6 +5,7 @@
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
     python bench/run.py --rounds 3 --duration 3
+    python bench/run.py --only ack --compare ../release   # another checkout, same rounds
 
 Needs wrk (Debian: apt-get install wrk) and Flask (pip install -e '.[bench]').
 Load goes to 127.0.0.1 only; every server started here is stopped here, by PID.
@@ -96,8 +97,23 @@ def relay_config(folder: Path, actions: dict[str, Any] | None = None,
     return cfg
 
 
-def relay_cmd(cfg: Path, port: int) -> list[str]:
-    return [PY, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind", f"127.0.0.1:{port}"]
+def relay_cmd(cfg: Path, port: int, python: str = PY) -> list[str]:
+    return [python, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind",
+            f"127.0.0.1:{port}"]
+
+
+def checkout_python(tree: Path) -> str:
+    """The Python that runs another checkout of suki-relay (``--compare``): its own
+    ``.venv`` when it has one, else this one (run from that folder, so that ``-m``
+    imports that checkout's code)."""
+    venv = tree / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else PY
+
+
+def checkout_label(tree: Path) -> str:
+    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cs"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return commit or str(tree)
 
 
 def relay_env(folder: Path) -> dict[str, str]:
@@ -143,6 +159,16 @@ def paired_ratio(values: list[float], baselines: list[float]) -> float:
     """The median of each round's ratio to the baseline measured in the same round: the
     machine's speed drifts between rounds, and a round's pair shares its conditions."""
     return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
+
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders to run ``n`` handlers in, one per round, cycling: over a cycle each handler
+    runs in every position and right after every other handler equally often (a Williams
+    design). A run is slowed by the one before it (the disk and the database still busy
+    with its writes), so no handler may always follow the same one."""
+    first = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]
+    square = [[(x + r) % n for x in first] for r in range(n)]
+    return square if n % 2 == 0 else square + [row[::-1] for row in square]
 
 
 def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
@@ -237,32 +263,43 @@ class StallTarget:
 def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Relay (SQLite, committed before 2xx) against bare WSGI and Suki's Flask handler."""
     sqlite = "sqlite:///relay.db"
-    handlers: dict[str, tuple[str, Callable[[Path, int, str], tuple[list[str], dict[str, str]]]]] = {
-        "bare WSGI (read body, 200)": ("", lambda d, p, u: (gunicorn("bench.apps:bare", p), ENV)),
+    Make = Callable[[Path, int, str], tuple[list[str], dict[str, str], Path]]
+    handlers: dict[str, tuple[str, Make]] = {
+        "bare WSGI (read body, 200)":
+            ("", lambda d, p, u: (gunicorn("bench.apps:bare", p), ENV, REPO)),
         "Suki's Flask handler (verify, parse, branch)":
-            ("", lambda d, p, u: (gunicorn("bench.apps:flask_app()", p), ENV)),
-        "suki-relay (verify, route, commit, 200)":
-            (sqlite, lambda d, p, u: (relay_cmd(relay_config(d, store=u), p), relay_env(d))),
+            ("", lambda d, p, u: (gunicorn("bench.apps:flask_app()", p), ENV, REPO)),
+        "suki-relay (verify, route, commit, 200)": (sqlite, lambda d, p, u: (
+            relay_cmd(relay_config(d, store=u), p), relay_env(d), REPO)),
     }
+    if args.compare:  # another checkout's relay, measured in the same rounds
+        tree = args.compare.resolve()
+        handlers[f"suki-relay at {checkout_label(tree)} (verify, route, commit, 200)"] = (
+            sqlite, lambda d, p, u: (relay_cmd(relay_config(d, store=u), p,
+                                               checkout_python(tree)), relay_env(d), tree))
     if args.pg:
         relay = handlers["suki-relay (verify, route, commit, 200)"][1]
         handlers["suki-relay on PostgreSQL (verify, route, commit, 200)"] = (args.pg, relay)
         handlers["suki-relay on PostgreSQL, spool disabled"] = (args.pg, lambda d, p, u: (
-            relay_cmd(relay_config(d, store=u, spool={"enabled": False}), p), relay_env(d)))
+            relay_cmd(relay_config(d, store=u, spool={"enabled": False}), p), relay_env(d),
+            REPO))
         handlers["suki-relay on PostgreSQL, database down (spooled, 200)"] = \
             (f"outage:{args.pg}", relay)
     saturated: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     single: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
+    names = list(handlers)
+    orders = balanced_orders(len(names))
     for rnd in range(args.rounds):
-        # every other round in reverse order: no handler always follows the same one (the
-        # disk and the database are still busy with the last run's writes for a while)
-        for name, (store, make) in list(handlers.items())[::-1 if rnd % 2 else 1]:
+        for name in [names[i] for i in orders[rnd % len(orders)]]:
+            store, make = handlers[name]
             folder = work / f"ack-{rnd}-{len(saturated[name])}-{abs(hash(name))}"
             folder.mkdir(parents=True)
             port = free_port()
+            os.sync()  # the last run's writes reach the disk before this run starts
+            time.sleep(1.0)
             with run_store(store) as url:
-                cmd, env = make(folder, port, url)
-                with server(cmd, port, env):
+                cmd, env, cwd = make(folder, port, url)
+                with server(cmd, port, env, cwd):
                     if url in OUTAGES:
                         OUTAGES[url].down()
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
@@ -290,6 +327,10 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
                      "one_conn_p99_ms": median(single[name], "p99_ms"),
                      "non2xx": sum(r["non2xx"] for r in saturated[name]),
                      "req_s_by_round": [r["rps"] for r in saturated[name]]})
+        if args.compare and name == "suki-relay (verify, route, commit, 200)":
+            before = next(v for k, v in saturated.items() if k.startswith("suki-relay at "))
+            rows[-1]["to_compared"] = paired_ratio([r["rps"] for r in saturated[name]],
+                                                   [r["rps"] for r in before])
     out["ack"] = rows
 
 
@@ -767,6 +808,9 @@ def main() -> None:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--pg", default=None, metavar="URL",
                    help="also measure acknowledgement on this PostgreSQL (a schema per run)")
+    p.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
+                   help="also measure acknowledgement by the relay in another checkout (an\n"
+                        "earlier release, say) in the same rounds: before and after, paired")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     out: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {
