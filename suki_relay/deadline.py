@@ -5,7 +5,8 @@ made through :func:`suki_relay.outbound.send` registers an :class:`Attempt` with
 watchdog thread per process; when its deadline passes, the watchdog shuts down the socket
 of every connection the attempt used, which ends whatever the requesting thread is blocked
 in. Connections join the current thread's attempt through requests' adapter
-(:func:`ensure_adapter`), so nothing else about requests changes.
+(:func:`ensure_adapter`), so nothing else about requests changes; any other client with
+a ``sock`` attribute (the email action's SMTP client) joins by :meth:`Attempt.add`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import requests
 import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
+
+
+class Connection(Protocol):
+    """What an attempt shuts down: anything holding its current socket as ``sock``
+    (urllib3's connections, smtplib's client; read when the time is up, so a socket
+    replaced by its TLS wrapper is the one shut down)."""
+
+    sock: Any
 
 
 class Attempt:
@@ -32,12 +43,13 @@ class Attempt:
 
     def __init__(self, deadline: float):
         self.deadline = deadline
-        self.conns: list[urllib3.connection.HTTPConnection] = []
+        self.conns: list[Connection] = []
         self.done = False
         self.expired = False
         self.lock = threading.Lock()
 
-    def add(self, conn: urllib3.connection.HTTPConnection) -> None:
+    def add(self, conn: Connection) -> None:
+        """Shut ``conn`` down when the time is up (at once, if it already is)."""
         with self.lock:
             self.conns.append(conn)
             if not self.expired:
@@ -54,7 +66,7 @@ class Attempt:
             _shutdown(conn)
 
 
-def _shutdown(conn: urllib3.connection.HTTPConnection) -> None:
+def _shutdown(conn: Connection) -> None:
     """End whatever the connection's socket is blocked in (another thread is reading it).
     The plain socket's shutdown is used even under TLS: it acts on the descriptor and
     leaves the TLS object to fail in the reading thread, which expects it."""
@@ -109,6 +121,19 @@ class _Watchdog:
 
 watchdog = _Watchdog()
 current = threading.local()
+
+
+@contextmanager
+def bounded(seconds: float) -> Iterator[Attempt]:
+    """An attempt that ends ``seconds`` from now: connections added to it are shut down
+    then, unless the block has finished (after which the watchdog leaves them alone)."""
+    attempt = Attempt(time.monotonic() + seconds)
+    watchdog.watch(attempt)
+    try:
+        yield attempt
+    finally:
+        with attempt.lock:
+            attempt.done = True
 
 
 class _JoinsDeadline:

@@ -132,10 +132,8 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     headers = dict(kwargs.pop("headers", None) or {})
     if not any(k.lower() == "accept-encoding" for k in headers):
         headers["Accept-Encoding"] = "gzip, deflate"
-    attempt = deadline.Attempt(time.monotonic() + timeout)
-    deadline.watchdog.watch(attempt)
-    deadline.current.attempt = attempt
-    try:
+    with deadline.bounded(timeout) as attempt:
+        deadline.current.attempt = attempt
         try:
             resp = session.request(method, url, timeout=timeout, allow_redirects=False,
                                    stream=True, headers=headers, **kwargs)
@@ -157,9 +155,6 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
             delivery.http_status = resp.status_code
         _read_bounded(resp, attempt, max_reply_bytes)
         return resp
-    finally:
-        with attempt.lock:
-            attempt.done = True
 
 
 def _read_bounded(resp: requests.Response, attempt: deadline.Attempt, limit: int) -> None:

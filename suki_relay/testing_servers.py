@@ -128,11 +128,14 @@ class RawServer:
     writes whatever it likes (``head`` is the request line and headers, for a script that
     answers by path); it should return once ``stopped`` is set. One request per
     connection: a script that answers in full should say ``Connection: close``. Everything stops after
-    ``lifetime`` seconds, or on stop(), so a test that waits forever fails instead."""
+    ``lifetime`` seconds, or on stop(), so a test that waits forever fails instead.
+    ``speaks_first``: no request is read, the script runs as soon as a client connects
+    (``head`` is empty): a server that greets, as SMTP does."""
 
     def __init__(self, script: Callable[[socket.socket, bytes, threading.Event], None],
-                 lifetime: float = 60.0):
+                 lifetime: float = 60.0, speaks_first: bool = False):
         self.script = script
+        self.speaks_first = speaks_first
         self.stopped = threading.Event()
         self.requests = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -160,6 +163,10 @@ class RawServer:
         with conn:
             conn.settimeout(5)
             try:
+                if self.speaks_first:
+                    self.requests += 1
+                    self.script(conn, b"", self.stopped)
+                    return
                 head = b""
                 while b"\r\n\r\n" not in head:
                     data = conn.recv(65536)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from aiosmtpd.controller import Controller
 from suki_relay.dryrun import sample
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import build_action, free_port, make_delivery
+from suki_relay.testing_servers import RawServer
 
 
 class Recorder:
@@ -106,6 +110,65 @@ def test_smtp_replies_decide_retry(smtp, tmp_path: Path, reply: str, error: type
 def test_no_server_is_retryable(tmp_path: Path) -> None:
     with pytest.raises(RetryableError, match="connection failed"):
         alert(free_port(), tmp_path).deliver(make_delivery("failure"))
+
+
+def _dripping_smtp(stage: bytes):  # type: ignore[no-untyped-def]
+    """A RawServer script for an SMTP server that answers normally up to ``stage``
+    (b"" for the greeting itself, b"DATA" for the end of the message), then sends
+    continuation lines ("250-...") every 0.1 s forever: every read gets something well
+    inside a per-read timeout, and the reply never ends."""
+
+    def script(sock: socket.socket, head: bytes, stopped: threading.Event) -> None:
+        def drip() -> None:
+            while not stopped.wait(0.1):
+                sock.sendall(b"250-still thinking\r\n")
+
+        if not stage:
+            sock.sendall(b"220-relay.example ESMTP\r\n")
+            return drip()
+        sock.sendall(b"220 relay.example ESMTP\r\n")
+        buffered, in_data = b"", False
+        while not stopped.is_set():
+            data = sock.recv(65536)
+            if not data:
+                return
+            buffered += data
+            while True:
+                if in_data:
+                    if b"\r\n.\r\n" not in buffered:
+                        break
+                    return drip()  # the message is in: its reply never ends
+                line, sep, buffered = buffered.partition(b"\r\n")
+                if not sep:
+                    buffered = line
+                    break
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    in_data = True
+                    sock.sendall(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    return
+                else:
+                    sock.sendall(b"250 ok\r\n")
+
+    return script
+
+
+@pytest.mark.parametrize("stage", [b"", b"DATA"], ids=["greeting", "after-data"])
+def test_a_server_that_never_finishes_is_cut_off_at_the_deadline(
+        tmp_path: Path, stage: bytes) -> None:
+    """timeout_seconds bounds the whole exchange: a server dripping a reply that never
+    ends (a line every 0.1 s, far inside a per-read timeout) frees the delivery once the
+    time is up, as a retry; without the deadline it holds it until the server gives up."""
+    with RawServer(_dripping_smtp(stage), lifetime=30, speaks_first=True) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        action = alert(port, tmp_path, smtp={"host": "127.0.0.1", "port": port,
+                                              "timeout_seconds": 1})
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match=r"SMTP: not done within 1s"):
+            action.deliver(make_delivery("failure"))
+        assert time.monotonic() - started < 20, "held until the server stopped"
+        assert server.requests == 1
 
 
 def test_smtp_options_are_checked(tmp_path: Path) -> None:

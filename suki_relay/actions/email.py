@@ -5,6 +5,10 @@ authentication refused) are permanent and say which. A rendered address or heade
 line break or other control character is permanent (it could only add headers or
 recipients, and renders the same on every retry). A login needs ssl or starttls, unless
 ``allow_plaintext_login`` says the password may cross the network in clear.
+
+``timeout_seconds`` bounds the whole exchange, greeting to QUIT, not each read: a server
+that drips its replies a line at a time is cut off when the time is up (the outbound
+deadline watchdog shuts the connection down), and the attempt is retried.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from .. import deadline
 from ..action import Action, Delivery, Option
 from ..errors import PermanentError, RetryableError
 
@@ -102,26 +107,29 @@ class EmailAction(Action):
         smtp = self.values["smtp"]
         host, timeout = smtp.get("host", "localhost"), float(smtp.get("timeout_seconds", 30))
         port = smtp.get("port", 465 if smtp.get("ssl") else 25)
-        try:
-            if smtp.get("ssl"):
-                client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout,
-                                                        context=ssl.create_default_context())
-            else:
-                client = smtplib.SMTP(host, port, timeout=timeout)
-            with client:
-                if smtp.get("starttls"):
-                    client.starttls(context=ssl.create_default_context())
-                if smtp.get("username"):
-                    client.login(smtp["username"], smtp["password"])
-                refused = client.send_message(msg, to_addrs=recipients)
-        except smtplib.SMTPRecipientsRefused as exc:
-            raise _smtp_error("every recipient refused", _worst(exc.recipients)) from None
-        except smtplib.SMTPAuthenticationError as exc:
-            raise _smtp_error("authentication refused", exc.smtp_code) from None
-        except smtplib.SMTPResponseException as exc:
-            raise _smtp_error("server refused the message", exc.smtp_code) from None
-        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            raise RetryableError(f"SMTP connection failed ({type(exc).__name__})") from None
+        with deadline.bounded(timeout) as attempt:
+            try:
+                if smtp.get("ssl"):
+                    client: smtplib.SMTP = _SMTP_SSL(attempt, host, port, timeout=timeout,
+                                                     context=ssl.create_default_context())
+                else:
+                    client = _SMTP(attempt, host, port, timeout=timeout)
+                with client:
+                    if smtp.get("starttls"):
+                        client.starttls(context=ssl.create_default_context())
+                    if smtp.get("username"):
+                        client.login(smtp["username"], smtp["password"])
+                    refused = client.send_message(msg, to_addrs=recipients)
+            except smtplib.SMTPRecipientsRefused as exc:
+                raise _smtp_error("every recipient refused", _worst(exc.recipients)) from None
+            except smtplib.SMTPAuthenticationError as exc:
+                raise _smtp_error("authentication refused", exc.smtp_code) from None
+            except smtplib.SMTPResponseException as exc:
+                raise _smtp_error("server refused the message", exc.smtp_code) from None
+            except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+                if attempt.expired:
+                    raise RetryableError(f"SMTP: not done within {timeout:g}s") from None
+                raise RetryableError(f"SMTP connection failed ({type(exc).__name__})") from None
         if refused:
             return f"sent; {len(refused)} recipient(s) refused"
         return f"sent to {len(recipients)} recipient(s)"
@@ -141,6 +149,30 @@ class EmailAction(Action):
 def _worst(recipients: dict[str, tuple[int, bytes]]) -> int:
     codes = [code for code, _ in recipients.values()]
     return max(codes) if codes else 550
+
+
+class _InDeadline:
+    """smtplib's client with its connection in the delivery's deadline from the moment
+    the socket exists (before the greeting is read)."""
+
+    sock: Any
+
+    def __init__(self, attempt: deadline.Attempt, *args: Any, **kwargs: Any):
+        self.attempt = attempt
+        super().__init__(*args, **kwargs)  # connects, when given a host
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        self.sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self.attempt.add(self)
+        return self.sock
+
+
+class _SMTP(_InDeadline, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_InDeadline, smtplib.SMTP_SSL):
+    pass
 
 
 def _smtp_error(what: str, code: int) -> Exception:
