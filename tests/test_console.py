@@ -269,6 +269,35 @@ def test_logout_ends_the_session_in_the_browser(relay: Relay) -> None:
     assert client.get("/console/").status_code == 303
 
 
+def test_a_signed_out_session_is_refused_everywhere_even_with_a_copied_cookie(
+        any_relay: Relay, start: Callable[..., Relay], store_url: str, tmp_path: Path) -> None:
+    """Signing out ends the session itself, not only the browser's cookie: a copy of the
+    cookie (another tab, a stolen one) is refused afterwards, by every process on the
+    same store (another worker, another node), while the user's other sessions go on."""
+    client = signed_in(any_relay)
+    cookie = client.get_cookie("suki_console", path="/console/").value
+    other_session = signed_in(any_relay)
+    copy = any_relay.client()
+    copy.set_cookie("suki_console", cookie, path="/console/")
+    assert copy.get("/console/").status_code == 200
+    client.post("/console/logout", data={"csrf": csrf_of(client)})
+    assert copy.get("/console/").status_code == 303  # to the sign-in page
+    assert copy.post("/console/replay", data={"csrf": "x"}).status_code == 403
+    assert other_session.get("/console/").status_code == 200
+    # another worker on the same SQLite file; another node on the same PostgreSQL
+    elsewhere = start(config_text(store=store_url),
+                      tmp_path if store_url.startswith("sqlite") else tmp_path / "node-b")
+    assert elsewhere.store is not any_relay.store
+    stolen = elsewhere.client()
+    stolen.set_cookie("suki_console", cookie, path="/console/")
+    assert stolen.get("/console/").status_code == 303
+    # kept only until the session would have expired anyway
+    any_relay.store.sign_out("long-gone", time.time() - 1)
+    any_relay.store.sign_out("still-valid", time.time() + 3600)
+    assert not any_relay.store.signed_out("long-gone")
+    assert any_relay.store.signed_out("still-valid")
+
+
 def test_after_sign_in_only_console_paths_are_followed(relay: Relay) -> None:
     for target, expected in (("/console/failed", "/console/failed"),
                              ("//evil.example/console/", "/console/"),

@@ -85,6 +85,7 @@ class Console:
         self.settings = config.console
         self.prefix = self.settings.path
         self.keys = Keys(self.settings, config.receiver.secrets)
+        self.store = relay.store  # where signed-out sessions are kept, for every node
         # configured names, unknown names (so a 429 does not tell which names exist; kept
         # apart so a flood of made-up names cannot push out a real user's count), addresses
         self.users_throttle = Throttle(free=5)
@@ -140,7 +141,7 @@ class Console:
             return self.static(values["name"])
         if endpoint == "login":
             return self.login(request)
-        session = self.keys.session(request.cookies.get(COOKIE))
+        session = self.session(request)
         if session is None:
             if request.method != "GET":
                 return self.error_page(request, 403, "You are not signed in (or your session "
@@ -168,7 +169,10 @@ class Console:
     def error_page(self, request: Request, status: int, message: str,
                    session: Session | bool | None = False) -> Response:
         if session is False:
-            session = self.keys.session(request.cookies.get(COOKIE))
+            try:
+                session = self.session(request)
+            except StoreUnavailable:  # the page says so; it is shown signed out
+                session = None
         assert session is not True
         return self.render(request, "error.html", session, status, code=status,
                            message=message)
@@ -255,7 +259,17 @@ class Console:
         self.set_cookie(request, response, LOGIN_COOKIE, nonce, 3600)
         return response
 
+    def session(self, request: Request) -> Session | None:
+        """The session the request's cookie proves, unless it was signed out (on any
+        node: the store keeps signed-out sessions until they would have expired). The
+        store unreachable: StoreUnavailable (a 503 page), never a session let through."""
+        session = self.keys.session(request.cookies.get(COOKIE))
+        if session is not None and self.store.signed_out(session.nonce):
+            return None
+        return session
+
     def logout(self, request: Request, session: Session) -> Response:
+        self.store.sign_out(session.nonce, session.expires)
         logs.event(log, "console sign-out", user=session.user)
         response = redirect(f"{self.prefix}/login?signed_out=1", 303)
         self.set_cookie(request, response, COOKIE, "", 0)

@@ -164,6 +164,17 @@ class Admin(Backend):
                 f"SELECT {_columns(ConfigVersionRow)} FROM config_versions "
                 "ORDER BY first_used_at, version")]
 
+    def sign_out(self, session: str, expires_at: float) -> None:
+        with self.tx() as tx:
+            tx.exec("DELETE FROM console_signouts WHERE expires_at < ?", (time.time(),))
+            tx.exec("INSERT INTO console_signouts (nonce, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (nonce) DO NOTHING", (session, expires_at))
+
+    def signed_out(self, session: str) -> bool:
+        with self.tx(write=False) as tx:
+            return tx.one("SELECT 1 AS gone FROM console_signouts WHERE nonce = ?",
+                          (session,)) is not None
+
     def statuses(self, since: float) -> set[str]:
         with self.tx(write=False) as tx:
             rows = tx.all("SELECT DISTINCT status FROM events WHERE received_at >= ? AND "

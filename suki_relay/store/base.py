@@ -234,6 +234,14 @@ class Store(ABC):
         """Every config version used, oldest first."""
 
     @abstractmethod
+    def sign_out(self, session: str, expires_at: float) -> None:
+        """End a console session on every node: kept until it would have expired."""
+
+    @abstractmethod
+    def signed_out(self, session: str) -> bool:
+        """Whether this console session was signed out."""
+
+    @abstractmethod
     def statuses(self, since: float) -> set[str]:
         """The distinct statuses of well-formed events received since then (for `check`)."""
 

@@ -115,6 +115,12 @@ CREATE TABLE IF NOT EXISTS config_versions (
 );
 ALTER TABLE events ADD COLUMN config_version TEXT
 """),
+    Migration(4, "console sessions signed out before they would have expired", """
+CREATE TABLE IF NOT EXISTS console_signouts (
+    nonce TEXT PRIMARY KEY,
+    expires_at DOUBLE PRECISION NOT NULL
+)
+"""),
 ]
 
 
