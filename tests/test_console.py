@@ -603,6 +603,7 @@ def test_store_outage_shows_a_503_page_and_the_overview_says_so(relay: Relay) ->
     client = signed_in(relay)
     db = sqlite3.connect(relay.config.base_dir / "relay.db")
     db.execute("ALTER TABLE events RENAME TO events_away")  # the store cannot answer
+    db.execute("ALTER TABLE console_signouts RENAME TO signouts_away")  # nor say who left
     db.commit()
     try:
         for path in ("/console/events", f"/console/events/{event_id}", "/console/failed"):
@@ -614,6 +615,7 @@ def test_store_outage_shows_a_503_page_and_the_overview_says_so(relay: Relay) ->
         assert overview.status_code == 200 and "cannot be read right now" in overview.text
     finally:
         db.execute("ALTER TABLE events_away RENAME TO events")
+        db.execute("ALTER TABLE signouts_away RENAME TO console_signouts")
         db.commit()
         db.close()
     assert client.get(f"/console/events/{event_id}").status_code == 200

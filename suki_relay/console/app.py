@@ -169,10 +169,7 @@ class Console:
     def error_page(self, request: Request, status: int, message: str,
                    session: Session | bool | None = False) -> Response:
         if session is False:
-            try:
-                session = self.session(request)
-            except StoreUnavailable:  # the page says so; it is shown signed out
-                session = None
+            session = self.session(request)
         assert session is not True
         return self.render(request, "error.html", session, status, code=status,
                            message=message)
@@ -261,12 +258,17 @@ class Console:
 
     def session(self, request: Request) -> Session | None:
         """The session the request's cookie proves, unless it was signed out (on any
-        node: the store keeps signed-out sessions until they would have expired). The
-        store unreachable: StoreUnavailable (a 503 page), never a session let through."""
+        node: the store keeps signed-out sessions until they would have expired). While
+        the store cannot say, the signed cookie stands: every page that reads the store
+        answers 503 anyway, and the overview then shows only that the store is down."""
         session = self.keys.session(request.cookies.get(COOKIE))
-        if session is not None and self.store.signed_out(session.nonce):
+        if session is None:
             return None
-        return session
+        try:
+            gone = self.store.signed_out(session.nonce)
+        except StoreUnavailable:
+            gone = False
+        return None if gone else session
 
     def logout(self, request: Request, session: Session) -> Response:
         self.store.sign_out(session.nonce, session.expires)
