@@ -6,6 +6,7 @@
     python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
     python bench/run.py --rounds 3 --duration 3
     python bench/run.py --only ack --compare ../release   # another checkout, same rounds
+    python bench/run.py --only ack --pg URL --handlers "spool disabled" "PostgreSQL ("
 
 Needs wrk (Debian: apt-get install wrk) and Flask (pip install -e '.[bench]').
 Load goes to 127.0.0.1 only; every server started here is stopped here, by PID.
@@ -285,6 +286,9 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
             REPO))
         handlers["suki-relay on PostgreSQL, database down (spooled, 200)"] = \
             (f"outage:{args.pg}", relay)
+    if args.handlers:  # only these (bare WSGI always: every ratio is to it)
+        handlers = {k: v for k, v in handlers.items() if k.startswith("bare WSGI")
+                    or any(part in k for part in args.handlers)}
     saturated: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     single: dict[str, list[dict[str, float]]] = {k: [] for k in handlers}
     names = list(handlers)
@@ -811,6 +815,10 @@ def main() -> None:
     p.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
                    help="also measure acknowledgement by the relay in another checkout (an\n"
                         "earlier release, say) in the same rounds: before and after, paired")
+    p.add_argument("--handlers", nargs="*", default=None, metavar="TEXT",
+                   help="acknowledgement: only the handlers whose name contains one of\n"
+                        "these (and bare WSGI), e.g. --handlers 'spool disabled' "
+                        "'PostgreSQL ('")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     out: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {
