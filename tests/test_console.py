@@ -298,6 +298,28 @@ def test_a_signed_out_session_is_refused_everywhere_even_with_a_copied_cookie(
     assert any_relay.store.signed_out("still-valid")
 
 
+def test_sign_out_while_the_store_is_down_still_signs_out_this_browser(
+        relay: Relay, relay_log: LogRecords) -> None:
+    import sqlite3
+
+    client = signed_in(relay)
+    csrf = csrf_of(client)
+    db = sqlite3.connect(relay.config.base_dir / "relay.db")
+    db.execute("ALTER TABLE console_signouts RENAME TO signouts_away")  # cannot record it
+    db.commit()
+    try:
+        resp = client.post("/console/logout", data={"csrf": csrf})
+    finally:
+        db.execute("ALTER TABLE signouts_away RENAME TO console_signouts")
+        db.commit()
+        db.close()
+    assert resp.status_code == 303 and "Max-Age=0" in resp.headers["Set-Cookie"]
+    page = client.get(resp.headers["Location"])
+    assert "signed out in this browser only" in page.text
+    assert client.get("/console/").status_code == 303
+    assert ("console sign-out", {"user": "ops", "recorded": False}) in relay_log.lines
+
+
 def test_after_sign_in_only_console_paths_are_followed(relay: Relay) -> None:
     for target, expected in (("/console/failed", "/console/failed"),
                              ("//evil.example/console/", "/console/"),

@@ -271,9 +271,17 @@ class Console:
         return None if gone else session
 
     def logout(self, request: Request, session: Session) -> Response:
-        self.store.sign_out(session.nonce, session.expires)
-        logs.event(log, "console sign-out", user=session.user)
-        response = redirect(f"{self.prefix}/login?signed_out=1", 303)
+        """End the session everywhere; with the store unreachable, at least in this
+        browser (the page says the rest could not be done)."""
+        try:
+            self.store.sign_out(session.nonce, session.expires)
+            everywhere = True
+        except StoreUnavailable:
+            everywhere = False
+        logs.event(log, "console sign-out", logging.INFO if everywhere else logging.WARNING,
+                   user=session.user, **({} if everywhere else {"recorded": False}))
+        response = redirect(f"{self.prefix}/login?signed_out={1 if everywhere else 'here'}",
+                            303)
         self.set_cookie(request, response, COOKIE, "", 0)
         return response
 
