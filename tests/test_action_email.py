@@ -123,6 +123,12 @@ def _dripping_smtp(stage: bytes):  # type: ignore[no-untyped-def]
             while not stopped.wait(0.1):
                 sock.sendall(b"250-still thinking\r\n")
 
+        if stage == b"bytes":  # a greeting a byte at a time: cut off mid-line
+            for byte in b"220 relay.example ESMTP\r\n":
+                if stopped.wait(0.4):
+                    return
+                sock.sendall(bytes([byte]))
+            return drip()
         if not stage:
             sock.sendall(b"220-relay.example ESMTP\r\n")
             return drip()
@@ -154,12 +160,14 @@ def _dripping_smtp(stage: bytes):  # type: ignore[no-untyped-def]
     return script
 
 
-@pytest.mark.parametrize("stage", [b"", b"DATA"], ids=["greeting", "after-data"])
+@pytest.mark.parametrize("stage", [b"", b"bytes", b"DATA"],
+                         ids=["greeting", "greeting-bytewise", "after-data"])
 def test_a_server_that_never_finishes_is_cut_off_at_the_deadline(
         tmp_path: Path, stage: bytes) -> None:
     """timeout_seconds bounds the whole exchange: a server dripping a reply that never
     ends (a line every 0.1 s, far inside a per-read timeout) frees the delivery once the
-    time is up, as a retry; without the deadline it holds it until the server gives up."""
+    time is up, as a retry; without the deadline it holds it until the server gives up.
+    A reply cut off mid-line ("22") is a retry too, never read as a permanent SMTP code."""
     with RawServer(_dripping_smtp(stage), lifetime=30, speaks_first=True) as server:
         port = int(server.url.rsplit(":", 1)[1])
         action = alert(port, tmp_path, smtp={"host": "127.0.0.1", "port": port,

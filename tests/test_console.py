@@ -291,6 +291,11 @@ def test_a_signed_out_session_is_refused_everywhere_even_with_a_copied_cookie(
     stolen = elsewhere.client()
     stolen.set_cookie("suki_console", cookie, path="/console/")
     assert stolen.get("/console/").status_code == 303
+    # the sign-in page shows its form (no redirect back and forth) and drops the cookie
+    form = stolen.get("/console/login")
+    assert form.status_code == 200 and 'name="password"' in form.text
+    assert any(h.startswith("suki_console=;") and "Max-Age=0" in h
+               for h in form.headers.getlist("Set-Cookie"))
     # kept only until the session would have expired anyway
     any_relay.store.sign_out("long-gone", time.time() - 1)
     any_relay.store.sign_out("still-valid", time.time() + 3600)
@@ -302,12 +307,19 @@ def test_sign_out_while_the_store_is_down_still_signs_out_this_browser(
         relay: Relay, relay_log: LogRecords) -> None:
     import sqlite3
 
+    event_id = relay.receive()
     client = signed_in(relay)
     csrf = csrf_of(client)
     db = sqlite3.connect(relay.config.base_dir / "relay.db")
     db.execute("ALTER TABLE console_signouts RENAME TO signouts_away")  # cannot record it
     db.commit()
     try:
+        # nobody can tell whether this session was signed out elsewhere: reading pages
+        # (which need the store anyway) is one thing, a change or a payload is refused
+        for path in ("/console/replay-failed", f"/console/events/{event_id}/payload"):
+            refused = client.post(path, data={"csrf": csrf, "since": "1"})
+            assert refused.status_code == 503, path
+            assert "Nothing was changed" in refused.text
         resp = client.post("/console/logout", data={"csrf": csrf})
     finally:
         db.execute("ALTER TABLE signouts_away RENAME TO console_signouts")

@@ -6,9 +6,10 @@ line break or other control character is permanent (it could only add headers or
 recipients, and renders the same on every retry). A login needs ssl or starttls, unless
 ``allow_plaintext_login`` says the password may cross the network in clear.
 
-``timeout_seconds`` bounds the whole exchange, greeting to QUIT, not each read: a server
-that drips its replies a line at a time is cut off when the time is up (the outbound
-deadline watchdog shuts the connection down), and the attempt is retried.
+``timeout_seconds`` bounds the exchange, greeting to QUIT, not each read: a server that
+drips its replies is cut off when the time is up (the outbound deadline watchdog shuts
+the connection down), and the attempt is retried. The TLS handshakes (``ssl``,
+``starttls``) are bounded per read only: the socket is wrapped while they run.
 """
 
 from __future__ import annotations
@@ -120,15 +121,16 @@ class EmailAction(Action):
                     if smtp.get("username"):
                         client.login(smtp["username"], smtp["password"])
                     refused = client.send_message(msg, to_addrs=recipients)
-            except smtplib.SMTPRecipientsRefused as exc:
-                raise _smtp_error("every recipient refused", _worst(exc.recipients)) from None
-            except smtplib.SMTPAuthenticationError as exc:
-                raise _smtp_error("authentication refused", exc.smtp_code) from None
-            except smtplib.SMTPResponseException as exc:
-                raise _smtp_error("server refused the message", exc.smtp_code) from None
             except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-                if attempt.expired:
+                if attempt.expired:  # first: a reply cut off mid-line parses as a made-up code
                     raise RetryableError(f"SMTP: not done within {timeout:g}s") from None
+                if isinstance(exc, smtplib.SMTPRecipientsRefused):
+                    raise _smtp_error("every recipient refused",
+                                      _worst(exc.recipients)) from None
+                if isinstance(exc, smtplib.SMTPAuthenticationError):
+                    raise _smtp_error("authentication refused", exc.smtp_code) from None
+                if isinstance(exc, smtplib.SMTPResponseException):
+                    raise _smtp_error("server refused the message", exc.smtp_code) from None
                 raise RetryableError(f"SMTP connection failed ({type(exc).__name__})") from None
         if refused:
             return f"sent; {len(refused)} recipient(s) refused"
@@ -153,7 +155,9 @@ def _worst(recipients: dict[str, tuple[int, bytes]]) -> int:
 
 class _InDeadline:
     """smtplib's client with its connection in the delivery's deadline from the moment
-    the socket exists (before the greeting is read)."""
+    the socket exists (before the greeting is read; for ``ssl``, once the handshake is
+    done). At expiry the client's current ``sock`` is shut down: after STARTTLS, the
+    TLS socket (during that handshake the old one, detached: not cut off)."""
 
     sock: Any
 

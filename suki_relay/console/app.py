@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..app import RelayApp
 
 log = logging.getLogger("suki_relay.console")
+SESSION_KEY = "suki_relay.console.session"  # in the WSGI environ: (session, store could say)
 HERE = Path(__file__).parent
 STATIC = {"console.css": "text/css; charset=utf-8"}
 COOKIE = "suki_console"
@@ -155,6 +156,9 @@ class Console:
                                    session)
         if endpoint == "logout":
             return self.logout(request, session)
+        if request.method == "POST" and not self.session_known(request):
+            # maybe signed out on another node, and the store cannot say: change nothing
+            raise StoreUnavailable("cannot tell whether the session was signed out")
         handler: Callable[..., Response] = getattr(self.views, endpoint)
         return handler(request, session, **values)
 
@@ -200,7 +204,7 @@ class Console:
                             samesite="Strict")
 
     def login(self, request: Request) -> Response:
-        current = self.keys.session(request.cookies.get(COOKIE))
+        current = self.session(request)
         target = self.safe_next(request.values.get("next"))
         if current is not None and request.method == "GET":
             return redirect(target, 303)
@@ -254,21 +258,32 @@ class Console:
         response = self.render(request, "login.html", None, status, error=error, user=user,
                                next=target, csrf=self.keys.login_csrf(nonce))
         self.set_cookie(request, response, LOGIN_COOKIE, nonce, 3600)
+        if request.cookies.get(COOKIE) and self.session(request) is None:
+            self.set_cookie(request, response, COOKIE, "", 0)  # signed out, expired, forged
         return response
 
     def session(self, request: Request) -> Session | None:
         """The session the request's cookie proves, unless it was signed out (on any
-        node: the store keeps signed-out sessions until they would have expired). While
-        the store cannot say, the signed cookie stands: every page that reads the store
-        answers 503 anyway, and the overview then shows only that the store is down."""
-        session = self.keys.session(request.cookies.get(COOKIE))
-        if session is None:
-            return None
-        try:
-            gone = self.store.signed_out(session.nonce)
-        except StoreUnavailable:
-            gone = False
-        return None if gone else session
+        node: the store keeps signed-out sessions until they would have expired). Asked
+        of the store once per request. While the store cannot say, the signed cookie
+        stands for reading (every page that reads the store answers 503 anyway, and the
+        overview then shows only that the store is down), not for changing anything: see
+        :meth:`dispatch`."""
+        if SESSION_KEY not in request.environ:
+            session, known = self.keys.session(request.cookies.get(COOKIE)), True
+            if session is not None:
+                try:
+                    if self.store.signed_out(session.nonce):
+                        session = None
+                except StoreUnavailable:
+                    known = False
+            request.environ[SESSION_KEY] = (session, known)
+        return request.environ[SESSION_KEY][0]
+
+    def session_known(self, request: Request) -> bool:
+        """Whether the store could say that the request's session was not signed out."""
+        self.session(request)
+        return bool(request.environ[SESSION_KEY][1])
 
     def logout(self, request: Request, session: Session) -> Response:
         """End the session everywhere; with the store unreachable, at least in this
