@@ -142,7 +142,7 @@ class Console:
             return self.static(values["name"])
         if endpoint == "login":
             return self.login(request)
-        session = self.session(request)
+        session, known = self.checked_session(request)
         if session is None:
             if request.method != "GET":
                 return self.error_page(request, 403, "You are not signed in (or your session "
@@ -156,7 +156,7 @@ class Console:
                                    session)
         if endpoint == "logout":
             return self.logout(request, session)
-        if request.method == "POST" and not self.session_known(request):
+        if request.method == "POST" and not known:
             # maybe signed out on another node, and the store cannot say: change nothing
             raise StoreUnavailable("cannot tell whether the session was signed out")
         handler: Callable[..., Response] = getattr(self.views, endpoint)
@@ -262,13 +262,13 @@ class Console:
             self.set_cookie(request, response, COOKIE, "", 0)  # signed out, expired, forged
         return response
 
-    def session(self, request: Request) -> Session | None:
+    def checked_session(self, request: Request) -> tuple[Session | None, bool]:
         """The session the request's cookie proves, unless it was signed out (on any
-        node: the store keeps signed-out sessions until they would have expired). Asked
-        of the store once per request. While the store cannot say, the signed cookie
-        stands for reading (every page that reads the store answers 503 anyway, and the
-        overview then shows only that the store is down), not for changing anything: see
-        :meth:`dispatch`."""
+        node: the store keeps signed-out sessions until they would have expired), and
+        whether the store could say. Asked of the store once per request. While it cannot
+        say, the signed cookie stands for reading (every page that reads the store answers
+        503 anyway, and the overview then shows only that the store is down), not for
+        changing anything: see :meth:`dispatch`."""
         if SESSION_KEY not in request.environ:
             session, known = self.keys.session(request.cookies.get(COOKIE)), True
             if session is not None:
@@ -278,12 +278,10 @@ class Console:
                 except StoreUnavailable:
                     known = False
             request.environ[SESSION_KEY] = (session, known)
-        return request.environ[SESSION_KEY][0]
+        return request.environ[SESSION_KEY]  # type: ignore[no-any-return]
 
-    def session_known(self, request: Request) -> bool:
-        """Whether the store could say that the request's session was not signed out."""
-        self.session(request)
-        return bool(request.environ[SESSION_KEY][1])
+    def session(self, request: Request) -> Session | None:
+        return self.checked_session(request)[0]
 
     def logout(self, request: Request, session: Session) -> Response:
         """End the session everywhere; with the store unreachable, at least in this
