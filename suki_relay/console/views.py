@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import NotFound
@@ -109,7 +108,6 @@ class Views:
         args = request.args
         form = {k: args.get(k, "").strip()[:200] for k in (
             "status", "session", "encounter", "since", "matched", "malformed", "recovered")}
-        supported = {f.name for f in fields(EventFilter)}
         error = None
         rows: list[Any] = []
         older = None
@@ -119,9 +117,8 @@ class Views:
                 "encounter_id": form["encounter"] or None,
                 "since": _since(form["since"]) if form["since"] else None,
                 "matched": _flag(form["matched"]), "malformed": _flag(form["malformed"]),
+                "recovered": _flag(form["recovered"]),  # recovered from Suki after a gap
             }
-            if "recovered" in supported:  # events recovered from Suki after a gap
-                criteria["recovered"] = _flag(form["recovered"])
             before = args.get("before", "")
             if before:
                 at, _, last_id = before.partition("~")
@@ -139,7 +136,6 @@ class Views:
             older = query
         return self.render(request, "events.html", session, rows=rows, form=form, error=error,
                            older=older, first_page=not args.get("before"), statuses=STATUSES,
-                           recovered_filter="recovered" in supported,
                            status=400 if error else 200)
 
     def event(self, request: Request, session: Session, event_id: str,
