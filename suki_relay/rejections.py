@@ -23,6 +23,7 @@ import time
 from . import logs
 from .store import Store
 from .store.rejections import Rejection
+from .verify import generated_at_ms
 
 log = logging.getLogger("suki_relay.rejections")
 
@@ -33,10 +34,8 @@ OVERFLOW = "other"  # stands for refusals beyond MAX_KEYS distinct (reason, addr
 
 def skew_ms(generated_at: str | None, now: float) -> int | None:
     """This node's clock minus `generated-at`, in ms; None if the header is not a number."""
-    value = (generated_at or "").strip()
-    if not value.isdigit() or len(value) > 16:
-        return None
-    return int(now * 1000) - int(value)
+    sent = generated_at_ms(generated_at)
+    return None if sent is None else int(now * 1000) - sent
 
 
 def expired_hint(skew: int, now: float | None = None) -> str:

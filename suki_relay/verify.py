@@ -33,10 +33,17 @@ def check_length(content_length: int | None, limit: int) -> None:
         raise Rejected(413, "body_too_large", f"body is larger than {limit} bytes")
 
 
+def generated_at_ms(value: str | None) -> int | None:
+    """The `generated-at` header as milliseconds, or None if it is not 1 to 16 ASCII digits
+    (the one rule for verifying and for reporting a refusal's clock skew)."""
+    value = (value or "").strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
+
+
 def check_headers(generated_at: str | None, api_key: str | None) -> None:
     if not generated_at:
         raise Rejected(401, "missing_generated_at", "generated-at header is missing")
-    if not _DIGITS.fullmatch(generated_at.strip()):
+    if generated_at_ms(generated_at) is None:
         raise Rejected(400, "bad_generated_at", "generated-at must be Unix time in milliseconds")
     if not api_key:
         raise Rejected(401, "missing_signature", "X-API-Key header is missing")

@@ -76,10 +76,15 @@ def test_the_status_label_takes_only_statuses_the_rules_name(write_config, local
 
 
 @SQLITE
-def test_generated_at_in_other_scripts_digits_is_refused(write_config, local_relay) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("digits", [
+    "\u0661\u0662\u0663",  # Arabic-Indic 123: \d matches it
+    "\u00b2\u00b3",  # superscript 23: str.isdigit() is true, and a header can carry them
+])                   # (latin-1); the refusal's skew once read them as a number: a 500
+def test_generated_at_in_other_scripts_digits_is_refused(write_config, local_relay,  # type: ignore[no-untyped-def]
+                                                         digits: str) -> None:
     client = local_relay(write_config(), deliver=False).client
     body = b'{"status": "failure"}'
     headers = signed_headers(SECRET, body)
-    headers["generated-at"] = "\u0661\u0662\u0663"  # Arabic-Indic 123: \d matches it
+    headers["generated-at"] = digits
     resp = client.post("/webhooks/notification", data=body, headers=headers)
     assert (resp.status_code, resp.json["error"]) == (400, "bad_generated_at")
