@@ -91,12 +91,12 @@ class _Watchdog:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Attempt]] = []
         self._seq = itertools.count()
-        self._pid: int | None = None
+        self._running = False  # in this process (reset in a forked child)
 
     def watch(self, attempt: Attempt) -> None:
         with self._cond:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
+            if not self._running:
+                self._running = True
                 threading.Thread(target=self._run, name="suki-outbound-deadline",
                                  daemon=True).start()
             heapq.heappush(self._heap, (attempt.deadline, next(self._seq), attempt))

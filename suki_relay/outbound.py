@@ -256,13 +256,13 @@ def require_whole(resp: requests.Response, what: str) -> None:
                              "not asked for, or corrupt)", status=resp.status_code)
 
 
-def delivered_note(resp: requests.Response) -> str:
+def delivered_note(resp: requests.Response, note: str | None = None) -> str:
     """The attempt note for a 2xx from a target. A 2xx whose body was cut off (endless,
     too large, undecodable) still counts as delivered: the status line is the target's
     acknowledgement, sent once it had the request; sending again would deliver twice, and
     the body of a forward's reply is not used."""
     cut_off = getattr(resp, "cut_off", None)
-    note = f"HTTP {resp.status_code}"
+    note = note or f"HTTP {resp.status_code}"
     return f"{note} (reply body cut off: {cut_off})" if cut_off else note
 
 

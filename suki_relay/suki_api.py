@@ -144,12 +144,12 @@ class SukiClient:
         return _string_field(resp, "suki_token", "Suki login",
                              "Suki login refused the partner credentials")
 
-    def token(self, refresh: bool = False, stale: str | None = None) -> str:
+    def token(self, stale: str | None = None) -> str:
         """The cached token, logging in when there is none or it is near its hour.
         ``stale``: a token Suki just refused; replaced unless another thread already did
         (eight threads meeting one expired token log in once, not eight times)."""
         with self._lock:
-            if refresh or self._token is None or time.time() >= self._expires or (
+            if self._token is None or time.time() >= self._expires or (
                     stale is not None and stale == self._token):
                 self._token = self._login()
                 self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN

@@ -67,13 +67,15 @@ class FetchNoteAction(Action):
     def fetches(self) -> tuple[str, ...]:
         return tuple(self.values["links"])
 
-    def target(self, delivery: Delivery, rel: str, suffix: str = "") -> Path:
-        """The file for one relation; refuses anything that would leave `directory`, an
-        empty or dot segment, and names too long for the filesystem (permanent: the same
-        event renders the same path every time). Messages name no payload value."""
+    def target(self, delivery: Delivery, rel: str, event: dict[str, Any], root: Path) -> Path:
+        """The file for one relation under ``root`` (the resolved `directory`), ``event``
+        being the payload with every string encoded as a path segment; refuses anything
+        that would leave ``root``, an empty or dot segment, and names too long for the
+        filesystem (permanent: the same event renders the same path every time). Messages
+        name no payload value."""
         context = delivery.context(rel=rel)
-        context["event"] = map_strings(delivery.event, path_segment)
-        rendered = str(render_value(self.values["path"], context)) + suffix
+        context["event"] = event
+        rendered = str(render_value(self.values["path"], context))
         parts = rendered.split("/")
         if (not rendered or "\x00" in rendered or "\\" in rendered or rendered.startswith("/")
                 or any(p in ("", ".", "..") for p in parts)):
@@ -82,15 +84,16 @@ class FetchNoteAction(Action):
         if any(len(p.encode()) > NAME_MAX for p in parts):
             raise PermanentError(f"path for {rel!r} refused: a file name is longer than "
                                  f"{NAME_MAX} bytes")
-        path = (self.directory / Path(*parts)).resolve()
-        if not path.is_relative_to(self.directory):
+        path = (root / Path(*parts)).resolve()
+        if not path.is_relative_to(root):
             raise PermanentError(f"path for {rel!r} refused: it would leave the directory")
         if len(str(path).encode()) > PATH_MAX:
             raise PermanentError(f"path for {rel!r} refused: longer than {PATH_MAX} bytes")
         return path
 
     def files(self, delivery: Delivery) -> dict[str, Path]:
-        return {rel: self.target(delivery, rel) for rel in self.values["links"]}
+        event, root = map_strings(delivery.event, path_segment), self.directory
+        return {rel: self.target(delivery, rel, event, root) for rel in self.values["links"]}
 
     def deliver(self, delivery: Delivery) -> str | None:
         files = self.files(delivery)  # every path checked before anything is written

@@ -51,8 +51,7 @@ class SlackAction(Action):
                              what="Slack", delivery=delivery)
         text = resp.text.strip()[:60]
         outbound.raise_for_status(resp, "Slack", text if _SLACK_ERROR.fullmatch(text) else "")
-        cut_off = getattr(resp, "cut_off", None)
-        return f"posted (reply body cut off: {cut_off})" if cut_off else "posted"
+        return outbound.delivered_note(resp, "posted")
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         return {"webhook_url": MASK, "json": self.payload(delivery)}

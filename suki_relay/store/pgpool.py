@@ -71,11 +71,6 @@ class Connections:
         finally:
             self._slots.release()
 
-    @property
-    def down(self) -> bool:
-        """The last attempt to connect failed (and none has succeeded since)."""
-        return self._down
-
     def _take(self) -> psycopg.Connection:
         while True:
             with self._lock:
