@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .cli_store import _when, emit, store_settings, table
+from .cli_store import _when, emit, event_head, payload_text, store_settings, table
 from .errors import RelayError
+from .printable import printable
 from .spool import Spool, open_spool
 
 
@@ -55,17 +56,17 @@ def show_spooled(args: argparse.Namespace, config: Any, event_id: str) -> bool:
         return False
     body = event.pop("body")
     event["spooled"] = True
-    lines = [f"event {event['id']}  received {_when(event['received_at'])}  "
-             f"status {event['status'] if not event['malformed'] else 'MALFORMED'}",
-             f"session {event['session_id']}  encounter {event['encounter_id']}",
+    lines = [*event_head(event["id"], event["received_at"],
+                         None if event["malformed"] else event["status"],
+                         event["session_id"], event["encounter_id"]),
              "spooled: waiting in this node's spool for the store; nothing is delivered "
              "before it is moved there",
              f"rules matched: {', '.join(event['rules']) or '(none)'}",
              f"deliveries planned: {', '.join(event['actions']) or '(none)'}"]
     if event["drain_error"]:
-        lines.append(f"last move failed: {event['drain_error']}")
+        lines.append(f"last move failed: {printable(event['drain_error'])}")
     if args.payload:
         event["payload"] = body.decode("utf-8", "replace")
-        lines.append("\npayload:\n" + event["payload"])
+        lines.append(payload_text(event["payload"]))
     emit(args, event, "\n".join(lines))
     return True

@@ -198,12 +198,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         raise RelayError(f"no event {args.event_id}")
     e = detail.event
-    status = printable(e.status) if not e.malformed else "MALFORMED"
-    lines = [f"event {e.id}  received {_when(e.received_at)}  status {status}"
-             + ("  (recovered from Suki's status API)" if e.recovered else ""),
-             f"session {printable(e.session_id)}  encounter {printable(e.encounter_id)}",
-             f"rules matched: {', '.join(e.rules) or '(none)'}  "
-             f"(config {e.config_version or 'unknown'})"]
+    lines = event_head(e.id, e.received_at, None if e.malformed else e.status, e.session_id,
+                       e.encounter_id, "  (recovered from Suki's status API)"
+                       if e.recovered else "")
+    lines.append(f"rules matched: {', '.join(e.rules) or '(none)'}  "
+                 f"(config {e.config_version or 'unknown'})")
     data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
     data["delivery_list"] = []
     for dd in detail.deliveries:
@@ -219,9 +218,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         data["delivery_list"].append({**asdict(d), "attempt_list": attempts})
     if args.payload:
         data["payload"] = detail.body.decode("utf-8", "replace")
-        lines.append("\npayload:\n" + printable(data["payload"], None, keep_newlines=True))
+        lines.append(payload_text(data["payload"]))
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def event_head(event_id: str, received_at: float, status: str | None,
+               session_id: str | None, encounter_id: str | None, note: str = "") -> list[str]:
+    """The first lines of `show` for an event (in the store or the spool), payload values
+    escaped; ``status`` None: malformed."""
+    shown = "MALFORMED" if status is None else printable(status)
+    return [f"event {event_id}  received {_when(received_at)}  status {shown}{note}",
+            f"session {printable(session_id)}  encounter {printable(encounter_id)}"]
+
+
+def payload_text(payload: str) -> str:
+    return "\npayload:\n" + printable(payload, None, keep_newlines=True)
 
 
 def _indent(text: str) -> str:

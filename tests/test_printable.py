@@ -55,3 +55,25 @@ def test_cli_tables_escape_payload_values(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     assert "status x\\x0a2026" in shown.stdout
+
+
+def test_show_escapes_an_event_waiting_in_the_spool(tmp_path: Path) -> None:
+    """The same for an event still in this node's spool (the database unreachable)."""
+    from suki_relay.spool import Spool
+    from suki_relay.testing import free_port
+
+    url = f"postgresql://127.0.0.1:{free_port()}/nowhere?connect_timeout=1"
+    (tmp_path / "actions.yaml").write_text(json.dumps({"store": url}))
+    config = build_config({"store": url}, tmp_path)
+    body = json.dumps({"status": FORGED, "session_id": "\x1b]0;owned\x07s"}).encode()
+    event = to_event(body, Verified(1, "ab" * 32), config)
+    spool = Spool(tmp_path / "suki-relay-spool.db", 10)
+    try:
+        spool.add([event])
+    finally:
+        spool.close()
+    shown = run_cli("show", event.id, "--payload", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "spooled: waiting" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "status x\\x0a2026" in shown.stdout
