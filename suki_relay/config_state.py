@@ -47,13 +47,6 @@ def log_rejected(problems: list[Problem] | list[Exception], rejected: str) -> No
                    problem=str(p), rejected_version=rejected)
 
 
-def _file_version(file: Path) -> str:
-    try:
-        return version(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return "unreadable"
-
-
 def load_or_last_good(path: str | os.PathLike[str] | None,
                       shared: Path | None) -> tuple[Config, ConfigState]:
     """The config in the file, remembered in ``shared`` as the last good one; if the file
@@ -61,6 +54,7 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
     for all the workers sharing the folder). Without a last good config (the first start),
     the problems are raised as ever."""
     file = config_path(path)
+    text: str | None = None
     try:
         text, file = read_config(file)
         config = parse_config(text, file)
@@ -68,7 +62,7 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
         last = shared / LAST_GOOD if shared is not None else None
         if last is None or not last.exists():
             raise
-        rejected = _file_version(file)
+        rejected = version(text) if text is not None else "unreadable"
         if first_to_claim(shared / f"rejected-{rejected}"):  # type: ignore[operator]
             log_rejected(exc.problems, rejected)
         config = parse_config(last.read_text(encoding="utf-8"), file)
