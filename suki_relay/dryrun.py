@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from . import fetch
@@ -138,13 +137,12 @@ def status_problems(config: Config, seen: Iterable[str] | None = None) -> list[P
 
 def seen_statuses(config: Config) -> set[str]:
     """Statuses the store has recorded lately; empty if it cannot be read (never created)."""
-    from .store import open_store
+    from .store import open_store, sqlite_path
 
     url = config.store_url
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not (config.base_dir / path).is_file():
-            return set()
+    path = sqlite_path(url, config.base_dir)
+    if path is not None and not path.is_file():
+        return set()
     try:
         store = open_store(url, config.base_dir)
     except RelayError:

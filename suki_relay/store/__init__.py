@@ -51,7 +51,7 @@ from .rows import (
 __all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
            "ConfigVersionRow", "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail",
            "EventFilter", "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats",
-           "Store", "StoreUnavailable", "open_store", "url_problem"]
+           "Store", "StoreUnavailable", "open_store", "sqlite_path", "url_problem"]
 
 
 def url_problem(url: str) -> str | None:
@@ -63,6 +63,15 @@ def url_problem(url: str) -> str | None:
     return "expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
 
 
+def sqlite_path(url: str, base_dir: Path | None = None) -> Path | None:
+    """The file of a sqlite:/// URL (a relative path is relative to base_dir); None for
+    any other URL."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else (base_dir or Path.cwd()) / path
+
+
 def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> Store:
     """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
 
@@ -72,12 +81,10 @@ def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> St
     problem = url_problem(url)
     if problem is not None:
         raise RelayError(f"store: {problem}")
-    if url.startswith("sqlite:///"):
+    path = sqlite_path(url, base_dir)
+    if path is not None:
         from .sqlite import SqliteStore
 
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
         return SqliteStore(path)
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
