@@ -25,9 +25,7 @@ from .rows import (
     EventRow,
     Stats,
 )
-from .tx import Backend, Tx, marks
-
-CHUNK = 500
+from .tx import Backend, Tx, chunks, marks
 
 
 def _columns(row_type: type, prefix: str = "") -> str:
@@ -70,8 +68,7 @@ class Admin(Backend):
                              "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
             counts: dict[str, dict[str, int]] = defaultdict(dict)
             ids = [row[0] for row in rows]
-            for i in range(0, len(ids), CHUNK):
-                part = ids[i:i + CHUNK]
+            for part in chunks(ids):
                 for event_id, state, n in tx.tuples(
                         f"SELECT event_id, state, count(*) FROM deliveries WHERE event_id IN "
                         f"({marks(part)}) GROUP BY event_id, state", part):
@@ -148,8 +145,8 @@ class Admin(Backend):
                 "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM "
                 "deliveries d WHERE d.event_id = e.id AND d.state IN (?, ?))",
                 (before, PENDING, IN_FLIGHT))]
-            for chunk in range(0, len(ids), CHUNK):
-                _delete_events(tx, ids[chunk:chunk + CHUNK])
+            for part in chunks(ids):
+                _delete_events(tx, part)
         return len(ids)
 
     def remember_config(self, version: str, file: str) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
-from .tx import ROWS_PER_INSERT, Backend, Tx, marks
+from .tx import Backend, Tx, chunks, marks
 
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "
@@ -77,8 +77,7 @@ class Ledger(Backend):
     def known(self, event_ids: list[str]) -> set[str]:
         found: set[str] = set()
         with self.tx(write=False) as tx:
-            for i in range(0, len(event_ids), ROWS_PER_INSERT):
-                chunk = event_ids[i:i + ROWS_PER_INSERT]
+            for chunk in chunks(event_ids):
                 found.update(r["id"] for r in tx.all(
                     f"SELECT id FROM events WHERE id IN ({marks(chunk)})", chunk))
         return found

@@ -19,13 +19,12 @@ from typing import Any
 
 from .base import NewEvent, Recorded
 from .rows import RecoverySessionRow
-from .tx import Backend, Tx, marks
+from .tx import Backend, Tx, chunks, marks
 
 WAITING, PRESENT, RECOVERED, GIVEN_UP = "waiting", "present", "recovered", "given_up"
 
 SCAN_CURSOR = "listed_sessions"
 SESSION_COLUMNS = ", ".join(f.name for f in fields(RecoverySessionRow))
-ID_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,7 @@ class RecoveryLedger(Backend):
         """Bodies and receipt times by event id."""
         out: dict[str, tuple[bytes, float]] = {}
         with self.tx(write=False) as tx:
-            for i in range(0, len(ids), ID_CHUNK):
-                part = list(ids[i:i + ID_CHUNK])
+            for part in chunks(ids):
                 for r in tx.all(f"SELECT id, body, received_at FROM events WHERE id IN "
                                 f"({marks(part)})", part):
                     out[r["id"]] = (bytes(r["body"]), r["received_at"])
@@ -107,8 +105,7 @@ class RecoveryLedger(Backend):
         now = time.time()
         added = 0
         with self.tx(durable=False) as tx:
-            for i in range(0, len(listed), ID_CHUNK):
-                part = listed[i:i + ID_CHUNK]
+            for part in chunks(listed):
                 ids = [s.session_id for s in part]
                 have = {r["session_id"] for r in tx.all(
                     f"SELECT session_id FROM events WHERE session_id IN ({marks(ids)})", ids)}

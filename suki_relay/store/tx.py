@@ -8,13 +8,21 @@ the relay does with its tables is written against Tx with ``?`` placeholders.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import Store
 
+T = TypeVar("T")
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
+
+
+def chunks(values: Sequence[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most ROWS_PER_INSERT: for ``IN (...)`` and multi-row
+    statements, within both backends' limits on parameters per statement."""
+    for i in range(0, len(values), ROWS_PER_INSERT):
+        yield list(values[i:i + ROWS_PER_INSERT])
 
 
 def marks(values: Sequence[Any]) -> str:
@@ -45,8 +53,7 @@ class Tx:
         """``rows`` in multi-row INSERTs (``head`` + ``row``, ``row``, ... + ``tail``) of at
         most ROWS_PER_INSERT rows each; returns how many rows were inserted."""
         inserted = 0
-        for i in range(0, len(rows), ROWS_PER_INSERT):
-            chunk = rows[i:i + ROWS_PER_INSERT]
+        for chunk in chunks(rows):
             inserted += self.exec(head + ", ".join([row] * len(chunk)) + tail,
                                   [value for r in chunk for value in r]).rowcount
         return inserted
