@@ -126,27 +126,22 @@ class Drainer:
         return len(done)
 
     def _move_one(self, event: NewEvent) -> bool:
-        """Move one event; one the store refuses as it is (not for unavailability) is kept
-        as malformed, as the receiver keeps such a request (raw body and identity, nothing
-        planned; `events --malformed` lists it); failing that too, it stays in the spool."""
-        from .record import malformed
+        """Move one event as the receiver commits a request (record.commit): one the store
+        refuses as it is (not for unavailability) is kept as malformed (raw body and
+        identity, nothing planned; `events --malformed` lists it); failing that too, it
+        stays in the spool, held back for a while."""
+        from .record import commit, recorder
 
-        error: Exception | None = None
-        for attempt in (event, malformed(event)):
-            try:
-                self.store.record([attempt])
-            except StoreUnavailable:
-                raise
-            except Exception as exc:
-                error = error or exc
-                continue
-            if attempt is not event:
-                logs.event(log, "spooled event refused by the store; kept as malformed",
-                           logging.ERROR, event_id=event.id,
-                           error_class=type(error).__name__)
-            return True
-        assert error is not None
-        logs.event(log, "spooled event refused by the store; kept in the spool",
-                   logging.ERROR, event_id=event.id, error_class=type(error).__name__)
-        self.spool.hold(event.id, f"store refused it: {type(error).__name__}", HOLD_SECONDS)
-        return False
+        try:
+            kept, _ = commit(recorder(self.store), event)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            logs.event(log, "spooled event refused by the store; kept in the spool",
+                       logging.ERROR, event_id=event.id, error_class=type(exc).__name__)
+            self.spool.hold(event.id, f"store refused it: {type(exc).__name__}", HOLD_SECONDS)
+            return False
+        if kept is not event:
+            logs.event(log, "spooled event refused by the store; kept as malformed",
+                       logging.ERROR, event_id=event.id)
+        return True
