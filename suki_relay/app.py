@@ -286,8 +286,6 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
     """Open the store (and the spool), start this process's delivery threads and its drain
     thread (receive-only processes drain too), and build the app over them."""
     from .deliver import Deliverer
-    from .drain import Drainer
-    from .recovery import GapWatcher, Recoverer
     from .spool import open_spool
     from .store import open_store
 
@@ -297,12 +295,23 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
     deliverer = Deliverer(config, store) if deliver else None
     if deliverer is not None:
         deliverer.start()
+    watcher, drainer = start_background(config, store, spool, deliverer)
+    return RelayApp(config, store, deliverer, watcher, spool, drainer, state)
+
+
+def start_background(config: Config, store: Store, spool: Spool | None,
+                     deliverer: Deliverer | None) -> tuple[GapWatcher | None, Drainer | None]:
+    """A process's threads besides delivery (`serve`'s workers and `worker` alike): the
+    gap watcher where deliveries run, the spool's drain wherever there is a spool."""
+    from .drain import Drainer
+    from .recovery import GapWatcher, Recoverer
+
     watcher = None
-    if deliverer is not None and config.recovery_enabled:  # gaps are checked where delivering
+    if deliverer is not None and config.recovery_enabled:
         watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer),
                              spool=spool)
         watcher.start()
     drainer = None
     if spool is not None:
         drainer = Drainer(spool, store, deliverer.wake if deliverer else None).start()
-    return RelayApp(config, store, deliverer, watcher, spool, drainer, state)
+    return watcher, drainer

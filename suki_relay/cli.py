@@ -174,9 +174,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import logs
+    from .app import start_background
     from .cli_spool import spool_of
     from .deliver import Deliverer
-    from .drain import Drainer
 
     logs.setup(args.log_format)
     config = config_of(args)
@@ -186,14 +186,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         deliverer.start()
-        drainer = Drainer(spool, store, deliverer.wake).start() if spool is not None else None
-        watcher = None
-        if config.recovery_enabled:
-            from .recovery import GapWatcher, Recoverer
-
-            watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer),
-                                 spool=spool)
-            watcher.start()
+        watcher, drainer = start_background(config, store, spool, deliverer)
         print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
               file=sys.stderr)
         done.wait()

@@ -88,15 +88,10 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
 
 def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
-    deliverer = getattr(app, "deliverer", None)
-    if deliverer is not None:
-        deliverer.stop()
-    watcher = getattr(app, "watcher", None)
-    if watcher is not None:
-        watcher.stop()
-    rejections = getattr(app, "rejections", None)
-    if rejections is not None:
-        rejections.stop()
+    for part in ("deliverer", "watcher", "rejections"):
+        running = getattr(app, part, None)
+        if running is not None:
+            running.stop()
 
 
 def _child_exit(server: Any, worker: Any) -> None:
