@@ -161,14 +161,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config_of(args)  # a missing or broken config is reported here, as `check` reports it
+    config = config_of(args)  # a missing or broken config is reported here, as `check` does
     if args.log_format:
         os.environ["SUKI_RELAY_LOG_FORMAT"] = args.log_format
     if args.config:
         os.environ["SUKI_RELAY_CONFIG"] = str(Path(args.config).resolve())
     from .serve import serve
 
-    serve(args.config, {"bind": args.bind, "workers": args.workers, "threads": args.threads})
+    serve(args.config, {"bind": args.bind, "workers": args.workers, "threads": args.threads},
+          checked=config.fingerprint)
     return 0
 
 

@@ -42,9 +42,11 @@ class RelayLogger(GunicornLogger):  # type: ignore[misc]
 
 
 class RelayServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config_file: str | None, options: dict[str, Any]):
+    def __init__(self, config_file: str | None, options: dict[str, Any],
+                 checked: str | None = None):
         self.config_file = config_path(config_file)
         self.options = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        self.checked = checked  # the version of a text already parsed (by the CLI): once
         self.snapshot: str | None = None
         self.rejected: tuple[str, int] | None = None  # the edit that failed: version, problems
         super().__init__()
@@ -61,7 +63,9 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         text: str | None = None
         try:
             text = self.config_file.read_text(encoding="utf-8")
-            parse_config(text, self.config_file)
+            if self.checked != config_state.version(text):
+                parse_config(text, self.config_file)
+            self.checked = None
         except (OSError, ConfigError) as exc:
             if self.snapshot is None:
                 raise
@@ -82,8 +86,9 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
 
         assert self.snapshot is not None
         rejected, problems = self.rejected or (None, 0)
-        state = config_state.ConfigState(config_state.version(self.snapshot), rejected, problems)
-        return create_app(config=parse_config(self.snapshot, self.config_file), state=state)
+        config = parse_config(self.snapshot, self.config_file)
+        state = config_state.ConfigState(config.fingerprint, rejected, problems)
+        return create_app(config=config, state=state)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -101,9 +106,11 @@ def _child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
-def serve(config_file: str | None, options: dict[str, Any]) -> None:
+def serve(config_file: str | None, options: dict[str, Any], checked: str | None = None) -> None:
+    """``checked``: the version of the config text the caller has just parsed, so the
+    master does not parse the same text again at start (it does on every reload)."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="suki-relay-metrics-")
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     logs.setup()
-    RelayServer(config_file, options).run()
+    RelayServer(config_file, options, checked).run()
