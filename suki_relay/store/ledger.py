@@ -38,6 +38,17 @@ def _short(error: str | None) -> str | None:
     return error[:ERROR_MAX] if error else None
 
 
+# an attempt's end, recorded only while its owner still holds the lease
+FINISH = ("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
+          "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
+          "WHERE id = ? AND lease_owner = ? AND state = ?")
+
+
+def _finished(c: Claimed, owner: str, r: Outcome, now: float) -> tuple[Any, ...]:
+    return (r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now, c.id,
+            owner, IN_FLIGHT)
+
+
 def plan(tx: Tx, planned: list[tuple[str, str, float]]) -> list[str]:
     """Insert pending deliveries, one per (event id, action, time planned); their ids."""
     ids = [new_id("dlv") for _ in planned]
@@ -166,11 +177,8 @@ class Ledger(Backend):
                     "http_status, error, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(c.id, c.attempt, r.started_at, r.duration, r.outcome, r.http_status,
                       _short(r.error), r.note) for c, _, r in finished])
-            tx.many("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
-                    "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
-                    "WHERE id = ? AND lease_owner = ? AND state = ?",
-                    [(r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now,
-                      c.id, owner, IN_FLIGHT) for c, owner, r in finished if not r.on_failure])
+            tx.many(FINISH, [_finished(c, owner, r, now) for c, owner, r in finished
+                             if not r.on_failure])
             self._plan_on_failure(tx, [(c, owner, r) for c, owner, r in finished
                                        if r.on_failure], now)
             if then_claim is None or then_claim.limit <= 0:
@@ -184,11 +192,7 @@ class Ledger(Backend):
         and, only if this owner still held it, plan the on_failure actions for its event,
         each carrying the failure (``cause``). These never plan on_failure themselves."""
         for c, owner, r in failed:
-            cur = tx.exec("UPDATE deliveries SET state = ?, next_attempt_at = ?, "
-                          "lease_owner = NULL, lease_until = NULL, last_error = ?, "
-                          "last_status = ?, updated_at = ? WHERE id = ? AND lease_owner = ? "
-                          "AND state = ?", (r.state, r.next_attempt_at or now, _short(r.error),
-                                            r.http_status, now, c.id, owner, IN_FLIGHT))
+            cur = tx.exec(FINISH, _finished(c, owner, r, now))
             if cur.rowcount != 1:
                 continue
             cause = json.dumps({"action": c.action, "error": _short(r.error),
