@@ -14,11 +14,11 @@ from . import fetch
 from .action import Delivery
 from .config import Config
 from .errors import Problem, RelayError
-from .routing import Plan, route
+from .routing import DOCUMENTED_STATUSES, Plan, route
 from .suki_api import safe_url
 
 SAMPLES = ("success", "failure", "timeout", "cancelled")
-KNOWN_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+KNOWN_STATUSES = DOCUMENTED_STATUSES
 SEEN_DAYS = 90  # statuses the store saw within this many days count as known
 
 

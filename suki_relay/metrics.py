@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .routing import DOCUMENTED_STATUSES
+
 if TYPE_CHECKING:
     from .config_state import ConfigState
     from .routing import Rule
@@ -66,7 +68,7 @@ def count_request(outcome: str, seconds: float) -> None:
 _REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
 
 
-ALWAYS_LABELLED = ("success", "failure")
+ALWAYS_LABELLED = DOCUMENTED_STATUSES
 
 
 def event_counter(rules: Iterable[Rule]) -> Callable[[str], None]:

@@ -15,6 +15,8 @@ from typing import Any
 from .errors import Problem
 from .options import Option, line_of, validate
 
+DOCUMENTED_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+
 Predicate = Callable[[Any], bool]
 _MISSING = object()
 OPERATORS = ("regex", "exists", "not", "in")

@@ -16,6 +16,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Request, Response
 
 from .. import repair
+from ..dryrun import SAMPLES
 from ..errors import RelayError, StoreError
 from ..store import EventFilter, StoreUnavailable
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .auth import Session
 
 PAGE_SIZE = 50
-STATUSES = ("success", "failure", "timeout", "cancelled")
+STATUSES = SAMPLES  # the statuses the events filter offers: those there are samples of
 CHOICES = {"": None, "yes": True, "no": False}
 
 
