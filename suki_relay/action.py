@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import outbound
-from .errors import PermanentError
-from .options import Option
-from .templates import Template, Templates, render_value
+from suki_relay import outbound
+from suki_relay.errors import PermanentError
+from suki_relay.options import Option
+from suki_relay.templates import Template, Templates, render_value
 
 if TYPE_CHECKING:
     import requests
 
-    from .suki_api import SukiClient, SukiSettings
+    from suki_relay.suki_api import SukiClient, SukiSettings
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"authorization|token|secret|password|api[-_]?key", re.IGNORECASE)
@@ -90,7 +90,7 @@ class RelayContext:
         shares its login and token cache."""
         with self._lock:
             if self._suki_client is None:
-                from .suki_api import SukiClient
+                from suki_relay.suki_api import SukiClient
 
                 if self.suki is None:
                     raise PermanentError("fetching from Suki needs the top-level `suki:` section")

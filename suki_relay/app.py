@@ -18,23 +18,23 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_content_length
 
-from . import logs, metrics, verify
-from .body import TooSlow, read_body
-from .config import Config
-from .config_state import ConfigState, load_or_last_good
-from .errors import Rejected, StoreUnavailable
-from .record import commit, recorder, to_event
-from .rejections import RejectionLog, expired_hint, skew_ms
-from .spool import SpoolFull
-from .store import NewEvent, Store
+from suki_relay import logs, metrics, verify
+from suki_relay.body import TooSlow, read_body
+from suki_relay.config import Config
+from suki_relay.config_state import ConfigState, load_or_last_good
+from suki_relay.errors import Rejected, StoreUnavailable
+from suki_relay.record import commit, recorder, to_event
+from suki_relay.rejections import RejectionLog, expired_hint, skew_ms
+from suki_relay.spool import SpoolFull
+from suki_relay.store import NewEvent, Store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from .deliver import Deliverer
-    from .drain import Drainer
-    from .recovery import GapWatcher
-    from .spool import Spool
+    from suki_relay.deliver import Deliverer
+    from suki_relay.drain import Drainer
+    from suki_relay.recovery import GapWatcher
+    from suki_relay.spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
 READY_SECONDS = 1.0  # /readyz asks the store at most this often
@@ -69,7 +69,7 @@ class RelayApp:
     def __init__(self, config: Config, store: Store, deliverer: Deliverer | None = None,
                  watcher: GapWatcher | None = None, spool: Spool | None = None,
                  drainer: Drainer | None = None, state: ConfigState | None = None):
-        from .spool import Spooling
+        from suki_relay.spool import Spooling
 
         self.config = config
         self.config_state = state or ConfigState(config.fingerprint)
@@ -94,7 +94,7 @@ class RelayApp:
         self.console: Any = None  # the operator console's WSGI app, when enabled
         self.console_prefix = config.console.path
         if config.console.enabled:
-            from .console.app import Console
+            from suki_relay.console.app import Console
 
             self.console = Console(self)
 
@@ -285,9 +285,9 @@ def create_app(config_path: str | None = None, deliver: bool = True,
 def assemble(config: Config, deliver: bool = True, state: ConfigState | None = None) -> RelayApp:
     """Open the store (and the spool), start this process's delivery threads and its drain
     thread (receive-only processes drain too), and build the app over them."""
-    from .deliver import Deliverer
-    from .spool import open_spool
-    from .store import open_store
+    from suki_relay.deliver import Deliverer
+    from suki_relay.spool import open_spool
+    from suki_relay.store import open_store
 
     store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
     spool = open_spool(config)
@@ -303,8 +303,8 @@ def start_background(config: Config, store: Store, spool: Spool | None,
                      deliverer: Deliverer | None) -> tuple[GapWatcher | None, Drainer | None]:
     """A process's threads besides delivery (`serve`'s workers and `worker` alike): the
     gap watcher where deliveries run, the spool's drain wherever there is a spool."""
-    from .drain import Drainer
-    from .recovery import GapWatcher, Recoverer
+    from suki_relay.drain import Drainer
+    from suki_relay.recovery import GapWatcher, Recoverer
 
     watcher = None
     if deliverer is not None and config.recovery_enabled:

@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .cli_spool import cmd_spool
-from .cli_store import (
+from suki_relay.cli_spool import cmd_spool
+from suki_relay.cli_store import (
     cmd_configs,
     cmd_deliveries,
     cmd_events,
@@ -27,11 +27,11 @@ from .cli_store import (
     store_of,
     table,
 )
-from .errors import ConfigError, RelayError, StoreUnavailable
+from suki_relay.errors import ConfigError, RelayError, StoreUnavailable
 
 
 def _read_body(arg: str) -> bytes:
-    from .dryrun import SAMPLES, sample
+    from suki_relay.dryrun import SAMPLES, sample
 
     path = Path(arg)
     if path.is_file():
@@ -46,7 +46,7 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .dryrun import check_templates, status_problems
+    from suki_relay.dryrun import check_templates, status_problems
 
     config = config_of(args)
     problems = check_templates(config) + status_problems(config)
@@ -61,7 +61,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run, status_problems
+    from suki_relay.dryrun import dry_run, status_problems
 
     config = config_of(args)
     body = _read_body(args.file)
@@ -121,7 +121,7 @@ def _expectation(config: Any, rules: list[str], actions: list[str],
 def cmd_send(args: argparse.Namespace) -> int:
     import requests
 
-    from . import signing
+    from suki_relay import signing
 
     body = _read_body(args.file)
     secret = args.secret or os.environ.get("SUKI_WEBHOOK_SECRET")
@@ -138,7 +138,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import discover
+    from suki_relay.plugins import discover
 
     types = discover()
     rows = [{"type": t.name, "package": t.package, "version": t.version, "object": t.value,
@@ -149,7 +149,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .starter import write_starter
+    from suki_relay.starter import write_starter
 
     folder = Path(args.dir)
     written = write_starter(folder, force=args.force)
@@ -166,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["SUKI_RELAY_LOG_FORMAT"] = args.log_format
     if args.config:
         os.environ["SUKI_RELAY_CONFIG"] = str(Path(args.config).resolve())
-    from .serve import serve
+    from suki_relay.serve import serve
 
     serve(args.config, {"bind": args.bind, "workers": args.workers, "threads": args.threads},
           checked=config.fingerprint)
@@ -174,10 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from . import logs
-    from .app import start_background
-    from .cli_spool import spool_of
-    from .deliver import Deliverer
+    from suki_relay import logs
+    from suki_relay.app import start_background
+    from suki_relay.cli_spool import spool_of
+    from suki_relay.deliver import Deliverer
 
     logs.setup(args.log_format)
     config = config_of(args)
@@ -202,7 +202,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_console_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from .console.auth import hash_password
+    from suki_relay.console.auth import hash_password
 
     if args.stdin:
         password = sys.stdin.readline().rstrip("\r\n")

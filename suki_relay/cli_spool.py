@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .cli_store import _when, emit, event_head, payload_text, store_settings, table
-from .errors import RelayError
-from .printable import printable
-from .spool import Spool, open_spool
+from suki_relay.cli_store import _when, emit, event_head, payload_text, store_settings, table
+from suki_relay.errors import RelayError
+from suki_relay.printable import printable
+from suki_relay.spool import Spool, open_spool
 
 
 @contextmanager

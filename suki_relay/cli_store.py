@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RelayError
-from .printable import printable
+from suki_relay.errors import RelayError
+from suki_relay.printable import printable
 
 if TYPE_CHECKING:
-    from .store import Store
+    from suki_relay.store import Store
 
 ERROR_MAX = 500  # errors are stored up to this long; `show` prints them whole
 
@@ -67,7 +67,7 @@ def parse_since(value: str | None) -> float | None:
 
 
 def config_of(args: argparse.Namespace) -> Any:
-    from .config import load_config
+    from suki_relay.config import load_config
 
     return load_config(args.config)
 
@@ -75,7 +75,7 @@ def config_of(args: argparse.Namespace) -> Any:
 def store_settings(args: argparse.Namespace) -> Any:
     """Only the config's store settings (store:, spool:): all that the store commands that
     need no rules read, so the webhook secret and other settings need not be set."""
-    from .config import load_store_settings
+    from suki_relay.config import load_store_settings
 
     return load_store_settings(args.config)
 
@@ -85,7 +85,7 @@ def store_of(config: Any, lazy: bool = False) -> Iterator[Store]:
     """The configured store, closed when the command is done. ``lazy``: a PostgreSQL store
     that cannot connect now opens anyway (for `worker`, which must start, and move its
     node's spool, once the database is back)."""
-    from .store import open_store
+    from suki_relay.store import open_store
 
     store = open_store(config.store_url, config.base_dir, lazy=lazy)
     try:
@@ -95,7 +95,7 @@ def store_of(config: Any, lazy: bool = False) -> Iterator[Store]:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from .store import EventFilter
+    from suki_relay.store import EventFilter
 
     if args.rejected:
         return _rejected(args)
@@ -103,8 +103,8 @@ def cmd_events(args: argparse.Namespace) -> int:
                     since=parse_since(args.since), until=parse_since(args.until),
                     matched=args.matched, malformed=args.malformed, recovered=args.recovered,
                     limit=args.limit)
-    from .cli_spool import spool_note
-    from .store import StoreUnavailable
+    from suki_relay.cli_spool import spool_note
+    from suki_relay.store import StoreUnavailable
 
     config = store_settings(args)
     note = spool_note(config)
@@ -143,7 +143,7 @@ def _rejected(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Ask Suki about sessions the relay has no event for; exit 1 only if Suki could not
     be asked about one of them."""
-    from .recovery import Recoverer
+    from suki_relay.recovery import Recoverer
 
     config = config_of(args)
     if config.suki is None:
@@ -181,8 +181,8 @@ def _session_list(path: str) -> list[str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .cli_spool import show_spooled
-    from .store import StoreUnavailable
+    from suki_relay.cli_spool import show_spooled
+    from suki_relay.store import StoreUnavailable
 
     config = store_settings(args)
     try:
@@ -251,7 +251,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from . import repair
+    from suki_relay import repair
 
     with store_of(store_settings(args)) as store:
         if args.event_id:
@@ -274,7 +274,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_reroute(args: argparse.Namespace) -> int:
-    from . import repair
+    from suki_relay import repair
 
     config = config_of(args)
     with store_of(config) as store:
@@ -303,7 +303,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     older = args.older_than or (f"{config.retention_days:g}d" if config.retention_days else None)
     if older is None:
         raise RelayError("give --older-than (e.g. 30d) or set retention.days in the config")
-    from .retention import prune
+    from suki_relay.retention import prune
 
     asked = parse_since(older)
     assert asked is not None

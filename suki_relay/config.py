@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import plugins, store
-from .action import Action, RelayContext
-from .console.settings import ConsoleSettings
-from .console.settings import check as check_console
-from .errors import ConfigError, Problem
-from .fetch import RELATIONS, unknown_relations
-from .options import Option, is_section, line_of, validate
-from .retry import RetryPolicy
-from .routing import Rule, action_names, compile_rules
-from .sections import (
+from suki_relay import plugins, store
+from suki_relay.action import Action, RelayContext
+from suki_relay.console.settings import ConsoleSettings
+from suki_relay.console.settings import check as check_console
+from suki_relay.errors import ConfigError, Problem
+from suki_relay.fetch import RELATIONS, unknown_relations
+from suki_relay.options import Option, is_section, line_of, validate
+from suki_relay.retry import RetryPolicy
+from suki_relay.routing import Rule, action_names, compile_rules
+from suki_relay.sections import (
     DeliverySettings,
     Metrics,
     Receiver,
@@ -52,10 +52,10 @@ from .sections import (
     Retention,
     SpoolSettings,
 )
-from .substitute import substitute, unresolved
-from .suki_api import SukiSettings
-from .templates import Templates
-from .yaml_lines import LineMap, load_yaml
+from suki_relay.substitute import substitute, unresolved
+from suki_relay.suki_api import SukiSettings
+from suki_relay.templates import Templates
+from suki_relay.yaml_lines import LineMap, load_yaml
 
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"

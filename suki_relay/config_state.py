@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs
-from .config import Config, config_path, fingerprint, parse_config, read_config
-from .errors import ConfigError, Problem
-from .runtime import first_to_claim, unclaim, write_private
+from suki_relay import logs
+from suki_relay.config import Config, config_path, fingerprint, parse_config, read_config
+from suki_relay.errors import ConfigError, Problem
+from suki_relay.runtime import first_to_claim, unclaim, write_private
 
 log = logging.getLogger("suki_relay.config")
 LAST_GOOD = "config.yaml"

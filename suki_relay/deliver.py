@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from . import fetch, logs, metrics, retention
-from .action import Delivery
-from .config import ActionSpec, Config
-from .errors import PermanentError, RetryableError, StoreUnavailable
-from .store import (
+from suki_relay import fetch, logs, metrics, retention
+from suki_relay.action import Delivery
+from suki_relay.config import ActionSpec, Config
+from suki_relay.errors import PermanentError, RetryableError, StoreUnavailable
+from suki_relay.store import (
     DONE,
     FAILED,
     PENDING,
@@ -36,7 +36,7 @@ from .store import (
     Outcome,
     Store,
 )
-from .store.group_commit import GroupCommit
+from suki_relay.store.group_commit import GroupCommit
 
 log = logging.getLogger("suki_relay.deliver")
 PRUNE_EVERY = 3600.0  # seconds between retention prunes, when retention.days is set

@@ -20,9 +20,9 @@ import os
 import threading
 from collections.abc import Callable
 
-from . import logs, metrics
-from .spool import Spool
-from .store import NewEvent, Store, StoreUnavailable
+from suki_relay import logs, metrics
+from suki_relay.spool import Spool
+from suki_relay.store import NewEvent, Store, StoreUnavailable
 
 log = logging.getLogger("suki_relay.drain")
 BATCH = 200
@@ -130,7 +130,7 @@ class Drainer:
         refuses as it is (not for unavailability) is kept as malformed (raw body and
         identity, nothing planned; `events --malformed` lists it); failing that too, it
         stays in the spool, held back for a while."""
-        from .record import commit, recorder
+        from suki_relay.record import commit, recorder
 
         try:
             kept, _ = commit(recorder(self.store), event)

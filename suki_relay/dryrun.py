@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from . import fetch
-from .action import Delivery
-from .config import Config
-from .errors import Problem, RelayError
-from .routing import DOCUMENTED_STATUSES, Plan, route
-from .suki_api import safe_url
+from suki_relay import fetch
+from suki_relay.action import Delivery
+from suki_relay.config import Config
+from suki_relay.errors import Problem, RelayError
+from suki_relay.routing import DOCUMENTED_STATUSES, Plan, route
+from suki_relay.suki_api import safe_url
 
 SAMPLES = ("success", "failure", "timeout", "cancelled")
 KNOWN_STATUSES = DOCUMENTED_STATUSES
@@ -137,7 +137,7 @@ def status_problems(config: Config, seen: Iterable[str] | None = None) -> list[P
 
 def seen_statuses(config: Config) -> set[str]:
     """Statuses the store has recorded lately; empty if it cannot be read (never created)."""
-    from .store import open_store, sqlite_path
+    from suki_relay.store import open_store, sqlite_path
 
     url = config.store_url
     path = sqlite_path(url, config.base_dir)

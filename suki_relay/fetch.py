@@ -18,10 +18,10 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DeliveryError, PermanentError, RetryableError
+from suki_relay.errors import DeliveryError, PermanentError, RetryableError
 
 if TYPE_CHECKING:
-    from .suki_api import SukiClient
+    from suki_relay.suki_api import SukiClient
 
 RELATIONS = ("contents", "encounter_content", "structured_data", "encounter_structured_data",
              "status", "transcripts")

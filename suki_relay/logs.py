@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .printable import LIMIT, printable
+from suki_relay.printable import LIMIT, printable
 
 LOGGER = "suki_relay"
 ENV_FORMAT = "SUKI_RELAY_LOG_FORMAT"

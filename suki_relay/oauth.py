@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import outbound
-from .errors import PermanentError, RetryableError
+from suki_relay import outbound
+from suki_relay.errors import PermanentError, RetryableError
 
 DEFAULT_LIFETIME = 3600.0  # when the token endpoint does not say (expires_in is optional)
 MAX_MARGIN = 60.0  # refresh this long before expiry (half the lifetime for short ones)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .errors import Problem
+from suki_relay.errors import Problem
 
 if TYPE_CHECKING:
-    from .templates import Templates
+    from suki_relay.templates import Templates
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,8 @@ import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util
 
-from . import deadline
-from .errors import PermanentError, RetryableError
+from suki_relay import deadline
+from suki_relay.errors import PermanentError, RetryableError
 
 MAX_REPLY_BYTES = 1024 * 1024
 """The most reply bytes (after decompression) kept from a target: plenty for a status

@@ -35,12 +35,12 @@ What a plugin gets:
 Test helpers for plugins are in :mod:`suki_relay.testing`.
 """
 
-from . import outbound
-from .action import MASK, Action, Delivery, RelayContext, mask_secret_keys
-from .errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
-from .fetch import note_text
-from .options import Option
-from .outbound import new_session, raise_for_status, send
+from suki_relay import outbound
+from suki_relay.action import MASK, Action, Delivery, RelayContext, mask_secret_keys
+from suki_relay.errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
+from suki_relay.fetch import note_text
+from suki_relay.options import Option
+from suki_relay.outbound import new_session, raise_for_status, send
 
 __all__ = [
     "MASK",

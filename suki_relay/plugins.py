@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from .action import Action
+from suki_relay.action import Action
 
 GROUP = "suki_relay.actions"
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ import dataclasses
 import json
 from typing import Any
 
-from .config import Config
-from .routing import route
-from .store import NewEvent, Recorded, Store, StoreUnavailable
-from .store.group_commit import GroupCommit
-from .verify import Verified
+from suki_relay.config import Config
+from suki_relay.routing import route
+from suki_relay.store import NewEvent, Recorded, Store, StoreUnavailable
+from suki_relay.store.group_commit import GroupCommit
+from suki_relay.verify import Verified
 
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
 

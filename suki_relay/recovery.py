@@ -38,17 +38,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import logs, metrics
-from .errors import DeliveryError, PermanentError
-from .routing import route
-from .store import NewEvent, Store
-from .store.recovery import GIVEN_UP, PRESENT, RECOVERED, WAITING, Listed
-from .suki_api import SESSION_ID, SukiClient, session_path
+from suki_relay import logs, metrics
+from suki_relay.errors import DeliveryError, PermanentError
+from suki_relay.routing import route
+from suki_relay.store import NewEvent, Store
+from suki_relay.store.recovery import GIVEN_UP, PRESENT, RECOVERED, WAITING, Listed
+from suki_relay.suki_api import SESSION_ID, SukiClient, session_path
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .deliver import Deliverer
-    from .spool import Spool
+    from suki_relay.config import Config
+    from suki_relay.deliver import Deliverer
+    from suki_relay.spool import Spool
 
 log = logging.getLogger("suki_relay.recovery")
 

@@ -20,10 +20,10 @@ import os
 import threading
 import time
 
-from . import logs
-from .store import Store
-from .store.rejections import Rejection
-from .verify import generated_at_ms
+from suki_relay import logs
+from suki_relay.store import Store
+from suki_relay.store.rejections import Rejection
+from suki_relay.verify import generated_at_ms
 
 log = logging.getLogger("suki_relay.rejections")
 

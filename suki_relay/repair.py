@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import RelayError
-from .store import FAILED, IN_FLIGHT
+from suki_relay.errors import RelayError
+from suki_relay.store import FAILED, IN_FLIGHT
 
 if TYPE_CHECKING:
-    from .store import DeliveryRow, EventDetail, Store
+    from suki_relay.store import DeliveryRow, EventDetail, Store
 
 
 class NoSuchEvent(RelayError):
@@ -59,7 +59,7 @@ class ReroutePlan:
 
 def plan_reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
     """What the current rules would add to a stored event (nothing is changed)."""
-    from .routing import route
+    from suki_relay.routing import route
 
     detail = event_of(store, event_id)
     if detail.event.malformed:

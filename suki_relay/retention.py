@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import time
 
-from .config import Config
-from .store import Store
+from suki_relay.config import Config
+from suki_relay.store import Store
 
 CLOCK_MARGIN_SECONDS = 60.0
 

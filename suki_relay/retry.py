@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .options import setting
+from suki_relay.options import setting
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Problem
-from .options import Option, line_of, validate
+from suki_relay.errors import Problem
+from suki_relay.options import Option, line_of, validate
 
 DOCUMENTED_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import Unresolved, setting
+from suki_relay.options import Unresolved, setting
 
 
 def _path(value: str) -> str | None:

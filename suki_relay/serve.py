@@ -15,9 +15,9 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from . import config_state, logs
-from .config import config_path, parse_config
-from .errors import ConfigError
+from suki_relay import config_state, logs
+from suki_relay.config import config_path, parse_config
+from suki_relay.errors import ConfigError
 
 log = logging.getLogger("suki_relay.serve")
 
@@ -82,7 +82,7 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         """Runs in each worker: the app from the last config that passed."""
-        from .app import create_app
+        from suki_relay.app import create_app
 
         assert self.snapshot is not None
         rejected, problems = self.rejected or (None, 0)

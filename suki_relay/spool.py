@@ -30,13 +30,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import logs, metrics
-from .store import NewEvent, Recorded, StoreUnavailable
-from .store.group_commit import GroupCommit
-from .store.sqlite import SqliteStore
+from suki_relay import logs, metrics
+from suki_relay.store import NewEvent, Recorded, StoreUnavailable
+from suki_relay.store.group_commit import GroupCommit
+from suki_relay.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
-    from .config import Config
+    from suki_relay.config import Config
 
 log = logging.getLogger("suki_relay.spool")
 

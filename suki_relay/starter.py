@@ -11,7 +11,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from .errors import RelayError
+from suki_relay.errors import RelayError
 
 FILES = ("actions.yaml", "templates")
 

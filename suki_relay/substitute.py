@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem
-from .options import Unresolved, line_of
-from .templates import Literal
-from .yaml_lines import LineMap
+from suki_relay.errors import Problem
+from suki_relay.options import Unresolved, line_of
+from suki_relay.templates import Literal
+from suki_relay.yaml_lines import LineMap
 
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

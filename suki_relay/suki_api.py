@@ -19,9 +19,9 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 
-from . import outbound
-from .errors import PermanentError, RetryableError
-from .options import setting
+from suki_relay import outbound
+from suki_relay.errors import PermanentError, RetryableError
+from suki_relay.options import setting
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up

@@ -16,7 +16,7 @@ import jinja2
 import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .fetch import note_text
+from suki_relay.fetch import note_text
 
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 

@@ -34,11 +34,11 @@ from typing import Any
 import requests
 import yaml
 
-from . import signing
-from .action import Action, Delivery
-from .config import ActionSpec, Config, parse_config
-from .dryrun import sample
-from .testing_servers import NOTE, TRANSCRIPT, RawServer, Received, Reply, Sink, SukiStandIn, drip
+from suki_relay import signing
+from suki_relay.action import Action, Delivery
+from suki_relay.config import ActionSpec, Config, parse_config
+from suki_relay.dryrun import sample
+from suki_relay.testing_servers import NOTE, TRANSCRIPT, RawServer, Received, Reply, Sink, SukiStandIn, drip
 
 __all__ = [  # and, loaded on first use by __getattr__ below, RELAY_HELPERS
     "NOTE", "SECRET", "TRANSCRIPT", "RawServer", "Received", "Reply", "Sink", "SukiStandIn",
@@ -145,7 +145,7 @@ def build_action(type_name: str, options: dict[str, Any], base_dir: Path,
 def attempt_once(spec: ActionSpec, delivery: Delivery) -> str | None:
     """One attempt as the deliverer makes it: the links under ``fetch:`` are fetched, then
     the action delivers. Raises what the action (or the fetch) raised."""
-    from .deliver import perform
+    from suki_relay.deliver import perform
 
     return perform(spec, delivery)
 
@@ -161,7 +161,7 @@ def __getattr__(name: str) -> Any:
     """The relay runners and private databases live in testing_relay.py and are importable
     from here too; loaded on first use (they import the whole relay)."""
     if name in RELAY_HELPERS:
-        from . import testing_relay
+        from suki_relay import testing_relay
 
         return getattr(testing_relay, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

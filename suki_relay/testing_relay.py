@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from werkzeug.test import Client, TestResponse
 
-from . import signing
-from .testing import SECRET, free_port, wait_until
+from suki_relay import signing
+from suki_relay.testing import SECRET, free_port, wait_until
 
 
 class LocalRelay:
@@ -30,8 +30,8 @@ class LocalRelay:
     ``stop()`` stops its threads and closes its store."""
 
     def __init__(self, config_file: Path, deliver: bool = True):
-        from .app import assemble
-        from .config import load_config
+        from suki_relay.app import assemble
+        from suki_relay.config import load_config
 
         self.config = load_config(str(config_file))
         self.app = assemble(self.config, deliver)  # as each gunicorn worker does

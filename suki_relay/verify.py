@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import signing
-from .errors import Rejected
+from suki_relay import signing
+from suki_relay.errors import Rejected
 
 _DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: \d also matches other scripts' digits
 _HEX = re.compile(r"[0-9a-fA-F]{64}")

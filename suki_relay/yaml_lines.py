@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Problem
+from suki_relay.errors import Problem
 
 
 class LineMap(dict):  # type: ignore[type-arg]

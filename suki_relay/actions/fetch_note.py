@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..action import Action, Delivery, Option
-from ..errors import PermanentError
-from ..fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
-from ..templates import map_strings, render_value
+from suki_relay.action import Action, Delivery, Option
+from suki_relay.errors import PermanentError
+from suki_relay.fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
+from suki_relay.templates import map_strings, render_value
 
 DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
                 "{{ event.session_id }}/{{ rel }}.json")

@@ -22,10 +22,10 @@ from urllib.parse import quote
 
 import requests
 
-from .. import oauth, outbound
-from ..action import MASK, Action, Delivery, Option, mask_secret_keys
-from ..errors import PermanentError
-from ..fetch import CONTENT_RELATIONS, note_text
+from suki_relay import oauth, outbound
+from suki_relay.action import MASK, Action, Delivery, Option, mask_secret_keys
+from suki_relay.errors import PermanentError
+from suki_relay.fetch import CONTENT_RELATIONS, note_text
 
 LOINC = "http://loinc.org"
 DEFAULT_TYPE = {"code": "11506-3", "display": "Progress note"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .. import outbound, signing
-from ..action import Action, Delivery, Option, mask_secret_keys
+from suki_relay import outbound, signing
+from suki_relay.action import Action, Delivery, Option, mask_secret_keys
 
 
 class HttpAction(Action):

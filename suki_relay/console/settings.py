@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..options import setting
+from suki_relay.options import setting
 
 DEFAULT_PATH = "/console"
 RESERVED_PATHS = ("/healthz", "/readyz")

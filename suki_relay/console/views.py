@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Request, Response
 
-from .. import repair
-from ..dryrun import SAMPLES
-from ..errors import RelayError, StoreError
-from ..store import EventFilter, StoreUnavailable
+from suki_relay import repair
+from suki_relay.dryrun import SAMPLES
+from suki_relay.errors import RelayError, StoreError
+from suki_relay.store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
-    from ..app import RelayApp
-    from ..store import EventDetail
-    from .app import Console
-    from .auth import Session
+    from suki_relay.app import RelayApp
+    from suki_relay.store import EventDetail
+    from suki_relay.console.app import Console
+    from suki_relay.console.auth import Session
 
 PAGE_SIZE = 50
 STATUSES = SAMPLES  # the statuses the events filter offers: those there are samples of
@@ -36,7 +36,7 @@ def _flag(value: str | None) -> bool | None:
 
 
 def _since(text: str) -> float:
-    from ..cli_store import parse_since
+    from suki_relay.cli_store import parse_since
 
     since = parse_since(text)
     assert since is not None

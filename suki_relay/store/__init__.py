@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RelayError, SchemaTooNew, StoreUnavailable
-from .base import (
+from suki_relay.errors import RelayError, SchemaTooNew, StoreUnavailable
+from suki_relay.store.base import (
     DONE,
     FAILED,
     IN_FLIGHT,
@@ -37,7 +37,7 @@ from .base import (
     Recorded,
     Store,
 )
-from .rows import (
+from suki_relay.store.rows import (
     AttemptRow,
     ConfigVersionRow,
     DeliveryDetail,
@@ -83,11 +83,11 @@ def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> St
         raise RelayError(f"store: {problem}")
     path = sqlite_path(url, base_dir)
     if path is not None:
-        from .sqlite import SqliteStore
+        from suki_relay.store.sqlite import SqliteStore
 
         return SqliteStore(path)
     if url.startswith(("postgresql:", "postgres:")):
-        from .postgres import PostgresStore
+        from suki_relay.store.postgres import PostgresStore
 
         return PostgresStore(url, lazy=lazy)
     raise AssertionError(url)  # url_problem() refused everything else

@@ -13,9 +13,9 @@ from collections import defaultdict
 from dataclasses import fields
 from typing import Any
 
-from .base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
-from .ledger import plan
-from .rows import (
+from suki_relay.store.base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
+from suki_relay.store.ledger import plan
+from suki_relay.store.rows import (
     AttemptRow,
     ConfigVersionRow,
     DeliveryDetail,
@@ -25,7 +25,7 @@ from .rows import (
     EventRow,
     Stats,
 )
-from .tx import Backend, Tx, chunks, marks
+from suki_relay.store.tx import Backend, Tx, chunks, marks
 
 
 def _columns(row_type: type, prefix: str = "") -> str:

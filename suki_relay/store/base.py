@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from .rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
+from suki_relay.store.rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
-from ..errors import StoreUnavailable
+from suki_relay.errors import StoreUnavailable
 
 T = TypeVar("T")
 R = TypeVar("R")

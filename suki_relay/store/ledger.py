@@ -12,8 +12,8 @@ import json
 import time
 from typing import Any
 
-from .base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
-from .tx import Backend, Tx, chunks, marks
+from suki_relay.store.base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
+from suki_relay.store.tx import Backend, Tx, chunks, marks
 
 ERROR_MAX = 500
 INSERT_EVENTS = ("INSERT INTO events (id, received_at, dedup_key, generated_at, status, "

@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from ..errors import StoreUnavailable
+from suki_relay.errors import StoreUnavailable
 
 RECHECK_IDLE_SECONDS = 2.0  # idle longer than this: also one round trip before use
 PEER_WAIT_SECONDS = 0.5  # while down: how long a thread waits for another's connect attempt

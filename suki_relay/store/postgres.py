@@ -19,10 +19,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from ..errors import StoreUnavailable
-from .pgpool import Connections
-from .sql import SqlStore
-from .tx import Tx
+from suki_relay.errors import StoreUnavailable
+from suki_relay.store.pgpool import Connections
+from suki_relay.store.sql import SqlStore
+from suki_relay.store.tx import Tx
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .base import NewEvent, Recorded
-from .rows import RecoverySessionRow
-from .tx import Backend, Tx, chunks, marks
+from suki_relay.store.base import NewEvent, Recorded
+from suki_relay.store.rows import RecoverySessionRow
+from suki_relay.store.tx import Backend, Tx, chunks, marks
 
 WAITING, PRESENT, RECOVERED, GIVEN_UP = "waiting", "present", "recovered", "given_up"
 

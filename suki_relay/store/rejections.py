@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .base import new_id
-from .rows import RejectionRow
-from .tx import Backend, Tx
+from suki_relay.store.base import new_id
+from suki_relay.store.rows import RejectionRow
+from suki_relay.store.tx import Backend, Tx
 
 KEEP = 1000
 COLUMNS = ", ".join(f.name for f in fields(RejectionRow))

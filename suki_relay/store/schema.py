@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import SchemaTooNew
-from .tx import Backend, Tx
+from suki_relay.errors import SchemaTooNew
+from suki_relay.store.tx import Backend, Tx
 
 
 @dataclass(frozen=True)

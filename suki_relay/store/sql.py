@@ -7,11 +7,11 @@ delivery paths) and admin.py (inspection and repair). A backend subclasses SqlSt
 
 from __future__ import annotations
 
-from .admin import Admin
-from .ledger import Ledger
-from .recovery import RecoveryLedger
-from .rejections import RejectionLedger
-from .schema import ensure_schema
+from suki_relay.store.admin import Admin
+from suki_relay.store.ledger import Ledger
+from suki_relay.store.recovery import RecoveryLedger
+from suki_relay.store.rejections import RejectionLedger
+from suki_relay.store.schema import ensure_schema
 
 
 class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger):

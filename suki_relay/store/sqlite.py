@@ -19,9 +19,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreUnavailable
-from .sql import SqlStore
-from .tx import Tx
+from suki_relay.errors import StoreUnavailable
+from suki_relay.store.sql import SqlStore
+from suki_relay.store.tx import Tx
 
 _PARENTS: list[Any] = []  # a parent process's connections, kept open and unused in a child
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from .base import Store
+from suki_relay.store.base import Store
 
 T = TypeVar("T")
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
