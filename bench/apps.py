@@ -57,7 +57,7 @@ def relay_without(part: str) -> Any:
     group commit and the cross-process writer lock around a batch that writes nothing;
     ``nothing``: the relay as it is; ``rejections``: the relay without its record of refused
     requests (for ``--only flood``). Not for real use: the first two store nothing."""
-    from suki_relay.app import create_app
+    from suki_relay.serve.assemble import create_app
     from suki_relay.store import Recorded
     from suki_relay.store.group_commit import GroupCommit
 

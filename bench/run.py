@@ -41,8 +41,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from suki_relay import signing  # noqa: E402
-from suki_relay.testing import PrivateDatabase, free_port, pg_schema, wait_until  # noqa: E402
+from suki_relay import protocol  # noqa: E402
+from suki_relay.testing import free_port, wait_until  # noqa: E402
+from tests.support.relay import PrivateDatabase, pg_schema  # noqa: E402
 
 SECRET = "bench-secret"
 PY = sys.executable
@@ -99,7 +100,7 @@ def relay_config(folder: Path, actions: dict[str, Any] | None = None,
 
 
 def relay_cmd(cfg: Path, port: int, python: str = PY) -> list[str]:
-    return [python, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind",
+    return [python, "-m", "suki_relay.cli.main", "-c", str(cfg), "serve", "--bind",
             f"127.0.0.1:{port}"]
 
 
@@ -132,7 +133,7 @@ def signed_lines(count: int, path: Path, secret: str = SECRET) -> Path:
     with path.open("w") as f:
         for i in range(count):
             body = json.dumps({**SAMPLE, "session_id": f"bench-{os.getpid()}-{now}-{i}"})
-            f.write(f"{now}\t{signing.signature(secret, now, body.encode())}\t{body}\n")
+            f.write(f"{now}\t{protocol.signature(secret, now, body.encode())}\t{body}\n")
     return path
 
 
@@ -175,8 +176,8 @@ def balanced_orders(n: int) -> list[list[int]]:
 def stored_events(folder: Path, url: str = "sqlite:///relay.db") -> int:
     """Events committed by the relay that ran in ``folder``: in its store, and in its
     spool (events received while the database was down, not moved yet)."""
-    from suki_relay.spool import Spool
     from suki_relay.store import open_store
+    from suki_relay.store.spool import Spool
 
     store = open_store(url, folder)
     try:
@@ -505,7 +506,7 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
             for i in range(0, n, 500):
                 store.record(batch[i:i + 500])
             t0 = time.perf_counter()
-            worker = subprocess.Popen([PY, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+            worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
                                       env=relay_env(folder), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             try:
@@ -540,7 +541,7 @@ def bench_lag(args: argparse.Namespace, work: Path) -> dict[str, float]:
                 for i in range(int(args.duration * 2 * 50)):
                     start = time.perf_counter()
                     body = json.dumps({**SAMPLE, "session_id": f"lag-{i}"}).encode()
-                    resp = s.post(url, data=body, headers=signing.signed_headers(SECRET, body),
+                    resp = s.post(url, data=body, headers=protocol.signed_headers(SECRET, body),
                                   timeout=10)
                     acked[resp.json()["event_id"]] = time.time()
                     time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
@@ -603,7 +604,7 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
                          for i in range(n)]
                 for i in range(0, n, 500):
                     store.record(batch[i:i + 500])
-                worker = subprocess.Popen([PY, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+                worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
                                           env=relay_env(folder), stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
                 try:  # timed from the first delivery done: the worker's start-up is not in it
@@ -629,9 +630,9 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
 
 def bench_routing(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """In process: 50 rules, 20 actions with templated url, headers and body."""
-    from suki_relay.action import Delivery
-    from suki_relay.routing import route
-    from suki_relay.templates import render_value
+    from suki_relay.config.routing import route
+    from suki_relay.deliver.action import Delivery
+    from suki_relay.deliver.templates import render_value
     from suki_relay.testing import build_config
 
     actions = {f"a{i}": {"type": "http", "url": f"http://127.0.0.1:9/{i}/{{{{ event.status }}}}",
@@ -701,7 +702,7 @@ def send_events(port: int, count: int, threads: int = 8) -> None:
         for i in range(first, count, threads):
             body = json.dumps({**SAMPLE, "session_id": f"mem-{stamp}-{i}"}).encode()
             conn.request("POST", "/webhooks/notification", body,
-                         signing.signed_headers(SECRET, body))
+                         protocol.signed_headers(SECRET, body))
             resp = conn.getresponse()
             resp.read()
             assert resp.status == 200, resp.status
@@ -743,7 +744,7 @@ def bench_memory(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> N
             print(f"  {sent} events: worker RSS {points[sent]} kB", file=sys.stderr)
         sizes["after"] = db_bytes()
         events = stored_events(folder)
-        prune = subprocess.run([PY, "-m", "suki_relay.cli", "-c", str(cfg), "prune",
+        prune = subprocess.run([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "prune",
                                 "--older-than", "0s", "--json"], capture_output=True, text=True,
                                env=ENV, timeout=600)
         sizes["pruned_events"] = json.loads(prune.stdout)["deleted_events"]
@@ -764,8 +765,8 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
     """cProfile of the in-process request path (SQLite store, no actions)."""
     from werkzeug.test import EnvironBuilder
 
-    from suki_relay.app import create_app
-    from suki_relay.config import load_config
+    from suki_relay.config.load import load_config
+    from suki_relay.serve.assemble import create_app
 
     folder = work / "profile"
     cfg = relay_config(folder)
@@ -775,7 +776,7 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
     for i in range(n):
         body = json.dumps({**SAMPLE, "session_id": f"p-{i}"}).encode()
         environs.append(EnvironBuilder(path="/webhooks/notification", method="POST", data=body,
-                                       headers=signing.signed_headers(SECRET, body)).get_environ())
+                                       headers=protocol.signed_headers(SECRET, body)).get_environ())
 
     def run() -> None:
         for env in environs:

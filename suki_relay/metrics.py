@@ -24,13 +24,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from suki_relay.routing import DOCUMENTED_STATUSES
+from suki_relay.protocol import DOCUMENTED_STATUSES
 
 if TYPE_CHECKING:
-    from suki_relay.config_state import ConfigState
-    from suki_relay.routing import Rule
-    from suki_relay.spool import Spool
+    from suki_relay.config.routing import Rule
+    from suki_relay.serve.config_state import ConfigState
     from suki_relay.store import Stats, Store
+    from suki_relay.store.spool import Spool
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from suki_relay.errors import Problem
 
 if TYPE_CHECKING:
-    from suki_relay.templates import Templates
+    from suki_relay.deliver.templates import Templates
 
 
 @dataclasses.dataclass(frozen=True)

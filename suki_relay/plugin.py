@@ -31,19 +31,30 @@ What a plugin gets:
   the HTTP status is recorded for `suki-relay show`), ``raise_for_status`` (408, 429,
   5xx retryable with Retry-After; other non-2xx permanent), ``new_session``.
 * :data:`MASK` and :func:`mask_secret_keys` for ``preview()`` (dry runs).
+* For actions that render or fetch more: :func:`render_value` and :func:`map_strings`
+  (templates over nested values), :func:`slack_escape`; :data:`RELATIONS`,
+  :data:`CONTENT_RELATIONS` and :func:`unknown_relations` (Suki's link relations);
+  ``deadline`` (one deadline over a whole exchange on a socket of one's own) and ``oauth``
+  (bearer and client-credentials tokens, cached).
+
+The built-in actions import only from here, as third-party ones do (an import-linter
+contract in pyproject.toml holds them to it).
 
 Test helpers for plugins are in :mod:`suki_relay.testing`.
 """
 
-from suki_relay import outbound
-from suki_relay.action import MASK, Action, Delivery, RelayContext, mask_secret_keys
+from suki_relay.deliver import deadline, oauth, outbound
+from suki_relay.deliver.action import MASK, Action, Delivery, RelayContext, mask_secret_keys
+from suki_relay.deliver.fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
+from suki_relay.deliver.outbound import new_session, raise_for_status, send
+from suki_relay.deliver.templates import map_strings, render_value, slack_escape
 from suki_relay.errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
-from suki_relay.fetch import note_text
 from suki_relay.options import Option
-from suki_relay.outbound import new_session, raise_for_status, send
 
 __all__ = [
+    "CONTENT_RELATIONS",
     "MASK",
+    "RELATIONS",
     "Action",
     "ConfigError",
     "Delivery",
@@ -54,10 +65,16 @@ __all__ = [
     "RelayContext",
     "RelayError",
     "RetryableError",
+    "deadline",
+    "map_strings",
     "mask_secret_keys",
     "new_session",
     "note_text",
+    "oauth",
     "outbound",
     "raise_for_status",
+    "render_value",
     "send",
+    "slack_escape",
+    "unknown_relations",
 ]

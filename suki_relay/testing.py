@@ -11,11 +11,6 @@
   options (``fetch``, ``retry``), and :func:`attempt_once` one attempt as the deliverer
   makes it (links fetched first).
 * :func:`make_delivery` - a Delivery for a sample or a payload of your own.
-* :class:`LocalRelay` - the relay in this process (werkzeug's test Client, delivery
-  threads); :class:`RelayProcess` - a real gunicorn running it on a free local port;
-  :func:`pg_schema` - a fresh PostgreSQL schema as a store URL; :class:`PrivateDatabase`
-  and :class:`PrivateCluster` - a database or a server of a test's own, for outages
-  (all in testing_relay.py).
 * The servers (Sink, RawServer, SukiStandIn) are in testing_servers.py.
 * :func:`post_signed`, :func:`wait_until`, :func:`in_thread`, :func:`free_port`.
 """
@@ -34,10 +29,10 @@ from typing import Any
 import requests
 import yaml
 
-from suki_relay import signing
-from suki_relay.action import Action, Delivery
-from suki_relay.config import ActionSpec, Config, parse_config
-from suki_relay.dryrun import sample
+from suki_relay import protocol
+from suki_relay.config.check import sample
+from suki_relay.config.load import ActionSpec, Config, parse_config
+from suki_relay.deliver.action import Action, Delivery
 from suki_relay.testing_servers import NOTE, TRANSCRIPT, RawServer, Received, Reply, Sink, SukiStandIn, drip
 
 __all__ = [  # and, loaded on first use by __getattr__ below, RELAY_HELPERS
@@ -103,7 +98,7 @@ def plant_netrc(monkeypatch: Any, home: Path) -> None:
 def post_signed(url: str, body: bytes, secret: str = SECRET, *, timeout: float = 10.0,
                 headers: dict[str, str] | None = None, now: float | None = None
                 ) -> requests.Response:
-    sent = signing.signed_headers(secret, body, now)
+    sent = protocol.signed_headers(secret, body, now)
     sent.update(headers or {})
     return requests.post(url, data=body, headers=sent, timeout=timeout)
 
@@ -145,7 +140,7 @@ def build_action(type_name: str, options: dict[str, Any], base_dir: Path,
 def attempt_once(spec: ActionSpec, delivery: Delivery) -> str | None:
     """One attempt as the deliverer makes it: the links under ``fetch:`` are fetched, then
     the action delivers. Raises what the action (or the fetch) raised."""
-    from suki_relay.deliver import perform
+    from suki_relay.deliver.deliverer import perform
 
     return perform(spec, delivery)
 
@@ -155,17 +150,3 @@ def make_delivery(event: str | dict[str, Any] = "success", action: str = "under-
     body = sample(event) if isinstance(event, str) else json.dumps(event).encode()
     return Delivery(id="dlv_test", event_id="evt_test", action=action, attempt=attempt,
                     event=json.loads(body), raw_body=body, received_at="2026-01-01T00:00:00.000Z")
-
-
-def __getattr__(name: str) -> Any:
-    """The relay runners and private databases live in testing_relay.py and are importable
-    from here too; loaded on first use (they import the whole relay)."""
-    if name in RELAY_HELPERS:
-        from suki_relay import testing_relay
-
-        return getattr(testing_relay, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-RELAY_HELPERS = ("LocalRelay", "RelayProcess", "pg_schema", "PrivateDatabase", "PrivateCluster",
-                 "PG_BIN")

@@ -5,10 +5,10 @@ With no flags it behaves as ``suki-relay serve``: the workers of one master shar
 a broken actions.yaml keeps serving.
 """
 
-from suki_relay.runtime import share_with_siblings
+from suki_relay.serve.runtime import share_with_siblings
 
 _shared = share_with_siblings()  # before prometheus_client is imported
 
-from suki_relay.app import create_app  # noqa: E402
+from suki_relay.serve.assemble import create_app  # noqa: E402
 
 app = create_app(shared=_shared)

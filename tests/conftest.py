@@ -16,10 +16,10 @@ import psycopg
 import pytest
 import yaml
 
-from suki_relay.cli import main
+from suki_relay.cli.main import main
 from suki_relay.store import Store, open_store
 from suki_relay.testing import SECRET, Sink
-from suki_relay.testing_relay import (
+from tests.support.relay import (
     LocalRelay,
     PrivateCluster,
     PrivateDatabase,
@@ -176,7 +176,7 @@ def sink() -> Iterator[Callable[..., Sink]]:
 def run_cli(*args: str, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`suki-relay ARGS` as a user runs it, in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "suki_relay.cli", *args], cwd=cwd, text=True,
+    return subprocess.run([sys.executable, "-m", "suki_relay.cli.main", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from suki_relay.dryrun import sample
+from suki_relay.config.check import sample
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import build_action, free_port, make_delivery
 from suki_relay.testing_servers import RawServer

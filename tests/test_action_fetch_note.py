@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from suki_relay.dryrun import sample
+from suki_relay.config.check import sample
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import (
     NOTE,

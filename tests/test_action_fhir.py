@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from suki_relay.dryrun import sample
+from suki_relay.config.check import sample
+from suki_relay.deliver.fetch import note_text
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
-from suki_relay.fetch import note_text
 from suki_relay.testing import (
     NOTE,
     Reply,

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from werkzeug.serving import make_server
 
-from suki_relay import signing
-from suki_relay.deliver import iso
+from suki_relay import protocol
+from suki_relay.deliver.deliverer import iso
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.store import EventFilter
 from suki_relay.testing import (
@@ -55,8 +55,8 @@ def test_a_signed_forward_verifies_as_suki_signs(tmp_path: Path) -> None:
         build_action("http", {"url": target.url, "sign_secret": "hop"}, tmp_path).deliver(
             make_delivery())
         (got,) = target.received
-    assert signing.matches(["hop"], got.headers["generated-at"], got.body, got.headers["X-API-Key"])
-    assert not signing.matches(["other"], got.headers["generated-at"], got.body,
+    assert protocol.matches(["hop"], got.headers["generated-at"], got.body, got.headers["X-API-Key"])
+    assert not protocol.matches(["other"], got.headers["generated-at"], got.body,
                                got.headers["X-API-Key"])
 
 
@@ -148,7 +148,7 @@ def test_a_retry_after_a_long_outage_is_signed_recently_and_alike(tmp_path: Path
     assert (first["generated-at"], first["X-API-Key"]) == (again["generated-at"],
                                                            again["X-API-Key"])
     assert 0 <= time.time() - int(first["generated-at"]) / 1000 < 60
-    assert signing.matches(["s"], first["generated-at"], body, first["X-API-Key"])
+    assert protocol.matches(["s"], first["generated-at"], body, first["X-API-Key"])
 
 
 @pytest.mark.parametrize("window", [0, -1, 86400])

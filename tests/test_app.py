@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from suki_relay.dryrun import sample
-from suki_relay.signing import signed_headers
+from suki_relay.config.check import sample
+from suki_relay.protocol import signed_headers
 from suki_relay.store import EventFilter
 from suki_relay.testing import SECRET, unique_body
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from suki_relay.signing import signed_headers
+from suki_relay.protocol import signed_headers
 from suki_relay.store import NewEvent
 from suki_relay.testing import SECRET
 

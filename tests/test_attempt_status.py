@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from suki_relay.deliver import attempt
+from suki_relay.deliver.deliverer import attempt
 from suki_relay.store import Claimed
 from suki_relay.testing import Reply, Sink, build_config, sample
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.cli import main
+from suki_relay.cli.main import main
 from suki_relay.store import open_store
 from suki_relay.testing import unique_body
 
@@ -102,8 +102,8 @@ def test_a_status_seen_in_the_store_is_known(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from suki_relay.record import to_event
-    from suki_relay.verify import Verified
+    from suki_relay.receive.record import to_event
+    from suki_relay.receive.verify import Verified
 
     config = """receiver: {secret: s}
 store: sqlite:///relay.db
@@ -111,7 +111,7 @@ rules:
   - {name: r, when: {status: session_timed_out}, do: []}
 """
     (tmp_path / "actions.yaml").write_text(config)
-    from suki_relay.config import load_config
+    from suki_relay.config.load import load_config
 
     loaded = load_config(tmp_path / "actions.yaml")
     store = open_store("sqlite:///relay.db", tmp_path)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from suki_relay.cli import main
+from suki_relay.cli.main import main
 from suki_relay.testing import Reply, unique_body, wait_until
 
 from .conftest import http_action, old_events

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.config import parse_config
+from suki_relay.config.load import parse_config
 from suki_relay.errors import ConfigError
 
 from .conftest import check_fails, run_cli
@@ -133,7 +133,7 @@ rules:
 
 def test_check_without_the_secret_names_the_variable_and_leaks_nothing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SUKI_WEBHOOK_SECRET"}
-    result = subprocess.run([sys.executable, "-m", "suki_relay.cli", "check"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "suki_relay.cli.main", "check"], cwd=REPO,
                             text=True, capture_output=True, timeout=60, env=env)
     assert result.returncode == 1
     assert "SUKI_WEBHOOK_SECRET is not set" in result.stderr

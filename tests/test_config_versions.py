@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from suki_relay.cli import main
-from suki_relay.config_state import version
+from suki_relay.cli.main import main
+from suki_relay.serve.config_state import version
 from suki_relay.testing import unique_body
 
 

@@ -19,7 +19,7 @@ import pytest
 from werkzeug.security import check_password_hash
 from werkzeug.test import Client, TestResponse
 
-from suki_relay.config import parse_config
+from suki_relay.config.load import parse_config
 from suki_relay.console import views
 from suki_relay.console.auth import Throttle, hash_password
 from suki_relay.errors import ConfigError

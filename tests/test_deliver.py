@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from suki_relay import signing
+from suki_relay import protocol
 from suki_relay.testing import Reply, unique_body, wait_until
 
 from .conftest import http_action, old_events
@@ -127,7 +127,7 @@ def test_body_template_and_signature_for_the_next_hop(write_config, local_relay,
     got = wait_until(lambda: target.received, message="delivery")[0]
     assert got.json() == {"session": json.loads(body)["session_id"], "event": event_id,
                           "attempt": 1}
-    assert signing.matches(["next-hop-secret"], got.headers["generated-at"], got.body,
+    assert protocol.matches(["next-hop-secret"], got.headers["generated-at"], got.body,
                            got.headers["X-API-Key"])
 
 

@@ -25,8 +25,8 @@ def test_the_hierarchy_is_the_one_drawn() -> None:
 
 
 def test_the_old_homes_are_gone() -> None:
+    import suki_relay.receive.verify as verify
     import suki_relay.store.base as base
-    import suki_relay.verify as verify
 
     assert "Rejected" not in vars(verify) or verify.Rejected is Rejected
     assert not hasattr(base, "StoreUnavailable") and not hasattr(base, "STATES")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.record import recorder
+from suki_relay.receive.record import recorder
 from suki_relay.store import EventFilter, NewEvent, Recorded, StoreUnavailable
 from suki_relay.store.group_commit import MAX_BATCH, GroupCommit
 from suki_relay.testing import wait_until

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import requests
 
-from suki_relay import outbound
-from suki_relay.deliver import Deliverer
-from suki_relay.dryrun import sample
+from suki_relay.config.check import sample
+from suki_relay.deliver import outbound
+from suki_relay.deliver.deliverer import Deliverer
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
-from suki_relay.record import to_event
+from suki_relay.receive.record import to_event
+from suki_relay.receive.verify import Verified
 from suki_relay.store import open_store
 from suki_relay.testing import (
     RawServer,
@@ -32,7 +33,6 @@ from suki_relay.testing import (
     unique_body,
     wait_until,
 )
-from suki_relay.verify import Verified
 
 
 def test_netrc_credentials_never_reach_a_target(tmp_path: Path,

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import suki_relay
 import suki_relay.plugin as plugin
-from suki_relay import outbound
-from suki_relay.plugins import discover
+from suki_relay.deliver import outbound
+from suki_relay.deliver.registry import discover
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_plugin_module_exports_exactly_this() -> None:
     assert sorted(plugin.__all__) == sorted([
-        "MASK", "Action", "ConfigError", "Delivery", "DeliveryError", "Option",
-        "PermanentError", "Problem", "RelayContext", "RelayError", "RetryableError",
-        "mask_secret_keys", "new_session", "note_text", "outbound", "raise_for_status", "send",
+        "CONTENT_RELATIONS", "MASK", "RELATIONS", "Action", "ConfigError", "Delivery",
+        "DeliveryError", "Option", "PermanentError", "Problem", "RelayContext", "RelayError",
+        "RetryableError", "deadline", "map_strings", "mask_secret_keys", "new_session",
+        "note_text", "oauth", "outbound", "raise_for_status", "render_value", "send",
+        "slack_escape", "unknown_relations",
     ])
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None

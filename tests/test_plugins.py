@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.action import Action, Option
-from suki_relay.plugins import discover
+from suki_relay.deliver.action import Action, Option
+from suki_relay.deliver.registry import discover
 from suki_relay.testing import Reply, unique_body, wait_until
 
 from .conftest import check_fails, run_cli

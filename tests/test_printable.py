@@ -8,9 +8,9 @@ from pathlib import Path
 
 from suki_relay import logs
 from suki_relay.printable import printable
-from suki_relay.record import commit, recorder, to_event
+from suki_relay.receive.record import commit, recorder, to_event
+from suki_relay.receive.verify import Verified
 from suki_relay.testing import build_config
-from suki_relay.verify import Verified
 
 from .conftest import open_test_store, run_cli
 
@@ -59,7 +59,7 @@ def test_cli_tables_escape_payload_values(tmp_path: Path) -> None:
 
 def test_show_escapes_an_event_waiting_in_the_spool(tmp_path: Path) -> None:
     """The same for an event still in this node's spool (the database unreachable)."""
-    from suki_relay.spool import Spool
+    from suki_relay.store.spool import Spool
     from suki_relay.testing import free_port
 
     url = f"postgresql://127.0.0.1:{free_port()}/nowhere?connect_timeout=1"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.record import to_event
+from suki_relay.receive.record import to_event
+from suki_relay.receive.verify import Verified
 from suki_relay.testing import build_config
-from suki_relay.verify import Verified
 
 
 @pytest.fixture

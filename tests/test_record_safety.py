@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from suki_relay.record import commit, recorder, storable, to_event
+from suki_relay.receive.record import commit, recorder, storable, to_event
+from suki_relay.receive.verify import Verified
 from suki_relay.store import NewEvent
 from suki_relay.testing import build_config
-from suki_relay.verify import Verified
 
 from .conftest import open_test_store
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from suki_relay.config import load_config
-from suki_relay.deliver import Deliverer
-from suki_relay.recovery import GapWatcher, Recoverer, listed_sessions
+from suki_relay.config.load import load_config
+from suki_relay.deliver.deliverer import Deliverer
+from suki_relay.recover.recovery import GapWatcher, Recoverer, listed_sessions
 from suki_relay.store import EventFilter, NewEvent, Store
-from suki_relay.store.recovery import Listed
+from suki_relay.store.sessions import Listed
 from suki_relay.testing import (
     SECRET,
     Sink,
@@ -226,7 +226,7 @@ def test_no_check_while_this_nodes_spool_holds_events(tmp_path: Path,
                                                      suki: SukiStandIn) -> None:
     """A session's own notification may wait in the spool (a database outage): recovering
     it before the spool is moved would record the session twice."""
-    from suki_relay.spool import Spool
+    from suki_relay.store.spool import Spool
 
     suki.statuses["sp-1"] = "completed"
     config = load_config(write_config(tmp_path, suki, recovery={

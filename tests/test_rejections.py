@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from suki_relay import signing
-from suki_relay.rejections import MAX_KEYS, OVERFLOW, RejectionLog, expired_hint, skew_ms
-from suki_relay.store.rejections import KEEP, Rejection
+from suki_relay import protocol
+from suki_relay.receive.rejections import MAX_KEYS, OVERFLOW, RejectionLog, expired_hint, skew_ms
+from suki_relay.store.refusals import KEEP, Rejection
 from suki_relay.testing import SECRET
 
 from .conftest import cli_here, open_test_store
@@ -31,7 +31,7 @@ def test_refusals_are_listed_with_skew_and_never_the_body(write_config: Any, loc
     def send(headers: dict[str, str]) -> Any:
         return relay.post(BODY, headers, environ_base={"REMOTE_ADDR": "192.0.2.7"})
 
-    stale = send(signing.signed_headers(SECRET, BODY, now=time.time() - 600))  # 10 min old
+    stale = send(protocol.signed_headers(SECRET, BODY, now=time.time() - 600))  # 10 min old
     assert stale.status_code == 401 and stale.json["error"] == "expired"
     [row] = listed()
     assert (row["reason"], row["http_status"], row["remote_addr"], row["count"]) == (
@@ -40,10 +40,10 @@ def test_refusals_are_listed_with_skew_and_never_the_body(write_config: Any, loc
 
     in_seconds = str(int(time.time()))
     assert send({"generated-at": in_seconds, "Content-Type": "application/json",
-                 "X-API-Key": signing.signature(SECRET, in_seconds, BODY)}
+                 "X-API-Key": protocol.signature(SECRET, in_seconds, BODY)}
                 ).json["error"] == "expired"
     for _ in range(3):
-        assert send(signing.signed_headers("not-the-secret", BODY)).json["error"] == \
+        assert send(protocol.signed_headers("not-the-secret", BODY)).json["error"] == \
             "bad_signature"
     rows = listed()
     assert sum(r["count"] for r in rows) == 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from suki_relay.retry import RetryPolicy
+from suki_relay.deliver.retry import RetryPolicy
 
 
 def test_backoff_doubles_within_jitter_and_is_capped() -> None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from suki_relay.dryrun import sample
-from suki_relay.routing import Rule, compile_condition, route
+from suki_relay.config.check import sample
+from suki_relay.config.routing import Rule, compile_condition, route
 
 SUCCESS = json.loads(sample("success"))
 FAILURE = json.loads(sample("failure"))
@@ -84,7 +84,7 @@ def test_unmatched_actions_run_only_when_nothing_matched() -> None:
 
 
 def test_the_status_pre_check_agrees_with_the_condition() -> None:
-    from suki_relay.routing import required_statuses
+    from suki_relay.config.routing import required_statuses
 
     for when in ({"status": "failure"}, {"status": ["failure", "timeout"]},
                  {"status": {"not": "success"}}, {"error_code": {"exists": True}}):

@@ -8,7 +8,7 @@ import logging
 import pytest
 from gunicorn.config import Config
 
-from suki_relay.serve import RelayLogger
+from suki_relay.serve.gunicorn import RelayLogger
 
 
 def line(fmt: str | None, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from suki_relay import signing
-from suki_relay.drain import Drainer
-from suki_relay.spool import Spool
+from suki_relay import protocol
+from suki_relay.receive.drain import Drainer
 from suki_relay.store import NewEvent, open_store
-from suki_relay.testing import SECRET, PrivateDatabase, Sink, unique_body, wait_until
+from suki_relay.store.spool import Spool
+from suki_relay.testing import SECRET, Sink, unique_body, wait_until
+from tests.support.relay import PrivateDatabase
 
 from .conftest import FAST_DELIVERY, http_action
 
@@ -131,8 +132,8 @@ def test_the_same_request_twice_is_one_event(spooling_relay, private_db,
     target = sink()
     relay = spooling_relay(target.url, deliver=False)
     during, after = unique_body(), unique_body()
-    during_headers = signing.signed_headers(SECRET, during)
-    after_headers = signing.signed_headers(SECRET, after)
+    during_headers = protocol.signed_headers(SECRET, during)
+    after_headers = protocol.signed_headers(SECRET, after)
     private_db.down()
     status, first = answer(relay.post(during, during_headers))
     assert (status, first["status"]) == (200, "accepted")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.cli import main
+from suki_relay.cli.main import main
 
 
 def test_init_writes_a_starter_that_passes_check(tmp_path: Path,

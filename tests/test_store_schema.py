@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay.cli import main
+from suki_relay.cli.main import main
 from suki_relay.store import EventFilter, NewEvent, SchemaTooNew, open_store, schema
 from suki_relay.store.schema import Migration
 

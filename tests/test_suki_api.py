@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from suki_relay import suki_api
+from suki_relay.deliver import suki_api
+from suki_relay.deliver.suki_api import SukiClient, SukiSettings, safe_url
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
-from suki_relay.suki_api import SukiClient, SukiSettings, safe_url
 from suki_relay.testing import (
     RawServer,
     Received,

@@ -8,7 +8,7 @@ import jinja2
 import pytest
 from jinja2.sandbox import SecurityError
 
-from suki_relay.templates import Templates, render_value
+from suki_relay.deliver.templates import Templates, render_value
 
 PAYLOAD = {"status": "failure", "session_id": "s-1", "items": ["a", "b"],
            "additional_info": {"specialty": "pediatrics"}}

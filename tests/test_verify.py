@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from suki_relay import signing, verify
+from suki_relay import protocol
 from suki_relay.errors import Rejected
+from suki_relay.receive import verify
 
 BODY = b'{"status": "failure"}'
 
@@ -24,14 +25,14 @@ def test_signature_matches_the_documented_recipe() -> None:
     import hmac
 
     expected = hmac.new(b"k", b"1700000000000:" + BODY, hashlib.sha256).hexdigest()
-    assert signing.signature("k", "1700000000000", BODY) == expected
+    assert protocol.signature("k", "1700000000000", BODY) == expected
 
 
 @pytest.mark.parametrize("case", [str.lower, str.upper])
 def test_hex_in_either_case_verifies(case) -> None:  # type: ignore[no-untyped-def]
     now = time.time()
     ts = str(int(now * 1000))
-    sig = case(signing.signature("k", ts, BODY))
+    sig = case(protocol.signature("k", ts, BODY))
     result = verify.verify(ts, sig, BODY, ["k"], 300, now)
     assert result.generated_at_ms == int(ts)
     assert result.signature == sig.lower()
@@ -40,7 +41,7 @@ def test_hex_in_either_case_verifies(case) -> None:  # type: ignore[no-untyped-d
 def test_any_configured_secret_verifies_for_rotation() -> None:
     now = time.time()
     ts = str(int(now * 1000))
-    sig = signing.signature("new", ts, BODY)
+    sig = protocol.signature("new", ts, BODY)
     verify.verify(ts, sig, BODY, ["old", "new"], 300, now)
     assert rejected(verify.verify, ts, sig, BODY, ["old"], 300, now).reason == "bad_signature"
 
@@ -48,7 +49,7 @@ def test_any_configured_secret_verifies_for_rotation() -> None:
 def test_one_changed_byte_fails() -> None:
     now = time.time()
     ts = str(int(now * 1000))
-    sig = signing.signature("k", ts, BODY)
+    sig = protocol.signature("k", ts, BODY)
     r = rejected(verify.verify, ts, sig, BODY + b" ", ["k"], 300, now)
     assert (r.status, r.reason) == (401, "bad_signature")
     r = rejected(verify.verify, str(int(ts) + 1), sig, BODY, ["k"], 300, now)
@@ -59,7 +60,7 @@ def test_one_changed_byte_fails() -> None:
 def test_outside_the_window_either_way_is_expired(skew: int) -> None:
     now = time.time()
     ts = str(int((now + skew) * 1000))
-    sig = signing.signature("k", ts, BODY)
+    sig = protocol.signature("k", ts, BODY)
     r = rejected(verify.verify, ts, sig, BODY, ["k"], 300, now)
     assert (r.status, r.reason) == (401, "expired")
 

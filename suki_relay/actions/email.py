@@ -22,9 +22,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from suki_relay import deadline
-from suki_relay.action import Action, Delivery, Option
-from suki_relay.errors import PermanentError, RetryableError
+from suki_relay.plugin import Action, Delivery, Option, PermanentError, RetryableError, deadline
 
 SMTP_KEYS = {"host": str, "port": int, "username": str, "password": str, "starttls": bool,
              "ssl": bool, "timeout_seconds": (int, float), "allow_plaintext_login": bool}

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from suki_relay.action import Action, Delivery, Option
-from suki_relay.errors import PermanentError
-from suki_relay.fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
-from suki_relay.templates import map_strings, render_value
+from suki_relay.plugin import (
+    CONTENT_RELATIONS,
+    RELATIONS,
+    Action,
+    Delivery,
+    Option,
+    PermanentError,
+    map_strings,
+    note_text,
+    render_value,
+    unknown_relations,
+)
 
 DEFAULT_PATH = ("{{ event.encounter_id | default('no-encounter', true) }}/"
                 "{{ event.session_id }}/{{ rel }}.json")

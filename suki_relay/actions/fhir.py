@@ -22,10 +22,18 @@ from urllib.parse import quote
 
 import requests
 
-from suki_relay import oauth, outbound
-from suki_relay.action import MASK, Action, Delivery, Option, mask_secret_keys
-from suki_relay.errors import PermanentError
-from suki_relay.fetch import CONTENT_RELATIONS, note_text
+from suki_relay.plugin import (
+    CONTENT_RELATIONS,
+    MASK,
+    Action,
+    Delivery,
+    Option,
+    PermanentError,
+    mask_secret_keys,
+    note_text,
+    oauth,
+    outbound,
+)
 
 LOINC = "http://loinc.org"
 DEFAULT_TYPE = {"code": "11506-3", "display": "Progress note"}

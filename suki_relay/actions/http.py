@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from suki_relay import outbound, signing
-from suki_relay.action import Action, Delivery, Option, mask_secret_keys
+from suki_relay import protocol
+from suki_relay.plugin import Action, Delivery, Option, mask_secret_keys, outbound
 
 
 class HttpAction(Action):
@@ -49,7 +49,7 @@ class HttpAction(Action):
         if self.values["sign_secret"]:
             # signed once per delivery: retries carry the same generated-at and signature
             received = datetime.fromisoformat(delivery.received_at).timestamp()
-            signed = signing.signed_headers(self.values["sign_secret"], body, signing.stable_time(
+            signed = protocol.signed_headers(self.values["sign_secret"], body, protocol.stable_time(
                 received, self.values["sign_window_seconds"]))
             headers["generated-at"] = signed["generated-at"]
             headers["X-API-Key"] = signed["X-API-Key"]

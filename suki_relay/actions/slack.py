@@ -11,9 +11,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from suki_relay import outbound
-from suki_relay.action import MASK, Action, Delivery, Option
-from suki_relay.templates import map_strings, render_value, slack_escape
+from suki_relay.plugin import (
+    MASK,
+    Action,
+    Delivery,
+    Option,
+    map_strings,
+    outbound,
+    render_value,
+    slack_escape,
+)
 
 _SLACK_ERROR = re.compile(r"[a-z_]{2,60}")
 

@@ -27,15 +27,15 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from suki_relay import logs
-from suki_relay.printable import printable
-from suki_relay.store import StoreUnavailable
 from suki_relay.console.auth import Keys, Session, Throttle
 from suki_relay.console.views import Views
+from suki_relay.printable import printable
+from suki_relay.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from suki_relay.app import RelayApp
+    from suki_relay.receive.app import RelayApp
 
 log = logging.getLogger("suki_relay.console")
 SESSION_KEY = "suki_relay.console.session"  # in the WSGI environ: (session, store could say)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from suki_relay.console.settings import ConsoleSettings
+from suki_relay.config.console import ConsoleSettings
 
 _DUMMY_HASH = generate_password_hash("not a password of anyone", method="scrypt")
 

@@ -1,7 +1,7 @@
 """The console's pages: what each one reads from the store and what each action does.
 
 Reads are the store's admin reads; replay and reroute are the same repair operations
-the CLI runs (suki_relay.repair). Every action has a confirmation page (GET) and does
+the CLI runs (suki_relay.recover.repair). Every action has a confirmation page (GET) and does
 its work only on a POST carrying the session's CSRF token, then shows the outcome.
 """
 
@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Request, Response
 
-from suki_relay import repair
-from suki_relay.dryrun import SAMPLES
+from suki_relay.config.check import SAMPLES
 from suki_relay.errors import RelayError, StoreError
+from suki_relay.recover import repair
 from suki_relay.store import EventFilter, StoreUnavailable
 
 if TYPE_CHECKING:
-    from suki_relay.app import RelayApp
-    from suki_relay.store import EventDetail
     from suki_relay.console.app import Console
     from suki_relay.console.auth import Session
+    from suki_relay.receive.app import RelayApp
+    from suki_relay.store import EventDetail
 
 PAGE_SIZE = 50
 STATUSES = SAMPLES  # the statuses the events filter offers: those there are samples of
@@ -36,7 +36,7 @@ def _flag(value: str | None) -> bool | None:
 
 
 def _since(text: str) -> float:
-    from suki_relay.cli_store import parse_since
+    from suki_relay.store.rows import parse_since
 
     since = parse_since(text)
     assert since is not None
@@ -45,9 +45,8 @@ def _since(text: str) -> float:
 
 def readiness(relay: RelayApp) -> str:
     """What /readyz says (store, and spool where there is one), in words."""
-    answer = relay.ready()
-    body = json.loads(answer.body)
-    if answer.status != 200:
+    status, body = relay.readiness()
+    if status != 200:
         return f"not ready: {body.get('message', body.get('error', 'unknown'))}"
     details = ", ".join(f"{k} {v}" for k, v in body.items()
                         if k not in ("status", "config"))  # the config: its own line

@@ -1,4 +1,5 @@
-"""The ledger: one interface (base.Store), two backends chosen by the `store:` URL.
+"""Keeping: the ledger (one interface, base.Store, two backends chosen by the `store:`
+URL), the local spool, and pruning.
 
     base.py       the interface, and what goes in and out of the ledger (NewEvent, Claimed, ...)
     rows.py       what the admin reads return (EventRow, DeliveryRow, AttemptRow, Stats)
@@ -8,6 +9,11 @@
     admin.py      inspection and repair: events, event, deliveries, reopen, reroute, prune, stats
     sql.py        the store assembled from those; sqlite.py and postgres.py are its backends
     group_commit.py  many concurrent callers, one transaction
+    sessions.py   the ledger's part for recovery (sessions seen, waiting, recovered)
+    refusals.py   the ledger's part for refused requests
+    spool.py      the local spool: where a notification is committed when the store cannot
+    retention.py  pruning old events, never inside the replay window
+    pgpool.py     PostgreSQL connections
 
 Adding a migration (a column, a table, an index): append
 ``Migration(<last version + 1>, "why", "ALTER TABLE ... ;")`` to ``schema.MIGRATIONS``;

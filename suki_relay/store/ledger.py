@@ -12,7 +12,16 @@ import json
 import time
 from typing import Any
 
-from suki_relay.store.base import IN_FLIGHT, PENDING, Claimed, ClaimRequest, NewEvent, Outcome, Recorded, new_id
+from suki_relay.store.base import (
+    IN_FLIGHT,
+    PENDING,
+    Claimed,
+    ClaimRequest,
+    NewEvent,
+    Outcome,
+    Recorded,
+    new_id,
+)
 from suki_relay.store.tx import Backend, Tx, chunks, marks
 
 ERROR_MAX = 500

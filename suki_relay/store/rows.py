@@ -2,11 +2,17 @@
 
 The fields are named and ordered as the CLI's --json output shows them, so
 ``dataclasses.asdict`` of a row is that output (the CLI adds only display columns).
+``parse_since`` reads the time bound a reader is given (`2h`, ISO 8601).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from suki_relay.errors import RelayError
 
 
 @dataclass(frozen=True)
@@ -131,3 +137,18 @@ class Stats:
     events: int
     deliveries: dict[str, int]  # every state, zero included
     oldest_pending_age_seconds: float
+
+
+def parse_since(value: str | None) -> float | None:
+    """`30m`, `2h`, `7d` ago, or an ISO 8601 time."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise RelayError(f"cannot read time {value!r}: use 30m, 2h, 7d or ISO 8601") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()

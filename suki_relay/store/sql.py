@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from suki_relay.store.admin import Admin
 from suki_relay.store.ledger import Ledger
-from suki_relay.store.recovery import RecoveryLedger
-from suki_relay.store.rejections import RejectionLedger
+from suki_relay.store.refusals import RejectionLedger
 from suki_relay.store.schema import ensure_schema
+from suki_relay.store.sessions import RecoveryLedger
 
 
 class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger):

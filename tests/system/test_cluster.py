@@ -13,14 +13,8 @@ import pytest
 import requests
 import yaml
 
-from suki_relay.testing import (
-    SECRET,
-    PrivateCluster,
-    Reply,
-    post_signed,
-    unique_body,
-    wait_until,
-)
+from suki_relay.testing import SECRET, Reply, post_signed, unique_body, wait_until
+from tests.support.relay import PrivateCluster
 
 from ..conftest import FAST_DELIVERY, http_action, open_test_store
 

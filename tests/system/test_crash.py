@@ -85,7 +85,7 @@ def test_receive_only_nodes_and_a_separate_worker(write_config, relay, sink, sto
     event_id = post_signed(r.webhook, unique_body()).json()["event_id"]
     time.sleep(1)
     assert target.received == []
-    worker = subprocess.Popen([sys.executable, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+    worker = subprocess.Popen([sys.executable, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: target.received, message="the worker's delivery")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from suki_relay import signing
+from suki_relay import protocol
 from suki_relay.testing import SECRET, post_signed, unique_body, wait_until
 
 from ..conftest import http_action
@@ -34,7 +34,7 @@ def test_metrics_match_what_was_sent(write_config, relay, sink, store_url) -> No
                                                  "generated-at": "1", "X-API-Key": "0" * 64},
                   timeout=5)
     assert post_signed(r.webhook, body).status_code == 200
-    headers = signing.signed_headers(SECRET, body)
+    headers = protocol.signed_headers(SECRET, body)
     for _ in range(2):
         requests.post(r.webhook, data=body, headers=headers, timeout=5)
     wait_until(lambda: len(target.received) == 8, message="8 deliveries")

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from suki_relay.signing import signed_headers
+from suki_relay.protocol import signed_headers
 from suki_relay.testing import SECRET, unique_body, wait_until
 
 from ..conftest import http_action, run_cli

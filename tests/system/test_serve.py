@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from suki_relay.dryrun import sample
+from suki_relay.config.check import sample
 from suki_relay.testing import SECRET, post_signed, unique_body, wait_until
 
 from ..conftest import http_action, run_cli

@@ -129,7 +129,7 @@ def test_a_worker_started_during_the_outage_moves_the_spool(tmp_path: Path, priv
     receiver.stop()
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "suki_relay.cli", "-c", str(cfg),
+        worker = subprocess.Popen([sys.executable, "-m", "suki_relay.cli.main", "-c", str(cfg),
                                    "worker"], stdout=out, stderr=out, start_new_session=True)
     try:
         wait_until(lambda: worker.poll() is not None or "delivering from" in log.read_text(),

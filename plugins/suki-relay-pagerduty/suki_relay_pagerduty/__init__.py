@@ -1,7 +1,7 @@
 """``pagerduty``: trigger a PagerDuty incident through the Events API v2.
 
 An example of a third-party suki-relay plugin: one class, options declared as data,
-``deliver`` raising RetryableError or PermanentError through suki_relay.outbound, and
+``deliver`` raising RetryableError or PermanentError through suki_relay.deliver.outbound, and
 everything imported from the one public module, suki_relay.plugin.
 """
 

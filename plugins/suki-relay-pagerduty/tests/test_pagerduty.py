@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from suki_relay.deliver.registry import discover
 from suki_relay.plugin import ConfigError, PermanentError, RetryableError
-from suki_relay.plugins import discover
 from suki_relay.testing import (
     RawServer,
     Reply,
@@ -63,7 +63,7 @@ def test_preview_masks_the_routing_key(tmp_path: Path) -> None:
 def test_netrc_credentials_never_reach_pagerduty(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain requests.Session would add Basic auth from ~/.netrc; the plugin's sessions
-    come from suki_relay.outbound, which never reads it."""
+    come from suki_relay.deliver.outbound, which never reads it."""
     plant_netrc(monkeypatch, tmp_path)
     with Sink(default=Reply(202, b"{}")) as pd:
         action = build_action("pagerduty", {"routing_key": "k", "events_url": pd.url}, tmp_path)

@@ -1,0 +1,185 @@
+"""The deadline of one outbound request: connect, send, status line, headers and body.
+
+A per-read timeout does not bound a target that drips a byte at a time, so every request
+made through :func:`suki_relay.deliver.outbound.send` registers an :class:`Attempt` with one
+watchdog thread per process; when its deadline passes, the watchdog shuts down the socket
+of every connection the attempt used, which ends whatever the requesting thread is blocked
+in. Connections join the current thread's attempt through requests' adapter
+(:func:`ensure_adapter`), so nothing else about requests changes; any other client with
+a ``sock`` attribute (the email action's SMTP client) joins by :meth:`Attempt.add`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
+
+
+class Connection(Protocol):
+    """What an attempt shuts down: anything holding its current socket as ``sock``
+    (urllib3's connections, smtplib's client; read when the time is up, so a socket
+    replaced by its TLS wrapper is the one shut down)."""
+
+    sock: Any
+
+
+class Attempt:
+    """One request's deadline and the connections it used; shut down when it passes."""
+
+    __slots__ = ("conns", "deadline", "done", "expired", "lock")
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.conns: list[Connection] = []
+        self.done = False
+        self.expired = False
+        self.lock = threading.Lock()
+
+    def add(self, conn: Connection) -> None:
+        """Shut ``conn`` down when the time is up (at once, if it already is)."""
+        with self.lock:
+            self.conns.append(conn)
+            if not self.expired:
+                return
+        _shutdown(conn)
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.expired = True
+            conns = list(self.conns)
+        for conn in conns:
+            _shutdown(conn)
+
+
+def _shutdown(conn: Connection) -> None:
+    """End whatever the connection's socket is blocked in (another thread is reading it).
+    The plain socket's shutdown is used even under TLS: it acts on the descriptor and
+    leaves the TLS object to fail in the reading thread, which expects it."""
+    sock = conn.sock
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread per process expiring attempts whose deadline has passed (a
+    thread per request would cost more than a local POST). Started lazily, and again in a
+    forked child, where threads do not survive."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        """Fresh state (a fork may copy the lock held by a thread that is not copied)."""
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Attempt]] = []
+        self._seq = itertools.count()
+        self._running = False  # in this process (reset in a forked child)
+
+    def watch(self, attempt: Attempt) -> None:
+        with self._cond:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="suki-outbound-deadline",
+                                 daemon=True).start()
+            heapq.heappush(self._heap, (attempt.deadline, next(self._seq), attempt))
+            if self._heap[0][2] is attempt:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)  # finished in time: nothing to do
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                attempt = heapq.heappop(self._heap)[2]
+            attempt.expire()
+
+
+watchdog = _Watchdog()
+current = threading.local()
+
+
+@contextmanager
+def bounded(seconds: float) -> Iterator[Attempt]:
+    """An attempt that ends ``seconds`` from now: connections added to it are shut down
+    then, unless the block has finished (after which the watchdog leaves them alone)."""
+    attempt = Attempt(time.monotonic() + seconds)
+    watchdog.watch(attempt)
+    try:
+        yield attempt
+    finally:
+        with attempt.lock:
+            attempt.done = True
+
+
+class _JoinsDeadline:
+    """A connection that joins the current request's deadline each time it is used."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        attempt: Attempt | None = getattr(current, "attempt", None)
+        if attempt is not None:
+            attempt.add(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Connection(_JoinsDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_JoinsDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections that join the current request's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def ensure_adapter(session: requests.Session) -> None:
+    if not isinstance(session.get_adapter("https://x/"), _Adapter):
+        session.mount("https://", _Adapter())
+        session.mount("http://", _Adapter())

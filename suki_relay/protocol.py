@@ -1,0 +1,55 @@
+"""Suki's side of the protocol: its request signature, HMAC-SHA-256 over
+``generated-at + ":" + raw body`` in hex, and the statuses its documentation names.
+
+Pure functions with no I/O, shared by the receiver (verify), ``suki-relay send`` and the
+``http`` action's ``sign_secret`` (sign).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+DOCUMENTED_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+
+
+def signature(secret: str, generated_at: str, body: bytes) -> str:
+    message = generated_at.encode("ascii") + b":" + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """The two headers Suki sends, for a body signed now."""
+    generated_at = str(int((time.time() if now is None else now) * 1000))
+    return {
+        "Content-Type": "application/json",
+        "generated-at": generated_at,
+        "X-API-Key": signature(secret, generated_at, body),
+    }
+
+
+def stable_time(anchor: float, window: float, now: float | None = None) -> float:
+    """A signing time for retries of one delivery: ``anchor`` (when the event was
+    received) moved forward in whole ``window`` steps to the last step not after now.
+
+    Every retry within one window signs with the same ``generated-at``, so it carries the
+    same signature and a downstream relay de-duplicates it; a retry after a long outage
+    still signs with a time less than ``window`` old, so a receiver whose tolerance is
+    longer than ``window`` does not refuse it as expired. Pure: no state to keep.
+    """
+    now = time.time() if now is None else now
+    return anchor + max(0, int((now - anchor) // window)) * window
+
+
+def matches(secrets: list[str], generated_at: str, body: bytes, given: str) -> bool:
+    """True if any secret signs the request to ``given`` (hex, either case).
+
+    Every secret is tried, so the time taken does not tell which one (if any) matched.
+    """
+    given_bytes = given.lower().encode("ascii", "replace")
+    ok = False
+    for secret in secrets:
+        expected = signature(secret, generated_at, body).encode("ascii")
+        ok |= hmac.compare_digest(expected, given_bytes)
+    return ok

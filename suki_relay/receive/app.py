@@ -1,0 +1,272 @@
+"""The receiving WSGI application: request -> verify -> record, then answer. Nothing else
+inline.
+
+``suki_relay.serve.assemble`` builds it over an open store (and spool) and mounts the
+console on it; the receiver itself knows nothing of the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_content_length
+
+from suki_relay import logs, metrics
+from suki_relay.config.load import Config
+from suki_relay.errors import Rejected, StoreUnavailable
+from suki_relay.receive import verify
+from suki_relay.receive.body import TooSlow, read_body
+from suki_relay.receive.record import commit, recorder, to_event
+from suki_relay.receive.rejections import RejectionLog, expired_hint, skew_ms
+from suki_relay.store import NewEvent, Store
+from suki_relay.store.spool import SpoolFull
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from suki_relay.deliver.deliverer import Deliverer
+    from suki_relay.receive.drain import Drainer
+    from suki_relay.recover.recovery import GapWatcher
+    from suki_relay.serve.config_state import ConfigState
+    from suki_relay.store.spool import Spool
+
+log = logging.getLogger("suki_relay.receiver")
+READY_SECONDS = 1.0  # /readyz asks the store at most this often
+
+
+class Answer:
+    """A short JSON answer, written straight to the WSGI server (no framework objects:
+    on the webhook path they cost more than verifying the signature)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()):
+        self.status = status
+        self.body = json.dumps(body).encode()
+        self.headers = headers
+
+    def __call__(self, start_response: StartResponse) -> list[bytes]:
+        start_response(f"{self.status} {HTTP_STATUS_CODES.get(self.status, '')}",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(self.body))), *self.headers])
+        return [self.body]
+
+
+def error(status: int, reason: str, message: str) -> Answer:
+    headers = (("Allow", "POST"),) if status == 405 else (
+        (("Connection", "close"),) if status == 408 else ())
+    return Answer(status, {"error": reason, "message": message}, headers)
+
+
+class RelayApp:
+    def __init__(self, config: Config, store: Store, state: ConfigState,
+                 deliverer: Deliverer | None = None, watcher: GapWatcher | None = None,
+                 spool: Spool | None = None, drainer: Drainer | None = None):
+        from suki_relay.store.spool import Spooling
+
+        self.config = config
+        self.config_state = state
+        try:  # the audit trail of config versions; never a reason not to start
+            store.remember_config(self.config_state.version, str(config.file.resolve()))
+        except StoreUnavailable as exc:
+            logs.event(log, "config version not recorded: store unavailable", logging.WARNING,
+                       version=self.config_state.version, error=str(exc)[:200])
+        self.store = store
+        self.recorder = recorder(store)
+        self.count_event = metrics.event_counter(config.rules)
+        self.deliverer = deliverer
+        self.store_stats = metrics.StoreStats(store)
+        self._ready: tuple[float, Answer | None] = (0.0, None)
+        self.ready_seconds = READY_SECONDS
+        self._store_down = False  # the last commit failed: the next success is news
+        self.watcher = watcher
+        self.rejections = RejectionLog(store)
+        self.spool = spool
+        self.spooling = Spooling(spool) if spool is not None else None
+        self.drainer = drainer
+        self.console: Any = None  # the operator console's WSGI app, when mounted
+        self.console_prefix = config.console.path
+
+    def mount_console(self, console: Any) -> None:
+        """Hand requests under ``console.path`` to ``console`` (a WSGI app)."""
+        self.console = console
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == self.config.receiver.path:
+            return self.receive(environ)(start_response)
+        if path == "/healthz":
+            return Answer(200, {"status": "alive"})(start_response)
+        if path == "/readyz":
+            return self.ready()(start_response)
+        if self.config.metrics.enabled and path == self.config.metrics.path:
+            body, content_type = metrics.render(self.store_stats, self.config_state, self.spool)
+            start_response("200 OK", [("Content-Type", content_type),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if self.console is not None and (path == self.console_prefix or path.startswith(
+                self.console_prefix + "/")):
+            return self.console(environ, start_response)
+        return error(404, "not_found", "no such path")(start_response)
+
+    def ready(self) -> Answer:
+        """/readyz: the readiness below as an HTTP answer."""
+        status, body = self.readiness()
+        return Answer(status, body)
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The HTTP status /readyz answers and what it says, as data. Asked of the store (a
+        write transaction) at most once every ``ready_seconds``, however often probes come;
+        sooner when a request has just found the store gone, or back."""
+        at, answer = self._ready
+        now = time.monotonic()
+        if answer is None or now - at >= self.ready_seconds:
+            answer = self._readiness()
+            self._ready = (now, answer)
+        return answer
+
+    def _readiness(self) -> tuple[int, dict[str, Any]]:
+        """200 while a notification can be committed: to the store, or (a degraded state a
+        load balancer must not act on: every node would go) to the spool."""
+        try:
+            self.store.ping()
+        except Exception:
+            spooled = self._spool_room()
+            if spooled is None:
+                return 503, {"error": "store_unavailable", "message": "the store cannot commit"}
+            return 200, {"status": "degraded", "store": "unavailable",
+                         "spooled": spooled, **self.config_state.describe()}
+        if self.spool is None:
+            return 200, {"status": "ready", **self.config_state.describe()}
+        try:
+            spooled: int | str = self.spool.summary()["spooled"]
+        except Exception:
+            spooled = "unavailable"
+        return 200, {"status": "ready", "store": "ok", "spooled": spooled,
+                     **self.config_state.describe()}
+
+    def _spool_room(self) -> int | None:
+        """How many events wait in the spool, if it can take one more; else None."""
+        if self.spool is None:
+            return None
+        try:
+            self.spool.ping()
+            summary = self.spool.summary()
+        except Exception:
+            return None
+        return summary["spooled"] if summary["room"] > 0 else None
+
+    # ---------------------------------------------------------------- the webhook
+
+    def receive(self, environ: WSGIEnvironment) -> Answer:
+        started = time.perf_counter()
+        fields: dict[str, Any] = {}
+        try:
+            answer, outcome = self._receive(environ, fields)
+        except StoreUnavailable as exc:
+            answer, outcome = error(503, "store_unavailable",
+                                    "the notification could not be stored; not accepted"), \
+                "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
+            self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
+        elapsed = time.perf_counter() - started
+        metrics.count_request(outcome, elapsed)
+        level = logging.WARNING if answer.status >= 500 or outcome == "expired" \
+            else logging.INFO
+        logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
+                   duration_ms=round(elapsed * 1000, 2), **fields)
+        return answer
+
+    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Answer, str]:
+        receiver = self.config.receiver
+        try:
+            if environ.get("REQUEST_METHOD") != "POST":
+                raise Rejected(405, "method_not_allowed", "only POST is accepted")
+            verify.check_content_type(environ.get("CONTENT_TYPE"))
+            verify.check_length(get_content_length(environ), receiver.max_body_bytes)
+            generated_at = environ.get("HTTP_GENERATED_AT")
+            api_key = environ.get("HTTP_X_API_KEY")
+            verify.check_headers(generated_at, api_key)
+            try:
+                body = read_body(environ, receiver.max_body_bytes + 1,
+                                 receiver.read_timeout_seconds)
+            except TooSlow:
+                raise Rejected(408, "request_timeout", "the body did not arrive within "
+                               f"{receiver.read_timeout_seconds:g} seconds") from None
+            verify.check_length(len(body), receiver.max_body_bytes)
+            verified = verify.verify(generated_at or "", api_key or "", body,
+                                     list(receiver.secrets), receiver.tolerance_seconds,
+                                     time.time())
+        except Rejected as r:
+            self.rejected(r, environ, fields)
+            return error(r.status, r.reason, r.message), r.reason
+
+        event = to_event(body, verified, self.config, self.config_state.version)
+        spooled = False
+        if self.spool is not None and self.spool.maybe_waiting:
+            first = self._spooled_before(event)
+            if first is not None:
+                fields.update(event_id=first, status=event.status, session_id=event.session_id)
+                return Answer(200, {"status": "duplicate", "event_id": first,
+                                    "spooled": True}), "duplicate"
+        try:
+            event, recorded = commit(self.recorder, event)
+        except StoreUnavailable as exc:
+            self._store_down = True
+            self._ready = (0.0, None)  # readiness is news now: ask again
+            if self.spooling is None:
+                raise
+            recorded = self.spooling.submit(event, exc)
+            spooled = True
+        else:
+            if self._store_down:  # back: readiness is news again
+                self._store_down = False
+                self._ready = (0.0, None)
+            if self.spooling is not None and self.spooling.active:
+                self.spooling.stopped()
+                if self.drainer is not None:
+                    self.drainer.wake()
+        fields.update(event_id=recorded.event_id, status=event.status,
+                      session_id=event.session_id, deliveries=len(event.actions))
+        if spooled:
+            fields["spooled"] = True
+        if event.malformed:
+            return error(400, "malformed_payload",
+                         "signed body is not a JSON object with a string status; "
+                         f"kept as {recorded.event_id}"), "malformed"
+        if recorded.duplicate:
+            return Answer(200, {"status": "duplicate", "event_id": recorded.event_id,
+                                **({"spooled": True} if spooled else {})}), "duplicate"
+        self.count_event(event.status or "")
+        if not event.rules:
+            logs.event(log, "unmatched event", logging.WARNING, event_id=recorded.event_id,
+                       status=event.status, deliveries=len(event.actions))
+        if spooled:
+            return Answer(200, {"status": "accepted", "event_id": recorded.event_id,
+                                "spooled": True}), "spooled"
+        if self.deliverer is not None and event.actions:
+            self.deliverer.wake(event.actions)
+        return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
+
+
+    def rejected(self, r: Rejected, environ: WSGIEnvironment, fields: dict[str, Any]) -> None:
+        """Keep a trace of the refusal (no body); an expiry logs its skew and a hint."""
+        skew = skew_ms(environ.get("HTTP_GENERATED_AT"), time.time())
+        if skew is not None:
+            fields["skew_ms"] = skew
+            if r.reason == "expired":
+                fields["hint"] = expired_hint(skew)
+        self.rejections.add(r.reason, r.status, skew, environ.get("REMOTE_ADDR"))
+
+    def _spooled_before(self, event: NewEvent) -> str | None:
+        """While this node's spool may hold events: the one spooled with this request's
+        dedup key (the same request sent again after the outage, before it was moved)."""
+        assert self.spool is not None
+        try:
+            return self.spool.find(event.dedup_key)
+        except Exception:  # the spool unreadable: the store's dedup key still holds
+            return None
