@@ -100,7 +100,7 @@ def relay_config(folder: Path, actions: dict[str, Any] | None = None,
 
 
 def relay_cmd(cfg: Path, port: int, python: str = PY) -> list[str]:
-    return [python, "-m", "suki_relay.cli.main", "-c", str(cfg), "serve", "--bind",
+    return [python, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind",
             f"127.0.0.1:{port}"]
 
 
