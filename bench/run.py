@@ -469,12 +469,14 @@ def bench_flood(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
 
 def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Store -> fast local target, against a bare `requests` loop of the same concurrency."""
-    from suki_relay.store import NewEvent, open_store
-
     n, concurrency = args.deliveries, 8
     port = free_port()
     body = json.dumps(SAMPLE).encode()
-    results: dict[str, list[float]] = {"requests loop": [], "suki-relay worker": []}
+    relays = [("suki-relay worker", PY, REPO)]
+    if args.compare:  # another checkout's worker, in the same rounds (before and after)
+        tree = args.compare.resolve()
+        relays.append((f"suki-relay worker at {checkout_label(tree)}", checkout_python(tree), tree))
+    results: dict[str, list[float]] = {"requests loop": [], **{name: [] for name, _, _ in relays}}
     with server(gunicorn("bench.apps:bare", port), port):
         url = f"http://127.0.0.1:{port}/"
         for rnd in range(args.rounds):
@@ -494,35 +496,45 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                 t.join()
             results["requests loop"].append(n / (time.perf_counter() - t0))
 
-            folder = work / f"delivery-{rnd}"
-            cfg = relay_config(folder, {"fast": {"type": "http", "url": url,
-                                                 "max_concurrency": concurrency}})
-            data = yaml.safe_load(cfg.read_text())
-            data["delivery"] = {"threads": concurrency}
-            cfg.write_text(yaml.safe_dump(data))
-            store = open_store("sqlite:///relay.db", folder)
-            batch = [NewEvent(f"k{i}", body, 0, "failure", None, None, False, ["all"], ["fast"])
-                     for i in range(n)]
-            for i in range(0, n, 500):
-                store.record(batch[i:i + 500])
-            t0 = time.perf_counter()
-            worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
-                                      env=relay_env(folder), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-            try:
-                wait_until(lambda s=store: s.stats().deliveries["done"] == n, 600, 0.05,
-                           "all deliveries done")
-                results["suki-relay worker"].append(n / (time.perf_counter() - t0))
-            finally:
-                os.kill(worker.pid, signal.SIGTERM)
-                worker.wait(30)
-                store.close()
-            print(f"  round {rnd + 1}: loop {results['requests loop'][-1]:.0f}/s, relay "
-                  f"{results['suki-relay worker'][-1]:.0f}/s", file=sys.stderr)
+            for name, python, tree in (relays if rnd % 2 == 0 else relays[::-1]):
+                results[name].append(relay_delivery(work / f"delivery-{rnd}-{len(results[name])}",
+                                                    url, body, n, concurrency, python, tree))
+            print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()),
+                  file=sys.stderr)
     out["delivery"] = [{"path": k, "events_s": statistics.median(v),
                         "ratio": paired_ratio(v, results["requests loop"])}
                        for k, v in results.items()]
     out["lag"] = bench_lag(args, work)
+
+
+def relay_delivery(folder: Path, url: str, body: bytes, n: int, concurrency: int, python: str,
+                   tree: Path) -> float:
+    """Events per second one `suki-relay worker` (of the checkout at ``tree``) delivers
+    ``n`` stored events to ``url``."""
+    from suki_relay.store import NewEvent, open_store
+
+    cfg = relay_config(folder, {"fast": {"type": "http", "url": url,
+                                         "max_concurrency": concurrency}})
+    data = yaml.safe_load(cfg.read_text())
+    data["delivery"] = {"threads": concurrency}
+    cfg.write_text(yaml.safe_dump(data))
+    store = open_store("sqlite:///relay.db", folder)
+    batch = [NewEvent(f"k{i}", body, 0, "failure", None, None, False, ["all"], ["fast"])
+             for i in range(n)]
+    for i in range(0, n, 500):
+        store.record(batch[i:i + 500])
+    t0 = time.perf_counter()
+    worker = subprocess.Popen([python, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+                              env=relay_env(folder), cwd=tree, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda s=store: s.stats().deliveries["done"] == n, 600, 0.05,
+                   "all deliveries done")
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        store.close()
 
 
 def bench_lag(args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -814,8 +826,9 @@ def main() -> None:
     p.add_argument("--pg", default=None, metavar="URL",
                    help="also measure acknowledgement on this PostgreSQL (a schema per run)")
     p.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
-                   help="also measure acknowledgement by the relay in another checkout (an\n"
-                        "earlier release, say) in the same rounds: before and after, paired")
+                   help="also measure acknowledgement and delivery by the relay in another\n"
+                        "checkout (an earlier release, say) in the same rounds: before and\n"
+                        "after, paired")
     p.add_argument("--handlers", nargs="*", default=None, metavar="TEXT",
                    help="acknowledgement: only the handlers whose name contains one of\n"
                         "these (and bare WSGI), e.g. --handlers 'spool disabled' "
