@@ -496,9 +496,9 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                 t.join()
             results["requests loop"].append(n / (time.perf_counter() - t0))
 
-            for name, python, tree in (relays if rnd % 2 == 0 else relays[::-1]):
-                results[name].append(relay_delivery(work / f"delivery-{rnd}-{len(results[name])}",
-                                                    url, body, n, concurrency, python, tree))
+            for i, (name, python, tree) in enumerate(relays if rnd % 2 == 0 else relays[::-1]):
+                results[name].append(relay_delivery(work / f"delivery-{rnd}-{i}", url, body, n,
+                                                    concurrency, python, tree))
             print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()),
                   file=sys.stderr)
     out["delivery"] = [{"path": k, "events_s": statistics.median(v),
