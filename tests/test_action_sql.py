@@ -166,6 +166,59 @@ def test_a_list_of_statements_is_one_transaction(sql_spec, target: Target) -> No
     assert target.sql("SELECT count(*) FROM notes") == [(1,)]
 
 
+# ---------------------------------------------------------------- the recipes, as written
+
+RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes" / "database.md"
+
+
+def recipe(kind: str) -> tuple[str, dict[str, Any]]:
+    """The table and the action of the recipe's section for ``kind``, as written."""
+    heading = {"postgresql": "## PostgreSQL\n", "sqlite": "## SQLite\n"}[kind]
+    section = RECIPES.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    table = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    return table, config["actions"]["note-to-table"]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_recipes_write_the_note_once_per_session(write_config, local_relay, relay_log,  # type: ignore[no-untyped-def]
+                                                     target: Target, suki: SukiStandIn) -> None:
+    """The recipe for each database as the docs give it (only the URL is this test's):
+    the note and its text land exactly, and a replay of the same event leaves one row."""
+    table, action = recipe(target.kind)
+    target.sql(table)
+    action = {**action, "url": target.url, "retry": FAST_RETRY}
+    r = local_relay(write_config({"suki": suki.settings(), **routed(
+        {"note-to-table": action}, {"status": "success"})}))
+    body = unique_body("success")
+    event_id = r.accept(body)
+    wait_until(lambda: states(r.store) == ["done"], message="the row")
+    r.store.reopen([d.id for d in r.store.deliveries()])
+    wait_until(lambda: len(attempts(r.store, event_id)) == 2 and states(r.store) == ["done"],
+               message="the replay")
+    assert [a[2] for a in attempts(r.store, event_id)] == ["committed; 1 row(s) affected"] * 2
+    [(session, encounter, status, text, doc)] = target.sql(
+        "SELECT session_id, encounter_id, status, note_text, note_json FROM suki_notes")
+    payload = json.loads(body)
+    assert (session, encounter, status) == (payload["session_id"], payload["encounter_id"],
+                                            "success")
+    assert text == note_text(NOTE)
+    assert (doc if target.kind == "postgresql" else json.loads(doc)) == NOTE
+    assert "PHI-NOTE" not in relay_log.text()
+
+
+def test_the_recipes_pass_check(tmp_path: Path) -> None:
+    recipes = RECIPES.read_text()
+    full = yaml.safe_load(recipes.split("```yaml\n", 1)[1].split("```", 1)[0])
+    for kind in ("postgresql", "sqlite"):
+        _, action = recipe(kind)
+        (tmp_path / "actions.yaml").write_text(yaml.safe_dump(
+            {"receiver": {"secrets": [SECRET]}, **full, "actions": {"note-to-table": action}}))
+        env = {"SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t", "NOTES_DB_PASSWORD": "x"}
+        result = run_cli("check", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------- the note, exactly
 
 

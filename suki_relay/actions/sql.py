@@ -32,6 +32,7 @@ is configured: a relay without one never loads it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -50,6 +51,16 @@ MAX_STATEMENTS = 20
 # plain postgresql:// would mean psycopg2 to SQLAlchemy; the relay ships psycopg 3
 DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 LIBPQ_DRIVERS = ("psycopg", "psycopg2")
+MYSQL_DRIVERS = ("pymysql", "mysqldb")
+_ENGINE_LOCK = threading.Lock()  # making or dropping an engine (rare; not per delivery)
+
+
+def _new_lock() -> None:
+    global _ENGINE_LOCK
+    _ENGINE_LOCK = threading.Lock()  # a fork may copy it held by a thread it does not copy
+
+
+os.register_at_fork(after_in_child=_new_lock)
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCALARS = (str, int, float, bool, type(None))
 URL_FORM = ("not a SQLAlchemy database URL (dialect[+driver]://user:password@host:port/"
@@ -115,11 +126,8 @@ class SqlAction(Action):
                                   help="bounds connecting and each statement"),
     }
 
-    def __init__(self, name: str, values: dict[str, Any], relay: Any):
-        super().__init__(name, values, relay)
-        self._engine: Engine | None = None
-        self._engine_pid = 0
-        self._lock = threading.Lock()
+    _engine: Engine | None = None  # this process's, made at the first delivery
+    _engine_pid = 0
 
     # ---------------------------------------------------------------- config
 
@@ -203,7 +211,7 @@ class SqlAction(Action):
         rows = 0
         try:
             with self.engine().begin() as conn:
-                for statement in self._texts():
+                for statement in self._texts:
                     result = conn.execute(statement, params)
                     rows += max(result.rowcount or 0, 0)
         except sa_exc.SQLAlchemyError as exc:
@@ -221,13 +229,14 @@ class SqlAction(Action):
                 "params": self.bound(delivery)}
 
     def close(self) -> None:
-        with self._lock:
+        with _ENGINE_LOCK:
             engine, self._engine = self._engine, None
         if engine is not None and self._engine_pid == os.getpid():
             engine.dispose()
 
     # ---------------------------------------------------------------- the engine
 
+    @functools.cached_property
     def _texts(self) -> list[TextClause]:
         from sqlalchemy import text
 
@@ -236,7 +245,10 @@ class SqlAction(Action):
     def engine(self) -> Engine:
         """This process's engine (a forked child makes its own: connections are not
         shared across processes)."""
-        with self._lock:
+        engine = self._engine
+        if engine is not None and self._engine_pid == os.getpid():
+            return engine
+        with _ENGINE_LOCK:
             if self._engine is None or self._engine_pid != os.getpid():
                 if self._engine is not None:
                     self._engine.dispose(close=False)  # the parent's connections stay its own
@@ -260,6 +272,9 @@ class SqlAction(Action):
                                       f"{given}".strip()
         elif backend == "sqlite":
             connect_args["timeout"] = timeout
+        elif backend in ("mysql", "mariadb") and driver in MYSQL_DRIVERS:  # not tested here
+            connect_args.update(dict.fromkeys(("connect_timeout", "read_timeout", "write_timeout"),
+                                              max(1, math.ceil(timeout))))
         if backend == "sqlite" and not url.database:
             raise PermanentError("url: an in-memory SQLite database is not kept")
         engine = create_engine(url, pool_size=self.max_concurrency, max_overflow=0,
