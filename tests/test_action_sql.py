@@ -154,16 +154,21 @@ def test_a_note_row_is_written_once_for_a_session_delivered_twice(
 
 
 def test_a_list_of_statements_is_one_transaction(sql_spec, target: Target) -> None:  # type: ignore[no-untyped-def]
-    """The second statement fails (no such table): the first one's row is not kept."""
+    """The last statement fails (no such table): nothing before it is kept, the table it
+    created first included (SQLite's driver would run that one outside the transaction)."""
     target.sql(TABLE)
-    spec = sql_spec(sql_action(target.url, [UPSERT, "INSERT INTO audit (session_id) "
-                                            "VALUES (:session_id)"]))
+    spec = sql_spec(sql_action(target.url, [
+        "CREATE TABLE audit (session_id TEXT)", UPSERT,
+        "INSERT INTO audit (session_id) VALUES (:session_id)",
+        "INSERT INTO later (session_id) VALUES (:session_id)"]))
     with pytest.raises(PermanentError):
         attempt_once(spec, make_delivery("failure"))
     assert target.sql("SELECT count(*) FROM notes") == [(0,)]
-    target.sql("CREATE TABLE audit (session_id TEXT)")
-    assert attempt_once(spec, make_delivery("failure")) == "committed; 2 row(s) affected"
-    assert target.sql("SELECT count(*) FROM notes") == [(1,)]
+    with pytest.raises((sqlite3.Error, psycopg.Error)):
+        target.sql("SELECT count(*) FROM audit")
+    target.sql("CREATE TABLE later (session_id TEXT)")
+    assert attempt_once(spec, make_delivery("failure")) == "committed; 3 row(s) affected"
+    assert target.sql("SELECT count(*) FROM audit") == [(1,)]
 
 
 # ---------------------------------------------------------------- the recipes, as written
@@ -346,8 +351,9 @@ def test_a_deadlock_is_retried(sql_spec, pg_url: str) -> None:  # type: ignore[n
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         wait_until(lambda: target.sql(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation IS NULL "
-            "AND locktype = 'transactionid'")[0][0] >= 1, message="the action to wait")
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE pair SET v = $1 WHERE id = 2%%'"
+        )[0][0] == 1, message="the action to wait for row 2")
         other.execute("UPDATE pair SET v = 'other' WHERE id = 1")  # the cycle
         thread.join(30)
         assert not thread.is_alive()
@@ -474,6 +480,33 @@ def test_routes_test_shows_the_statement_and_the_bound_values(tmp_path: Path) ->
                    "status": "success", "received_at": "1970-01-01T00:00:00.000Z",
                    "note": "Dry run\n(fetched from Suki at delivery; not in a dry run)"}}
     assert "pw-SECRET" not in shown.stdout
+
+
+def test_check_renders_the_params_against_the_samples(tmp_path: Path) -> None:
+    report = check_fails(tmp_path, """
+receiver: {secret: s}
+actions:
+  notes:
+    type: sql
+    url: sqlite:///notes.db
+    statement: INSERT INTO notes (session_id, patient) VALUES (:session_id, :patient)
+    params:
+      session_id: "{{ event.session_id }}"
+      patient: "{{ event.additional_info.patient_ref }}"
+rules:
+  - {name: notes, when: {status: success}, do: [notes]}
+""")
+    assert "actions.yaml:8: actions.notes.params: rendering against the success sample: " \
+           "UndefinedError" in report and "patient_ref" in report
+
+
+def test_one_pool_per_action_sized_by_max_concurrency(sql_spec, target: Target) -> None:  # type: ignore[no-untyped-def]
+    target.sql(TABLE)
+    spec = sql_spec({**sql_action(target.url), "max_concurrency": 3})
+    for _ in range(2):
+        attempt_once(spec, make_delivery("failure"))
+    pool = spec.action.engine().pool
+    assert (pool.size(), pool.checkedin(), pool.overflow()) == (3, 1, -2)  # one reused
 
 
 def test_build_refuses_a_bad_config(tmp_path: Path) -> None:

@@ -226,7 +226,7 @@ class SqlAction(Action):
         statement: Any = self.statements if isinstance(self.values["statement"], list) \
             else self.statements[0]
         return {"url": shown.replace("%2A%2A%2A", MASK), "statement": statement,
-                "params": self.bound(delivery)}
+                "params": mask_secret_keys(self.bound(delivery))}
 
     def close(self) -> None:
         with _ENGINE_LOCK:
