@@ -455,12 +455,15 @@ actions:
             listener.accept()
 
 
-def test_routes_test_shows_the_statement_and_the_bound_values(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_routes_test_shows_the_statement_and_the_bound_values(tmp_path: Path) -> None:
+    """The password comes from a secret file, as everywhere; it is never shown."""
+    (tmp_path / "db-password").write_text("pw-SECRET\n")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         listener.setblocking(False)
-        url = f"postgresql://relay:pw-SECRET@127.0.0.1:{listener.getsockname()[1]}/clinic"
+        url = (f"postgresql://relay:${{file:{tmp_path}/db-password}}@127.0.0.1:"
+               f"{listener.getsockname()[1]}/clinic")
         (tmp_path / "actions.yaml").write_text(yaml.safe_dump({
             "receiver": {"secrets": [SECRET]},
             "suki": {"base_url": "https://sdp.suki.ai", "partner_id": "p", "partner_token": "t"},
