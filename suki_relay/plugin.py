@@ -18,7 +18,10 @@ What a plugin gets:
   templates unless ``template=False``); ``self.render(option, delivery)`` renders one;
   ``self.http`` is a requests session for outbound calls that never reads ~/.netrc;
   ``self.relay`` is the :class:`RelayContext` (``templates``, ``base_dir``, and ``suki``,
-  the top-level ``suki:`` section or None: the only way Suki's settings reach a plugin).
+  the top-level ``suki:`` section or None: the only way Suki's settings reach a plugin);
+  ``self.max_concurrency`` the action's limit across all processes (size a connection
+  pool by it); ``close()``, overridden, releases what the action holds across deliveries
+  (pools) when the process stops delivering.
 * :class:`Delivery`: one attempt of one event for one action (``event``, ``raw_body``,
   ``id``, ``event_id``, ``attempt``, ``received_at``, ``http_status``, and ``fetched``:
   the Suki documents the action's ``fetch:`` listed, by link relation, fetched just before

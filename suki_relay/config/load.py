@@ -298,6 +298,7 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
             continue  # the problem is reported; checking further would only mislead
         try:
             action = cls(str(name), values, relay)
+            action.max_concurrency = core_values["max_concurrency"]
             problems += [Problem(where, message, line) for message in action.check()]
             fetch = tuple(dict.fromkeys([*core_values["fetch"], *action.fetches()]))
         except Exception as exc:

@@ -103,6 +103,9 @@ class Action:
 
     options: ClassVar[dict[str, Option]] = {}
     description: ClassVar[str] = ""
+    # the action's max_concurrency (set by the config loader before check()): at most this
+    # many deliveries at once across all processes, so no process needs more connections
+    max_concurrency: int = 4
 
     def __init__(self, name: str, values: dict[str, Any], relay: RelayContext):
         self.name = name
@@ -124,6 +127,11 @@ class Action:
         """Link relations this action always needs fetched (see suki_relay.deliver.fetch), besides
         those the user lists under ``fetch:``; they arrive in ``delivery.fetched``."""
         return ()
+
+    def close(self) -> None:
+        """Release what the action holds across deliveries (a connection pool): called
+        when the process stops delivering with this config. Delivering again after it may
+        open them anew."""
 
     def render(self, option: str, delivery: Delivery, **extra: Any) -> Any:
         """The option's value rendered for this delivery."""

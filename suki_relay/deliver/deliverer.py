@@ -175,6 +175,7 @@ class Deliverer:
             time.sleep(0.05)
         with self._lock:
             left = list(self._inflight)
+        self._close_actions()
         if left:
             try:
                 released = self.store.release(self.owner, left)
@@ -183,6 +184,16 @@ class Deliverer:
             except Exception as exc:
                 logs.event(log, "could not release deliveries; their leases will expire",
                            logging.WARNING, error_class=type(exc).__name__)
+
+    def _close_actions(self) -> None:
+        """Each action's pools (an attempt still running keeps its connection until it
+        ends; the pool is gone after it)."""
+        for name, spec in self.config.actions.items():
+            try:
+                spec.action.close()
+            except Exception as exc:
+                logs.event(log, "action could not be closed", logging.WARNING, action=name,
+                           error_class=type(exc).__name__)
 
     def join(self, timeout: float = 10.0) -> bool:
         """After stop(): wait for this deliverer's threads to end (a thread still inside
