@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_plus
 
 from suki_relay.deliver import outbound
 from suki_relay.errors import PermanentError, RetryableError
@@ -104,8 +105,8 @@ class Tokens:
         kwargs: dict[str, Any] = {}
         if c.client_auth == "post":
             form.update(client_id=c.client_id, client_secret=c.client_secret)
-        else:
-            kwargs["auth"] = (c.client_id, c.client_secret)
+        else:  # RFC 6749 2.3.1: each form-encoded before Basic (a "+" in a secret is a space)
+            kwargs["auth"] = (quote_plus(c.client_id), quote_plus(c.client_secret))
         resp = outbound.send(self._session, "POST", c.token_url, data=form,
                              headers={"Accept": "application/json"}, timeout=c.timeout_seconds,
                              what="OAuth2 token endpoint", **kwargs)
