@@ -3,7 +3,8 @@
 RelayApp hands a request here only when the console is enabled and the path is under its
 prefix (after the webhook, health and metrics paths), so the webhook pays nothing for it.
 Every page but the sign-in form needs a session; every POST needs the session's CSRF
-token; every response forbids caching, framing and inline script.
+token (only a POST changes anything: HEAD is GET without side effects); every response
+forbids caching, framing and inline script.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Console:
             return self.login(request)
         session, known = self.checked_session(request)
         if session is None:
-            if request.method != "GET":
+            if request.method == "POST":
                 return self.error_page(request, 403, "You are not signed in (or your session "
                                                      "ended). Sign in and try again.", None)
             return redirect(f"{self.prefix}/login?{urlencode({'next': request.full_path})}",
@@ -206,10 +207,10 @@ class Console:
     def login(self, request: Request) -> Response:
         current = self.session(request)
         target = self.safe_next(request.values.get("next"))
-        if current is not None and request.method == "GET":
+        if current is not None and request.method != "POST":
             return redirect(target, 303)
         nonce = request.cookies.get(LOGIN_COOKIE) or ""
-        if request.method == "GET" or not nonce:
+        if request.method != "POST" or not nonce:
             return self.login_form(request, target)
         if not self.keys.check_login_csrf(nonce, request.form.get("csrf")):
             return self.login_form(request, target, "The sign-in form expired. Please try "

@@ -2,7 +2,8 @@
 
 Reads are the store's admin reads; replay and reroute are the same repair operations
 the CLI runs (suki_relay.recover.repair). Every action has a confirmation page (GET) and does
-its work only on a POST carrying the session's CSRF token, then shows the outcome.
+its work only on a POST carrying the session's CSRF token, then shows the outcome; any
+other method (HEAD, which werkzeug answers on every GET route) reads only.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class Views:
 
     def reroute(self, request: Request, session: Session, event_id: str) -> Response:
         try:
-            if request.method == "GET":
+            if request.method != "POST":  # GET or HEAD: the confirmation only
                 plan = repair.plan_reroute(self.config, self.store, event_id)
                 return self.render(request, "confirm_reroute.html", session, plan=plan)
             plan = repair.reroute(self.config, self.store, event_id)
@@ -196,7 +197,7 @@ class Views:
             return self.outcome(request, session, "Replay refused",
                                 "That delivery is being attempted right now, or is not one of "
                                 "this event's. Nothing was changed.", event_id, 409)
-        if request.method == "GET":
+        if request.method != "POST":  # GET or HEAD: the confirmation only
             return self.render(request, "confirm_replay.html", session, delivery=chosen[0],
                                event_id=event_id)
         repair.replay(self.store, chosen)
@@ -218,7 +219,7 @@ class Views:
             message = str(exc) if isinstance(exc, RelayError) else "cannot read that time"
             return self.outcome(request, session, "Nothing replayed", message, None, 400)
         chosen = repair.failed_deliveries(self.store, since=since)
-        if request.method == "GET":
+        if request.method != "POST":  # GET or HEAD: the confirmation only
             return self.render(request, "confirm_replay_failed.html", session, rows=chosen,
                                since=since, since_text=text, shown=PAGE_SIZE)
         n = repair.replay(self.store, chosen)
