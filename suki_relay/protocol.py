@@ -2,16 +2,23 @@
 ``generated-at + ":" + raw body`` in hex, and the statuses its documentation names.
 
 Pure functions with no I/O, shared by the receiver (verify), ``suki-relay send`` and the
-``http`` action's ``sign_secret`` (sign).
+``http`` action's ``sign_secret`` (sign); and :func:`parse_json`, the one parser for what
+Suki's API answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
+from typing import Any
 
 DOCUMENTED_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+MAX_JSON_DEPTH = 100
+"""The deepest nesting of objects and arrays taken from Suki's API: far beyond any document
+Suki sends, and far from the interpreter's recursion limit (templates, ``tojson`` and FHIR
+rendering all recurse through what was parsed)."""
 
 
 def signature(secret: str, generated_at: str, body: bytes) -> str:
@@ -53,3 +60,24 @@ def matches(secrets: list[str], generated_at: str, body: bytes, given: str) -> b
         expected = signature(secret, generated_at, body).encode("ascii")
         ok |= hmac.compare_digest(expected, given_bytes)
     return ok
+
+
+def parse_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON document, or ValueError: not JSON, not UTF-8, NaN or Infinity (not JSON
+    either), or nested deeper than ``max_depth``. Never RecursionError, however deep."""
+    try:
+        value = json.loads(data, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:  # no recursion: a document at the limit costs one pass, not the stack
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > max_depth:
+            raise ValueError(f"JSON nested deeper than {max_depth}")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")

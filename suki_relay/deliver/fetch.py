@@ -14,11 +14,11 @@ the next attempt. Errors name the relation and Suki's status, never a document.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from suki_relay.errors import DeliveryError, PermanentError, RetryableError
+from suki_relay.protocol import parse_json
 
 if TYPE_CHECKING:
     from suki_relay.deliver.suki_api import SukiClient
@@ -62,10 +62,10 @@ def fetch(client: SukiClient, event: Any, relations: Iterable[str]) -> dict[str,
         except DeliveryError as exc:  # pragma: no cover - no other kind exists today
             raise RetryableError(f"fetch {rel}: {exc}") from None
         try:
-            documents[rel] = json.loads(resp.content)
+            documents[rel] = parse_json(resp.content)
         except ValueError:
             raise RetryableError(f"fetch {rel}: Suki answered {resp.status_code} with a body "
-                                 "that is not JSON") from None
+                                 "that is not JSON (or is nested too deeply)") from None
     return documents
 
 

@@ -4,7 +4,8 @@ Credentials go to ``base_url`` and nowhere else: every href is joined to the bas
 and refused if the result names another scheme, host or port, or leaves its path (judged
 on the decoded, normalised path; encoded dots, slashes and backslashes are refused
 outright). Every call goes through :mod:`suki_relay.deliver.outbound`: one deadline for the whole
-call, and a document is read whole up to :data:`MAX_DOCUMENT_BYTES` or not at all.
+call, and a document is read whole up to :data:`MAX_DOCUMENT_BYTES` or not at all. Every
+answer is parsed by :func:`suki_relay.protocol.parse_json` (bounded depth, ValueError).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import requests
 from suki_relay.deliver import outbound
 from suki_relay.errors import PermanentError, RetryableError
 from suki_relay.options import setting
+from suki_relay.protocol import parse_json
 
 TOKEN_LIFETIME = 3600.0
 REFRESH_MARGIN = 300.0  # refresh this long before the hour is up
@@ -113,7 +115,7 @@ def _string_field(resp: requests.Response, key: str, what: str, refused: str) ->
     RetryableError."""
     _accepted(resp, what, refused)
     try:
-        value = resp.json()[key]
+        value = parse_json(resp.content)[key]
     except (ValueError, KeyError, TypeError):
         value = None
     if not isinstance(value, str) or not value:
