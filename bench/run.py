@@ -575,7 +575,7 @@ def drained(store: Any, n: int) -> bool:
 
 
 def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
-    """Delivery with `fetch:`: the README's HTTP recipe (fetch the note from a local Suki
+    """Delivery with `fetch:`: the manual's HTTP recipe (fetch the note from a local Suki
     stand-in, POST it with its text to a fast target) and fetch_note alone (fetch, save a
     file with fsync), each drained from the store by one `suki-relay worker`, beside the
     plain `http` forward of the same events in the same round."""

@@ -35,9 +35,9 @@ note-to-app:
   fetch: [contents]
   body: '{"session": "{{ event.session_id }}", "note": {{ fetched.contents | json }}, "text": {{ fetched.contents | note_text | json }}}'
 """  # noqa: E501
-README = Path(__file__).resolve().parents[1] / "README.md"
-HTTP_RECIPE = "The note into your application over HTTP"
-FHIR_RECIPE = "The note into the EHR over FHIR"
+RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes"
+HTTP_RECIPE = "application.md"  # the note into your application over HTTP
+FHIR_RECIPE = "ehr.md"  # the note into the EHR over FHIR
 PHI = ("PHI-NOTE", "stable angina", "follow up in 2 weeks", "pt-SECRET", "tok-1")
 
 
@@ -47,28 +47,28 @@ def suki() -> Iterator[SukiStandIn]:
         yield fake
 
 
-def readme_recipe(heading: str) -> str:
-    """The first YAML block under a README heading."""
-    text = README.read_text().split(f"### {heading}\n", 1)[1]
+def recipe_yaml(page: str) -> str:
+    """The first YAML block of a recipe page in the manual."""
+    text = (RECIPES / page).read_text()
     return text.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
 def recipe(url: str) -> dict[str, Any]:
-    """The README's HTTP recipe, as written; only the URL points at a local server."""
-    actions = yaml.safe_load(readme_recipe(HTTP_RECIPE))["actions"]
+    """The manual's HTTP recipe, as written; only the URL points at a local server."""
+    actions = yaml.safe_load(recipe_yaml(HTTP_RECIPE))["actions"]
     actions["note-to-app"]["url"] = url
     actions["note-to-app"]["retry"] = {"initial_seconds": 0.2, "max_seconds": 0.5}
     return actions
 
 
-def test_the_readme_shows_the_recipe_as_the_issue_wrote_it() -> None:
-    assert RECIPE.strip() in readme_recipe(HTTP_RECIPE).replace("\n  ", "\n")
-    assert yaml.safe_load(readme_recipe(HTTP_RECIPE))["actions"] == yaml.safe_load(RECIPE)
+def test_the_manual_shows_the_recipe_as_the_issue_wrote_it() -> None:
+    assert RECIPE.strip() in recipe_yaml(HTTP_RECIPE).replace("\n  ", "\n")
+    assert yaml.safe_load(recipe_yaml(HTTP_RECIPE))["actions"] == yaml.safe_load(RECIPE)
 
 
 @pytest.mark.parametrize("heading", [HTTP_RECIPE, FHIR_RECIPE])
-def test_the_readme_recipes_pass_check(tmp_path: Path, heading: str) -> None:
-    (tmp_path / "actions.yaml").write_text("receiver: {secret: s}\n" + readme_recipe(heading))
+def test_the_recipe_yamls_pass_check(tmp_path: Path, heading: str) -> None:
+    (tmp_path / "actions.yaml").write_text("receiver: {secret: s}\n" + recipe_yaml(heading))
     env = {"SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t", "EHR_CLIENT_SECRET": "c"}
     result = run_cli("check", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
