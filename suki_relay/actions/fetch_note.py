@@ -105,6 +105,9 @@ class FetchNoteAction(Action):
 
     def deliver(self, delivery: Delivery) -> str | None:
         files = self.files(delivery)  # every path checked before anything is written
+        if self.values["format"] == "text":  # an empty note is not saved as the note
+            for rel in files.keys() & set(CONTENT_RELATIONS):
+                note_text(delivery.fetched[rel], empty_ok=False)
         for rel, path in files.items():
             document = delivery.fetched[rel]
             write_private(path, json.dumps(document, ensure_ascii=False, indent=2).encode(),

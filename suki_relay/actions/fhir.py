@@ -126,7 +126,7 @@ class FhirAction(Action):
         if self.values["author"] is not None:
             resource["author"] = [{"reference": self.reference("author", delivery)}]
         attachments = [{"contentType": "text/plain; charset=utf-8",
-                        "data": _b64(note_text(document)), "title": title}]
+                        "data": _b64(note_text(document, empty_ok=False)), "title": title}]
         if self.values["attach_json"]:
             attachments.append({"contentType": "application/json",
                                 "data": _b64(json.dumps(document, ensure_ascii=False)),

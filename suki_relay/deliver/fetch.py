@@ -89,15 +89,17 @@ _PLACEHOLDERS: dict[str, Any] = {
 }
 
 
-def note_text(document: Any) -> str:
+def note_text(document: Any, empty_ok: bool = True) -> str:
     """A content document as plain text: each section's title, then its content, a blank
-    line between sections. The ``note_text`` template filter."""
-    sections = document.get("summary") if isinstance(document, dict) else None
-    if not isinstance(document, dict) or not isinstance(sections, list | None):
-        raise PermanentError("note_text: expected a Suki content document (an object with a "
-                             "`summary` list), as fetched for contents or encounter_content")
+    line between sections. The ``note_text`` template filter. ``empty_ok=False``, for
+    whatever files or forwards the text as the note: PermanentError when the note is empty
+    (:func:`empty_note`), as Suki will not fill it in later."""
+    sections = _sections(document)
+    if not empty_ok and empty_note(document):
+        raise PermanentError("the note is empty: Suki's content has no text in any summary "
+                             "section; an empty note is not filed")
     parts = []
-    for section in sections or []:
+    for section in sections:
         if not isinstance(section, dict):
             continue
         title, content = section.get("title"), section.get("content")
@@ -105,3 +107,19 @@ def note_text(document: Any) -> str:
         if lines:
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def empty_note(document: Any) -> bool:
+    """True when no summary section of a content document has any content (titles alone
+    are not a note); the ``empty_note`` template test: ``{% if fetched.contents is
+    empty_note %}``."""
+    return not any(isinstance(s, dict) and s.get("content") is not None
+                   and str(s["content"]).strip() for s in _sections(document))
+
+
+def _sections(document: Any) -> list[Any]:
+    sections = document.get("summary") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or not isinstance(sections, list | None):
+        raise PermanentError("note_text: expected a Suki content document (an object with a "
+                             "`summary` list), as fetched for contents or encounter_content")
+    return sections or []

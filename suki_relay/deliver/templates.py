@@ -16,7 +16,7 @@ import jinja2
 import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from suki_relay.deliver.fetch import note_text
+from suki_relay.deliver.fetch import empty_note, note_text
 
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
@@ -144,6 +144,7 @@ class Templates:
         self.env.filters["slack_escape"] = slack_escape
         self.env.filters["json"] = lambda v: json.dumps(_defined(v), ensure_ascii=False)
         self.env.filters["note_text"] = lambda v: note_text(_defined(v))
+        self.env.tests["empty_note"] = lambda v: empty_note(_defined(v))
 
     def compile(self, source: str, html: bool = False, name: str | None = None) -> Template | str:
         """Compile ``source``; raises jinja2.TemplateSyntaxError."""
