@@ -219,7 +219,8 @@ def test_the_recipes_pass_check(tmp_path: Path) -> None:
         _, action = recipe(kind)
         (tmp_path / "actions.yaml").write_text(yaml.safe_dump(
             {"receiver": {"secrets": [SECRET]}, **full, "actions": {"note-to-table": action}}))
-        env = {"SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t", "NOTES_DB_PASSWORD": "x"}
+        env = {"SUKI_WEBHOOK_SECRET": SECRET, "SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t",
+               "NOTES_DB_PASSWORD": "x"}
         result = run_cli("check", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
 

@@ -68,8 +68,9 @@ def test_the_manual_shows_the_recipe_as_the_issue_wrote_it() -> None:
 
 @pytest.mark.parametrize("heading", [HTTP_RECIPE, FHIR_RECIPE])
 def test_the_recipe_yamls_pass_check(tmp_path: Path, heading: str) -> None:
-    (tmp_path / "actions.yaml").write_text("receiver: {secret: s}\n" + recipe_yaml(heading))
-    env = {"SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t", "EHR_CLIENT_SECRET": "c"}
+    (tmp_path / "actions.yaml").write_text(recipe_yaml(heading))
+    env = {"SUKI_WEBHOOK_SECRET": "s", "SUKI_PARTNER_ID": "p", "SUKI_PARTNER_TOKEN": "t",
+           "EHR_CLIENT_SECRET": "c"}
     result = run_cli("check", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     shown = run_cli("routes", "test", "success", cwd=tmp_path, env=env)
