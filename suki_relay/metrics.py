@@ -55,6 +55,8 @@ SPOOLED = Counter("suki_relay_spooled_total",
                   "Events committed to the local spool because the store could not commit")
 SPOOL_DRAINED = Counter("suki_relay_spool_drained_total",
                         "Spooled events moved into the store")
+SPOOL_SET_ASIDE = Counter("suki_relay_spool_set_aside_total",
+                          "Spooled records set aside because they could not be read back")
 
 
 def count_request(outcome: str, seconds: float) -> None:
@@ -173,6 +175,10 @@ class SpoolCollector:
         yield GaugeMetricFamily("suki_relay_spool_oldest_age_seconds",
                                 "Age of the oldest event waiting in the local spool",
                                 value=summary["oldest_age_seconds"])
+        yield GaugeMetricFamily("suki_relay_spool_set_aside",
+                                "Spooled records set aside, unreadable: kept in the spool "
+                                "file for an operator (suki-relay spool)",
+                                value=summary["set_aside"])
 
 
 def render(stats: StoreStats, config: ConfigState | None = None,

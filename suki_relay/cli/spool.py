@@ -28,9 +28,11 @@ def spool_of(config: Any) -> Iterator[Spool | None]:
 def spool_note(config: Any) -> str | None:
     """A line saying how many events wait in this node's spool, if any do."""
     with spool_of(config) as spool:
-        n = spool.summary()["spooled"] if spool is not None else 0
-    return f"{n} events waiting in this node's spool for the store (suki-relay spool)" \
-        if n else None
+        summary = spool.summary() if spool is not None else {"spooled": 0, "set_aside": 0}
+    n, aside = summary["spooled"], summary["set_aside"]
+    notes = [f"{n} events waiting in this node's spool for the store"] if n else []
+    notes += [f"{aside} unreadable spooled records set aside"] if aside else []
+    return f"{'; '.join(notes)} (suki-relay spool)" if notes else None
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
@@ -41,7 +43,8 @@ def cmd_spool(args: argparse.Namespace) -> int:
         rows = spool.listing(args.limit)
     for r in rows:
         r["received"] = _when(r["received_at"])
-        r["status"] = "MALFORMED" if r["malformed"] else r["status"]
+        r["status"] = "SET ASIDE" if r["set_aside"] else \
+            "MALFORMED" if r["malformed"] else r["status"]
         r["planned"] = ",".join(r["actions"]) or "unmatched"
     emit(args, rows, table(rows, ["id", "received", "status", "session_id", "encounter_id",
                                   "planned", "drain_error"]))
@@ -59,6 +62,8 @@ def show_spooled(args: argparse.Namespace, config: Any, event_id: str) -> bool:
     lines = [*event_head(event["id"], event["received_at"],
                          None if event["malformed"] else event["status"],
                          event["session_id"], event["encounter_id"]),
+             "spooled: set aside in this node's spool, unreadable; never moved to the store "
+             "(its payload: --payload)" if event["set_aside"] else
              "spooled: waiting in this node's spool for the store; nothing is delivered "
              "before it is moved there",
              f"rules matched: {', '.join(event['rules']) or '(none)'}",

@@ -12,6 +12,11 @@ time and plan: routing uses the config in force at receipt, as for any event), s
 is one ``store.record`` and a repeat of that (after a crash mid-drain, or of a request that
 reached the store another way) finds the dedup key and plans nothing again.
 
+A record that cannot be read back (its routing plan spoiled on disk) is set aside: moved to
+the ``set_aside`` table of the same file, logged once, counted by the
+``suki_relay_spool_set_aside`` gauge and listed by `suki-relay spool`, its raw body kept
+(`suki-relay show ID --payload`); the rest drain past it.
+
 The SQLite store needs no spool: it is already a local file, and when it cannot commit,
 neither could a second file on the same disk.
 """
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from suki_relay import logs, metrics
+from suki_relay.printable import printable
 from suki_relay.store import NewEvent, Recorded, StoreUnavailable
 from suki_relay.store.group_commit import GroupCommit
 from suki_relay.store.sqlite import SqliteStore
@@ -53,9 +59,24 @@ CREATE TABLE IF NOT EXISTS spooled (
     body BLOB NOT NULL,
     held_until REAL NOT NULL DEFAULT 0,
     drain_error TEXT
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    dedup_key TEXT,
+    received_at REAL,
+    status TEXT,
+    session_id TEXT,
+    encounter_id TEXT,
+    event TEXT,
+    body BLOB,
+    held_until REAL NOT NULL DEFAULT 0,
+    drain_error TEXT,
+    set_aside_at REAL NOT NULL
 )
 """
 LISTED = "seq, id, received_at, status, session_id, encounter_id, event, held_until, drain_error"
+COLUMNS = "seq, id, dedup_key, received_at, status, session_id, encounter_id, event, body"
 
 
 class SpoolFull(StoreUnavailable):
@@ -77,7 +98,8 @@ class Spool(SqliteStore):
 
     def ensure_schema(self) -> None:
         with self.tx() as tx:
-            tx.exec(SCHEMA)
+            for statement in SCHEMA.split(";"):
+                tx.exec(statement)
 
     # ------------------------------------------------------------ the request path
 
@@ -124,11 +146,33 @@ class Spool(SqliteStore):
         return self.maybe_waiting
 
     def oldest(self, limit: int) -> list[NewEvent]:
-        """The oldest waiting events (not held back after a failed move), oldest first."""
+        """The oldest waiting events (not held back after a failed move), oldest first.
+        A record among them that cannot be read is set aside (:meth:`set_aside`)."""
         with self.tx(write=False) as tx:
-            rows = tx.all("SELECT event, body FROM spooled WHERE held_until <= ? "
+            rows = tx.all("SELECT seq, id, event, body FROM spooled WHERE held_until <= ? "
                           "ORDER BY seq LIMIT ?", (time.time(), limit))
-        return [NewEvent(**json.loads(r["event"]), body=bytes(r["body"])) for r in rows]
+        events = []
+        for row in rows:
+            try:
+                events.append(_readable(row))
+            except (ValueError, TypeError, KeyError) as exc:
+                self.set_aside(row["seq"], f"unreadable record: {type(exc).__name__}")
+        return events
+
+    def set_aside(self, seq: int, reason: str) -> None:
+        """Move one record out of the way of the others, into ``set_aside``, kept whole."""
+        with self.tx() as tx:
+            row = tx.one("SELECT id FROM spooled WHERE seq = ?", (seq,))
+            if row is None:
+                return
+            tx.exec(f"INSERT INTO set_aside ({COLUMNS}, drain_error, set_aside_at) "
+                    f"SELECT {COLUMNS}, ?, ? FROM spooled WHERE seq = ?",
+                    (reason, time.time(), seq))
+            tx.exec("DELETE FROM spooled WHERE seq = ?", (seq,))
+        metrics.SPOOL_SET_ASIDE.inc()
+        logs.event(log, "spooled record cannot be read; set aside, the rest drain",
+                   logging.ERROR, event_id=printable(str(row["id"]), 80), reason=reason,
+                   spool=str(self.path))
 
     def remove(self, ids: list[str]) -> None:
         with self.tx() as tx:
@@ -162,31 +206,64 @@ class Spool(SqliteStore):
         """How many wait, and since when (for /readyz and metrics)."""
         with self.tx(write=False) as tx:
             row = tx.one("SELECT count(*) AS n, min(received_at) AS t FROM spooled")
+            aside = tx.one("SELECT count(*) AS n FROM set_aside")
         n, t = (row["n"], row["t"]) if row else (0, None)
         return {"spooled": n, "oldest_age_seconds": time.time() - t if t else 0.0,
-                "room": max(0, self.max_events - n)}
+                "room": max(0, self.max_events - n), "set_aside": aside["n"] if aside else 0}
 
     def listing(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """What waits, oldest first, then what was set aside (``set_aside``: True)."""
         with self.tx(write=False) as tx:
-            rows = tx.all(f"SELECT {LISTED} FROM spooled ORDER BY seq LIMIT ?", (limit,))
+            rows = tx.all(f"SELECT {LISTED}, 0 AS set_aside FROM spooled ORDER BY seq "
+                          "LIMIT ?", (limit,))
+            rows += tx.all(f"SELECT {LISTED}, 1 AS set_aside FROM set_aside ORDER BY seq "
+                           "LIMIT ?", (max(0, limit - len(rows)),))
         return [_listed(r) for r in rows]
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         with self.tx(write=False) as tx:
-            row = tx.one(f"SELECT {LISTED}, body FROM spooled WHERE id = ?", (event_id,))
+            row = tx.one(f"SELECT {LISTED}, body, 0 AS set_aside FROM spooled WHERE id = ?",
+                         (event_id,)) or \
+                tx.one(f"SELECT {LISTED}, body, 1 AS set_aside FROM set_aside WHERE id = ? "
+                       "ORDER BY seq LIMIT 1", (event_id,))
         if row is None:
             return None
-        body = bytes(row.pop("body"))
+        body = row.pop("body")
         listed = _listed(row)
-        listed["body"] = body
+        listed["body"] = body if isinstance(body, bytes) else str(body or "").encode()
         return listed
 
 
+def _readable(row: dict[str, Any]) -> NewEvent:
+    """The event a spooled record holds, or ValueError/TypeError/KeyError when it cannot be
+    read back whole (so moving it could not delete it, or would plan the wrong thing)."""
+    fields = json.loads(row["event"])
+    body = row["body"]
+    if not isinstance(fields, dict) or not isinstance(body, bytes):
+        raise TypeError("not an event")
+    event = NewEvent(**fields, body=body)
+    if event.id != row["id"] or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v)
+            for v in (event.rules, event.actions)):
+        raise ValueError("not this record's event")
+    return event
+
+
 def _listed(row: dict[str, Any]) -> dict[str, Any]:
-    fields = json.loads(row.pop("event"))
-    row.update(rules=fields.get("rules", []), actions=fields.get("actions", []),
-               malformed=bool(fields.get("malformed")), generated_at=fields.get("generated_at"))
+    """A record as listed; one whose routing plan cannot be read is shown without it."""
+    try:
+        fields = json.loads(row.pop("event"))
+        fields = fields if isinstance(fields, dict) else {}
+    except (ValueError, TypeError):
+        fields = {}
+    row.update(rules=_names(fields.get("rules")), actions=_names(fields.get("actions")),
+               malformed=bool(fields.get("malformed")), generated_at=fields.get("generated_at"),
+               set_aside=bool(row.get("set_aside")))
     return row
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def open_spool(config: Config) -> Spool | None:
