@@ -8,7 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .conftest import LogRecords
-from .test_console import Relay, audits, config_text, relay, signed_in, start  # noqa: F401
+from .test_console import (  # noqa: F401
+    PASSWORD,
+    Relay,
+    any_relay,
+    audits,
+    config_text,
+    csrf_of,
+    form_csrf,
+    relay,
+    signed_in,
+    start,
+)
 
 # ---------------------------------------------------------------- HEAD changes nothing
 
@@ -36,3 +47,47 @@ def test_head_is_get_without_side_effects(relay: Relay, relay_log: LogRecords,  
     # HEAD signed out: the same redirect to the sign-in page as GET, not a 403
     anonymous = relay.client()
     assert anonymous.head("/console/failed").status_code == 303
+
+
+# ---------------------------------------------------------------- odd inputs
+
+
+def test_a_next_with_cr_lf_falls_back_to_the_overview(relay: Relay) -> None:  # noqa: F811
+    client = relay.client()
+    hostile = "/console/events\r\nSet-Cookie: planted=1"
+    page = client.get("/console/login", query_string={"next": hostile})
+    assert page.status_code == 200
+    signed = client.post("/console/login", query_string={"next": hostile}, data={
+        "username": "ops", "password": PASSWORD, "csrf": form_csrf(page.text),
+        "next": hostile})
+    assert (signed.status_code, signed.headers["Location"]) == (303, "/console/")
+    assert "planted" not in str(signed.headers)
+    again = client.get("/console/login", query_string={"next": hostile})  # signed in
+    assert (again.status_code, again.headers["Location"]) == (303, "/console/")
+    tab = client.get("/console/login", query_string={"next": "/console/events\tx"})
+    assert tab.headers["Location"] == "/console/"
+
+
+def test_a_nul_anywhere_gets_a_clean_400(any_relay: Relay,  # noqa: F811
+                                         relay_log: LogRecords) -> None:
+    event_id = any_relay.receive()
+    client = signed_in(any_relay)
+    for path in ("/console/events?session=a%00b", "/console/events?status=%00",
+                 "/console/events?encounter=x%00", f"/console/events/{event_id}%00",
+                 "/console/events/%00/reroute", "/console/replay?event=%00&delivery=d",
+                 "/console/replay-failed?since=1%00h", "/console/events?a%00=1",
+                 "/console/failed?since=%00"):
+        resp = client.get(path)
+        assert resp.status_code == 400, path
+        assert resp.headers["Content-Security-Policy"] and resp.headers["X-Frame-Options"]
+        assert "does not accept" in resp.text
+    token = csrf_of(client)
+    posted = client.post(f"/console/events/{event_id}/payload",
+                         data={"csrf": token, "note": "a\x00b"})
+    assert posted.status_code == 400
+    anonymous = any_relay.client()
+    assert anonymous.get("/console/login?next=%00").status_code == 400
+    assert anonymous.post("/console/login", data={"username": "o\x00ps",
+                                                  "password": "x"}).status_code == 400
+    assert client.get(f"/console/events/{event_id}").status_code == 200  # still works
+    assert "Traceback" not in relay_log.text()

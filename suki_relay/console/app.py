@@ -137,6 +137,9 @@ class Console:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
+        if not acceptable(request):
+            return self.error_page(request, 400, "That address or form holds a character the "
+                                                 "console does not accept (a NUL).")
         adapter = self.url_map.bind_to_environ(request.environ)
         endpoint, values = adapter.match()
         if endpoint == "static":
@@ -300,14 +303,25 @@ class Console:
         return response
 
     def safe_next(self, target: str | None) -> str:
-        """Only a path inside the console (no open redirect)."""
-        if target:
+        """Only a path inside the console (no open redirect), without control characters
+        (a CR LF would end the Location header)."""
+        if target and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in target):
             parts = urlsplit(target)
             if not parts.scheme and not parts.netloc and not target.startswith("//") and \
                     "\\" not in target and parts.path.startswith(self.prefix + "/") and \
                     not parts.path.startswith(f"{self.prefix}/login"):
                 return target.rstrip("?")
         return f"{self.prefix}/"
+
+
+def acceptable(request: Request) -> bool:
+    """No NUL in the path, the query or the form: no store takes one in a lookup
+    (PostgreSQL refuses it outright), and no id, filter or name of ours holds one."""
+    texts = [request.path]
+    for pairs in (request.args, request.form) if request.method == "POST" else (request.args,):
+        for key, values in pairs.lists():
+            texts += [key, *values]
+    return not any("\x00" in text for text in texts)
 
 
 def _utc(ts: float) -> str:
