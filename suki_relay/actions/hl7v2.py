@@ -1,0 +1,280 @@
+"""``hl7v2``: send the note as an HL7 v2 MDM^T02 over MLLP to an interface engine.
+
+The note (the ``contents`` document, or ``encounter_content``) is fetched by the core like
+any ``fetch:`` and built into an MDM^T02 (hl7v2_message.py: hl7apy builds and validates
+it, strict) that is sent over MLLP (mllp.py), in TLS if asked, and the engine's
+acknowledgement decides:
+
+* MSA-1 ``AA`` or ``CA``: delivered; the attempt's note names our MSH-10 and the ACK's.
+* ``AR`` or ``CR``: the engine refuses the message for good: failed (kept for replay).
+* ``AE`` or ``CE``: retried (``on_application_error: retry``, the default) or failed.
+* An ACK whose MSA-2 is not our MSH-10, one that does not parse, or none at all: retried.
+
+Every attempt of one delivery sends the same MSH-10 (derived from the delivery's id), and
+TXA-12 is the session id: when the connection drops after the engine took the message,
+the retry is the same message again, which an engine that de-duplicates by MSH-10 (or
+an EHR by the document number) files once. Errors name the ACK code and MSA-3 cut
+short, never a field of the message. hl7apy and python-hl7 are imported only when an
+``hl7v2`` action is configured (the ``hl7`` extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import ssl
+from typing import Any
+
+from suki_relay.plugin import (
+    CONTENT_RELATIONS,
+    Action,
+    Delivery,
+    Option,
+    PermanentError,
+    RetryableError,
+    note_text,
+)
+
+PATIENT_CLASSES = ("E", "I", "O", "P", "R", "B", "C", "N", "U")  # HL7 table 0004
+COMPLETION = ("AU", "DI", "DO", "IN", "IP", "LA", "PA")  # table 0271
+PROCESSING = ("P", "T", "D")  # table 0103
+ACCEPTED, REJECTED, ERRORED = ("AA", "CA"), ("AR", "CR"), ("AE", "CE")
+TEXT_MAX = 80  # characters of MSA-3 repeated in an error
+EXTRA = "the hl7v2 action needs hl7apy and python-hl7: pip install 'suki-relay[hl7]'"
+
+
+def _version(value: Any) -> str | None:
+    from suki_relay.actions.hl7v2_message import VERSIONS
+
+    if str(value) not in VERSIONS:
+        return f"expected one of {list(VERSIONS)} (quote it: \"2.5\")"
+    return None
+
+
+def _components(value: Any) -> str | None:
+    parts = value if isinstance(value, list) else [value]
+    if not all(isinstance(p, str | int | float) and not isinstance(p, bool) for p in parts):
+        return "expected a string, or a list of components (strings)"
+    return None
+
+
+def components(help: str, required: bool = False, default: Any = None) -> Option:
+    """A field that is one template, or a list of component templates (CX, XCN, HD...)."""
+    return Option((str, list), required=required, default=default, check=_components,
+                  help=help)
+
+
+class Hl7v2Action(Action):
+    description = "send the note as an HL7 v2 MDM^T02 over MLLP (interface engines)"
+    options = {
+        "host": Option(str, required=True, template=False, help="the engine's MLLP listener"),
+        "port": Option(int, required=True, template=False, min=1, max=65535),
+        "version": Option((str, float), default="2.5", template=False, check=_version,
+                          convert=str, help="HL7 version: 2.3, 2.3.1, 2.4, 2.5 or 2.5.1"),
+        "sending_application": components("MSH-3", default="SUKI-RELAY"),
+        "sending_facility": components("MSH-4", default=""),
+        "receiving_application": components("MSH-5", default=""),
+        "receiving_facility": components("MSH-6", default=""),
+        "processing_id": Option(str, default="P", choices=PROCESSING, template=False,
+                                help="MSH-11: P production, T training, D debugging"),
+        "patient_id": components("PID-3, e.g. [\"{{ event.additional_info.mrn }}\", \"\", "
+                                 "\"\", HOSP, MR]", required=True),
+        "allow_unknown_patient": Option(bool, default=False, template=False,
+                                        help="send HL7 null in PID-3 when patient_id renders "
+                                             "empty (the engine matches by PV1-19)"),
+        "patient_name": components("PID-5 (family, given); default HL7 null", default=""),
+        "patient_class": Option(str, default="O", choices=PATIENT_CLASSES, template=False,
+                                help="PV1-2 (table 0004)"),
+        "visit_number": components("PV1-19", default="{{ event.encounter_id }}"),
+        "document_type": Option(str, default="PR", template=False,
+                                help="TXA-2 (table 0270: PR progress note, CN consultation...)"),
+        "provider": components("TXA-5, e.g. [ID, FAMILY, GIVEN]", default=""),
+        "originator": components("TXA-9; default: provider"),
+        "completion_status": Option(str, default="AU", choices=COMPLETION, template=False,
+                                    help="TXA-17 (table 0271)"),
+        "observation_id": components("OBX-3", default=["11506-3", "Progress note", "LN"]),
+        "note": Option(str, default="contents", choices=CONTENT_RELATIONS, template=False,
+                       help="which Suki content document is the note"),
+        "on_application_error": Option(str, default="retry", choices=("retry", "fail"),
+                                       template=False, help="what an AE (CE) acknowledgement does"),
+        "timeout_seconds": Option(float, default=30.0, positive=True, max=300, template=False,
+                                  help="bounds connecting, sending and the acknowledgement"),
+        "tls": Option(bool, default=False, template=False),
+        "ca_file": Option(str, template=False, help="CA bundle the engine's certificate must "
+                                                    "chain to (default: the system's)"),
+        "cert_file": Option(str, template=False, help="client certificate (mutual TLS)"),
+        "key_file": Option(str, template=False, help="its private key"),
+    }
+
+    # ---------------------------------------------------------------- config
+
+    def check(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            import hl7  # noqa: F401
+            import hl7apy  # noqa: F401
+        except ImportError:
+            return [EXTRA]
+        v = self.values
+        for key in ("ca_file", "cert_file", "key_file"):
+            if v[key] is not None:
+                if not v["tls"]:
+                    problems.append(f"{key}: set only with tls: true")
+                elif not os.access(self.path(key), os.R_OK):
+                    problems.append(f"{key}: {v[key]}: not a readable file")
+        if (v["cert_file"] is None) != (v["key_file"] is None):
+            problems.append("cert_file and key_file go together (mutual TLS)")
+        if v["tls"] and not problems:
+            try:
+                self.tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(f"tls: the certificate files cannot be used ({_reason(exc)})")
+        text = v["document_type"]
+        if not text or not text.isascii() or not text.replace("-", "").isalnum() or len(text) > 30:
+            problems.append("document_type: expected a code such as PR (letters and digits)")
+        return problems
+
+    def fetches(self) -> tuple[str, ...]:
+        return (self.values["note"],)
+
+    def path(self, key: str) -> str:
+        return str(self.relay.base_dir / os.path.expanduser(self.values[key]))
+
+    @functools.cache  # noqa: B019 - one context per action, for its life
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.values["tls"]:
+            return None
+        context = ssl.create_default_context(cafile=self.path("ca_file")
+                                             if self.values["ca_file"] else None)
+        if self.values["cert_file"]:
+            context.load_cert_chain(self.path("cert_file"), self.path("key_file"))
+        return context
+
+    # ---------------------------------------------------------------- the message
+
+    def message(self, delivery: Delivery) -> tuple[str, str]:
+        """(MSH-10, the message as ER7 text) for this delivery."""
+        from suki_relay.actions import hl7v2_message as m
+
+        event = delivery.event if isinstance(delivery.event, dict) else {}
+        session = event.get("session_id")
+        if not isinstance(session, str) or not session:
+            raise PermanentError("the event has no session_id for TXA-12")
+        patient = self.render("patient_id", delivery)
+        if not _filled(patient) and not self.values["allow_unknown_patient"]:
+            raise PermanentError("patient_id rendered empty (PID-3); set allow_unknown_patient: "
+                                 "true to send it empty and let the engine match by PV1-19")
+        provider = self.render("provider", delivery)
+        originator = provider if self.values["originator"] is None else \
+            self.render("originator", delivery)
+        control = m.control_id(delivery.id)
+        fields = m.Fields(
+            version=self.values["version"], control_id=control,
+            timestamp=_hl7_time(delivery.received_at),
+            sending_application=self.render("sending_application", delivery),
+            sending_facility=self.render("sending_facility", delivery),
+            receiving_application=self.render("receiving_application", delivery),
+            receiving_facility=self.render("receiving_facility", delivery),
+            processing_id=self.values["processing_id"], patient_id=patient,
+            patient_name=self.render("patient_name", delivery),
+            patient_class=self.values["patient_class"],
+            visit_number=self.render("visit_number", delivery),
+            document_type=self.values["document_type"], provider=provider,
+            originator=originator, document_number=session,
+            completion_status=self.values["completion_status"],
+            observation=self.render("observation_id", delivery),
+            note=note_text(delivery.fetched[self.values["note"]]))
+        try:
+            return control, m.build(fields)
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
+
+    # ---------------------------------------------------------------- sending
+
+    def deliver(self, delivery: Delivery) -> str | None:
+        from suki_relay.actions import mllp
+
+        control, text = self.message(delivery)
+        where = f"{self.values['host']}:{self.values['port']}"
+        try:
+            content = mllp.exchange(self.values["host"], self.values["port"], text.encode(),
+                                    self.values["timeout_seconds"], self.tls_context())
+        except mllp.NotSent as exc:
+            raise RetryableError(f"MLLP {where}: {exc}; not sent") from None
+        except mllp.NoAnswer as exc:
+            raise RetryableError(f"MLLP {where}: {exc}; the engine may have the message: "
+                                 f"retried with the same control id {control}") from None
+        return self.outcome(control, content)
+
+    def outcome(self, control: str, content: bytes) -> str:
+        """The attempt's note for an accepting ACK; otherwise the error to raise."""
+        ack = parse_ack(content)
+        if ack is None:
+            raise RetryableError(f"the engine's answer is not an HL7 acknowledgement; retried "
+                                 f"with the same control id {control}")
+        code, said = ack["code"], _said(ack["text"])
+        if ack["control_id"] != control:
+            raise RetryableError(f"ACK {code or '(no MSA-1)'} for another message (MSA-2 is not "
+                                 f"our control id {control}); retried with the same control id")
+        if code in ACCEPTED:
+            return f"{code}: control id {control}, ACK control id {ack['ack_id'] or '(none)'}"
+        if code in REJECTED:
+            raise PermanentError(f"ACK {code}: the engine rejected the message{said}")
+        if code in ERRORED:
+            if self.values["on_application_error"] == "fail":
+                raise PermanentError(f"ACK {code}: the engine could not process the message{said}")
+            raise RetryableError(f"ACK {code}: the engine could not process the message{said}; "
+                                 f"retried with the same control id {control}")
+        raise RetryableError(f"ACK with an unknown MSA-1 code{said}; retried with the same "
+                             f"control id {control}")
+
+    def preview(self, delivery: Delivery) -> dict[str, Any]:
+        from suki_relay.actions.hl7v2_message import segments
+
+        control, text = self.message(delivery)
+        return {"to": f"mllp{'s' if self.values['tls'] else ''}://{self.values['host']}:"
+                      f"{self.values['port']}",
+                "control_id": control, "message": "\n".join(segments(text))}
+
+
+def parse_ack(content: bytes) -> dict[str, str] | None:
+    """MSA-1, MSA-2, MSA-3 and the ACK's own MSH-10 (python-hl7), or None if it is not an
+    HL7 message with an MSA segment."""
+    import hl7
+
+    text = content.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").strip()
+    try:
+        msg = hl7.parse(text)
+        msa = msg.segment("MSA")
+        ack_id = str(msg.segment("MSH")(10)) if len(msg.segment("MSH")) > 10 else ""
+    except Exception:  # python-hl7 raises ParseException, KeyError, IndexError...
+        return None
+
+    def field(n: int) -> str:
+        return msg.unescape(str(msa(n))) if len(msa) > n else ""
+
+    return {"code": field(1).strip().upper(), "control_id": field(2).strip(),
+            "text": field(3), "ack_id": ack_id}
+
+
+def _said(text: str) -> str:
+    """MSA-3 cut short and made printable, for an error message."""
+    shown = "".join(c if c.isprintable() else " " for c in text).strip()
+    if not shown:
+        return ""
+    return f": {shown[:TEXT_MAX]}{'...' if len(shown) > TEXT_MAX else ''}"
+
+
+def _filled(value: Any) -> bool:
+    parts = value if isinstance(value, list) else [value]
+    return any(str(p).strip() for p in parts)
+
+
+def _hl7_time(iso: str) -> str:
+    """2026-01-01T00:00:00.000Z as HL7's YYYYMMDDHHMMSS+0000 (UTC, as received)."""
+    digits = "".join(c for c in iso[:19] if c.isdigit())
+    return digits[:14] + "+0000"
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
