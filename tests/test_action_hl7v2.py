@@ -487,3 +487,37 @@ def test_the_relay_retries_a_dropped_delivery_with_the_same_control_id(
     assert "to-engine" in logs
     for phi in ("PHI-NOTE", "stable angina", MRN):
         assert phi not in logs, f"{phi!r} in the relay's log output"
+
+
+def test_the_stand_in_command_prints_what_it_receives_and_answers_as_told(
+        tmp_path: Path, suki: SukiStandIn) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from suki_relay.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "suki_relay.cli.main", "stand-in", "mllp",
+                             "--port", str(port), "--ack", "AE", "--text", "Try later"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        spec = build_spec("hl7v2", {"host": "127.0.0.1", "port": port, "patient_id": "P-1",
+                                    "timeout_seconds": 5}, tmp_path, suki=suki.settings())
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, message="the stand-in listening")
+        with pytest.raises(RetryableError, match="ACK AE: .*: Try later"):
+            attempt_once(spec, make_delivery(event()))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("--- received control id SR") and "answering AE" in lines[0]
+    assert lines[1].startswith("MSH|^~\\&|SUKI-RELAY|") and lines[2].startswith("EVN|T02|")
+    assert "PHI-NOTE-TEXT stable angina" in out  # it shows what arrived: that is its point
+    assert "received 1 message(s), filed 0" in err

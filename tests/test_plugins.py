@@ -13,7 +13,7 @@ from suki_relay.testing import Reply, unique_body, wait_until
 from .conftest import check_fails, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_IN = {"http", "email", "slack", "fetch_note", "fhir", "sql"}
+BUILT_IN = {"http", "email", "slack", "fetch_note", "fhir", "sql", "hl7v2"}
 
 
 def test_built_ins_come_through_the_entry_point_group() -> None:

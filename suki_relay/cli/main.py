@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from suki_relay.cli.spool import cmd_spool
+from suki_relay.cli.standin import add_parser as add_stand_in
 from suki_relay.cli.store import (
     cmd_configs,
     cmd_deliveries,
@@ -308,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
     add("configs", cmd_configs, "the config versions used (the version `show` names)",
         json_flag=True)
+    add_stand_in(sub)
     sp = add("console-password", cmd_console_password,
              "print a password hash for console.users (asks for the password)")
     sp.add_argument("--stdin", action="store_true", help="read the password from stdin")
