@@ -510,7 +510,7 @@ def test_the_stand_in_command_prints_what_it_receives_and_answers_as_told(
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         wait_until(listening, message="the stand-in listening")
-        with pytest.raises(RetryableError, match="ACK AE: .*: Try later"):
+        with pytest.raises(RetryableError, match=r"ACK AE: .*: Try later"):
             attempt_once(spec, make_delivery(event()))
     finally:
         proc.send_signal(signal.SIGINT)
