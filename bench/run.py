@@ -1,7 +1,7 @@
 """suki-relay benchmarks: every figure is a ratio against a baseline measured in the same run.
 
     python bench/run.py                 # everything (about 10 minutes on 2 cores)
-    python bench/run.py --only ack      # one part: ack, stall, delivery, fetch, routing, memory
+    python bench/run.py --only ack      # one part: ack, stall, delivery, fetch, hl7, routing, memory
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
     python bench/run.py --rounds 3 --duration 3
@@ -637,6 +637,77 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
                     for k, v in results.items()]
 
 
+def bench_hl7(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """The hl7v2 action: fetch the note from a local Suki stand-in, build and validate the
+    MDM^T02, send it over MLLP to `suki-relay stand-in mllp` answering AA, one connection
+    per message; beside the plain `http` forward of the same events (the ratio's base) and
+    the http recipe that fetches the same note, in the same rounds, each path first in
+    turn. Each path is drained from the store by one `suki-relay worker`."""
+    n, concurrency = args.deliveries, 8
+    success = json.loads((REPO / "suki_relay" / "samples" / "success.json").read_text())
+    body = "{\"session\": \"{{ event.session_id }}\", \"text\": {{ fetched.contents | note_text | json }}}"
+    target_port, suki_port, mllp_port = free_port(), free_port(), free_port()
+    results: dict[str, list[float]] = {"http, no fetch": [], "http with fetch": [],
+                                       "hl7v2 (fetch, MDM^T02, MLLP AA)": []}
+    mllp = [PY, "-m", "suki_relay.cli.main", "stand-in", "mllp", "--port", str(mllp_port),
+            "--quiet"]
+    with server(gunicorn("bench.apps:bare", target_port), target_port), \
+            server(gunicorn("bench.apps:suki_api", suki_port, ["--header-map", "dangerous"]),
+                   suki_port), server(mllp, mllp_port):
+        target = f"http://127.0.0.1:{target_port}/suki/notes"
+        paths = {
+            "http, no fetch": {"type": "http", "url": target},
+            "http with fetch": {"type": "http", "url": target, "fetch": ["contents"],
+                                "body": body},
+            "hl7v2 (fetch, MDM^T02, MLLP AA)": {
+                "type": "hl7v2", "host": "127.0.0.1", "port": mllp_port,
+                "patient_id": ["{{ event.additional_info.patient_id }}", "", "", "HOSP", "MR"]},
+        }
+        for rnd in range(args.rounds):
+            names = list(paths)
+            for name in names[rnd % 3:] + names[:rnd % 3]:
+                folder = work / f"hl7-{rnd}-{name.split()[0]}-{len(results[name])}"
+                results[name].append(worker_drain(folder, paths[name], n, concurrency, success,
+                                                  suki_port, name))
+            print("  round " + str(rnd + 1) + ": " + ", ".join(
+                f"{k} {v[-1]:.0f}/s" for k, v in results.items()), file=sys.stderr)
+    out["hl7"] = [{"path": k, "events_s": statistics.median(v),
+                   "ratio": paired_ratio(v, results["http, no fetch"]), "rounds": v}
+                  for k, v in results.items()]
+
+
+def worker_drain(folder: Path, action: dict[str, Any], n: int, concurrency: int,
+                 event: dict[str, Any], suki_port: int, name: str) -> float:
+    """Events per second one `suki-relay worker` delivers ``n`` stored success events
+    through ``action``, timed from its first delivery done (start-up is not in it)."""
+    from suki_relay.store import NewEvent, open_store
+
+    cfg = relay_config(folder, {"it": {**action, "max_concurrency": concurrency}})
+    data = yaml.safe_load(cfg.read_text())
+    data["delivery"] = {"threads": concurrency}
+    data["suki"] = {"base_url": f"http://127.0.0.1:{suki_port}", "partner_id": "p",
+                    "partner_token": "t"}
+    cfg.write_text(yaml.safe_dump(data))
+    store = open_store("sqlite:///relay.db", folder)
+    batch = [NewEvent(f"k{i}", json.dumps({**event, "session_id": f"s-{i}"}).encode(),
+                      0, "success", f"s-{i}", None, False, ["all"], ["it"]) for i in range(n)]
+    for i in range(0, n, 500):
+        store.record(batch[i:i + 500])
+    worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
+                              env=relay_env(folder), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        first = wait_until(lambda: store.stats().deliveries["done"], 60, 0.01,
+                           f"a first {name} delivery")
+        t0 = time.perf_counter()
+        wait_until(lambda: drained(store, n), 600, 0.05, f"all {name} deliveries done")
+        return (n - first) / (time.perf_counter() - t0)
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        store.close()
+
+
 # ---------------------------------------------------------------- 4: routing and rendering
 
 
@@ -811,7 +882,7 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 
 
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
-         "fetch": bench_fetch, "routing": bench_routing, "memory": bench_memory}
+         "fetch": bench_fetch, "hl7": bench_hl7, "routing": bench_routing, "memory": bench_memory}
 EXTRA = {"breakdown": bench_breakdown, "flood": bench_flood}  # only when named in --only
 
 

@@ -199,6 +199,14 @@ def test_a_value_hl7apy_refuses_fails_for_good_naming_the_field_only(
     assert engine.received == []
 
 
+def test_an_empty_note_is_never_sent(tmp_path: Path, suki: SukiStandIn,
+                                     engine: MllpStandIn) -> None:
+    suki.content = {"summary": [{"title": "Assessment", "content": ""}]}
+    with pytest.raises(PermanentError, match="the note is empty"):
+        attempt_once(sender(tmp_path, suki, engine), make_delivery(event()))
+    assert engine.received == []
+
+
 # ---------------------------------------------------------------- what the engine answers
 
 
@@ -405,6 +413,7 @@ def test_mutual_tls_needs_the_client_certificate(tmp_path: Path, suki: SukiStand
     ({"patient_id": {"id": 1}}, "patient_id: expected a string or a list"),
     ({"provider": [["nested"]]}, "provider: expected a string, or a list of components"),
     ({"visit_number": "{{ event.encounter_id"}, "visit_number: template error"),
+    ({"host": "mllp://engine.example.org:6661"}, "host: expected a host name or IP address"),
 ])
 def test_bad_options_are_config_errors(tmp_path: Path, suki: SukiStandIn, engine: MllpStandIn,
                                        options: dict[str, Any], message: str) -> None:
@@ -427,6 +436,25 @@ actions:
     patient_id: "{{ event.additional_info.patient_id }}"
 """)
     assert "actions.yaml:9: actions.to-engine.version: expected one of" in report
+
+
+def test_check_renders_the_message_and_names_the_option_a_field_refuses(tmp_path: Path) -> None:
+    report = check_fails(tmp_path, """
+receiver: {secret: s}
+suki: {base_url: "https://sdp.suki.ai", partner_id: p, partner_token: t}
+actions:
+  to-engine:
+    type: hl7v2
+    host: engine.example.org
+    port: 6661
+    patient_id: "{{ event.additional_info.patient_id }}"
+    provider: "{{ event.session_id * 10 }}"
+rules:
+  - {name: notes, when: {status: success}, do: [to-engine]}
+""")
+    assert ("actions.yaml:10: actions.to-engine.provider: rendering against the success "
+            "sample: PermanentError: TXA-5 refused by HL7 2.5 validation") in report
+    assert "20965414" not in report  # the value itself is never repeated
 
 
 def test_routes_test_prints_the_message_one_segment_a_line(tmp_path: Path, suki: SukiStandIn,
@@ -483,6 +511,7 @@ def test_the_relay_retries_a_dropped_delivery_with_the_same_control_id(
         assert said[2][1] == f"AA: control id {ids[0]}, ACK control id ACK000002"
         shown = cli_here("show", first, cwd=cfg.parent)
         assert "ACK AE" in shown.stdout and "Busy" in shown.stdout
+        assert f"AA: control id {ids[0]}, ACK control id ACK000002" in shown.stdout
     logs = relay_log.text()
     assert "to-engine" in logs
     for phi in ("PHI-NOTE", "stable angina", MRN):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl
 from typing import Any
 
@@ -40,6 +41,13 @@ COMPLETION = ("AU", "DI", "DO", "IN", "IP", "LA", "PA")  # table 0271
 PROCESSING = ("P", "T", "D")  # table 0103
 ACCEPTED, REJECTED, ERRORED = ("AA", "CA"), ("AR", "CR"), ("AE", "CE")
 TEXT_MAX = 80  # characters of MSA-3 repeated in an error
+# the option behind a field hl7apy refuses: `check` reports it at that option's line
+FIELD_OPTIONS = {"MSH-3": "sending_application", "MSH-4": "sending_facility",
+                 "MSH-5": "receiving_application", "MSH-6": "receiving_facility",
+                 "PID-3": "patient_id", "PID-5": "patient_name", "PV1-19": "visit_number",
+                 "TXA-2": "document_type", "TXA-5": "provider", "TXA-9": "originator",
+                 "OBX-3": "observation_id"}
+_HOST = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:.]+")  # a name, IPv4 or IPv6
 EXTRA = "the hl7v2 action needs hl7apy and python-hl7: pip install 'suki-relay[hl7]'"
 
 
@@ -116,6 +124,9 @@ class Hl7v2Action(Action):
         except ImportError:
             return [EXTRA]
         v = self.values
+        if not _HOST.fullmatch(str(v["host"])):
+            problems.append("host: expected a host name or IP address only (no scheme, port "
+                            "or path; the port is `port`)")
         for key in ("ca_file", "cert_file", "key_file"):
             if v[key] is not None:
                 if not v["tls"]:
@@ -130,7 +141,8 @@ class Hl7v2Action(Action):
             except (OSError, ssl.SSLError) as exc:
                 problems.append(f"tls: the certificate files cannot be used ({_reason(exc)})")
         text = v["document_type"]
-        if not text or not text.isascii() or not text.replace("-", "").isalnum() or len(text) > 30:
+        if not text or not text.isascii() or not text.replace("-", "").isalnum() \
+                or len(text) > 30:
             problems.append("document_type: expected a code such as PR (letters and digits)")
         return problems
 
@@ -183,11 +195,13 @@ class Hl7v2Action(Action):
             originator=originator, document_number=session,
             completion_status=self.values["completion_status"],
             observation=self.render("observation_id", delivery),
-            note=note_text(delivery.fetched[self.values["note"]]))
+            note=note_text(delivery.fetched[self.values["note"]], empty_ok=False))
         try:
             return control, m.build(fields)
-        except ValueError as exc:
-            raise PermanentError(str(exc)) from None
+        except m.Refused as exc:
+            error = PermanentError(str(exc))
+            error.option = FIELD_OPTIONS.get(exc.field)  # type: ignore[attr-defined]
+            raise error from None
 
     # ---------------------------------------------------------------- sending
 

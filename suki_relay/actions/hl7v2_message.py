@@ -15,8 +15,8 @@ segments with the same OBX-4 as they are, and puts a line break between lines. L
 breaks (``\\r\\n``, ``\\r`` or ``\\n``) end a line; other control characters cannot travel
 in a field (0x0B and 0x1C would even end the MLLP frame) and become U+FFFD.
 
-A value that does not fit (hl7apy refuses it, or the message does not validate) is a
-:class:`ValueError` naming the segment and field, never the value.
+A value that does not fit (hl7apy refuses it, or the message does not validate) is
+:class:`Refused`, naming the segment and field, never the value.
 
 hl7apy costs about 10 ms a segment, so it builds and validates the header segments and
 one OBX, the one with the longest OBX-5; the others are that segment with OBX-1, OBX-4
@@ -82,6 +82,14 @@ def composite(value: Components) -> str:
     return text.rstrip("^")
 
 
+class Refused(ValueError):
+    """A value hl7apy would not take; ``field`` names where it went (``TXA-5``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Fields:
     """Everything rendered for one message (plain text, not yet escaped)."""
@@ -124,8 +132,8 @@ class _Builder:
         try:
             setattr(segment, f"{name.lower()}_{field}", er7)
         except Exception as exc:
-            raise ValueError(f"{name}-{field} refused by HL7 {self.version} validation "
-                             f"({type(exc).__name__})") from None
+            raise Refused(f"{name}-{field}", f"{name}-{field} refused by HL7 {self.version} "
+                          f"validation ({type(exc).__name__})") from None
 
     def obx(self) -> Any:
         group = {"2.5": "MDM_T02_OBSERVATION", "2.5.1": "MDM_T02_OBXNTE_SUPPGRP"}.get(self.version)
@@ -172,8 +180,9 @@ def build(fields: Fields) -> str:
     try:
         b.message.validate()
     except Exception as exc:  # hl7apy's messages name the element (and may quote a value)
-        raise ValueError(f"the message does not validate as HL7 {fields.version}: "
-                         f"{where(str(exc))} ({type(exc).__name__})") from None
+        found = where(str(exc))
+        raise Refused(found, f"the message does not validate as HL7 {fields.version}: "
+                      f"{found} ({type(exc).__name__})") from None
     *head, checked = segments(str(b.message.to_er7()))
     row = checked.split("|")  # no value holds a | (escaped), so the fields split cleanly
     rows = []

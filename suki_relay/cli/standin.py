@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="answer with an MSA-2 that names another message")
     sp.add_argument("--dedupe", action="store_true",
                     help="file a control id once, as a de-duplicating engine does")
+    sp.add_argument("--quiet", action="store_true", help="one line per message, without "
+                                                         "its segments")
     sp.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
     sp.add_argument("--tls-key", help="its private key (PEM)")
     sp.add_argument("--tls-client-ca", help="require client certificates from this CA "
@@ -58,8 +60,9 @@ def cmd_stand_in_mllp(args: argparse.Namespace) -> int:
         with lock:
             print(f"--- received control id {got.control_id or '(none)'}, {len(segments)} "
                   f"segments; {what}", flush=True)
-            for segment in segments:
-                print(segment, flush=True)
+            if not args.quiet:
+                for segment in segments:
+                    print(segment, flush=True)
 
     try:
         listener = MllpStandIn(answer, host=args.host, port=args.port, context=_context(args),

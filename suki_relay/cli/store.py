@@ -169,7 +169,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                      "ms": round(a.duration * 1000, 1)} for a in dd.attempts]
         if attempts:
             lines.append(_indent(table(attempts, ["attempt", "started", "outcome", "http_status",
-                                                  "ms", "error"], limit=ERROR_MAX)))
+                                                  "ms", "error", "note"], limit=ERROR_MAX)))
         data["delivery_list"].append({**asdict(d), "attempt_list": attempts})
     if args.payload:
         data["payload"] = detail.body.decode("utf-8", "replace")
