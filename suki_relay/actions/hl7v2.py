@@ -47,7 +47,7 @@ FIELD_OPTIONS = {"MSH-3": "sending_application", "MSH-4": "sending_facility",
                  "PID-3": "patient_id", "PID-5": "patient_name", "PV1-19": "visit_number",
                  "TXA-2": "document_type", "TXA-5": "provider", "TXA-9": "originator",
                  "OBX-3": "observation_id"}
-_HOST = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:.]+")  # a name, IPv4 or IPv6
+_HOST = re.compile(r"[A-Za-z0-9_.\-]+|[0-9A-Fa-f:.]+")  # a name, IPv4 or IPv6
 EXTRA = "the hl7v2 action needs hl7apy and python-hl7: pip install 'suki-relay[hl7]'"
 
 
