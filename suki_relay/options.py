@@ -16,6 +16,7 @@ misleading follow-on messages such as "expected https").
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -106,10 +107,7 @@ def validate(options: Mapping[str, Option], raw: Any, where: str = "",
     prefix = f"{where}." if where else ""
     for key in raw:
         if key not in options:
-            known = ", ".join(sorted(options)) or "none"
-            what = "option" if where else "key"
-            problems.append(Problem(f"{prefix}{key}", f"unknown {what}; expected one of: {known}",
-                                    line_of(raw, key)))
+            problems.append(unknown_key(key, options, raw, where))
     values: dict[str, Any] = {}
     for key, opt in options.items():
         here = f"{prefix}{key}"
@@ -144,6 +142,16 @@ def validate(options: Mapping[str, Option], raw: Any, where: str = "",
             value = float(value)
         values[key] = opt.convert(value) if opt.convert else value
     return values, problems
+
+
+def unknown_key(key: Any, options: Mapping[str, Option], raw: Any, where: str = "") -> Problem:
+    """A key that is none of ``options``, with the one it most likely meant."""
+    known = ", ".join(sorted(options)) or "none"
+    what = "option" if where else "key"
+    close = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return Problem(f"{where}.{key}" if where else str(key),
+                   f"unknown {what}; {hint}expected one of: {known}", line_of(raw, key))
 
 
 def build(cls: type, raw: Any, where: str,

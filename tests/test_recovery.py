@@ -25,7 +25,7 @@ from suki_relay.testing import (
     wait_until,
 )
 
-from .conftest import FAST_DELIVERY, cli_here, http_action, open_test_store
+from .conftest import FAST_DELIVERY, cli_here, http_action, open_test_store, run_cli
 
 ENCOUNTER = "enc-0001"
 
@@ -87,10 +87,13 @@ def test_recover_completed_session_saves_its_note(tmp_path: Path, suki: SukiStan
     suki.statuses["sess-done"] = "completed"
     config_file = write_config(tmp_path, suki, sink=target)
 
-    result = cli_here("recover", "sess-done", "--encounter", ENCOUNTER, cwd=tmp_path)
+    result = run_cli("recover", "sess-done", "--encounter", ENCOUNTER, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sess-done  recovered  Suki says completed")
+    header, *lines = result.stdout.strip().splitlines()
+    assert header.split() == ["SESSION", "OUTCOME", "DETAIL"]
+    assert len(lines) == 1 and lines[0].split()[:4] == ["sess-done", "recovered", "Suki", "says"]
+    assert "recorded a success event" in lines[0]
+    assert result.stderr == ""  # the row says it: no log line repeats it on stderr
     assert "PHI" not in result.stdout + result.stderr
 
     store = open_test_store(f"sqlite:///{tmp_path / 'relay.db'}")
@@ -118,6 +121,7 @@ def test_recover_completed_session_saves_its_note(tmp_path: Path, suki: SukiStan
 
     shown = cli_here("show", event["id"], cwd=tmp_path)
     assert "recovered from Suki's status API" in shown.stdout
+    assert "(recovered)" in shown.stdout and "config unknown" not in shown.stdout
     listed = cli_here("events", "--recovered", "--json", cwd=tmp_path)
     assert [e["session_id"] for e in json.loads(listed.stdout)] == ["sess-done"]
 
@@ -133,10 +137,14 @@ def test_recover_leaves_unfinished_known_and_dry_run_alone(tmp_path: Path,
     dry = cli_here("recover", "sess-running", "sess-had", "sess-done", "sess-nobody",
                   "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
-    lines = dry.stdout.strip().splitlines()
-    assert [line.split("  ")[:2] for line in lines] == [
+    header, *lines = dry.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines] == [
         ["sess-running", "unfinished"], ["sess-had", "present"],
         ["sess-done", "would_recover"], ["sess-nobody", "unknown"]]
+    # aligned: every column starts where its heading does
+    for column in ("OUTCOME", "DETAIL"):
+        start = header.index(column)
+        assert all(line[start - 2:start] == "  " and line[start] != " " for line in lines)
     assert "Suki says running" in lines[0] and had in lines[1]
     assert "nothing recorded" in lines[2]
     assert [e["id"] for e in events_of(store)] == [had]  # --dry-run recorded nothing
@@ -157,9 +165,9 @@ def test_recover_exits_1_when_suki_cannot_be_asked(tmp_path: Path) -> None:
                             "timeout_seconds": 2})
     result = cli_here("recover", "sess-1", "../../auth/login", cwd=tmp_path)
     assert result.returncode == 1
-    lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("sess-1  error  Suki could not be asked")
-    assert lines[1].split("  ")[1] == "invalid"  # never sent anywhere
+    lines = result.stdout.strip().splitlines()[1:]
+    assert lines[0].split()[:2] == ["sess-1", "error"] and "Suki could not be asked" in lines[0]
+    assert lines[1].split()[1] == "invalid"  # never sent anywhere
     assert "pt-SECRET" not in result.stdout + result.stderr
 
 
@@ -174,9 +182,12 @@ def test_failed_aborted_skipped_are_recorded_as_documented(tmp_path: Path,
                        "sessions": ["s-other", "s-failed"]}).encode()
     store.record([NewEvent("k1", body, 1, "success", "s-other", "enc-9", False, [], [])])
     recoverer = Recoverer(config, store)
-    outcomes = {sid: recoverer.recover(sid).outcome for sid in suki.statuses}
-    assert outcomes == {"s-failed": "recovered", "s-aborted": "recovered",
-                        "s-skipped": "recovered", "s-paused": "unfinished"}
+    results = {sid: recoverer.recover(sid) for sid in suki.statuses}
+    assert {sid: r.outcome for sid, r in results.items()} == {
+        "s-failed": "recovered", "s-aborted": "recovered", "s-skipped": "recovered",
+        "s-paused": "unfinished"}
+    assert "recorded an aborted event" in results["s-aborted"].detail
+    assert "recorded a failure event" in results["s-failed"].detail
     got = {e["session_id"]: body_of(store, e["id"])
            for e in events_of(store, recovered=True)}
     assert got == {

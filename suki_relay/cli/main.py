@@ -47,10 +47,10 @@ def _read_body(arg: str) -> bytes:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from suki_relay.config.check import check_templates, status_problems
+    from suki_relay.config.check import further_problems
 
     config = config_of(args)
-    problems = check_templates(config) + status_problems(config)
+    problems = further_problems(config)
     for p in problems:
         if p.warning:
             print(str(p), file=sys.stderr)
@@ -162,7 +162,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from suki_relay.config.check import further_problems
+
     config = config_of(args)  # a missing or broken config is reported here, as `check` does
+    problems = further_problems(config)  # and what `check` calls an error stops it too
+    if any(not p.warning for p in problems):
+        raise ConfigError([p for p in problems if not p.warning])
     if args.log_format:
         os.environ["SUKI_RELAY_LOG_FORMAT"] = args.log_format
     if args.config:
@@ -170,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from suki_relay.serve.gunicorn import serve
 
     serve(args.config, {"bind": args.bind, "workers": args.workers, "threads": args.threads},
-          checked=config.fingerprint)
+          checked=config.fingerprint, warnings=problems)
     return 0
 
 
@@ -220,6 +225,10 @@ def cmd_console_password(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+LOG_FORMAT_HELP = "text (default) or json, one object a line; also $SUKI_RELAY_LOG_FORMAT"
+LIMIT_HELP = "at most this many rows (default %(default)s)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="suki-relay", description=__doc__)
     p.add_argument("-c", "--config", help="actions.yaml (default: $SUKI_RELAY_CONFIG or "
@@ -238,9 +247,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--bind", "-b", default=None, help="address (default 127.0.0.1:8000)")
     sp.add_argument("--workers", "-w", type=int, default=None, help="processes (default 2)")
     sp.add_argument("--threads", type=int, default=None, help="threads per process (default 16)")
-    sp.add_argument("--log-format", choices=("text", "json"))
+    sp.add_argument("--log-format", choices=("text", "json"), help=LOG_FORMAT_HELP)
     sp = add("worker", cmd_worker, "deliver only, without receiving")
-    sp.add_argument("--log-format", choices=("text", "json"))
+    sp.add_argument("--log-format", choices=("text", "json"), help=LOG_FORMAT_HELP)
     add("check", cmd_check, "validate actions.yaml, plugins and templates")
     sp = add("init", cmd_init, "write a commented starter actions.yaml and templates folder")
     sp.add_argument("dir", nargs="?", default=".", help="where (default: here)")
@@ -251,59 +260,68 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_routes_test)
     sp.add_argument("file", help="a JSON body, or a sample name (success, failure, ...)")
     sp.add_argument("--expect", nargs="*", help="exit 1 unless exactly these rules/actions match")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="JSON output, for scripts")
     sp.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sp = add("send", cmd_send, "sign a body with the configured secret and POST it")
     sp.add_argument("file", help="a JSON body, or a sample name")
-    sp.add_argument("--url", default="http://127.0.0.1:8000/webhooks/notification")
-    sp.add_argument("--secret", help="default: $SUKI_WEBHOOK_SECRET, else the config's first")
-    sp.add_argument("--timeout", type=float, default=10.0)
+    sp.add_argument("--url", default="http://127.0.0.1:8000/webhooks/notification",
+                    help="where to POST it (default: a relay on this machine, %(default)s)")
+    sp.add_argument("--secret", help="the secret to sign with (default: $SUKI_WEBHOOK_SECRET, "
+                                     "else the first of the config's receiver.secrets)")
+    sp.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for the answer (default %(default)g)")
     add("plugins", cmd_plugins, "list installed action types", json_flag=True)
 
     sp = add("events", cmd_events, "list received events, newest first", json_flag=True)
-    sp.add_argument("--status")
-    sp.add_argument("--session")
-    sp.add_argument("--encounter")
-    sp.add_argument("--since", help="30m, 2h, 7d or ISO 8601")
-    sp.add_argument("--until")
-    sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None)
-    sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None)
+    sp.add_argument("--status", help="only events with this payload status (success, "
+                                     "failure, ...)")
+    sp.add_argument("--session", help="only events of this session id")
+    sp.add_argument("--encounter", help="only events of this encounter id")
+    sp.add_argument("--since", help="received since: 30m, 2h, 7d or ISO 8601")
+    sp.add_argument("--until", help="received before: 30m, 2h, 7d or ISO 8601")
+    sp.add_argument("--matched", action=argparse.BooleanOptionalAction, default=None,
+                    help="only events a rule matched (--no-matched: only unmatched ones)")
+    sp.add_argument("--malformed", action=argparse.BooleanOptionalAction, default=None,
+                    help="only malformed events (signed, but not a JSON object with a status)")
     sp.add_argument("--recovered", action=argparse.BooleanOptionalAction, default=None,
                     help="only events recovered from Suki's status API (or none of them)")
     sp.add_argument("--rejected", action="store_true",
                     help="recent refused requests instead (time, reason, skew, address)")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--limit", type=int, default=50, help=LIMIT_HELP)
     sp = add("spool", cmd_spool, "events waiting in this node's spool for the store, oldest "
              "first", json_flag=True)
-    sp.add_argument("--limit", type=int, default=1000)
+    sp.add_argument("--limit", type=int, default=1000, help=LIMIT_HELP)
     sp = add("recover", cmd_recover, "ask Suki's API about sessions with no event, and "
              "record those that ended", json_flag=True)
-    sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    sp.add_argument("session_ids", nargs="*", metavar="SESSION_ID", help="Suki session ids")
     sp.add_argument("--encounter", help="the encounter these sessions belong to (default: "
                                         "from another event's sessions list)")
     sp.add_argument("--from-file", metavar="FILE", help="session ids, one per line (- for "
                                                         "stdin)")
     sp.add_argument("--dry-run", action="store_true", help="ask Suki, record nothing")
     sp = add("show", cmd_show, "one event, its deliveries and every attempt", json_flag=True)
-    sp.add_argument("event_id")
+    sp.add_argument("event_id", help="the event's id (evt_...)")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")
     sp = add("deliveries", cmd_deliveries, "list deliveries", json_flag=True)
-    sp.add_argument("--state", choices=("pending", "in_flight", "done", "failed"))
-    sp.add_argument("--action")
-    sp.add_argument("--since")
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--state", choices=("pending", "in_flight", "done", "failed"),
+                    help="only deliveries in this state")
+    sp.add_argument("--action", help="only deliveries of this action")
+    sp.add_argument("--since", help="updated since: 30m, 2h, 7d or ISO 8601")
+    sp.add_argument("--limit", type=int, default=100, help=LIMIT_HELP)
     sp = add("replay", cmd_replay, "run deliveries again (recorded as new attempts)",
              json_flag=True)
-    sp.add_argument("event_id", nargs="?")
+    sp.add_argument("event_id", nargs="?", help="replay this event's deliveries")
     sp.add_argument("--failed", action="store_true", help="only failed deliveries")
     sp.add_argument("--action", help="only this action")
     sp.add_argument("--since", help="with --failed: failed since (30m, 2h, 7d, ISO 8601)")
-    sp.add_argument("--limit", type=int, default=10000)
-    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--limit", type=int, default=10000, help=LIMIT_HELP)
+    sp.add_argument("--dry-run", action="store_true",
+                    help="list what would be replayed; replay nothing")
     sp = add("reroute", cmd_reroute, "match a stored event against the current rules",
              json_flag=True)
-    sp.add_argument("event_id")
-    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("event_id", help="the event's id (evt_...)")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="show the rules that match now; plan nothing")
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")

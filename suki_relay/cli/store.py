@@ -98,7 +98,7 @@ def _rejected(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Ask Suki about sessions the relay has no event for; exit 1 only if Suki could not
     be asked about one of them."""
-    from suki_relay.recover.recovery import Recoverer
+    from suki_relay.recover.recovery import Recoverer, header
 
     config = config_of(args)
     if config.suki is None:
@@ -110,13 +110,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if not sessions:
         raise RelayError("give SESSION_ID... or --from-file FILE")
     results = []
+    sessions = list(dict.fromkeys(sessions))
+    width = min(max(map(len, sessions)), 80)  # columns aligned as the rows come
+    if not args.json:
+        print(header(width), flush=True)
     with store_of(config) as store:
-        recoverer = Recoverer(config, store)
-        for sid in dict.fromkeys(sessions):
+        recoverer = Recoverer(config, store, announce=False)  # the rows say it, once
+        for sid in sessions:
             result = recoverer.recover(sid, encounter_id=args.encounter, dry_run=args.dry_run)
             results.append(result)
             if not args.json:
-                print(result.line(), flush=True)
+                print(result.line(width), flush=True)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     return 0 if all(r.asked_suki for r in results) else 1
@@ -156,8 +160,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines = event_head(e.id, e.received_at, None if e.malformed else e.status, e.session_id,
                        e.encounter_id, "  (recovered from Suki's status API)"
                        if e.recovered else "")
-    lines.append(f"rules matched: {', '.join(e.rules) or '(none)'}  "
-                 f"(config {e.config_version or 'unknown'})")
+    routed_by = f"config {e.config_version}" if e.config_version else \
+        "recovered" if e.recovered else "config unknown"
+    lines.append(f"rules matched: {', '.join(e.rules) or '(none)'}  ({routed_by})")
     data = {k: v for k, v in asdict(e).items() if k != "deliveries"}
     data["delivery_list"] = []
     for dd in detail.deliveries:

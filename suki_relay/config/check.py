@@ -8,14 +8,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from suki_relay.config.load import Config
+from suki_relay.config.load import Config, parse_config
 from suki_relay.config.routing import Plan, route
 from suki_relay.deliver import fetch
 from suki_relay.deliver.action import Delivery
 from suki_relay.deliver.suki_api import safe_url
-from suki_relay.errors import Problem, RelayError
+from suki_relay.errors import ConfigError, Problem, RelayError
 from suki_relay.protocol import DOCUMENTED_STATUSES
 
 SAMPLES = ("success", "failure", "timeout", "cancelled")
@@ -74,6 +75,24 @@ def dry_run(config: Config, body: bytes) -> tuple[Plan, list[Preview]]:
     payload = json.loads(body)
     plan = route(config.rules, config.unmatched, payload)
     return plan, [preview_action(config, a, body, payload) for a in plan.actions]
+
+
+def further_problems(config: Config) -> list[Problem]:
+    """What `check` finds in a config that loaded: every template rendered against the
+    samples, rules on unknown statuses. The one set of rules for `check`, `serve` and a
+    reload: an error stops `serve` and refuses a reload, a warning is logged."""
+    return check_templates(config) + status_problems(config)
+
+
+def checked_config(text: str, file: Path) -> tuple[Config, list[Problem]]:
+    """The config in ``text`` and its warnings; a ConfigError if it does not load or if
+    `check` would call anything in it an error."""
+    config = parse_config(text, file)
+    problems = further_problems(config)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(errors)
+    return config, [p for p in problems if p.warning]
 
 
 def check_templates(config: Config) -> list[Problem]:

@@ -29,6 +29,7 @@ field of the same name on ActionSpec.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from suki_relay.deliver.retry import RetryPolicy
 from suki_relay.deliver.suki_api import SukiSettings
 from suki_relay.deliver.templates import Templates
 from suki_relay.errors import ConfigError, Problem
-from suki_relay.options import Option, is_section, line_of, validate
+from suki_relay.options import Option, is_section, line_of, unknown_key, validate
 
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
@@ -278,6 +279,10 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
         core_values, found = validate(ACTION_OPTIONS, core, where)
         problems += found
         type_name = core_values["type"]
+        if not type_name:  # a misspelt core option (`tyep: http`) is why, most likely
+            problems += [unknown_key(k, ACTION_OPTIONS, options, where) for k in options
+                         if k not in ACTION_OPTIONS and difflib.get_close_matches(
+                             str(k), list(ACTION_OPTIONS), n=1, cutoff=0.6)]
         found_type = types.get(str(type_name)) if type_name else None
         if type_name and found_type is None:
             known = ", ".join(sorted(t for t, v in types.items() if v.cls)) or "none"

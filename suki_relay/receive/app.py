@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from suki_relay.store.spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
+# refusals are logged at WARNING as "request refused", these with what most likely caused them
+REFUSED = {
+    "bad_signature": "request refused: the signature matches none of receiver.secrets; "
+                     "the secret may not match Suki's",
+}
 READY_SECONDS = 1.0  # /readyz asks the store at most this often
 
 
@@ -175,10 +180,10 @@ class RelayApp:
             self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
-        level = logging.WARNING if answer.status >= 500 or outcome == "expired" \
-            else logging.INFO
-        logs.event(log, "request", level, outcome=outcome, http_status=answer.status,
-                   duration_ms=round(elapsed * 1000, 2), **fields)
+        level = logging.WARNING if answer.status >= 400 else logging.INFO
+        logs.event(log, REFUSED.get(outcome, "request refused" if answer.status >= 400
+                                    else "request"), level, outcome=outcome,
+                   http_status=answer.status, duration_ms=round(elapsed * 1000, 2), **fields)
         return answer
 
     def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Answer, str]:

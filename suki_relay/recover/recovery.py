@@ -131,21 +131,38 @@ class Result:
     def asked_suki(self) -> bool:
         return self.outcome != "error"
 
-    def line(self) -> str:
-        return f"{self.session_id}  {self.outcome}  {self.detail}".rstrip()
+    def line(self, width: int = 0) -> str:
+        """One row of `recover`'s output, the session id padded to ``width``."""
+        return f"{self.session_id:<{width}}  {self.outcome:<{OUTCOME_WIDTH}}  {self.detail}".rstrip()
+
+
+OUTCOMES = ("recovered", "would_recover", "present", "unfinished", "unknown", "error", "invalid")
+OUTCOME_WIDTH = max(map(len, OUTCOMES))
+
+
+def header(width: int) -> str:
+    """The heading of `recover`'s rows (Result.line)."""
+    return f"{'SESSION':<{width}}  {'OUTCOME':<{OUTCOME_WIDTH}}  DETAIL"
+
+
+def a_or_an(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 class Recoverer:
     """Asks Suki about sessions and records what it learns. One per process and config."""
 
     def __init__(self, config: Config, store: Store, client: SukiClient | None = None,
-                 deliverer: Deliverer | None = None):
+                 deliverer: Deliverer | None = None, announce: bool = True):
+        """``announce``: log each recovery at WARNING (False where the caller prints the
+        results, as `suki-relay recover` does)."""
         if client is None and config.suki is None:
             raise ValueError("recovery needs the suki: section")
         self.config = config
         self.store = store
         self.client = client or SukiClient(config.suki)  # type: ignore[arg-type]
         self.deliverer = deliverer
+        self.announce = announce
         self.count_event = metrics.event_counter(config.rules)
 
     def encounter_of(self, session_id: str) -> str | None:
@@ -186,7 +203,7 @@ class Recoverer:
         result = Result(session_id, "would_recover", status, encounter_id=encounter,
                         recorded_status=payload["status"], actions=list(plan.actions))
         if dry_run:
-            result.detail = (f"Suki says {status}; would record a {payload['status']} event, "
+            result.detail = (f"Suki says {status}; would record {a_or_an(payload['status'])} event, "
                              f"actions: {', '.join(plan.actions) or '(none)'}; dry run, "
                              "nothing recorded")
             return result
@@ -198,14 +215,15 @@ class Recoverer:
             return Result(session_id, "present", status, recorded.event_id,
                           detail=f"already has event {recorded.event_id}; left alone")
         result.outcome, result.event_id = "recovered", recorded.event_id
-        result.detail = (f"Suki says {status}; recorded {payload['status']} event "
+        result.detail = (f"Suki says {status}; recorded {a_or_an(payload['status'])} event "
                          f"{recorded.event_id} (recovered), actions: "
                          f"{', '.join(plan.actions) or '(none)'}")
         metrics.RECOVERED.labels(status).inc()
         self.count_event(payload["status"])
-        logs.event(log, "session recovered", logging.WARNING, session_id=session_id,
-                   event_id=recorded.event_id, session_status=status,
-                   deliveries=len(plan.actions))
+        if self.announce:
+            logs.event(log, "session recovered", logging.WARNING, session_id=session_id,
+                       event_id=recorded.event_id, session_status=status,
+                       deliveries=len(plan.actions))
         if self.deliverer is not None and plan.actions:
             self.deliverer.wake(plan.actions)
         return result

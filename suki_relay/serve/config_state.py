@@ -4,7 +4,8 @@ A reload with a broken actions.yaml must never stop the relay: it keeps serving 
 last config that loaded, logs each problem at ERROR, and says so in /readyz's body and in
 the ``suki_relay_config_reload_rejected`` metric until a good config is loaded.
 ``suki-relay serve`` validates in its master; under plain gunicorn each new worker finds
-the last good config in the folder its master's workers share (runtime.py).
+the last good config in the folder its master's workers share (runtime.py). What
+`check` calls an error refuses a config as a broken file does; its warnings are logged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suki_relay import logs
+from suki_relay.config.check import checked_config
 from suki_relay.config.load import Config, config_path, fingerprint, parse_config, read_config
 from suki_relay.errors import ConfigError, Problem
 from suki_relay.serve.runtime import first_to_claim, unclaim, write_private
@@ -47,6 +49,12 @@ def log_rejected(problems: list[Problem] | list[Exception], rejected: str) -> No
                    problem=str(p), rejected_version=rejected)
 
 
+def log_warnings(problems: list[Problem], version: str) -> None:
+    """What `check` calls a warning, at WARNING, when a config starts or is reloaded."""
+    for p in problems:
+        logs.event(log, "config warning", logging.WARNING, problem=str(p), version=version)
+
+
 def load_or_last_good(path: str | os.PathLike[str] | None,
                       shared: Path | None) -> tuple[Config, ConfigState]:
     """The config in the file, remembered in ``shared`` as the last good one; if the file
@@ -57,7 +65,7 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
     text: str | None = None
     try:
         text, file = read_config(file)
-        config = parse_config(text, file)
+        config, warnings = checked_config(text, file)
     except ConfigError as exc:
         last = shared / LAST_GOOD if shared is not None else None
         if last is None or not last.exists():
@@ -68,6 +76,8 @@ def load_or_last_good(path: str | os.PathLike[str] | None,
         config = parse_config(last.read_text(encoding="utf-8"), file)
         return config, ConfigState(config.fingerprint, rejected, len(exc.problems))
     current = config.fingerprint
+    if warnings and (shared is None or first_to_claim(shared / f"warned-{current}")):
+        log_warnings(warnings, current)
     if shared is not None:
         last = shared / LAST_GOOD
         before = version(last.read_text(encoding="utf-8")) if last.exists() else None

@@ -1,6 +1,6 @@
 """`suki-relay serve`: gunicorn, with the relay's defaults and a safe reload.
 
-The master validates actions.yaml at start and on every SIGHUP; workers are built from
+The master validates actions.yaml at start and on every SIGHUP, by `check`'s rules; workers are built from
 the last config that passed, so a broken edit is logged and never takes the relay down.
 """
 
@@ -16,8 +16,9 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from suki_relay import logs
+from suki_relay.config.check import checked_config
 from suki_relay.config.load import config_path, parse_config
-from suki_relay.errors import ConfigError
+from suki_relay.errors import ConfigError, Problem
 from suki_relay.serve import config_state
 
 log = logging.getLogger("suki_relay.serve.gunicorn")
@@ -44,10 +45,11 @@ class RelayLogger(GunicornLogger):  # type: ignore[misc]
 
 class RelayServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config_file: str | None, options: dict[str, Any],
-                 checked: str | None = None):
+                 checked: str | None = None, warnings: list[Problem] | None = None):
         self.config_file = config_path(config_file)
         self.options = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
         self.checked = checked  # the version of a text already parsed (by the CLI): once
+        self.warnings = warnings or []  # what `check` warned of in that text
         self.snapshot: str | None = None
         self.rejected: tuple[str, int] | None = None  # the edit that failed: version, problems
         super().__init__()
@@ -65,7 +67,7 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         try:
             text = self.config_file.read_text(encoding="utf-8")
             if self.checked != config_state.version(text):
-                parse_config(text, self.config_file)
+                _, self.warnings = checked_config(text, self.config_file)
             self.checked = None
         except (OSError, ConfigError) as exc:
             if self.snapshot is None:
@@ -78,6 +80,9 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         if self.snapshot is not None and text != self.snapshot:
             logs.event(log, "config reloaded", file=str(self.config_file),
                        version=config_state.version(text))
+        if self.snapshot is None or text != self.snapshot:
+            config_state.log_warnings(self.warnings, config_state.version(text))
+        self.warnings = []
         self.snapshot = text
         self.rejected = None
 
@@ -107,11 +112,13 @@ def _child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
-def serve(config_file: str | None, options: dict[str, Any], checked: str | None = None) -> None:
-    """``checked``: the version of the config text the caller has just parsed, so the
-    master does not parse the same text again at start (it does on every reload)."""
+def serve(config_file: str | None, options: dict[str, Any], checked: str | None = None,
+          warnings: list[Problem] | None = None) -> None:
+    """``checked``: the version of the config text the caller has just parsed and checked
+    (``warnings``: what the check warned of), so the master does not parse the same text
+    again at start (it does on every reload)."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="suki-relay-metrics-")
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     logs.setup()
-    RelayServer(config_file, options, checked).run()
+    RelayServer(config_file, options, checked, warnings).run()

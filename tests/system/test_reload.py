@@ -64,3 +64,56 @@ def test_a_reload_with_a_broken_config_keeps_serving(write_config, relay, sink, 
     wait_until(lands_on_second, timeout=20, interval=0.5, message="the new config to take effect")
     assert r.stop() == 0
     assert r.logs().count("config reloaded") == 1
+
+
+def _status_rule(status: str) -> dict[str, object]:
+    return {"name": "failures", "when": {"status": status}, "do": ["ehr"]}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-gunicorn", "serve"])
+def test_serve_refuses_what_check_calls_an_error(write_config, relay, sink, plain) -> None:  # type: ignore[no-untyped-def]
+    """`status: sucess` fails check, so it stops serve as well (it used to start, and every
+    failure then fell through to `unmatched`)."""
+    from tests.support.relay import RelayProcess
+
+    cfg = write_config({"actions": {"ehr": http_action(sink().url)},
+                        "rules": [_status_rule("sucess")]})
+    r = RelayProcess(cfg, plain_gunicorn=plain, workers=1).start(wait=False)
+    try:
+        assert r.proc is not None
+        assert r.proc.wait(30) != 0
+    finally:
+        r.stop()
+    assert "'sucess' is no status the relay knows; did you mean 'success'?" in r.logs()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-gunicorn", "serve"])
+def test_check_warnings_are_logged_and_its_errors_refuse_a_reload(write_config, relay, sink,  # type: ignore[no-untyped-def]
+                                                                  plain) -> None:
+    target = sink()
+    cfg = write_config({"actions": {"ehr": http_action(target.url)},
+                        "rules": [_status_rule("timed_out")]})
+    r = relay(cfg, plain_gunicorn=plain, workers=2)
+    warned = [line for line in r.logs().splitlines() if "config warning" in line]
+    assert len(warned) == 1 and " warning " in warned[0] and "'timed_out'" in warned[0], warned
+
+    full = yaml.safe_load(cfg.read_text())
+    full["rules"] = [_status_rule("sucess")]
+    cfg.write_text(yaml.safe_dump(full))
+    r.signal(signal.SIGHUP)
+    wait_until(lambda: "config rejected" in r.logs() and "did you mean 'success'" in r.logs(),
+               message="the reload refused for what check calls an error")
+    wait_until(lambda: requests.get(r.url + "/readyz", timeout=5).json().get("config_rejected"),
+               interval=0.3, message="the rejection in /readyz")
+    body = unique_body("timeout", status="timed_out")
+    assert post_signed(r.webhook, body).status_code == 200
+    wait_until(lambda: target.received, message="delivery under the last good config")
+
+    # timed_out is known now (the store has seen one); another undocumented status is not
+    full["rules"] = [_status_rule("failure"), _status_rule("abandoned") | {"name": "gone"}]
+    cfg.write_text(yaml.safe_dump(full))
+    r.signal(signal.SIGHUP)
+    wait_until(lambda: r.logs().count("config warning") == 2,
+               message="the reloaded config's warning, logged once")
