@@ -55,7 +55,7 @@ def test_refusals_are_listed_with_skew_and_never_the_body(write_config: Any, loc
     table = cli_here("events", "--rejected", cwd=tmp_path).stdout
     assert "bad_signature" in table and "SKEW_MS" in table
     hints = [fields["hint"] for message, fields in relay_log.lines
-             if message == "request" and fields.get("outcome") == "expired"]
+             if message == "request refused" and fields.get("outcome") == "expired"]
     assert hints[0].startswith("generated-at is Unix time in milliseconds")
     assert hints[1].startswith("generated-at looks like seconds")
     assert "PHI-BODY-TEXT" not in relay_log.text() + table + json.dumps(rows)

@@ -35,13 +35,15 @@ def test_logs_carry_no_phi_and_no_secrets(write_config, relay, sink, store_url,
                              "format": "text"},
                     "broken": http_action(failing.url, headers={"Authorization": "Bearer HDR-SECRET"},
                                           retry={"initial_seconds": 0.1, "max_attempts": 2}),
-                    "bad-template": http_action(failing.url, body="{{ event.nope }}")},
+                    # passes check (the samples have no `odd`), fails on the event below
+                    "bad-template": http_action(failing.url, body="{% if event.odd is defined %}"
+                                                "{{ event.odd.nope }}{% endif %}")},
         "rules": [{"name": "notes", "when": {"status": "success"}, "do": ["save"]},
                   {"name": "failures", "when": {"status": "failure"},
                    "do": ["broken", "bad-template"]}]})
     r = relay(cfg)
     post_signed(r.webhook, unique_body("success"))
-    post_signed(r.webhook, unique_body("failure"))
+    post_signed(r.webhook, unique_body("failure", odd={}))
     post_signed(r.webhook, unique_body("failure"), secret="wrong")
     post_signed(r.webhook, b'{"status": 5, "note": "PHI-NOTE-TEXT"}')
     store = open_test_store(store_url, cfg.parent)
