@@ -98,6 +98,7 @@ class StoreStats:
         self._at: float | None = None
         self._stats: Stats | None = None
         self._sessions: dict[str, int] | None = None
+        self.paused: dict[str, bool] = {}  # action -> paused, as last read
 
     def __call__(self) -> tuple[Stats | None, dict[str, int] | None]:
         now = time.monotonic()
@@ -106,6 +107,7 @@ class StoreStats:
             try:
                 self._stats = self.store.stats()
                 self._sessions = self.store.recovery_counts()
+                self.paused = {s.action: s.state == "paused" for s in self.store.action_states()}
             except Exception:
                 pass
             self._at = now
@@ -130,6 +132,11 @@ class StoreCollector:
         yield GaugeMetricFamily("suki_relay_oldest_pending_age_seconds",
                                 "Age of the oldest unfinished delivery",
                                 value=stats.oldest_pending_age_seconds)
+        paused = GaugeMetricFamily("suki_relay_action_paused", "1 while the action is paused "
+                                   "(its deliveries wait; one probe at a time)", labels=["action"])
+        for action, is_paused in sorted(self.stats.paused.items()):
+            paused.add_metric([action], int(is_paused))
+        yield paused
         if sessions is None:
             return
         yield GaugeMetricFamily("suki_relay_sessions_missing",

@@ -15,13 +15,16 @@ from typing import Any
 from suki_relay.cli.spool import cmd_spool
 from suki_relay.cli.standin import add_parser as add_stand_in
 from suki_relay.cli.store import (
+    cmd_actions,
     cmd_configs,
     cmd_deliveries,
     cmd_events,
+    cmd_pause,
     cmd_prune,
     cmd_recover,
     cmd_replay,
     cmd_reroute,
+    cmd_resume,
     cmd_show,
     config_of,
     emit,
@@ -325,6 +328,13 @@ def parser() -> argparse.ArgumentParser:
     sp = add("prune", cmd_prune, "delete old finished events (never unfinished ones)",
              json_flag=True)
     sp.add_argument("--older-than", help="e.g. 30d (default: retention.days from the config)")
+    add("actions", cmd_actions, "each action: active or paused, deliveries queued, last "
+        "success, last error", json_flag=True)
+    sp = add("pause", cmd_pause, "pause an action by hand: its deliveries wait (nothing is "
+             "lost) until `resume`")
+    sp.add_argument("action", help="the action's name in actions.yaml")
+    sp = add("resume", cmd_resume, "resume a paused action: its waiting deliveries are due now")
+    sp.add_argument("action", help="the action's name in actions.yaml")
     add("configs", cmd_configs, "the config versions used (the version `show` names)",
         json_flag=True)
     add_stand_in(sub)

@@ -232,6 +232,57 @@ def cmd_reroute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_actions(args: argparse.Namespace) -> int:
+    """Each action of the config (and any other the store knows): its state, its queue,
+    its last success and its last error."""
+    config = config_of(args)
+    with store_of(config) as store:
+        known = {s.action: s for s in store.action_states()}
+    rows = []
+    for name in [*config.actions, *sorted(set(known) - set(config.actions))]:
+        s = known.get(name)
+        state = "active" if s is None else s.state
+        if s is not None and s.state == "paused":
+            state = "paused by hand" if s.by_hand else f"paused (probe {_when(s.probe_at)})"
+        spec = config.actions.get(name)
+        rows.append({"action": name, "type": spec.type if spec else "(not in the config)",
+                     "state": state, "paused": bool(s and s.state == "paused"),
+                     "queued": s.queued if s else 0, "failures_in_a_row": s.failures if s else 0,
+                     "last_success": _when(s.last_success_at if s else None),
+                     "last_error_at": _when(s.last_error_at if s else None),
+                     "last_error": s.last_error if s else None})
+    emit(args, rows, table(rows, ["action", "type", "state", "queued", "last_success",
+                                  "last_error_at", "last_error"]))
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause an action by hand: its deliveries wait (no probes) until `resume`."""
+    config = config_of(args)
+    _known_action(config, args.action)
+    with store_of(config) as store:
+        changed = store.pause(args.action)
+    print(f"{args.action}: paused; its deliveries wait until `suki-relay resume {args.action}`"
+          if changed else f"{args.action}: was paused by hand already")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    _known_action(config, args.action)
+    with store_of(config) as store:
+        changed = store.resume(args.action)
+    print(f"{args.action}: resumed; its waiting deliveries are due now" if changed
+          else f"{args.action}: was not paused")
+    return 0
+
+
+def _known_action(config: Any, name: str) -> None:
+    if name not in config.actions:
+        raise RelayError(f"no action {name!r} in {config.file}; defined: "
+                         f"{', '.join(config.actions) or 'none'}")
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
     """The audit trail: every config version used, and where and when it was first."""
     with store_of(store_settings(args)) as store:

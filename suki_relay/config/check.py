@@ -56,7 +56,8 @@ def preview_action(config: Config, name: str, body: bytes, payload: Any) -> Prev
     On_failure actions are rendered with a sample `failed` as well."""
     spec = config.actions[name]
     would_fetch: dict[str, str] | None = None
-    failed = SAMPLE_FAILED if name in config.on_failure else None
+    failed = SAMPLE_FAILED if name in config.on_failure or name in (config.on_pause or ()) \
+        else None
     try:
         delivery = fake_delivery(name, body, payload, failed)
         if spec.fetch:
@@ -107,7 +108,8 @@ def check_templates(config: Config) -> list[Problem]:
         if action not in config.actions:
             continue
         spec = config.actions[action]
-        if action in config.on_failure:  # any event may have a failed delivery
+        if action in config.on_failure or action in (config.on_pause or ()):  # any event
+            # may have a failed delivery, or an action that paused
             names = list(SAMPLES)
         tried = names or list(SAMPLES)
         failures = []

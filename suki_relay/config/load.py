@@ -87,11 +87,16 @@ SECTIONS: dict[str, Option] = {
     "rules": Option(list, template=False),
     "unmatched": Option((list, str), template=False),
     "on_failure": Option((list, str), template=False),
+    "on_pause": Option((list, str), template=False),
 }
 ACTION_OPTIONS: dict[str, Option] = {
     "type": Option(str, required=True, template=False, help="the action type"),
     "max_concurrency": Option(int, default=4, positive=True, template=False),
     "retry": Option(RetryPolicy, default=RetryPolicy(), template=False),
+    "pause_after": Option(int, default=10, min=0, template=False,
+                          help="failed attempts in a row that pause the action (0: never)"),
+    "probe_every_seconds": Option(float, default=60.0, positive=True, template=False,
+                                  help="while paused, one delivery is tried this often"),
     "fetch": Option((list, str), default=(), template=False, check=_relations,
                     help="link relations fetched from Suki before each attempt",
                     convert=lambda v: tuple(dict.fromkeys([v] if isinstance(v, str) else v))),
@@ -106,6 +111,8 @@ class ActionSpec:
     max_concurrency: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fetch: tuple[str, ...] = ()  # link relations fetched before each attempt (suki_relay.deliver.fetch)
+    pause_after: int = 10  # failed attempts in a row that pause it (store/health.py); 0: never
+    probe_every_seconds: float = 60.0  # while paused, one delivery is tried this often
     lines: dict[str, int] = field(default_factory=dict, repr=False)  # of its options, for check
 
 
@@ -125,6 +132,7 @@ class Config:
     suki: SukiSettings | None = None
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
+    on_pause: list[str] | None = None  # run when an action pauses or resumes (else on_failure)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     fingerprint: str = ""  # of the config text: which config a process runs (console)
@@ -207,6 +215,8 @@ def parse_config(text: str, file: Path) -> Config:
                              line_of(raw, "unmatched"), problems)
     on_failure = action_names(values["on_failure"] or [], "on_failure", defined,
                               line_of(raw, "on_failure"), problems)
+    on_pause = None if values["on_pause"] is None else action_names(
+        values["on_pause"], "on_pause", defined, line_of(raw, "on_pause"), problems)
     if "recovery" in raw and values["recovery"].enabled and values["suki"] is None and \
             context_ok:
         problems.append(Problem("recovery", "needs the top-level `suki:` section (Suki's status "
@@ -221,7 +231,7 @@ def parse_config(text: str, file: Path) -> Config:
     sections = {name: values[name] for name, opt in SECTIONS.items() if is_section(opt.kind)}
     return Config(file=file, base_dir=base_dir, store_url=values["store"], templates=templates,
                   actions=actions, rules=rules, unmatched=unmatched, on_failure=on_failure,
-                  fingerprint=fingerprint(text), **sections)
+                  on_pause=on_pause, fingerprint=fingerprint(text), **sections)
 
 
 def _secret_alias(receiver: Any, problems: list[Problem]) -> None:

@@ -39,6 +39,7 @@ from suki_relay.store import (
     retention,
 )
 from suki_relay.store.group_commit import GroupCommit
+from suki_relay.store.health import PAUSED, Change, PausePolicy
 
 if TYPE_CHECKING:
     from suki_relay.config.load import ActionSpec, Config
@@ -99,6 +100,9 @@ def _retry_or_give_up(spec: ActionSpec | None, claimed: Claimed, started: float,
                       duration: float, message: str, http_status: int | None = None,
                       retry_after: float | None = None) -> Outcome:
     """Retry later with backoff, or fail for good once the action's retry budget is spent."""
+    if claimed.probe:  # the action is paused: the delivery waits, its budget untouched
+        return Outcome("retry", started, duration, PENDING, time.time(), http_status,
+                       f"probe of a paused action: {message}")
     policy = spec.retry if spec else None
     if policy is None or claimed.tries >= policy.max_attempts or (
             started - claimed.cycle_started_at >= policy.max_age_seconds):
@@ -116,6 +120,9 @@ class Deliverer:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.settings = config.delivery
         self.concurrency = {name: spec.max_concurrency for name, spec in config.actions.items()}
+        reporters = tuple(config.on_failure if config.on_pause is None else config.on_pause)
+        self.pauses = {name: PausePolicy(spec.pause_after, spec.probe_every_seconds, reporters)
+                       for name, spec in config.actions.items()}
         self._finisher = GroupCommit(self._finish_batch, store.exclusive)
         self._reset()
 
@@ -336,10 +343,26 @@ class Deliverer:
     def _finish_batch(self, items: list[tuple[Claimed, Outcome]]) -> list[Claimed | None]:
         """One transaction for every thread that just finished: record, then claim as many."""
         wanted = 0 if self._stopping.is_set() else len(items)
+        changes: list[Change] = []
         following: list[Claimed | None] = list(self.store.finish(
             [(c, self.owner, r) for c, r in items],
-            ClaimRequest(self.owner, wanted, self.settings.lease_seconds, self.concurrency)))
+            ClaimRequest(self.owner, wanted, self.settings.lease_seconds, self.concurrency),
+            self.pauses, changes))
+        for change in changes:  # each reported once: by the transaction that made it
+            self._report(change)
         return following + [None] * (len(items) - len(following))
+
+
+    def _report(self, change: Change) -> None:
+        """An action paused or resumed: at WARNING (its on_pause actions are planned)."""
+        if change.state == PAUSED:
+            every = self.pauses.get(change.action, PausePolicy()).probe_every_seconds
+            logs.event(log, f"action paused after {change.failures} failed attempts in a row; "
+                       f"its deliveries wait, one probe every {every:g}s", logging.WARNING,
+                       action=change.action, delivery_id=change.delivery_id)
+        else:
+            logs.event(log, "action resumed: a probe delivery succeeded", logging.WARNING,
+                       action=change.action, delivery_id=change.delivery_id)
 
 
 def _error_class(result: Outcome) -> str | None:

@@ -17,8 +17,20 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from suki_relay.store.rows import ConfigVersionRow, DeliveryRow, EventDetail, EventRow, RejectionRow, Stats
+from suki_relay.store.rows import (
+    ActionState,
+    ConfigVersionRow,
+    DeliveryRow,
+    EventDetail,
+    EventRow,
+    RejectionRow,
+    Stats,
+)
+
+if TYPE_CHECKING:
+    from suki_relay.store.health import Change, PausePolicy
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -80,6 +92,7 @@ class Claimed:
     received_at: float
     recovered: bool = False
     cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
+    probe: bool = False  # the one attempt of a paused action (store/health.py): uses no try
 
 
 @dataclass(frozen=True)
@@ -163,8 +176,12 @@ class Store(ABC):
 
     @abstractmethod
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
-               then_claim: ClaimRequest | None = None) -> list[Claimed]:
-        """Record attempts (claimed, owner, outcome) and claim the next, in one transaction."""
+               then_claim: ClaimRequest | None = None,
+               pauses: dict[str, PausePolicy] | None = None,
+               changes: list[Change] | None = None) -> list[Claimed]:
+        """Record attempts (claimed, owner, outcome) and claim the next, in one transaction.
+        With ``pauses``, count each action's failures in a row and pause or resume it
+        (store/health.py), appending each change made to ``changes``."""
 
     @abstractmethod
     def release(self, owner: str, ids: list[str] | None = None) -> int:
@@ -244,6 +261,18 @@ class Store(ABC):
     @abstractmethod
     def statuses(self, since: float) -> set[str]:
         """The distinct statuses of well-formed events received since then (for `check`)."""
+
+    @abstractmethod
+    def pause(self, action: str) -> bool:
+        """Pause an action by hand (its deliveries wait; no probes)."""
+
+    @abstractmethod
+    def resume(self, action: str) -> bool:
+        """Resume a paused action; its waiting deliveries are due now."""
+
+    @abstractmethod
+    def action_states(self) -> list[ActionState]:
+        """Each action's state (active, paused), failures in a row, queue and last results."""
 
     @abstractmethod
     def close(self) -> None:

@@ -22,6 +22,13 @@ from suki_relay.store.base import (
     Recorded,
     new_id,
 )
+from suki_relay.store.health import (
+    Change,
+    PausePolicy,
+    note_attempts,
+    paused_actions,
+    probes_taken,
+)
 from suki_relay.store.tx import Backend, Tx, chunks, marks
 
 ERROR_MAX = 500
@@ -116,20 +123,26 @@ class Ledger(Backend):
         with self.tx(durable=False) as tx:
             return self._claim_in(tx, owner, limit, lease_seconds, concurrency), frozenset(full)
 
-    def _room(self, tx: Tx, concurrency: dict[str, int],
-              now: float) -> tuple[dict[str, int], list[str]]:
-        """Free places per action under max_concurrency, and the actions with none."""
+    def _room(self, tx: Tx, concurrency: dict[str, int], now: float,
+              paused: dict[str, tuple[float | None, float]] | None = None,
+              ) -> tuple[dict[str, int], list[str]]:
+        """Free places per action under max_concurrency, and the actions with none. A
+        paused action has none, but one for its probe when due and none is in flight."""
         busy = {r["action"]: r["n"] for r in tx.all(
             "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
             "GROUP BY action", (IN_FLIGHT, now))}
         room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
+        for action, (probe_at, _) in (paused_actions(tx) if paused is None else paused).items():
+            due = probe_at is not None and probe_at <= now and not busy.get(action)
+            room[action] = 1 if due else 0
         return room, [a for a, n in room.items() if n <= 0]
 
     def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
                   concurrency: dict[str, int]) -> list[Claimed]:
         now = time.time()
         self.lock_claims(tx)
-        room, full = self._room(tx, concurrency, now)
+        paused = paused_actions(tx)
+        room, full = self._room(tx, concurrency, now, paused)
         if concurrency and all(room[a] <= 0 for a in concurrency):
             return []  # every action is at its limit: nothing to scan
         # two queries, each walking an index in order and stopping at its limit (one query
@@ -153,15 +166,18 @@ class Ledger(Backend):
             if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
                 lost.append((row["id"], row["attempts"], now,
                              "worker stopped before finishing; lease expired"))
+            probe = action in paused  # a probe uses up none of the delivery's tries
             claimed.append(Claimed(
-                row["id"], row["event_id"], action, row["attempts"] + 1, row["tries"] + 1,
-                row["cycle_started_at"], bytes(row["body"]), row["received_at"],
-                bool(row["recovered"]), row["cause"]))
+                row["id"], row["event_id"], action, row["attempts"] + 1,
+                row["tries"] + (0 if probe else 1), row["cycle_started_at"], bytes(row["body"]),
+                row["received_at"], bool(row["recovered"]), row["cause"], probe))
         tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
                 "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
         tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
-                "attempts = attempts + 1, tries = tries + 1, updated_at = ? WHERE id = ?",
-                [(IN_FLIGHT, owner, now + lease_seconds, now, c.id) for c in claimed])
+                "attempts = attempts + 1, tries = tries + ?, updated_at = ? WHERE id = ?",
+                [(IN_FLIGHT, owner, now + lease_seconds, 0 if c.probe else 1, now, c.id)
+                 for c in claimed])
+        probes_taken(tx, claimed, paused, now)
         return claimed
 
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
@@ -173,7 +189,9 @@ class Ledger(Backend):
                     [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
 
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
-               then_claim: ClaimRequest | None = None) -> list[Claimed]:
+               then_claim: ClaimRequest | None = None,
+               pauses: dict[str, PausePolicy] | None = None,
+               changes: list[Change] | None = None) -> list[Claimed]:
         """Record attempts and, in the same transaction, claim what comes next.
 
         A delivery whose lease was lost keeps its new owner's state. Not fsynced: if the
@@ -190,6 +208,10 @@ class Ledger(Backend):
                              if not r.on_failure])
             self._plan_on_failure(tx, [(c, owner, r) for c, owner, r in finished
                                        if r.on_failure], now)
+            if pauses is not None:
+                made = note_attempts(tx, finished, pauses, now)
+                if changes is not None:
+                    changes += made
             if then_claim is None or then_claim.limit <= 0:
                 return []
             return self._claim_in(tx, then_claim.owner, then_claim.limit,

@@ -91,6 +91,22 @@ class EventDetail:
 
 
 @dataclass(frozen=True)
+class ActionState:
+    """An action as the store knows it: paused or not, and its queue (store/health.py)."""
+
+    action: str
+    state: str  # active or paused
+    failures: int  # failed attempts in a row
+    queued: int  # deliveries pending or in flight
+    paused_at: float | None
+    probe_at: float | None  # the next probe, while paused (None: paused by hand)
+    by_hand: bool
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+@dataclass(frozen=True)
 class RejectionRow:
     """Refused requests alike (same reason, same address) within one second; no body."""
 

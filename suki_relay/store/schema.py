@@ -121,6 +121,22 @@ CREATE TABLE IF NOT EXISTS console_signouts (
     expires_at DOUBLE PRECISION NOT NULL
 )
 """),
+    Migration(5, "each action's failed attempts in a row, and whether it is paused", """
+CREATE TABLE IF NOT EXISTS action_health (
+    action TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    by_hand INTEGER NOT NULL DEFAULT 0,
+    paused_at DOUBLE PRECISION,
+    probe_at DOUBLE PRECISION,
+    probe_every DOUBLE PRECISION,
+    changed_at DOUBLE PRECISION,
+    last_success_at DOUBLE PRECISION,
+    last_error TEXT,
+    last_error_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS action_health_state ON action_health (state)
+"""),
 ]
 
 
