@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from suki_relay.config.check import sample
 from suki_relay.deliver.fetch import note_text
@@ -151,6 +154,29 @@ def test_a_300_kb_note_is_one_valid_message(tmp_path: Path, suki: SukiStandIn,
     [got] = engine.received
     strict(got.text)
     assert unescaped_note(got.text) == text
+
+
+@settings(max_examples=300, deadline=None)
+@example("a" * 198 + "|")  # a sequence across the cut at 199
+@example("a" * 197 + "|\\" * 90 + "\n" + "^" * 400)
+@given(st.text(alphabet=st.one_of(st.sampled_from("|^~&\\\t a"),
+                                  st.characters(blacklist_categories=("Cs",))), max_size=1500))
+def test_any_text_escapes_and_splits_into_pieces_that_unescape_to_it(text: str) -> None:
+    """Hostile text of any kind: every OBX-5 piece is at most 199 characters, holds no
+    delimiter or frame byte unescaped, and the pieces unescape to the text exactly (line
+    breaks made \\n, other controls U+FFFD)."""
+    from suki_relay.actions.hl7v2_message import OBX5_MAX, obx_lines
+
+    container = hl7.parse("MSH|^~\\&|A")
+    lines: dict[int, str] = {}
+    for line, piece in obx_lines(text):
+        assert len(piece) <= OBX5_MAX
+        assert not set(piece) & set("|^~&\r\n\x0b\x1c")
+        assert piece.count("\\") % 2 == 0  # no escape sequence cut in two
+        lines[line] = lines.get(line, "") + container.unescape(piece)
+    expected = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "\ufffd",
+                      re.sub(r"\r\n|\r", "\n", text).replace("\x0a", "\n"))
+    assert "\n".join(lines[n] for n in sorted(lines)) == expected
 
 
 def test_line_breaks_of_any_kind_end_a_line_and_controls_cannot_end_the_frame(
@@ -509,6 +535,9 @@ def test_the_relay_retries_a_dropped_delivery_with_the_same_control_id(
         assert "the engine may have the message" in said[0][1]
         assert said[1][1].startswith("ACK AE: the engine could not process the message: Busy")
         assert said[2][1] == f"AA: control id {ids[0]}, ACK control id ACK000002"
+        for message in listener.received:
+            strict(message.text)
+            assert unescaped_note(message.text) == note_text(NOTE)
         shown = cli_here("show", first, cwd=cfg.parent)
         assert "ACK AE" in shown.stdout and "Busy" in shown.stdout
         assert f"AA: control id {ids[0]}, ACK control id ACK000002" in shown.stdout
