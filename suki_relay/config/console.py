@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from suki_relay.options import setting
@@ -22,14 +22,41 @@ def _path(value: str) -> str | None:
             "not /healthz or /readyz)")
 
 
+ROLES = ("viewer", "operator", "admin")  # each may do what the one before it may, and more
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    """One entry of ``console.users``: a bare hash (an admin, as before roles), or
+    ``{hash: ..., role: viewer|operator|admin}``."""
+
+    hash: str = field(repr=False)
+    role: str = "admin"
+
+
 def _users(value: dict[Any, Any]) -> str | None:
-    for name, hashed in value.items():
+    for name, entry in value.items():
         if not isinstance(name, str) or not _USER.fullmatch(name):
             return f"user name {str(name)[:64]!r}: letters, digits and ._@- only, at most 64"
+        if isinstance(entry, dict):
+            unknown = sorted(str(k) for k in entry if k not in ("hash", "role"))
+            if unknown:
+                return f"user {name}: unknown key(s) {', '.join(unknown)}; expected hash, role"
+            if entry.get("role", "admin") not in ROLES:
+                return f"user {name}: role must be one of {', '.join(ROLES)}"
+            hashed = entry.get("hash")
+        else:
+            hashed = entry
         if not isinstance(hashed, str) or not _HASH.fullmatch(hashed):
             return (f"user {name}: expected a password hash made by `suki-relay "
                     "console-password` (never a password)")
     return None
+
+
+def _user(entry: Any) -> ConsoleUser:
+    if isinstance(entry, dict):
+        return ConsoleUser(str(entry["hash"]), str(entry.get("role", "admin")))
+    return ConsoleUser(str(entry))
 
 
 def _secret(value: str) -> str | None:
@@ -42,10 +69,11 @@ def _secret(value: str) -> str | None:
 class ConsoleSettings:
     enabled: bool = setting(False)
     path: str = setting(DEFAULT_PATH, check=_path)
-    users: dict[str, str] = setting(  # noqa: RUF009 (setting() makes a dataclasses.field)
+    users: dict[str, ConsoleUser] = setting(  # noqa: RUF009 (setting() makes a dataclasses.field)
         kind=dict, default_factory=dict, secret=True, check=_users,
-        help="user name: password hash (`suki-relay console-password`)",
-        convert=lambda v: {str(k): str(h) for k, h in v.items()})
+        help="user name: password hash (`suki-relay console-password`), or "
+             "{hash: ..., role: viewer|operator|admin}",
+        convert=lambda v: {str(k): _user(e) for k, e in v.items()})
     session_hours: float = setting(8.0, positive=True, max=24 * 30)
     # signs session cookies; empty: derived from receiver.secrets (see console/auth.py)
     session_secret: str = setting("", secret=True, check=_secret)

@@ -41,7 +41,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("suki_relay.console")
 SESSION_KEY = "suki_relay.console.session"  # in the WSGI environ: (session, store could say)
 HERE = Path(__file__).parent
-STATIC = {"console.css": "text/css; charset=utf-8"}
+STATIC = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+# the least role each endpoint needs; every other page is for any signed-in user. A viewer
+# reads (no payloads, no changes), an operator also shows payloads, replays, reroutes and
+# resumes, an admin also reads the audit trail
+RIGHTS = {"payload": "operator", "reroute": "operator", "replay": "operator",
+          "replay_failed": "operator", "replay_bulk": "operator", "resume": "operator",
+          "audit": "admin"}
 COOKIE = "suki_console"
 LOGIN_COOKIE = "suki_console_login"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -116,6 +122,14 @@ class Console:
             Rule(f"{p}/replay", endpoint="replay", methods=["GET", "POST"]),
             Rule(f"{p}/replay-failed", endpoint="replay_failed", methods=["GET", "POST"]),
             Rule(f"{p}/static/<name>", endpoint="static", methods=["GET"]),
+            Rule(f"{p}/refused", endpoint="refused", methods=["GET"]),
+            Rule(f"{p}/deliveries", endpoint="deliveries", methods=["GET"]),
+            Rule(f"{p}/deliveries/<delivery_id>/attempts/<int:attempt>", endpoint="attempt",
+                 methods=["GET"]),
+            Rule(f"{p}/search", endpoint="search", methods=["GET"]),
+            Rule(f"{p}/replay-bulk", endpoint="replay_bulk", methods=["GET", "POST"]),
+            Rule(f"{p}/actions/<action>/resume", endpoint="resume", methods=["GET", "POST"]),
+            Rule(f"{p}/audit", endpoint="audit", methods=["GET"]),
         ])
 
     # ------------------------------------------------------------ WSGI
@@ -163,6 +177,14 @@ class Console:
         if request.method == "POST" and not known:
             # maybe signed out on another node, and the store cannot say: change nothing
             raise StoreUnavailable("cannot tell whether the session was signed out")
+        needed = RIGHTS.get(endpoint)
+        if needed is not None and not session.may(needed):
+            self.audit(session, f"refused: {endpoint.replace('_', ' ')}",
+                       values.get("event_id") or values.get("action"), request=request,
+                       needs=needed)
+            return self.error_page(request, 403, f"Your role ({session.role}) may not do this; "
+                                   f"it needs {needed} or above. The attempt is recorded in "
+                                   "the audit trail.", session)
         handler: Callable[..., Response] = getattr(self.views, endpoint)
         return handler(request, session, **values)
 
@@ -187,10 +209,29 @@ class Console:
             raise NotFound()
         return Response((HERE / "static" / name).read_bytes(), content_type=STATIC[name])
 
-    def audit(self, session: Session, what: str, event_id: str, **fields: Any) -> None:
-        """One line per action on an event: who, what, which event; never a payload."""
-        logs.event(log, "console audit", user=session.user, action=what, event_id=event_id,
+    def audit(self, session: Session | str, what: str, target: str | None,
+              request: Request | None = None, level: int = logging.INFO,
+              stored: bool = True, **fields: Any) -> None:
+        """One action: who, what, on what (an event, a delivery, an action); never a
+        payload. A log line, and a row of the audit trail in the store (the audit page)."""
+        user, role = (session.user, session.role) if isinstance(session, Session) else \
+            (session, "-")
+        on = {"event_id" if (target or "").startswith("evt_") else "target": target}
+        logs.event(log, "console audit", level, user=user, action=what, **on, role=role,
                    **fields)
+        detail = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None) or None
+        if stored:  # False: the caller stores one row for many log lines
+            self.record(user, role, what, target, detail, request)
+
+    def record(self, user: str, role: str, what: str, target: str | None,
+               detail: str | None, request: Request | None) -> None:
+        """A row of the audit trail in the store (the log line is the caller's)."""
+        try:
+            self.store.add_audit(user, role, what, target, detail,
+                                 request.remote_addr if request is not None else None)
+        except StoreUnavailable:
+            logs.event(log, "console audit not stored: store unavailable", logging.WARNING,
+                       user=user, action=what)
 
     # ------------------------------------------------------------ sessions
 
@@ -246,10 +287,13 @@ class Console:
             self.addresses_throttle.failed(address_keys)
             logs.event(log, "console sign-in failed", logging.WARNING,
                        user=user if known else "(unknown)", client=address)
+            self.record(user if known else "(unknown)", "-", "sign-in failed", None, None,
+                        request)
             return self.login_form(request, target, "Wrong user name or password.", 401, user)
         names.succeeded(user_keys)
         self.addresses_throttle.succeeded(address_keys)
         logs.event(log, "console sign-in", user=user, client=address)
+        self.record(user, self.keys.roles[user], "sign in", None, None, request)
         response = redirect(target, 303)
         self.set_cookie(request, response, COOKIE, self.keys.issue(user),
                         int(self.settings.session_hours * 3600))

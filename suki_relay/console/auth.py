@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from suki_relay.config.console import ConsoleSettings
+from suki_relay.config.console import ROLES, ConsoleSettings
 
 _DUMMY_HASH = generate_password_hash("not a password of anyone", method="scrypt")
 
@@ -51,6 +51,11 @@ class Session:
     expires: float
     nonce: str
     csrf: str  # the token every form of this session carries
+    role: str = "admin"  # from console.users, read afresh with each config
+
+    def may(self, role: str) -> bool:
+        """Whether this session's role is ``role`` or above (viewer < operator < admin)."""
+        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 class Keys:
@@ -62,7 +67,8 @@ class Keys:
             raise ValueError("the console needs receiver.secrets or console.session_secret")
         self.master = hmac.new(base.encode(), b"suki-relay console sessions v1",
                                hashlib.sha256).digest()
-        self.users = dict(settings.users)
+        self.users = {name: user.hash for name, user in settings.users.items()}
+        self.roles = {name: user.role for name, user in settings.users.items()}
         self.lifetime = settings.session_hours * 3600
 
     def _user_key(self, user: str) -> bytes:
@@ -103,7 +109,7 @@ class Keys:
             return None
         if expires <= (now or time.time()):
             return None
-        return Session(user, expires, nonce, _mac(key, "csrf:" + nonce))
+        return Session(user, expires, nonce, _mac(key, "csrf:" + nonce), self.roles[user])
 
     # ------------------------------------------------------------ the sign-in form
 

@@ -12,8 +12,10 @@ import json
 import math
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 from werkzeug.exceptions import NotFound
+from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from suki_relay.config.check import SAMPLES
@@ -28,6 +30,28 @@ if TYPE_CHECKING:
     from suki_relay.store import EventDetail
 
 PAGE_SIZE = 50
+BULK_LIMIT = 10000  # deliveries one bulk replay re-opens at most
+REFRESH_SECONDS = 30  # the overview reloads itself this often
+CHARTS_SECONDS = 30.0
+REPLAYABLE = ("failed", "unknown", "pending")  # states a bulk replay may select
+# what an operator can do about a delivery in each state
+SETTLES = {"pending": "waits for its next try (replay makes it due now)",
+           "in_flight": "being attempted now",
+           "done": "delivered (replay sends it again)",
+           "failed": "replay sends it again with a fresh retry budget",
+           "unknown": "the outcome could not be established: check the target, then replay"}
+
+
+def target_of(spec: Any) -> str | None:
+    """Where an action sends: scheme, host and path of its ``url`` (never the query
+    string, which may hold a secret), when it has a plain one."""
+    values = getattr(getattr(spec, "action", None), "values", None) or {}
+    url = values.get("url") or values.get("base_url")
+    if not isinstance(url, str):  # a template: where it goes depends on the event
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}" \
+           f"{parts.path}" if parts.scheme else None
 STATUSES = SAMPLES  # the statuses the events filter offers: those there are samples of
 CHOICES = {"": None, "yes": True, "no": False}
 
@@ -72,6 +96,7 @@ class Views:
         self.relay = relay
         self.config = relay.config
         self.store = relay.store
+        self._charts: tuple[float, list[Any]] | None = None
 
     def render(self, request: Request, template: str, session: Session, status: int = 200,
                **context: Any) -> Response:
@@ -87,10 +112,16 @@ class Views:
 
     def overview(self, request: Request, session: Session) -> Response:
         now = time.time()
+        paused: list[Any] = []
+        refused = None
+        drawn: list[Any] = []
         try:
             stats = self.store.stats()
             counts = {"hour": self.store.count_events(now - 3600),
                       "day": self.store.count_events(now - 86400)}
+            paused = [a for a in self.store.action_states() if a.state == "paused"]
+            refused = sum(r.count for r in self.store.rejections(since=now - 86400, limit=1000))
+            drawn = self.charts()
         except StoreUnavailable:
             stats, counts = None, None
         facts = [
@@ -101,7 +132,137 @@ class Views:
             ("Config", f"{self.config.file.name}, version {self.relay.config_state.version}"),
         ]
         return self.render(request, "overview.html", session, stats=stats, counts=counts,
-                           facts=facts)
+                           facts=facts, paused=paused, refused=refused, charts=drawn,
+                           refresh=REFRESH_SECONDS)
+
+    def charts(self) -> list[Any]:
+        """The overview's charts, drawn at most every CHARTS_SECONDS per process (every
+        open overview refreshes itself, and the store's reads cover a day)."""
+        from suki_relay.console.charts import charts
+
+        now = time.monotonic()
+        if self._charts is None or now - self._charts[0] >= CHARTS_SECONDS:
+            self._charts = (now, charts(self.store.activity(time.time() - 86400)))
+        return self._charts[1]
+
+    # ------------------------------------------------------------ what is lost or held up
+
+    def refused(self, request: Request, session: Session) -> Response:
+        rows = self.store.rejections(limit=PAGE_SIZE * 4)
+        return self.render(request, "refused.html", session, rows=rows)
+
+    def deliveries(self, request: Request, session: Session) -> Response:
+        args = request.args
+        form = {k: args.get(k, "").strip()[:200] for k in ("action", "state", "since", "until",
+                                                           "id")}
+        error = None
+        rows: list[Any] = []
+        try:
+            rows = self.store.deliveries(**self._delivery_filter(form), limit=PAGE_SIZE * 2)
+        except StoreError:
+            raise
+        except (RelayError, ValueError) as exc:
+            error = str(exc) if isinstance(exc, RelayError) else "cannot read that filter"
+        states = self.store.delivery_states()
+        return self.render(request, "deliveries.html", session, rows=rows, form=form,
+                           error=error, states=states, actions=sorted(self.config.actions),
+                           settles=SETTLES, now=time.time(), status=400 if error else 200)
+
+    @staticmethod
+    def _delivery_filter(form: dict[str, str]) -> dict[str, Any]:
+        return {"action": form.get("action") or None, "state": form.get("state") or None,
+                "since": _since(form["since"]) if form.get("since") else None,
+                "until": _since(form["until"]) if form.get("until") else None,
+                "delivery_id": form.get("id") or None}
+
+    def attempt(self, request: Request, session: Session, delivery_id: str,
+                attempt: int) -> Response:
+        found = self.store.deliveries(delivery_id=delivery_id, limit=1)
+        if not found:
+            raise NotFound(f"There is no delivery {delivery_id}.")
+        d = found[0]
+        detail = self._event(d.event_id)
+        attempts = [a for dd in detail.deliveries if dd.delivery.id == delivery_id
+                    for a in dd.attempts if a.attempt == attempt]
+        if not attempts:
+            raise NotFound(f"Delivery {delivery_id} has no attempt {attempt}.")
+        spec = self.config.actions.get(d.action)
+        return self.render(request, "attempt.html", session, delivery=d, a=attempts[0],
+                           event=detail.event, type=spec.type if spec else None,
+                           target=target_of(spec))
+
+    def search(self, request: Request, session: Session) -> Response:
+        """An event id, a delivery id, a session id or an encounter id: where it leads."""
+        term = request.args.get("q", "").strip()[:200]
+        if not term:
+            return self.render(request, "outcome.html", session, 400, title="Search",
+                               message="Give an event, delivery, session or encounter id.",
+                               event_id=None, ok=False)
+        if self.store.event(term) is not None:
+            return redirect(f"{self.console.prefix}/events/{term}", 303)
+        found = self.store.deliveries(delivery_id=term, limit=1)
+        if found:
+            return redirect(f"{self.console.prefix}/events/{found[0].event_id}#d-{term}", 303)
+        for key, column in (("session", "session_id"), ("encounter", "encounter_id")):
+            if self.store.events(EventFilter(**{column: term}, limit=1)):
+                return redirect(f"{self.console.prefix}/events?{urlencode({key: term})}", 303)
+        return self.render(request, "outcome.html", session, 404, title="Nothing found",
+                           message="No event, delivery, session or encounter has that id.",
+                           event_id=None, ok=False)
+
+    def replay_bulk(self, request: Request, session: Session) -> Response:
+        """Replay every delivery a filter (action, state, time range) selects. The
+        confirmation counts them; the POST replays those that the same filter selects up
+        to the moment the confirmation was shown (``until`` pinned), so the number
+        confirmed is the number replayed unless one changed in between."""
+        values = request.values
+        form = {k: values.get(k, "").strip()[:200] for k in ("action", "state", "since", "until")}
+        try:
+            criteria = self._delivery_filter(form)
+            if criteria["state"] not in REPLAYABLE:
+                raise RelayError("choose the state of the deliveries to replay: "
+                                 + ", ".join(REPLAYABLE))
+            if request.method == "POST":
+                criteria["until"] = float(request.form["pinned"])
+                if not math.isfinite(criteria["until"]):
+                    raise ValueError(criteria["until"])
+            elif criteria["until"] is None:
+                criteria["until"] = time.time()
+        except (RelayError, ValueError, KeyError) as exc:
+            message = str(exc) if isinstance(exc, RelayError) else "cannot read that filter"
+            return self.outcome(request, session, "Nothing replayed", message, None, 400)
+        chosen = self.store.deliveries(**criteria, limit=BULK_LIMIT)
+        if request.method != "POST":  # GET or HEAD: the confirmation only
+            return self.render(request, "confirm_replay_bulk.html", session, rows=chosen,
+                               form=form, pinned=repr(criteria["until"]), shown=PAGE_SIZE,
+                               limit=BULK_LIMIT)
+        n = repair.replay(self.store, chosen)
+        for d in chosen:  # a log line each; one row of the audit trail for them all
+            self.console.audit(session, "replay", d.event_id, request, stored=False,
+                               delivery_id=d.id, delivery_action=d.action)
+        self.console.record(session.user, session.role, "bulk replay", None,
+                            f"count={n} " + " ".join(f"{k}={v}" for k, v in form.items() if v),
+                            request)
+        return self.outcome(request, session, "Replayed",
+                            f"{n} deliveries are pending again with a fresh retry budget; "
+                            "the workers pick them up now.", None)
+
+    def resume(self, request: Request, session: Session, action: str) -> Response:
+        if request.method != "POST":  # GET or HEAD: the confirmation only
+            states = {a.action: a for a in self.store.action_states()}
+            return self.render(request, "confirm_resume.html", session, action=action,
+                               state=states.get(action))
+        changed = self.store.resume(action)
+        self.console.audit(session, "resume", action, request, changed=changed)
+        return self.outcome(request, session, "Resumed" if changed else "Not paused",
+                            f"{action} is active again; its waiting deliveries are due now."
+                            if changed else f"{action} was not paused. Nothing was changed.",
+                            None, 200 if changed else 409)
+
+    def audit(self, request: Request, session: Session) -> Response:
+        user = request.args.get("user", "").strip()[:64] or None
+        rows = self.store.audit_log(limit=PAGE_SIZE * 4, user=user)
+        return self.render(request, "audit.html", session, rows=rows, user=user or "")
 
     # ------------------------------------------------------------ events
 
@@ -152,7 +313,7 @@ class Views:
             shown = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         except ValueError:
             shown = body.decode("utf-8", "replace")
-        self.console.audit(session, "show payload", event_id)
+        self.console.audit(session, "show payload", event_id, request)
         return self.event(request, session, event_id, payload=shown)
 
     # ------------------------------------------------------------ reroute
@@ -169,7 +330,7 @@ class Views:
             raise
         except RelayError as exc:
             return self.outcome(request, session, "Reroute refused", str(exc), event_id, 409)
-        self.console.audit(session, "reroute", event_id, added=len(plan.new_actions))
+        self.console.audit(session, "reroute", event_id, request, added=len(plan.new_actions))
         if plan.new_actions:
             n = len(plan.new_actions)
             message = (f"Planned {n} new deliver{'y' if n == 1 else 'ies'}: "
@@ -201,7 +362,7 @@ class Views:
             return self.render(request, "confirm_replay.html", session, delivery=chosen[0],
                                event_id=event_id)
         repair.replay(self.store, chosen)
-        self.console.audit(session, "replay", event_id, delivery_id=delivery_id,
+        self.console.audit(session, "replay", event_id, request, delivery_id=delivery_id,
                            delivery_action=chosen[0].action)
         return self.outcome(request, session, "Replayed",
                             f"Delivery {delivery_id} to {chosen[0].action} is pending "
@@ -223,9 +384,11 @@ class Views:
             return self.render(request, "confirm_replay_failed.html", session, rows=chosen,
                                since=since, since_text=text, shown=PAGE_SIZE)
         n = repair.replay(self.store, chosen)
-        for d in chosen:
-            self.console.audit(session, "replay", d.event_id, delivery_id=d.id,
-                               delivery_action=d.action)
+        for d in chosen:  # a log line each; one row of the audit trail for them all
+            self.console.audit(session, "replay", d.event_id, request, stored=False,
+                               delivery_id=d.id, delivery_action=d.action)
+        self.console.record(session.user, session.role, "bulk replay", None,
+                            f"count={n} state=failed since={since!r}", request)
         return self.outcome(request, session, "Replayed",
                             f"{n} failed deliveries are pending again with a fresh retry "
                             "budget; the workers pick them up now.", None)

@@ -11,6 +11,7 @@ URL), the local spool, and pruning.
     group_commit.py  many concurrent callers, one transaction
     sessions.py   the ledger's part for recovery (sessions seen, waiting, recovered)
     refusals.py   the ledger's part for refused requests
+    audit.py      the console's audit trail
     health.py     the ledger's part for sick targets: failures in a row, pause, probe, resume
     spool.py      the local spool: where a notification is committed when the store cannot
     retention.py  pruning old events, never inside the replay window

@@ -16,6 +16,7 @@ from typing import Any
 from suki_relay.store.base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
 from suki_relay.store.ledger import plan
 from suki_relay.store.rows import (
+    Activity,
     AttemptRow,
     ConfigVersionRow,
     DeliveryDetail,
@@ -32,18 +33,19 @@ def _columns(row_type: type, prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row_type))
 
 
-EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries")  # recovered is the last
+EVENT_COLUMNS = _columns(EventRow).removesuffix(", deliveries, actions")  # not columns
 DELIVERY_COLUMNS = _columns(DeliveryRow, "d.")
 ATTEMPT_COLUMNS = _columns(AttemptRow)
 
 
-def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None) -> EventRow:
+def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None,
+           actions: list[str] | None = None) -> EventRow:
     (id_, received_at, generated_at, status, session_id, encounter_id, malformed, matched,
      rules, recovered, config_version) = row[:11]
     return EventRow(id_, received_at, generated_at, status, session_id, encounter_id,
                     bool(malformed), bool(matched), json.loads(rules), bool(recovered),
                     config_version,
-                    deliveries or {})
+                    deliveries or {}, actions or [])
 
 
 class Admin(Backend):
@@ -67,13 +69,17 @@ class Admin(Backend):
             rows = tx.tuples(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                              "ORDER BY received_at DESC, id DESC LIMIT ?", (*params, f.limit))
             counts: dict[str, dict[str, int]] = defaultdict(dict)
+            actions: dict[str, list[str]] = defaultdict(list)
             ids = [row[0] for row in rows]
             for part in chunks(ids):
-                for event_id, state, n in tx.tuples(
-                        f"SELECT event_id, state, count(*) FROM deliveries WHERE event_id IN "
-                        f"({marks(part)}) GROUP BY event_id, state", part):
-                    counts[event_id][state] = n
-        return [_event(row, counts.get(row[0])) for row in rows]
+                for event_id, action, state, n in tx.tuples(
+                        f"SELECT event_id, action, state, count(*) FROM deliveries WHERE "
+                        f"event_id IN ({marks(part)}) GROUP BY event_id, action, state "
+                        "ORDER BY event_id, action", part):
+                    counts[event_id][state] = counts[event_id].get(state, 0) + n
+                    if action not in actions[event_id]:
+                        actions[event_id].append(action)
+        return [_event(row, counts.get(row[0]), actions.get(row[0])) for row in rows]
 
     def event(self, event_id: str) -> EventDetail | None:
         with self.tx(write=False) as tx:
@@ -103,10 +109,12 @@ class Admin(Backend):
 
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,
-                   limit: int = 100) -> list[DeliveryRow]:
+                   limit: int = 100, until: float | None = None,
+                   delivery_id: str | None = None) -> list[DeliveryRow]:
         where, params = ["1 = 1"], []
         for condition, value in (("d.state = ?", state), ("d.action = ?", action),
-                                 ("d.event_id = ?", event_id), ("d.updated_at >= ?", since)):
+                                 ("d.event_id = ?", event_id), ("d.updated_at >= ?", since),
+                                 ("d.updated_at <= ?", until), ("d.id = ?", delivery_id)):
             if value is not None:
                 where.append(condition)
                 params.append(value)
@@ -115,6 +123,29 @@ class Admin(Backend):
                 f"SELECT {DELIVERY_COLUMNS}, e.status, e.session_id FROM deliveries d "
                 f"JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)} "
                 "ORDER BY d.updated_at DESC, d.id DESC LIMIT ?", (*params, limit))]
+
+    def delivery_states(self) -> dict[str, int]:
+        """Deliveries by state: every state the store holds (an action may add its own)."""
+        with self.tx(write=False) as tx:
+            return {r["state"]: r["n"] for r in tx.all(
+                "SELECT state, count(*) AS n FROM deliveries GROUP BY state ORDER BY state")}
+
+    def activity(self, since: float, limit: int = 200_000) -> Activity:
+        """What the console's charts draw, since ``since``: when events were accepted,
+        deliveries finished (and their events were received), refusals were last seen."""
+        with self.tx(write=False) as tx:
+            accepted = [r[0] for r in tx.tuples(
+                "SELECT received_at FROM events WHERE received_at >= ? LIMIT ?", (since, limit))]
+            done = [(r[0], r[1]) for r in tx.tuples(
+                "SELECT d.updated_at, e.received_at FROM deliveries d JOIN events e "
+                "ON e.id = d.event_id WHERE d.state = ? AND d.updated_at >= ? LIMIT ?",
+                (DONE, since, limit))]
+            failed = [r[0] for r in tx.tuples(
+                "SELECT updated_at FROM deliveries WHERE state = ? AND updated_at >= ? LIMIT ?",
+                (FAILED, since, limit))]
+            refused = [(r[0], r[1]) for r in tx.tuples(
+                "SELECT last_at, count FROM rejections WHERE last_at >= ?", (since,))]
+        return Activity(accepted, done, failed, refused)
 
     def reopen(self, delivery_ids: list[str]) -> int:
         """Replay: due now, with a fresh retry budget; its attempts so far are kept."""

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from suki_relay.store.rows import (
     ActionState,
+    Activity,
+    AuditRow,
     ConfigVersionRow,
     DeliveryRow,
     EventDetail,
@@ -208,8 +210,17 @@ class Store(ABC):
     @abstractmethod
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,
-                   limit: int = 100) -> list[DeliveryRow]:
-        """Deliveries, most recently changed first."""
+                   limit: int = 100, until: float | None = None,
+                   delivery_id: str | None = None) -> list[DeliveryRow]:
+        """Deliveries (changed within since..until), most recently changed first."""
+
+    @abstractmethod
+    def delivery_states(self) -> dict[str, int]:
+        """Deliveries by state, every state the store holds."""
+
+    @abstractmethod
+    def activity(self, since: float, limit: int = 200_000) -> Activity:
+        """The times the console's charts draw (accepted, delivered, failed, refused)."""
 
     @abstractmethod
     def reopen(self, delivery_ids: list[str]) -> int:
@@ -261,6 +272,15 @@ class Store(ABC):
     @abstractmethod
     def statuses(self, since: float) -> set[str]:
         """The distinct statuses of well-formed events received since then (for `check`)."""
+
+    @abstractmethod
+    def add_audit(self, user: str, role: str, action: str, target: str | None = None,
+                  detail: str | None = None, client: str | None = None) -> None:
+        """Record one console action in the audit trail (store/audit.py)."""
+
+    @abstractmethod
+    def audit_log(self, limit: int = 200, user: str | None = None) -> list[AuditRow]:
+        """The console's audit trail, newest first."""
 
     @abstractmethod
     def pause(self, action: str) -> bool:

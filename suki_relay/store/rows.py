@@ -73,6 +73,7 @@ class EventRow:
     recovered: bool = False  # recorded from Suki's status API, not received
     config_version: str | None = None  # the config that routed it (None: before versions)
     deliveries: dict[str, int] = field(default_factory=dict)  # count by state
+    actions: list[str] = field(default_factory=list)  # of its deliveries (in listings)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,30 @@ class EventDetail:
     event: EventRow
     body: bytes
     deliveries: list[DeliveryDetail]
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Times for the console's charts (store/admin.py activity())."""
+
+    accepted: list[float]  # events' received_at
+    done: list[tuple[float, float]]  # (delivered at, its event received at)
+    failed: list[float]  # deliveries failed for good, when
+    refused: list[tuple[float, int]]  # (last seen, how many) of refused requests
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One console action: who, with which role, what, on what (an event, an action)."""
+
+    id: str
+    at: float
+    user_name: str
+    role: str
+    action: str  # sign in, show payload, replay, reroute, resume, refused: ...
+    target: str | None  # an event id, a delivery id, an action name
+    detail: str | None
+    client: str | None
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,19 @@ CREATE TABLE IF NOT EXISTS action_health (
 );
 CREATE INDEX IF NOT EXISTS action_health_state ON action_health (state)
 """),
+    Migration(6, "the console's audit trail: sign-ins, payloads shown, repairs, refusals", """
+CREATE TABLE IF NOT EXISTS console_audit (
+    id TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    detail TEXT,
+    client TEXT
+);
+CREATE INDEX IF NOT EXISTS console_audit_at ON console_audit (at)
+"""),
 ]
 
 

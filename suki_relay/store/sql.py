@@ -8,6 +8,7 @@ delivery paths) and admin.py (inspection and repair). A backend subclasses SqlSt
 from __future__ import annotations
 
 from suki_relay.store.admin import Admin
+from suki_relay.store.audit import AuditLedger
 from suki_relay.store.health import HealthLedger
 from suki_relay.store.ledger import Ledger
 from suki_relay.store.refusals import RejectionLedger
@@ -15,7 +16,8 @@ from suki_relay.store.schema import ensure_schema
 from suki_relay.store.sessions import RecoveryLedger
 
 
-class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger, HealthLedger):
+class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger, HealthLedger,
+               AuditLedger):
     def ensure_schema(self) -> None:
         """Create or upgrade the schema; a backend calls this last in __init__. If it fails
         (unreachable, newer than this code) the connections it opened are closed."""
