@@ -183,13 +183,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from suki_relay import logs
+    from suki_relay import logs, tracing
     from suki_relay.cli.spool import spool_of
     from suki_relay.deliver.deliverer import Deliverer
     from suki_relay.serve.assemble import start_background
 
     logs.setup(args.log_format)
     config = config_of(args)
+    tracing.setup(config.tracing)
     with store_of(config, lazy=config.spool.enabled) as store, spool_of(config) as spool:
         deliverer = Deliverer(config, store)
         done = threading.Event()

@@ -58,6 +58,8 @@ from suki_relay.deliver.suki_api import SukiSettings
 from suki_relay.deliver.templates import Templates
 from suki_relay.errors import ConfigError, Problem
 from suki_relay.options import Option, is_section, line_of, unknown_key, validate
+from suki_relay.tracing import TracingSettings
+from suki_relay.tracing import check as check_tracing
 
 ENV_CONFIG = "SUKI_RELAY_CONFIG"
 DEFAULT_FILE = "actions.yaml"
@@ -82,6 +84,7 @@ SECTIONS: dict[str, Option] = {
     "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console),
     "recovery": Option(RecoverySettings, default=RecoverySettings()),
     "spool": Option(SpoolSettings, default=SpoolSettings()),
+    "tracing": Option(TracingSettings, default=TracingSettings(), check=check_tracing),
     # checked here for their type, then built below
     "actions": Option(dict, template=False),
     "rules": Option(list, template=False),
@@ -135,6 +138,7 @@ class Config:
     on_pause: list[str] | None = None  # run when an action pauses or resumes (else on_failure)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property

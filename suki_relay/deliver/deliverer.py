@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from suki_relay import logs, metrics
+from suki_relay import logs, metrics, tracing
 from suki_relay.deliver import fetch
 from suki_relay.deliver.action import Delivery
 from suki_relay.errors import PermanentError, RetryableError, StoreUnavailable
@@ -302,7 +302,7 @@ class Deliverer:
             self._wake.set()
 
     def _run(self, claimed: Claimed) -> Claimed | None:
-        result = attempt(self.config, claimed)
+        result = self._traced(claimed) if tracing.ON else attempt(self.config, claimed)
         metrics.DELIVERIES.labels(claimed.action, result.outcome).inc()
         metrics.DELIVERY_SECONDS.labels(claimed.action).observe(result.duration)
         if result.outcome == "retry":
@@ -322,6 +322,23 @@ class Deliverer:
                        event_id=claimed.event_id, delivery_id=claimed.id,
                        action=claimed.action, on_failure=len(self.config.on_failure))
         return self._finish(claimed, result)
+
+    def _traced(self, claimed: Claimed) -> Outcome:
+        """An attempt within its span (tracing.py): action, attempt, outcome, status."""
+        spec = self.config.actions.get(claimed.action)
+        with tracing.attempt(claimed.event_id, claimed.id, claimed.attempt, claimed.action,
+                             spec.type if spec else None) as span:
+            result = attempt(self.config, claimed)
+            span.set_attribute("suki_relay.outcome", result.outcome)
+            if claimed.probe:
+                span.set_attribute("suki_relay.probe", True)
+            if result.http_status is not None:
+                span.set_attribute("http.response.status_code", result.http_status)
+            if result.outcome != "ok":
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR, _error_class(result) or "failed"))
+        return result
 
     def _finish(self, claimed: Claimed, result: Outcome) -> Claimed | None:
         """Record the attempt (and get this thread's next delivery). If the store is down,

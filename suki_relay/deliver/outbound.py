@@ -34,6 +34,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util
 
+from suki_relay import tracing
 from suki_relay.deliver import deadline
 from suki_relay.errors import PermanentError, RetryableError
 
@@ -132,6 +133,8 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     headers = dict(kwargs.pop("headers", None) or {})
     if not any(k.lower() == "accept-encoding" for k in headers):
         headers["Accept-Encoding"] = "gzip, deflate"
+    if tracing.ON:  # within a delivery attempt: the target may join the event's trace
+        tracing.inject(headers)
     with deadline.bounded(timeout) as attempt:
         deadline.current.attempt = attempt
         try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_content_length
 
-from suki_relay import logs, metrics
+from suki_relay import logs, metrics, tracing
 from suki_relay.config.load import Config
 from suki_relay.errors import Rejected, StoreUnavailable
 from suki_relay.receive import verify
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from suki_relay.store.spool import Spool
 
 log = logging.getLogger("suki_relay.receiver")
+NEW_EVENT = ("accepted", "spooled", "malformed")  # outcomes that recorded a new event
 # refusals are logged at WARNING as "request refused", these with what most likely caused them
 REFUSED = {
     "bad_signature": "request refused: the signature matches none of receiver.secrets; "
@@ -171,8 +172,9 @@ class RelayApp:
     def receive(self, environ: WSGIEnvironment) -> Answer:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
+        marks = {"start": time.time_ns()} if tracing.ON else None  # for the spans, after
         try:
-            answer, outcome = self._receive(environ, fields)
+            answer, outcome = self._receive(environ, fields, marks)
         except StoreUnavailable as exc:
             answer, outcome = error(503, "store_unavailable",
                                     "the notification could not be stored; not accepted"), \
@@ -184,9 +186,14 @@ class RelayApp:
         logs.event(log, REFUSED.get(outcome, "request refused" if answer.status >= 400
                                     else "request"), level, outcome=outcome,
                    http_status=answer.status, duration_ms=round(elapsed * 1000, 2), **fields)
+        if marks is not None:
+            marks["end"] = time.time_ns()
+            tracing.receipt(marks, outcome, answer.status, fields.get("event_id"),
+                            outcome in NEW_EVENT)
         return answer
 
-    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any]) -> tuple[Answer, str]:
+    def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any],
+                 marks: dict[str, int] | None = None) -> tuple[Answer, str]:
         receiver = self.config.receiver
         try:
             if environ.get("REQUEST_METHOD") != "POST":
@@ -209,6 +216,8 @@ class RelayApp:
         except Rejected as r:
             self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
+        if marks is not None:
+            marks["verified"] = time.time_ns()
 
         event = to_event(body, verified, self.config, self.config_state.version)
         spooled = False
@@ -235,6 +244,8 @@ class RelayApp:
                 self.spooling.stopped()
                 if self.drainer is not None:
                     self.drainer.wake()
+        if marks is not None:
+            marks["recorded"] = time.time_ns()
         fields.update(event_id=recorded.event_id, status=event.status,
                       session_id=event.session_id, deliveries=len(event.actions))
         if spooled:

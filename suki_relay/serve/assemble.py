@@ -42,10 +42,12 @@ def create_app(config_path: str | None = None, deliver: bool = True,
 def assemble(config: Config, deliver: bool = True, state: ConfigState | None = None) -> RelayApp:
     """Open the store (and the spool), start this process's delivery threads and its drain
     thread (receive-only processes drain too), and build the app over them."""
+    from suki_relay import tracing
     from suki_relay.deliver.deliverer import Deliverer
     from suki_relay.store import open_store
     from suki_relay.store.spool import open_spool
 
+    tracing.setup(config.tracing)  # per process: in each gunicorn worker, after the fork
     store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
     spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"

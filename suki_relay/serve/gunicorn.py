@@ -98,11 +98,14 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
+    from suki_relay import tracing
+
     app = getattr(worker, "wsgi", None)
     for part in ("deliverer", "watcher", "rejections"):
         running = getattr(app, part, None)
         if running is not None:
             running.stop()
+    tracing.shutdown()  # the spans still queued are sent
 
 
 def _child_exit(server: Any, worker: Any) -> None:
