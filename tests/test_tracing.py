@@ -4,6 +4,7 @@ with verify and record in it, and each delivery attempt, linked across retries),
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from suki_relay.testing import Reply, unique_body, wait_until
 from .conftest import http_action
 
 pytest.importorskip("opentelemetry.sdk")
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
@@ -74,7 +75,7 @@ def test_one_trace_per_event_across_retries(write_config: Any, local_relay: Any,
         assert span.attributes["suki_relay.outcome"] == ("ok" if n == 3 else "retry")
         assert span.attributes["http.response.status_code"] == (200 if n == 3 else 503)
     assert attempts[0].links == ()
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         [link] = after.links
         assert (link.context.trace_id, link.context.span_id) == (trace_id, before.context.span_id)
 
