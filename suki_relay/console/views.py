@@ -9,6 +9,7 @@ other method (HEAD, which werkzeug answers on every GET route) reads only.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -253,7 +254,8 @@ class Views:
             return self.render(request, "confirm_resume.html", session, action=action,
                                state=states.get(action))
         changed = self.store.resume(action)
-        self.console.audit(session, "resume", action, request, changed=changed)
+        self.console.audit(session, "resume", action, request,  # a state change: WARNING
+                           logging.WARNING if changed else logging.INFO, changed=changed)
         return self.outcome(request, session, "Resumed" if changed else "Not paused",
                             f"{action} is active again; its waiting deliveries are due now."
                             if changed else f"{action} was not paused. Nothing was changed.",
