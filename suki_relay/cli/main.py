@@ -191,7 +191,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logs.setup(args.log_format)
     config = config_of(args)
     tracing.setup(config.tracing)
-    with store_of(config, lazy=config.spool.enabled) as store, spool_of(config) as spool:
+    with store_of(config, lazy=True) as store, spool_of(config) as spool:
         deliverer = Deliverer(config, store)
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ from suki_relay import logs, metrics, tracing
 from suki_relay.config.load import Config
 from suki_relay.errors import Rejected, StoreUnavailable
 from suki_relay.receive import verify
+from suki_relay.receive.availability import Availability
 from suki_relay.receive.body import TooSlow, read_body
 from suki_relay.receive.record import commit, recorder, to_event
 from suki_relay.receive.rejections import RejectionLog, expired_hint, skew_ms
@@ -63,6 +64,16 @@ class Answer:
         return [self.body]
 
 
+def problem(exc: BaseException) -> str:
+    """What a store or spool said, short and free of payload (StoreUnavailable's message
+    names the backend and the error class; anything else, its class)."""
+    if isinstance(exc, SpoolFull):
+        return "full (spool.max_events)"
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)[:200]
+    return type(exc).__name__
+
+
 def error(status: int, reason: str, message: str) -> Answer:
     headers = (("Allow", "POST"),) if status == 405 else (
         (("Connection", "close"),) if status == 408 else ())
@@ -77,12 +88,10 @@ class RelayApp:
 
         self.config = config
         self.config_state = state
-        try:  # the audit trail of config versions; never a reason not to start
-            store.remember_config(self.config_state.version, str(config.file.resolve()))
-        except StoreUnavailable as exc:
-            logs.event(log, "config version not recorded: store unavailable", logging.WARNING,
-                       version=self.config_state.version, error=str(exc)[:200])
         self.store = store
+        self.spool = spool
+        self.availability = Availability(spool is not None)
+        self.remember_config()
         self.recorder = recorder(store)
         self.count_event = metrics.event_counter(config.rules)
         self.deliverer = deliverer
@@ -92,11 +101,24 @@ class RelayApp:
         self._store_down = False  # the last commit failed: the next success is news
         self.watcher = watcher
         self.rejections = RejectionLog(store)
-        self.spool = spool
         self.spooling = Spooling(spool) if spool is not None else None
         self.drainer = drainer
         self.console: Any = None  # the operator console's WSGI app, when mounted
         self.console_prefix = config.console.path
+
+    def remember_config(self) -> bool:
+        """Record the running config's version (the audit trail of config versions); never
+        a reason not to start: a store that cannot take it now is tried again at the
+        next readiness probe that finds it back. True once recorded."""
+        try:
+            self.store.remember_config(self.config_state.version,
+                                       str(self.config.file.resolve()))
+        except StoreUnavailable as exc:
+            self._config_remembered = False
+            self.availability.note(store=problem(exc))
+            return False
+        self._config_remembered = True
+        return True
 
     def mount_console(self, console: Any) -> None:
         """Hand requests under ``console.path`` to ``console`` (a WSGI app)."""
@@ -138,34 +160,42 @@ class RelayApp:
 
     def _readiness(self) -> tuple[int, dict[str, Any]]:
         """200 while a notification can be committed: to the store, or (a degraded state a
-        load balancer must not act on: every node would go) to the spool."""
+        load balancer must not act on: every node would go) to the spool, each asked with
+        a write that needs what a notification needs. 503 when neither can, saying why."""
         try:
             self.store.ping()
-        except Exception:
-            spooled = self._spool_room()
-            if spooled is None:
-                return 503, {"error": "store_unavailable", "message": "the store cannot commit"}
-            return 200, {"status": "degraded", "store": "unavailable",
-                         "spooled": spooled, **self.config_state.describe()}
-        if self.spool is None:
-            return 200, {"status": "ready", **self.config_state.describe()}
-        try:
-            spooled: int | str = self.spool.summary()["spooled"]
-        except Exception:
-            spooled = "unavailable"
-        return 200, {"status": "ready", "store": "ok", "spooled": spooled,
-                     **self.config_state.describe()}
+            store_problem = None
+        except Exception as exc:
+            store_problem = problem(exc)
+        if store_problem is None and not self._config_remembered:
+            self.remember_config()
+        spooled, spool_problem = self._spool_room()
+        self.availability.note(store=store_problem, spool=spool_problem)
+        if store_problem is not None and (self.spool is None or spool_problem is not None):
+            return 503, {"error": "store_unavailable", "message": "the store cannot commit"
+                         + (", nor the spool" if self.spool is not None else ""),
+                         **self.availability.why()}
+        body: dict[str, Any] = {"status": "ready" if store_problem is None else "degraded"}
+        if self.spool is not None:
+            body.update(store="ok" if store_problem is None else "unavailable",
+                        spooled=spooled if spooled is not None else "unavailable")
+            if spool_problem is not None:
+                body["spool"] = spool_problem
+        return 200, {**body, **self.config_state.describe()}
 
-    def _spool_room(self) -> int | None:
-        """How many events wait in the spool, if it can take one more; else None."""
+    def _spool_room(self) -> tuple[int | None, str | None]:
+        """How many events wait in the spool, and what keeps it from taking one more (a
+        write that fails, no room left), if anything."""
         if self.spool is None:
-            return None
+            return None, None
         try:
-            self.spool.ping()
             summary = self.spool.summary()
-        except Exception:
-            return None
-        return summary["spooled"] if summary["room"] > 0 else None
+            if summary["room"] <= 0:
+                return summary["spooled"], "full (spool.max_events)"
+            self.spool.ping()
+        except Exception as exc:
+            return None, problem(exc)
+        return summary["spooled"], None
 
     # ---------------------------------------------------------------- the webhook
 
@@ -180,6 +210,8 @@ class RelayApp:
                                     "the notification could not be stored; not accepted"), \
                 "spool_full" if isinstance(exc, SpoolFull) else "store_unavailable"
             self.rejections.add(outcome, 503, None, environ.get("REMOTE_ADDR"))
+            if self.spool is None:  # else noted with the spool's answer
+                self.availability.note(store=problem(exc))
         elapsed = time.perf_counter() - started
         metrics.count_request(outcome, elapsed)
         level = logging.WARNING if answer.status >= 400 else logging.INFO
@@ -234,12 +266,18 @@ class RelayApp:
             self._ready = (0.0, None)  # readiness is news now: ask again
             if self.spooling is None:
                 raise
-            recorded = self.spooling.submit(event, exc)
+            try:
+                recorded = self.spooling.submit(event, exc)
+            except StoreUnavailable as full:
+                self.availability.note(store=problem(exc), spool=problem(full))
+                raise
+            self.availability.note(store=problem(exc), spool=None)
             spooled = True
         else:
             if self._store_down:  # back: readiness is news again
                 self._store_down = False
                 self._ready = (0.0, None)
+                self.availability.note(store=None)
             if self.spooling is not None and self.spooling.active:
                 self.spooling.stopped()
                 if self.drainer is not None:

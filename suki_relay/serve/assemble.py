@@ -48,7 +48,7 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
     from suki_relay.store.spool import open_spool
 
     tracing.setup(config.tracing)  # per process: in each gunicorn worker, after the fork
-    store = open_store(config.store_url, config.base_dir, lazy=config.spool.enabled)
+    store = open_store(config.store_url, config.base_dir, lazy=True)
     spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
     deliverer = Deliverer(config, store) if deliver else None

@@ -83,7 +83,8 @@ def sqlite_path(url: str, base_dir: Path | None = None) -> Path | None:
 def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> Store:
     """sqlite:///relative/path (relative to base_dir), sqlite:////abs/path, postgresql://...
 
-    ``lazy``: a PostgreSQL store that cannot connect now opens anyway (see PostgresStore).
+    ``lazy``: a store that cannot be reached or opened now opens anyway, and each
+    transaction raises StoreUnavailable until it can (see PostgresStore, SqliteStore).
     Raises RelayError for a URL that url_problem() refuses, StoreUnavailable when the
     store cannot be reached, SchemaTooNew for a schema newer than this relay."""
     problem = url_problem(url)
@@ -93,7 +94,7 @@ def open_store(url: str, base_dir: Path | None = None, lazy: bool = False) -> St
     if path is not None:
         from suki_relay.store.sqlite import SqliteStore
 
-        return SqliteStore(path)
+        return SqliteStore(path, lazy=lazy)
     if url.startswith(("postgresql:", "postgres:")):
         from suki_relay.store.postgres import PostgresStore
 

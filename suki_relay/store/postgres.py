@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from suki_relay.errors import StoreUnavailable
+from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.pgpool import Connections
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
@@ -44,10 +44,12 @@ class PostgresStore(SqlStore):
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
 
     def __init__(self, url: str, lazy: bool = False):
-        """``lazy``: if the database is unreachable now, start anyway and make sure of the
-        schema at the first transaction that can connect (a node with a spool must be able
-        to start, and receive, during an outage)."""
+        """``lazy``: if the database is unreachable now (or its schema is newer than this
+        relay), start anyway; every transaction raises StoreUnavailable until the schema is
+        made sure of (a serving process must boot, answer 503 or spool, and recover by
+        itself when the database is back)."""
         self.url = url
+        self.lazy = lazy
         self.conninfo, pool = split_url(url)
         self.pool_size = int(pool["pool_size"])
         self.pool_timeout = pool["pool_timeout"]
@@ -67,6 +69,10 @@ class PostgresStore(SqlStore):
                 self._ensuring.active = True
                 try:
                     self.ensure_schema()
+                except SchemaTooNew as exc:
+                    if not self.lazy:
+                        raise
+                    raise StoreUnavailable(str(exc)) from None
                 finally:
                     self._ensuring.active = False
                 self._schema_ready = True

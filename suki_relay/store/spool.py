@@ -23,6 +23,7 @@ neither could a second file on the same disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -75,6 +76,8 @@ CREATE TABLE IF NOT EXISTS set_aside (
     set_aside_at REAL NOT NULL
 )
 """
+# one row, rewritten by ping(): a write that needs the disk, as spooling an event does
+PROBE = "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL)"
 LISTED = "seq, id, received_at, status, session_id, encounter_id, event, held_until, drain_error"
 COLUMNS = "seq, id, dedup_key, received_at, status, session_id, encounter_id, event, body"
 
@@ -89,17 +92,22 @@ class Spool(SqliteStore):
     of its own in place of the ledger's."""
 
     def __init__(self, path: Path, max_events: int):
+        """Made whatever the file says (lazy): a spool that cannot be opened raises
+        StoreUnavailable at each use, saying why, until it can."""
         self.max_events = max_events
-        super().__init__(path)
         # anything in the file, as far as this process knows: set when it spools, refreshed
         # by its drainer at every look; while true, the receiver looks a request's dedup key
         # up here first, so a request spooled and sent again keeps its first event id
-        self.maybe_waiting = self.has_waiting()
+        self.maybe_waiting = False
+        super().__init__(path, lazy=True)
+        with contextlib.suppress(StoreUnavailable):  # else the drainer looks again
+            self.has_waiting()
 
     def ensure_schema(self) -> None:
         with self.tx() as tx:
             for statement in SCHEMA.split(";"):
                 tx.exec(statement)
+            tx.exec(PROBE)
 
     # ------------------------------------------------------------ the request path
 
@@ -134,9 +142,10 @@ class Spool(SqliteStore):
         return row["id"] if row else None
 
     def ping(self) -> None:
-        """Raises unless a write could commit now (readiness)."""
+        """Raises unless a write could commit now (readiness): it writes and fsyncs a page,
+        as spooling does (a transaction that changes nothing commits even on a full disk)."""
         with self.tx() as tx:
-            tx.exec("UPDATE spooled SET seq = seq WHERE seq < 0")
+            tx.exec("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
 
     # ------------------------------------------------------------ draining
 

@@ -5,6 +5,11 @@ own and leaves its parent's alone (neither used nor closed; closing one in a chi
 touch the parent's locks). close() closes every connection this process opened, from any
 thread. Writers take the database lock up front (BEGIN IMMEDIATE), which also serialises
 claimers across processes.
+
+``lazy``: a file that cannot be opened now (not an SQLite file, no permission, a newer
+schema) does not stop the store from being made; every transaction raises
+StoreUnavailable, saying why, until the file can be prepared (a serving process must boot
+whatever its files say, and recover by itself once they are fixed).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from suki_relay.errors import StoreUnavailable
+from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
 
@@ -30,7 +35,7 @@ class SqliteStore(SqlStore):
     placeholder = "?"
     blob_type = "BLOB"
 
-    def __init__(self, path: Path, busy_timeout: float = 10.0):
+    def __init__(self, path: Path, busy_timeout: float = 10.0, lazy: bool = False):
         self.path = path
         self.url = f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
@@ -40,11 +45,38 @@ class SqliteStore(SqlStore):
         self._generation = 0  # close() starts a new one: connections from before reopen
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # owner-only before SQLite opens it: its -wal and -shm files copy these permissions
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        self.ensure_schema()
+        self.lazy = lazy
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
+        try:
+            self._prepare()
+        except StoreUnavailable:
+            if not lazy:
+                raise
+
+    def _prepare(self) -> None:
+        """Make the file (owner-only) and its schema, once."""
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            self._local.preparing = True
+            try:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    # owner-only before SQLite opens it: its -wal and -shm files copy these
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                    os.chmod(self.path, 0o600)
+                except OSError as exc:
+                    raise StoreUnavailable(f"sqlite: cannot open: {exc.strerror}") from None
+                try:
+                    self.ensure_schema()
+                except SchemaTooNew as exc:
+                    if not self.lazy:
+                        raise
+                    raise StoreUnavailable(str(exc)) from None
+            finally:
+                self._local.preparing = False
+            self._prepared = True
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -70,6 +102,8 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
+        if not self._prepared and not getattr(self._local, "preparing", False):
+            self._prepare()
         conn = self._connection()
         with self.exclusive() if write else nullcontext():
             if not durable:

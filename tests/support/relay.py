@@ -72,13 +72,14 @@ class RelayProcess:
 
     def __init__(self, config_file: Path, *, plain_gunicorn: bool = False, workers: int = 2,
                  threads: int = 4, env: dict[str, str] | None = None,
-                 log_file: Path | None = None):
+                 log_file: Path | None = None, gunicorn_args: tuple[str, ...] = ()):
         self.config_file = config_file
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = log_file or config_file.parent / f"relay-{self.port}.log"
         self.plain = plain_gunicorn
         self.workers, self.threads = workers, threads
+        self.gunicorn_args = gunicorn_args  # more flags for plain gunicorn
         # plain gunicorn gets no help: its workers find their shared folder by themselves
         # (under TMPDIR, here the test's folder)
         helped = ({"TMPDIR": str(config_file.parent)} if plain_gunicorn else
@@ -96,7 +97,7 @@ class RelayProcess:
         if self.plain:
             cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
                    "--workers", str(self.workers), "--no-control-socket",
-                   "suki_relay.wsgi:app"]
+                   *self.gunicorn_args, "suki_relay.wsgi:app"]
         else:
             cmd = [sys.executable, "-m", "suki_relay.cli.main", "-c", str(self.config_file), "serve",
                    "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
@@ -109,17 +110,18 @@ class RelayProcess:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 20.0, probe: str = "/readyz") -> None:
+        """Until ``probe`` answers 200 (``/healthz``: up, whether or not it can commit)."""
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+                return requests.get(self.url + probe, timeout=1).status_code == 200
             except requests.RequestException:
                 return False
 
-        wait_until(up, timeout, 0.1, "the relay to be ready")
+        wait_until(up, timeout, 0.1, f"the relay to answer {probe}")
 
     def worker_pids(self) -> list[int]:
         assert self.proc is not None
