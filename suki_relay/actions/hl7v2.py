@@ -66,6 +66,19 @@ def _components(value: Any) -> str | None:
     return None
 
 
+def _host(value: Any) -> str | None:
+    if not _HOST.fullmatch(str(value)):
+        return "expected a host name or IP address only (no scheme, port or path; the port is `port`)"
+    return None
+
+
+def _code(value: Any) -> str | None:
+    text = str(value)
+    if not text or not text.isascii() or not text.replace("-", "").isalnum() or len(text) > 30:
+        return "expected a code such as PR (letters and digits)"
+    return None
+
+
 def components(help: str, required: bool = False, default: Any = None) -> Option:
     """A field that is one template, or a list of component templates (CX, XCN, HD...)."""
     return Option((str, list), required=required, default=default, check=_components,
@@ -75,7 +88,8 @@ def components(help: str, required: bool = False, default: Any = None) -> Option
 class Hl7v2Action(Action):
     description = "send the note as an HL7 v2 MDM^T02 over MLLP (interface engines)"
     options = {
-        "host": Option(str, required=True, template=False, help="the engine's MLLP listener"),
+        "host": Option(str, required=True, template=False, check=_host,
+                       help="the engine's MLLP listener"),
         "port": Option(int, required=True, template=False, min=1, max=65535),
         "version": Option((str, float), default="2.5", template=False, check=_version,
                           convert=str, help="HL7 version: 2.3, 2.3.1, 2.4, 2.5 or 2.5.1"),
@@ -94,7 +108,7 @@ class Hl7v2Action(Action):
         "patient_class": Option(str, default="O", choices=PATIENT_CLASSES, template=False,
                                 help="PV1-2 (table 0004)"),
         "visit_number": components("PV1-19", default="{{ event.encounter_id }}"),
-        "document_type": Option(str, default="PR", template=False,
+        "document_type": Option(str, default="PR", template=False, check=_code,
                                 help="TXA-2 (table 0270: PR progress note, CN consultation...)"),
         "provider": components("TXA-5, e.g. [ID, FAMILY, GIVEN]", default=""),
         "originator": components("TXA-9; default: provider"),
@@ -124,9 +138,6 @@ class Hl7v2Action(Action):
         except ImportError:
             return [EXTRA]
         v = self.values
-        if not _HOST.fullmatch(str(v["host"])):
-            problems.append("host: expected a host name or IP address only (no scheme, port "
-                            "or path; the port is `port`)")
         for key in ("ca_file", "cert_file", "key_file"):
             if v[key] is not None:
                 if not v["tls"]:
@@ -137,13 +148,9 @@ class Hl7v2Action(Action):
             problems.append("cert_file and key_file go together (mutual TLS)")
         if v["tls"] and not problems:
             try:
-                self.tls_context()
+                self.ssl_context  # noqa: B018 - loads the files
             except (OSError, ssl.SSLError) as exc:
                 problems.append(f"tls: the certificate files cannot be used ({_reason(exc)})")
-        text = v["document_type"]
-        if not text or not text.isascii() or not text.replace("-", "").isalnum() \
-                or len(text) > 30:
-            problems.append("document_type: expected a code such as PR (letters and digits)")
         return problems
 
     def fetches(self) -> tuple[str, ...]:
@@ -152,8 +159,9 @@ class Hl7v2Action(Action):
     def path(self, key: str) -> str:
         return str(self.relay.base_dir / os.path.expanduser(self.values[key]))
 
-    @functools.cache  # noqa: B019 - one context per action, for its life
-    def tls_context(self) -> ssl.SSLContext | None:
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """One per action, for its life (None without ``tls``)."""
         if not self.values["tls"]:
             return None
         context = ssl.create_default_context(cafile=self.path("ca_file")
@@ -212,7 +220,7 @@ class Hl7v2Action(Action):
         where = f"{self.values['host']}:{self.values['port']}"
         try:
             content = mllp.exchange(self.values["host"], self.values["port"], text.encode(),
-                                    self.values["timeout_seconds"], self.tls_context())
+                                    self.values["timeout_seconds"], self.ssl_context)
         except mllp.NotSent as exc:
             raise RetryableError(f"MLLP {where}: {exc}; not sent") from None
         except mllp.NoAnswer as exc:
