@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -481,6 +482,19 @@ rules:
     assert ("actions.yaml:10: actions.to-engine.provider: rendering against the success "
             "sample: PermanentError: TXA-5 refused by HL7 2.5 validation") in report
     assert "20965414" not in report  # the value itself is never repeated
+
+
+def test_the_starter_example_builds_when_uncommented(tmp_path: Path, suki: SukiStandIn,
+                                                    engine: MllpStandIn) -> None:
+    starter = (Path(__file__).resolve().parents[1] / "actions.yaml").read_text()
+    block = starter.split("  # note-to-engine:\n", 1)[1].split("\n\n", 1)[0]
+    options = yaml.safe_load("\n".join(line.replace("  #   ", "", 1) for line in
+                                       block.splitlines()))
+    assert options["type"] == "hl7v2"
+    del options["type"]
+    spec = build_spec("hl7v2", {**options, **engine.settings()}, tmp_path, suki=suki.settings())
+    assert attempt_once(spec, make_delivery(event())).startswith("AA")
+    strict(engine.received[0].text)
 
 
 def test_routes_test_prints_the_message_one_segment_a_line(tmp_path: Path, suki: SukiStandIn,
