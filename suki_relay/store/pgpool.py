@@ -1,136 +1,159 @@
-"""PostgreSQL connections for one process: reconnect at once, never wait on a backoff.
+"""PostgreSQL connections for one process: psycopg_pool, set for quick recovery.
 
-psycopg_pool reconnects in background workers with exponential backoff (1 s, 2 s, 4 s ...
-up to five minutes): after a database restart or failover a request could wait for the
-pool's next scheduled attempt and be answered 503 although the database was back. Here:
+psycopg_pool keeps the connections (grows to ``pool_size``, replaces broken ones, retires
+old and idle ones) in its own threads. Its defaults suit a database that is rarely away;
+a relay must commit the first request after a restart and spool at once while the
+database is down, so:
 
-* idle connections are a stack; each is checked when taken, and a dead one is dropped;
-* when no live idle connection is left, the thread that needs one connects itself, at
-  once (bounded by ``connect_timeout``), so the first request after an outage commits;
-* while the database is known to be unreachable, one thread per process tries to connect
-  at a time; the others wait at most PEER_WAIT_SECONDS for that attempt, then, if it
-  failed or is still running, fail (the receiver spools) instead of each waiting out
-  ``connect_timeout`` and each costing the database server a refused backend. The short
-  wait matters just after the database comes back: a request arriving while another
-  thread's (successful) attempt is under way commits to the database, not to the spool.
+* ``reconnect_timeout`` is 0: a connection the pool could not open is tried once more at
+  once, then given up (no backoff of 1 s, 2 s, 4 s ... up to five minutes, during which
+  a request arriving after the database came back would wait for the next attempt and be
+  answered 503 although the database was back); the next request asks for a new one;
+* ``reconnect_failed`` marks the database down; while it is down (or when a connection
+  just taken was found dead) a request waits at most PEER_WAIT_SECONDS for a connection,
+  not ``pool_timeout``, then fails (the receiver spools). The short wait matters just
+  after the database comes back: the request's own connection attempt succeeds within it
+  and the request commits to the database, not to the spool;
+* a connection is checked when taken, and a dead one (database restarted, connection
+  terminated) makes the pool check every idle connection at once (``pool.check()``), so
+  the next connection taken is a new one, without the pool's own checking loop, which
+  sleeps a backoff of 1 s, 2 s ... between the dead connections it meets one by one;
+  ``pool.check()`` also runs on the first OperationalError of a transaction;
+* the check costs no round trip for a connection used in the last few seconds: an idle
+  connection has nothing to read, so a readable socket (``poll``, which takes any file
+  descriptor number, unlike ``select``) means the server closed it (restart,
+  ``pg_terminate_backend``, failover). A connection idle for longer is also sent an empty
+  query (``ConnectionPool.check_connection``), which finds a peer that vanished without a
+  word (a machine that rebooted).
 
-The check on checkout costs no round trip for a connection used in the last few seconds:
-an idle connection has nothing to read, so a readable socket means the server closed it
-(restart, ``pg_terminate_backend``, failover). A connection idle for longer is also sent
-an empty query, which finds a peer that vanished without a word (a machine that rebooted).
+Not set: ``max_waiting``. It refuses a request at once when that many already wait for a
+connection, which under ordinary load (more request and delivery threads than
+connections) turns a burst into spooled or refused requests while the database is fine;
+test_pgpool.py's test_more_threads_than_connections_all_commit shows it.
+
+The pool's own log lines (a warning per failed connection attempt and per broken connection)
+are kept below ERROR: the relay says once, in its own log, that the store is unavailable.
+
+A forked child never touches its parent's pool (its sockets are the parent's): it keeps
+the object unclosed and opens a pool of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from suki_relay.errors import StoreUnavailable
 
 RECHECK_IDLE_SECONDS = 2.0  # idle longer than this: also one round trip before use
-PEER_WAIT_SECONDS = 0.5  # while down: how long a thread waits for another's connect attempt
+PEER_WAIT_SECONDS = 0.5  # while down: how long a request waits for a connection
+RECONNECT_SECONDS = 0.0  # the pool's reconnect_timeout: retry once at once, then give up
+
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class Connections:
     def __init__(self, conninfo: str, size: int, timeout: float):
         self.conninfo = conninfo
         self.size = size
-        self.timeout = timeout  # seconds to wait for a free connection slot
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pid = os.getpid()
+        self.timeout = timeout  # seconds to wait for a free connection
         self._lock = threading.Lock()
-        self._attempted = threading.Condition(self._lock)  # notified when an attempt ends
-        self._slots = threading.BoundedSemaphore(self.size)
-        self._idle: list[tuple[psycopg.Connection, float]] = []  # (connection, idle since)
-        self._down = False  # the last attempt to connect failed
-        self._connecting = 0
+        self._pid = 0
+        self._pool: ConnectionPool[Any] | None = None
+        self._down = False  # the pool's last attempt to connect failed
+        self._idle_since: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = \
+            weakref.WeakKeyDictionary()
+
+    def _current(self) -> ConnectionPool[Any]:
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                if self._pool is not None:  # a forked child: the parent's sockets are
+                    _ORPHANS.append(self._pool)  # not ours; never closed, never finalised
+                self._pool = ConnectionPool(
+                    self.conninfo, kwargs={"autocommit": True}, min_size=1,
+                    max_size=self.size, timeout=self.timeout,
+                    reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=self._failed,
+                    name=f"suki-relay-{os.getpid()}", open=False)
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+                self._down = False
+            return self._pool
+
+    def _failed(self, pool: ConnectionPool[Any]) -> None:
+        self._down = True
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A live connection in autocommit mode (``conn.transaction()`` for a transaction)."""
-        if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
-            _ORPHANS.extend(conn for conn, _ in self._idle)  # never closed here: that would
-            self._reset()  # send the parent's server a Terminate on its own socket
-        if not self._slots.acquire(timeout=self.timeout):
-            raise StoreUnavailable("postgresql: every connection busy for pool_timeout")
+        pool = self._current()
+        conn = self._take(pool)
         try:
-            conn = self._take()
-            try:
-                yield conn
-            finally:
-                self._give_back(conn)
+            yield conn
+        except psycopg.OperationalError:
+            with suppress(Exception):
+                pool.check()  # the others are likely broken too: replace them now
+            raise
         finally:
-            self._slots.release()
+            self._idle_since[conn] = time.monotonic()
+            with suppress(Exception):
+                pool.putconn(conn)
 
-    def _take(self) -> psycopg.Connection:
-        while True:
-            with self._lock:
-                if not self._idle:
-                    break
-                conn, since = self._idle.pop()
-            if _alive(conn, time.monotonic() - since):
+    def _take(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+        suspicious = self._down
+        for _ in range(self.size + 2):  # each dead one found empties the pool of the others
+            try:
+                conn = pool.getconn(PEER_WAIT_SECONDS if suspicious else self.timeout)
+            except PoolTimeout:
+                if suspicious:
+                    raise StoreUnavailable("postgresql: unreachable") from None
+                raise StoreUnavailable("postgresql: every connection busy for pool_timeout") \
+                    from None
+            if _alive(conn, time.monotonic() - self._idle_since.get(conn, 0.0)):
+                self._down = False
                 return conn
             with suppress(Exception):
                 conn.close()
-        return self._connect()
-
-    def _connect(self) -> psycopg.Connection:
-        with self._lock:
-            if self._down and self._connecting:
-                self._attempted.wait_for(lambda: not self._connecting, PEER_WAIT_SECONDS)
-                if self._down:  # the other attempt failed, or is still waiting on the server
-                    raise StoreUnavailable("postgresql: unreachable (another thread is retrying)")
-            self._connecting += 1
-        conn: psycopg.Connection | None = None
-        try:
-            conn = psycopg.connect(self.conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
-        finally:
-            with self._lock:
-                self._connecting -= 1
-                self._down = conn is None
-                self._attempted.notify_all()
-        return conn
-
-    def _give_back(self, conn: psycopg.Connection) -> None:
-        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            pool.putconn(conn)  # closed: the pool replaces it
             with suppress(Exception):
-                conn.close()
-            return
-        with self._lock:
-            self._idle.append((conn, time.monotonic()))
+                pool.check()
+            suspicious = True
+        raise StoreUnavailable("postgresql: no live connection")
 
     def close(self) -> None:
-        if self._pid != os.getpid():
-            return
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            with suppress(Exception):
-                conn.close()
+            pool, self._pool = self._pool, None
+            if pool is not None and self._pid == os.getpid():
+                pool.close()
 
 
-_ORPHANS: list[psycopg.Connection] = []  # inherited across fork; kept so none is finalised
+_ORPHANS: list[ConnectionPool[Any]] = []  # inherited across fork; kept so none is finalised
 
 
-def _alive(conn: psycopg.Connection, idle_for: float) -> bool:
+def _alive(conn: psycopg.Connection[Any], idle_for: float) -> bool:
     """An idle connection is alive if the server has not written to it (a readable socket
     means an error message or end of file) and, after a longer idle time, answers."""
     try:
-        if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+        if conn.closed:
+            return False
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        if poller.poll(0):
             return False
         if idle_for > RECHECK_IDLE_SECONDS:
-            conn.execute("")
+            ConnectionPool.check_connection(conn)
         return True
     except (psycopg.Error, OSError, ValueError):
         return False
