@@ -1,8 +1,8 @@
 """The deadline of one outbound request: connect, send, status line, headers and body.
 
 A per-read timeout does not bound a target that drips a byte at a time, so every request
-made through :func:`suki_relay.deliver.outbound.send` registers an :class:`Attempt` with one
-watchdog thread per process; when its deadline passes, the watchdog shuts down the socket
+made through :func:`suki_relay.deliver.outbound.send` registers an :class:`Attempt` with the
+process's watchdog (suki_relay/watchdog.py); when its deadline passes, it shuts down the socket
 of every connection the attempt used, which ends whatever the requesting thread is blocked
 in. Connections join the current thread's attempt through requests' adapter
 (:func:`ensure_adapter`), so nothing else about requests changes; any other client with
@@ -12,9 +12,6 @@ a ``sock`` attribute (the email action's SMTP client) joins by :meth:`Attempt.ad
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import os
 import socket
 import threading
 import time
@@ -26,6 +23,8 @@ import requests
 import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
+
+from suki_relay.watchdog import watchdog
 
 
 class Connection(Protocol):
@@ -77,49 +76,6 @@ def _shutdown(conn: Connection) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _Watchdog:
-    """One daemon thread per process expiring attempts whose deadline has passed (a
-    thread per request would cost more than a local POST). Started lazily, and again in a
-    forked child, where threads do not survive."""
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        """Fresh state (a fork may copy the lock held by a thread that is not copied)."""
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Attempt]] = []
-        self._seq = itertools.count()
-        self._running = False  # in this process (reset in a forked child)
-
-    def watch(self, attempt: Attempt) -> None:
-        with self._cond:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="suki-outbound-deadline",
-                                 daemon=True).start()
-            heapq.heappush(self._heap, (attempt.deadline, next(self._seq), attempt))
-            if self._heap[0][2] is attempt:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)  # finished in time: nothing to do
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                attempt = heapq.heappop(self._heap)[2]
-            attempt.expire()
-
-
-watchdog = _Watchdog()
 current = threading.local()
 
 
