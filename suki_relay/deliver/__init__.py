@@ -10,6 +10,7 @@
     deadline.py    one deadline over a whole outbound exchange
     suki_api.py    Suki's follow-up API (login, token cache, links)
     oauth.py       credentials for an outbound API (bearer, OAuth2 client credentials)
+    tokens.py      the one token cache (Suki login, OAuth2 tokens): refresh before expiry, once on 401
 
 Built-in actions live in ``suki_relay.actions`` and reach all of this only through
 ``suki_relay.plugin``, as third-party actions do.

@@ -1,21 +1,21 @@
 """Credentials for an outbound API: a fixed bearer token, or OAuth2 client credentials.
 
-Client-credentials tokens are cached per process (one cache entry per token URL, client
-and scope, shared by every action and every reload that uses them), refreshed shortly
-before they expire, and once when the API answers 401 (:meth:`Tokens.authorization` with
-``stale=``). The client secret is sent to ``token_url`` and nowhere else; the token only
-where the caller sends it. Neither ever appears in an error message.
+Client-credentials tokens are kept by the token cache (tokens.py: one per token URL,
+client and scope, shared by every action and every reload that uses them), refreshed
+shortly before they expire, and once when the API answers 401
+(:meth:`Tokens.authorization` with ``stale=``). The client secret is sent to
+``token_url`` and nowhere else; the token only where the caller sends it. Neither ever
+appears in an error message.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus
 
 from suki_relay.deliver import outbound
+from suki_relay.deliver.tokens import TokenCache, shared
 from suki_relay.errors import PermanentError, RetryableError
 
 DEFAULT_LIFETIME = 3600.0  # when the token endpoint does not say (expires_in is optional)
@@ -82,20 +82,13 @@ class Tokens:
 
     def __init__(self, client: ClientCredentials):
         self.client = client
-        self._lock = threading.Lock()
-        self._header: str | None = None
-        self._refresh_at = 0.0
         self._session = outbound.new_session()
+        self._cache = TokenCache(self._request, MAX_MARGIN)
 
     def authorization(self, stale: str | None = None) -> str:
         """The Authorization header value. ``stale``: the value the API just refused with a
         401; a new token is fetched unless another thread already replaced it."""
-        with self._lock:
-            if self._header is None or time.monotonic() >= self._refresh_at or (
-                    stale is not None and stale == self._header):
-                self._header, lifetime = self._request()
-                self._refresh_at = time.monotonic() + lifetime - min(MAX_MARGIN, lifetime / 2)
-            return self._header
+        return self._cache.get(stale)
 
     def _request(self) -> tuple[str, float]:
         c = self.client
@@ -135,10 +128,6 @@ def _error_code(resp: Any) -> str:
     return f" {code}" if isinstance(code, str) and code in ERROR_CODES else ""
 
 
-_CACHE: dict[ClientCredentials, Tokens] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def credentials(auth: dict[str, Any] | None, timeout_seconds: float = 20.0
                 ) -> Bearer | Tokens | None:
     """What an action authenticates with, from a validated ``auth:`` mapping."""
@@ -149,8 +138,4 @@ def credentials(auth: dict[str, Any] | None, timeout_seconds: float = 20.0
     client = ClientCredentials(auth["token_url"], auth["client_id"], auth["client_secret"],
                                auth.get("scope"), auth.get("client_auth", "basic"),
                                timeout_seconds)
-    with _CACHE_LOCK:
-        tokens = _CACHE.get(client)
-        if tokens is None:
-            tokens = _CACHE[client] = Tokens(client)
-        return tokens
+    return shared(client, lambda: Tokens(client))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
@@ -21,6 +19,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import requests
 
 from suki_relay.deliver import outbound
+from suki_relay.deliver.tokens import TokenCache
 from suki_relay.errors import PermanentError, RetryableError
 from suki_relay.options import setting
 from suki_relay.protocol import parse_json
@@ -130,12 +129,10 @@ class SukiClient:
 
     def __init__(self, settings: SukiSettings):
         self.settings = settings
-        self._token: str | None = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
         self._sessions = outbound.Sessions()
+        self._tokens = TokenCache(self._login, REFRESH_MARGIN)
 
-    def _login(self) -> str:
+    def _login(self) -> tuple[str, float]:
         s = self.settings
         body: dict[str, Any] = {"partner_id": s.partner_id, "partner_token": s.partner_token}
         if s.provider_id:
@@ -144,18 +141,13 @@ class SukiClient:
         resp = outbound.send(self._sessions.get(), "POST", url, json=body, timeout=s.timeout_seconds,
                              what="Suki login")
         return _string_field(resp, "suki_token", "Suki login",
-                             "Suki login refused the partner credentials")
+                             "Suki login refused the partner credentials"), TOKEN_LIFETIME
 
     def token(self, stale: str | None = None) -> str:
         """The cached token, logging in when there is none or it is near its hour.
         ``stale``: a token Suki just refused; replaced unless another thread already did
         (eight threads meeting one expired token log in once, not eight times)."""
-        with self._lock:
-            if self._token is None or time.time() >= self._expires or (
-                    stale is not None and stale == self._token):
-                self._token = self._login()
-                self._expires = time.time() + TOKEN_LIFETIME - REFRESH_MARGIN
-            return self._token
+        return self._tokens.get(stale)
 
     def _get(self, href: str) -> requests.Response:
         """GET a path on the base URL with the token; one re-login on 401. The body is
