@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from suki_relay.receive.record import recorder
+from suki_relay.receive.record import commit, recorder
 from suki_relay.store import EventFilter, NewEvent, Recorded, StoreUnavailable
 from suki_relay.store.group_commit import MAX_BATCH, GroupCommit
 from suki_relay.testing import wait_until
@@ -244,3 +245,45 @@ def test_one_bad_item_fails_only_itself(store_url: str, tmp_path: Path) -> None:
     assert isinstance(bad, Exception) and not isinstance(bad, StoreUnavailable)
     assert all(isinstance(g, Recorded) and not g.duplicate for g in threads_done.values())
     assert len(store.events(EventFilter(limit=100))) == 6
+
+
+def test_an_event_the_store_refuses_costs_two_transactions(store_url: str, tmp_path: Path) -> None:
+    """The batch that fails, then one transaction that records every event of it, the
+    refused one kept as malformed."""
+    store = open_test_store(store_url, tmp_path)
+    transactions: list[bool] = []
+    real_tx = store.tx
+
+    def counted_tx(write: bool = True, durable: bool = True):  # type: ignore[no-untyped-def]
+        transactions.append(write)
+        return real_tx(write, durable)
+
+    store.tx = counted_tx  # type: ignore[method-assign]
+    gate = threading.Event()
+
+    @contextmanager
+    def exclusive() -> Iterator[None]:  # holds the first leader until all have queued
+        gate.wait(10)
+        with store.exclusive():
+            yield
+
+    commits = recorder(store)
+    commits.exclusive = exclusive
+    items = [event(f"good{i}") for i in range(3)] + [event("bad", "\ud800 bad")]
+    answers: dict[int, Any] = {}
+
+    def go() -> None:
+        answers.update(run_all(lambda ev: commit(commits, ev), items))
+
+    runner = threading.Thread(target=go, daemon=True)
+    runner.start()
+    wait_until(lambda: len(commits._queue) == 4, 10, 0.01, "all four queued")
+    gate.set()
+    runner.join(30)
+    assert transactions == [True, True]
+    kept, recorded = answers[3]
+    assert kept.malformed and recorded.fallback and not recorded.duplicate
+    assert all(not k.malformed and not r.fallback for k, r in (answers[i] for i in range(3)))
+    store.tx = real_tx  # type: ignore[method-assign]
+    rows = store.events(EventFilter(limit=100))
+    assert sorted(r.malformed for r in rows) == [False, False, False, True]

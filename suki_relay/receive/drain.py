@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable
 
 from suki_relay import logs, metrics
-from suki_relay.store import NewEvent, Store, StoreUnavailable
+from suki_relay.receive.record import malformed
+from suki_relay.store import NewEvent, Recorded, Store, StoreUnavailable
 from suki_relay.store.spool import Spool
 
 log = logging.getLogger("suki_relay.receive.drain")
@@ -110,13 +111,16 @@ class Drainer:
         only deleted: recording them again would plan their deliveries twice. Only this
         node's drainer, under the drain lock, moves these ids, so nothing races the look."""
         known = self.store.known([ev.id for ev in batch])
+        todo = [ev for ev in batch if ev.id not in known]
         try:
-            self.store.record([ev for ev in batch if ev.id not in known])
+            self.store.record(todo)
             done = batch
         except StoreUnavailable:
             raise
         except Exception:  # one event the store refuses must not hold back the others
-            done = [ev for ev in batch if ev.id in known or self._move_one(ev)]
+            results = dict(zip([ev.id for ev in todo],
+                               self.store.record_each(todo, malformed), strict=True))
+            done = [ev for ev in batch if ev.id in known or self._moved(ev, results[ev.id])]
         self.spool.remove([ev.id for ev in done])
         metrics.SPOOL_DRAINED.inc(len(done))
         if self.on_moved is not None:
@@ -125,23 +129,18 @@ class Drainer:
                 self.on_moved(actions)
         return len(done)
 
-    def _move_one(self, event: NewEvent) -> bool:
-        """Move one event as the receiver commits a request (record.commit): one the store
-        refuses as it is (not for unavailability) is kept as malformed (raw body and
-        identity, nothing planned; `events --malformed` lists it); failing that too, it
-        stays in the spool, held back for a while."""
-        from suki_relay.receive.record import commit, recorder
-
-        try:
-            kept, _ = commit(recorder(self.store), event)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
+    def _moved(self, event: NewEvent, result: Recorded | Exception) -> bool:
+        """An event moved after its batch was refused, as the receiver commits a request
+        (store.record_each): one the store refuses as it is (not for unavailability) is
+        kept as malformed (raw body and identity, nothing planned; `events --malformed`
+        lists it); failing that too, it stays in the spool, held back for a while."""
+        if isinstance(result, Exception):
             logs.event(log, "spooled event refused by the store; kept in the spool",
-                       logging.ERROR, event_id=event.id, error_class=type(exc).__name__)
-            self.spool.hold(event.id, f"store refused it: {type(exc).__name__}", HOLD_SECONDS)
+                       logging.ERROR, event_id=event.id, error_class=type(result).__name__)
+            self.spool.hold(event.id, f"store refused it: {type(result).__name__}",
+                            HOLD_SECONDS)
             return False
-        if kept is not event:
+        if result.fallback:
             logs.event(log, "spooled event refused by the store; kept as malformed",
                        logging.ERROR, event_id=event.id)
         return True

@@ -21,7 +21,7 @@ from typing import Any
 from suki_relay.config.load import Config
 from suki_relay.config.routing import route
 from suki_relay.receive.verify import Verified
-from suki_relay.store import NewEvent, Recorded, Store, StoreUnavailable
+from suki_relay.store import NewEvent, Recorded, Store
 from suki_relay.store.group_commit import GroupCommit
 
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
@@ -84,22 +84,16 @@ def _id_field(payload: dict[str, Any], key: str) -> str | None:
 
 
 def recorder(store: Store) -> GroupCommit[NewEvent, Recorded]:
-    """Records events for concurrent requests, many per transaction."""
-    return GroupCommit(store.record, store.exclusive)
+    """Records events for concurrent requests, many per transaction; after a batch the
+    store refused, one more transaction records each event, or else it kept as malformed
+    (store.record_each)."""
+    return GroupCommit(store.record, store.exclusive,
+                       lambda events: store.record_each(events, malformed))
 
 
 def commit(commits: GroupCommit[NewEvent, Recorded], event: NewEvent) -> tuple[NewEvent, Recorded]:
-    """Commit ``event``; returns what was committed: the event itself, or, if it could not
-    be committed as it was (tried twice, in case the failure was passing), the same request
-    kept as malformed. Raises StoreUnavailable (and nothing else, short of a bug that even a
-    malformed event meets)."""
-    for _ in range(2):
-        try:
-            return event, commits.submit(event)
-        except StoreUnavailable:
-            raise
-        except Exception:
-            if event.malformed:
-                raise
-    kept = malformed(event)
-    return kept, commits.submit(kept)
+    """Commit ``event``; returns what was committed: the event itself, or, if the store
+    refused it as it was, the same request kept as malformed. Raises StoreUnavailable (and
+    nothing else, short of a bug that even a malformed event meets)."""
+    recorded = commits.submit(event)
+    return (malformed(event) if recorded.fallback else event), recorded

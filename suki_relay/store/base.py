@@ -15,6 +15,7 @@ import os
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -78,6 +79,7 @@ class NewEvent:
 class Recorded:
     event_id: str
     duplicate: bool
+    fallback: bool = False  # the store refused the event as it was; its fallback was recorded
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,13 @@ class Store(ABC):
     @abstractmethod
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
+
+    @abstractmethod
+    def record_each(self, events: list[NewEvent], fallback: Callable[[NewEvent], NewEvent]
+                    ) -> list[Recorded | Exception]:
+        """Record each event on its own (after a batch that failed): one refused as it is
+        is recorded as ``fallback(event)`` (``Recorded.fallback``), else its error is its
+        result."""
 
     @abstractmethod
     def known(self, event_ids: list[str]) -> set[str]:

@@ -9,8 +9,10 @@ recording delivery attempts (the delivery path).
 Failures are contained. If the write lock (or the transaction) cannot even be entered,
 every caller queued at that moment is told StoreUnavailable and the next caller starts
 afresh; nobody is left waiting for a leader that gave up. If a batch fails for any other
-reason than the store being unavailable, its items are run again one by one, so one bad
-item fails only itself.
+reason than the store being unavailable, its items are handed once to ``isolate``, which
+returns each item's result or error (the store's record_each: one more transaction, each
+event under a savepoint), so one bad item costs two transactions and fails only itself.
+Without ``isolate``, the items are run again one by one.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ class _Slot(Generic[T, R]):
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, batch: Callable[[list[T]], list[R]],
-                 exclusive: Callable[[], AbstractContextManager[None]]):
+                 exclusive: Callable[[], AbstractContextManager[None]],
+                 isolate: Callable[[list[T]], list[R | Exception]] | None = None):
         self.batch = batch
         self.exclusive = exclusive
+        self.isolate = isolate or self._one_by_one
         self._lock = threading.Lock()
         self._queue: list[_Slot[T, R]] = []
         self._leading = False
@@ -83,26 +87,31 @@ class GroupCommit(Generic[T, R]):
             self._hand_over(taken)
 
     def _run(self, taken: list[_Slot[T, R]]) -> None:
-        """The batch; if it fails other than by the store being unavailable, each alone."""
+        """The batch; if it fails other than by the store being unavailable, isolated."""
         try:
             results = self.batch([s.item for s in taken])
         except StoreUnavailable:
             raise
         except Exception:
-            if len(taken) == 1:
-                raise
-            for i, s in enumerate(taken):
-                try:
-                    s.result = self.batch([s.item])[0]
-                except StoreUnavailable as exc:  # those before are committed; the rest not
-                    for rest in taken[i:]:
-                        rest.error = exc
-                    return
-                except Exception as exc:
-                    s.error = exc
+            for s, each in zip(taken, self.isolate([s.item for s in taken]), strict=True):
+                if isinstance(each, Exception):
+                    s.error = each
+                else:
+                    s.result = each
             return
         for s, r in zip(taken, results, strict=True):
             s.result = r
+
+    def _one_by_one(self, items: list[T]) -> list[R | Exception]:
+        results: list[R | Exception] = []
+        for i, item in enumerate(items):
+            try:
+                results.append(self.batch([item])[0])
+            except StoreUnavailable as exc:  # those before are committed; the rest not
+                return results + [exc] * (len(items) - i)
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     def _hand_over(self, taken: list[_Slot[T, R]]) -> None:
         """Wake everyone served; make the next one queued the leader (or nobody)."""

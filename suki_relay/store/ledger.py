@@ -8,10 +8,13 @@ hot path: a batch is one multi-row INSERT per table, and claims walk indexes in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
+from suki_relay.errors import StoreUnavailable
 from suki_relay.store.base import (
     IN_FLIGHT,
     PENDING,
@@ -83,6 +86,37 @@ class Ledger(Backend):
         lock is held. A dedup key seen before keeps its first event and plans nothing."""
         with self.tx() as tx:
             return self._record_in(tx, events)
+
+    def record_each(self, events: list[NewEvent], fallback: Callable[[NewEvent], NewEvent]
+                    ) -> list[Recorded | Exception]:
+        """The one place that isolates an event the store refuses (group commit after a
+        failed batch, the spool's drain): one transaction, each event under a savepoint.
+        An event refused as it is (not for unavailability) is recorded as
+        ``fallback(event)`` instead (``Recorded.fallback``); if that is refused too, its
+        error is its result. The others commit. Raises StoreUnavailable."""
+        results: list[Recorded | Exception] = []
+        with self.tx() as tx:
+            for ev in events:
+                result = self._record_one(tx, ev)
+                if isinstance(result, Exception):
+                    kept = self._record_one(tx, fallback(ev))
+                    if isinstance(kept, Recorded):
+                        result = dataclasses.replace(kept, fallback=True)
+                results.append(result)
+        return results
+
+    def _record_one(self, tx: Tx, event: NewEvent) -> Recorded | Exception:
+        tx.exec("SAVEPOINT one_event")
+        try:
+            recorded = self._record_in(tx, [event])[0]
+        except (StoreUnavailable, *self.unavailable):
+            raise
+        except Exception as exc:
+            tx.exec("ROLLBACK TO SAVEPOINT one_event")
+            tx.exec("RELEASE SAVEPOINT one_event")
+            return exc
+        tx.exec("RELEASE SAVEPOINT one_event")
+        return recorded
 
     def _record_in(self, tx: Tx, events: list[NewEvent]) -> list[Recorded]:
         inserted = tx.insert(INSERT_EVENTS, EVENT_ROW, [(

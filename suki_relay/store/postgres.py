@@ -42,6 +42,7 @@ class PostgresStore(SqlStore):
     placeholder = "%s"
     blob_type = "BYTEA"
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
+    unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
 
     def __init__(self, url: str, lazy: bool = False):
         """``lazy``: if the database is unreachable now (or its schema is newer than this

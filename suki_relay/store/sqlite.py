@@ -34,6 +34,7 @@ _PARENTS: list[Any] = []  # a parent process's connections, kept open and unused
 class SqliteStore(SqlStore):
     placeholder = "?"
     blob_type = "BLOB"
+    unavailable = (sqlite3.OperationalError,)
 
     def __init__(self, path: Path, busy_timeout: float = 10.0, lazy: bool = False):
         self.path = path

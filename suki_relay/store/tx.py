@@ -78,6 +78,9 @@ class Backend(Store):
     placeholder = "?"
     blob_type = "BLOB"
     skip_locked = ""
+    # the driver's errors that mean the database failed, not the statement (re-raised as
+    # StoreUnavailable by tx()); any other error inside a transaction is the statement's
+    unavailable: tuple[type[Exception], ...] = ()
 
     @abstractmethod
     def tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Tx]:
