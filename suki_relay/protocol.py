@@ -14,7 +14,13 @@ import json
 import time
 from typing import Any
 
-DOCUMENTED_STATUSES = ("success", "failure")  # what Suki documents; timeout/cancelled are not
+# the statuses, named once: a notification's (what Suki documents; timeout and cancelled
+# are not), and a session's as Suki's API answers GET .../session/{id}/status
+SUCCESS, FAILURE = "success", "failure"
+DOCUMENTED_STATUSES = (SUCCESS, FAILURE)
+UNFINISHED_SESSION_STATUSES = ("created", "ready", "running", "paused")
+FINISHED_SESSION_STATUSES = ("aborted", "skipped", "failed", "completed")
+SESSION_STATUSES = UNFINISHED_SESSION_STATUSES + FINISHED_SESSION_STATUSES
 MAX_JSON_DEPTH = 100
 """The deepest nesting of objects and arrays taken from Suki's API: far beyond any document
 Suki sends, and far from the interpreter's recursion limit (templates, ``tojson`` and FHIR

@@ -332,3 +332,11 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, store_url: str,
     assert store.rejections() == [] and store.recovery_counts() == {}
     [delivery] = store.deliveries()
     assert delivery.cause is None
+
+
+def test_every_finished_session_status_is_recorded_as_one_event_status() -> None:
+    from suki_relay.protocol import FINISHED_SESSION_STATUSES, SESSION_STATUSES
+    from suki_relay.recover.recovery import RECORDED_AS
+
+    assert set(RECORDED_AS) == set(FINISHED_SESSION_STATUSES)
+    assert len(set(SESSION_STATUSES)) == len(SESSION_STATUSES) == 8

@@ -19,8 +19,7 @@ from suki_relay.deliver.suki_api import safe_url
 from suki_relay.errors import ConfigError, Problem, RelayError
 from suki_relay.protocol import DOCUMENTED_STATUSES
 
-SAMPLES = ("success", "failure", "timeout", "cancelled")
-KNOWN_STATUSES = DOCUMENTED_STATUSES
+SAMPLES = (*DOCUMENTED_STATUSES, "timeout", "cancelled")
 SEEN_DAYS = 90  # statuses the store saw within this many days count as known
 
 
@@ -137,8 +136,8 @@ def status_problems(config: Config, seen: Iterable[str] | None = None) -> list[P
     """
     if seen is None:
         named = {status for rule in config.rules for status in rule.statuses or ()}
-        seen = seen_statuses(config) if named - set(KNOWN_STATUSES) else ()
-    known = sorted({*KNOWN_STATUSES, *seen})
+        seen = seen_statuses(config) if named - set(DOCUMENTED_STATUSES) else ()
+    known = sorted({*DOCUMENTED_STATUSES, *seen})
     problems = []
     for rule in config.rules:
         for status in sorted(rule.statuses or ()):

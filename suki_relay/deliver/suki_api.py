@@ -31,9 +31,6 @@ MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 an hour of transcript; a larger one is a permanent failure rather than a worker's memory."""
 _ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# what GET /api/v1/ambient/session/{id}/status may answer
-SESSION_STATUSES = ("created", "ready", "running", "paused", "aborted", "skipped", "failed",
-                    "completed")
 
 
 def session_path(session_id: str, tail: str) -> str:
@@ -166,7 +163,7 @@ class SukiClient:
         return resp
 
     def session_status(self, session_id: str) -> str | None:
-        """What Suki's API says of a session (one of SESSION_STATUSES, or another string
+        """What Suki's API says of a session (protocol.SESSION_STATUSES, or another string
         Suki may add), or None if Suki does not know the session (404). Raises
         RetryableError/PermanentError when Suki could not be asked."""
         resp = self._get(session_path(session_id, "status"))

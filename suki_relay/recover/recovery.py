@@ -42,6 +42,7 @@ from suki_relay import logs, metrics
 from suki_relay.config.routing import route
 from suki_relay.deliver.suki_api import SESSION_ID, SukiClient, session_path
 from suki_relay.errors import DeliveryError, PermanentError
+from suki_relay.protocol import FAILURE, SUCCESS, UNFINISHED_SESSION_STATUSES
 from suki_relay.store import NewEvent, Store
 from suki_relay.store.sessions import GIVEN_UP, PRESENT, RECOVERED, WAITING, Listed
 
@@ -52,9 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("suki_relay.recover.recovery")
 
-UNFINISHED = ("created", "ready", "running", "paused")
-RECORDED_AS = {"completed": "success", "failed": "failure", "aborted": "aborted",
+# a finished session's status -> the status its recovered event is recorded with
+RECORDED_AS = {"completed": SUCCESS, "failed": FAILURE, "aborted": "aborted",
                "skipped": "skipped"}
+
 # relation -> (API path under the session, link name); structured data has no path of its
 # own in Suki's documentation: it comes with the content (`structured_data` in its answer)
 LINKS = {
@@ -111,7 +113,7 @@ def listed_sessions(event_id: str, body: bytes, received_at: float) -> list[List
 
 def safe_status(status: str) -> str:
     """The API's word if it is one we know; anything else is shown as `unrecognised`."""
-    return status if status in UNFINISHED or status in RECORDED_AS else "unrecognised"
+    return status if status in UNFINISHED_SESSION_STATUSES or status in RECORDED_AS else "unrecognised"
 
 
 @dataclass
@@ -194,7 +196,7 @@ class Recoverer:
                                                         "(404); nothing recorded")
         shown = safe_status(status)
         if status not in RECORDED_AS:
-            what = "unfinished" if status in UNFINISHED else "unrecognised status"
+            what = "unfinished" if status in UNFINISHED_SESSION_STATUSES else "unrecognised status"
             return Result(session_id, "unfinished", shown,
                           detail=f"Suki says {shown} ({what}); nothing recorded")
         encounter = encounter_id or self.encounter_of(session_id)

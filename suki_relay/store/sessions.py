@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from suki_relay.protocol import SUCCESS
 from suki_relay.store.base import NewEvent, Recorded
 from suki_relay.store.rows import RecoverySessionRow
 from suki_relay.store.tx import Backend, Tx, chunks, marks
@@ -70,7 +71,7 @@ class RecoveryLedger(Backend):
         with self.tx(write=False) as tx:
             return tx.all("SELECT id, received_at FROM events WHERE received_at >= ? AND "
                           "status = ? AND malformed = 0 ORDER BY received_at, id LIMIT ?",
-                          (since, "success", limit))
+                          (since, SUCCESS, limit))
 
     def event_bodies(self, ids: Sequence[str]) -> dict[str, tuple[bytes, float]]:
         """Bodies and receipt times by event id."""
@@ -89,7 +90,7 @@ class RecoveryLedger(Backend):
             return [(r["id"], bytes(r["body"]), r["received_at"]) for r in tx.all(
                 "SELECT id, body, received_at FROM events WHERE received_at >= ? AND "
                 "status = ? AND malformed = 0 ORDER BY received_at DESC LIMIT ?",
-                (since, "success", limit))]
+                (since, SUCCESS, limit))]
 
     def scan_cursor(self) -> float | None:
         with self.tx(write=False) as tx:
