@@ -29,7 +29,7 @@ from suki_relay.protocol import DOCUMENTED_STATUSES
 if TYPE_CHECKING:
     from suki_relay.config.routing import Rule
     from suki_relay.serve.config_state import ConfigState
-    from suki_relay.store import Stats, Store
+    from suki_relay.store import Administering, Stats
     from suki_relay.store.spool import Spool
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -92,7 +92,7 @@ class StoreStats:
     most every ``seconds``: a scrape, or several scrapers, must not count whole tables
     each time."""
 
-    def __init__(self, store: Store, seconds: float = 2.0):
+    def __init__(self, store: Administering, seconds: float = 2.0):
         self.store = store
         self.seconds = seconds
         self._at: float | None = None

@@ -34,8 +34,8 @@ from suki_relay.store import (
     PENDING,
     Claimed,
     ClaimRequest,
+    Delivering,
     Outcome,
-    Store,
     retention,
 )
 from suki_relay.store.group_commit import GroupCommit
@@ -114,7 +114,7 @@ def _retry_or_give_up(spec: ActionSpec | None, claimed: Claimed, started: float,
 
 
 class Deliverer:
-    def __init__(self, config: Config, store: Store, owner: str | None = None):
+    def __init__(self, config: Config, store: Delivering, owner: str | None = None):
         self.config = config
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"

@@ -81,6 +81,10 @@ def error(status: int, reason: str, message: str) -> Answer:
 
 
 class RelayApp:
+    """The WSGI app of a relay process: the receiver (which takes the store as Receiving),
+    with /metrics, the probes and the console mounted beside it (which read it as
+    Administering)."""
+
     def __init__(self, config: Config, store: Store, state: ConfigState,
                  deliverer: Deliverer | None = None, watcher: GapWatcher | None = None,
                  spool: Spool | None = None, drainer: Drainer | None = None):

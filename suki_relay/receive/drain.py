@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from suki_relay import logs, metrics
 from suki_relay.receive.record import malformed
-from suki_relay.store import NewEvent, Recorded, Store, StoreUnavailable
+from suki_relay.store import NewEvent, Receiving, Recorded, StoreUnavailable
 from suki_relay.store.spool import Spool
 
 log = logging.getLogger("suki_relay.receive.drain")
@@ -33,7 +33,7 @@ HOLD_SECONDS = 60.0  # an event the store refuses for another reason is tried ag
 
 
 class Drainer:
-    def __init__(self, spool: Spool, store: Store,
+    def __init__(self, spool: Spool, store: Receiving,
                  on_moved: Callable[[list[str]], None] | None = None):
         self.spool = spool
         self.store = store

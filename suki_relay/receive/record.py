@@ -21,7 +21,7 @@ from typing import Any
 from suki_relay.config.load import Config
 from suki_relay.config.routing import route
 from suki_relay.receive.verify import Verified
-from suki_relay.store import NewEvent, Recorded, Store
+from suki_relay.store import NewEvent, Receiving, Recorded
 from suki_relay.store.group_commit import GroupCommit
 
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
@@ -83,7 +83,7 @@ def _id_field(payload: dict[str, Any], key: str) -> str | None:
     return None
 
 
-def recorder(store: Store) -> GroupCommit[NewEvent, Recorded]:
+def recorder(store: Receiving) -> GroupCommit[NewEvent, Recorded]:
     """Records events for concurrent requests, many per transaction; after a batch the
     store refused, one more transaction records each event, or else it kept as malformed
     (store.record_each)."""

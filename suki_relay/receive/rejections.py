@@ -22,7 +22,7 @@ import time
 
 from suki_relay import logs
 from suki_relay.receive.verify import generated_at_ms
-from suki_relay.store import Store
+from suki_relay.store import Receiving
 from suki_relay.store.refusals import Rejection
 
 log = logging.getLogger("suki_relay.receive.rejections")
@@ -53,7 +53,7 @@ def expired_hint(skew: int, now: float | None = None) -> str:
 class RejectionLog:
     """Per process: tally refusals in memory, write them out in the background."""
 
-    def __init__(self, store: Store, flush_seconds: float = FLUSH_SECONDS):
+    def __init__(self, store: Receiving, flush_seconds: float = FLUSH_SECONDS):
         self.store = store
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()

@@ -43,7 +43,7 @@ from suki_relay.config.routing import route
 from suki_relay.deliver.suki_api import SESSION_ID, SukiClient, session_path
 from suki_relay.errors import DeliveryError, PermanentError
 from suki_relay.protocol import FAILURE, SUCCESS, UNFINISHED_SESSION_STATUSES
-from suki_relay.store import NewEvent, Store
+from suki_relay.store import NewEvent, Recovering
 from suki_relay.store.sessions import GIVEN_UP, PRESENT, RECOVERED, WAITING, Listed
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def a_or_an(word: str) -> str:
 class Recoverer:
     """Asks Suki about sessions and records what it learns. One per process and config."""
 
-    def __init__(self, config: Config, store: Store, client: SukiClient | None = None,
+    def __init__(self, config: Config, store: Recovering, client: SukiClient | None = None,
                  deliverer: Deliverer | None = None, announce: bool = True):
         """``announce``: log each recovery at WARNING (False where the caller prints the
         results, as `suki-relay recover` does)."""
@@ -235,7 +235,7 @@ class GapWatcher:
     """Finds sessions that a success event lists but that never got an event, and
     recovers them. One thread per delivering process; the store's leases share the work."""
 
-    def __init__(self, config: Config, store: Store, recoverer: Recoverer,
+    def __init__(self, config: Config, store: Recovering, recoverer: Recoverer,
                  owner: str | None = None, spool: Spool | None = None):
         self.config = config
         self.spool = spool  # this node's: while it holds events, they may be the "missing"

@@ -15,21 +15,21 @@ from suki_relay.errors import RelayError
 from suki_relay.store import FAILED, IN_FLIGHT
 
 if TYPE_CHECKING:
-    from suki_relay.store import DeliveryRow, EventDetail, Store
+    from suki_relay.store import Administering, DeliveryRow, EventDetail
 
 
 class NoSuchEvent(RelayError):
     """The event is not in the store (never received, or pruned)."""
 
 
-def event_of(store: Store, event_id: str) -> EventDetail:
+def event_of(store: Administering, event_id: str) -> EventDetail:
     detail = store.event(event_id)
     if detail is None:
         raise NoSuchEvent(f"no event {event_id}")
     return detail
 
 
-def event_deliveries(store: Store, event_id: str, *, failed_only: bool = False,
+def event_deliveries(store: Administering, event_id: str, *, failed_only: bool = False,
                      action: str | None = None) -> list[DeliveryRow]:
     """The deliveries of one event a replay would re-open (never one in flight)."""
     return [dd.delivery for dd in event_of(store, event_id).deliveries
@@ -38,13 +38,13 @@ def event_deliveries(store: Store, event_id: str, *, failed_only: bool = False,
             and dd.delivery.state != IN_FLIGHT]
 
 
-def failed_deliveries(store: Store, since: float | None = None, action: str | None = None,
+def failed_deliveries(store: Administering, since: float | None = None, action: str | None = None,
                       limit: int = 10000) -> list[DeliveryRow]:
     """Failed deliveries (that changed since ``since``), most recently changed first."""
     return list(store.deliveries(state=FAILED, action=action, since=since, limit=limit))
 
 
-def replay(store: Store, deliveries: list[DeliveryRow]) -> int:
+def replay(store: Administering, deliveries: list[DeliveryRow]) -> int:
     """Re-open these deliveries: due now, with a fresh retry budget."""
     return store.reopen([d.id for d in deliveries])
 
@@ -57,7 +57,7 @@ class ReroutePlan:
     existing_actions: list[str]
 
 
-def plan_reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
+def plan_reroute(config: Any, store: Administering, event_id: str) -> ReroutePlan:
     """What the current rules would add to a stored event (nothing is changed)."""
     from suki_relay.config.routing import route
 
@@ -70,7 +70,7 @@ def plan_reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
                        sorted(have))
 
 
-def reroute(config: Any, store: Store, event_id: str) -> ReroutePlan:
+def reroute(config: Any, store: Administering, event_id: str) -> ReroutePlan:
     """Plan and add the deliveries the event lacks under the current rules."""
     plan = plan_reroute(config, store, event_id)
     store.add_deliveries(event_id, plan.rules, plan.new_actions)

@@ -1,7 +1,9 @@
-"""Keeping: the ledger (one interface, base.Store, two backends chosen by the `store:`
+"""Keeping: the ledger (one protocol per consumer, two backends chosen by the `store:`
 URL), the local spool, and pruning.
 
-    base.py       the interface, and what goes in and out of the ledger (NewEvent, Claimed, ...)
+    base.py       what goes in and out of the ledger (NewEvent, Claimed, ...), and the
+                  protocol of each consumer: Receiving, Delivering, Administering,
+                  Recovering (Store is all four; a consumer takes only its own)
     rows.py       what the admin reads return (EventRow, DeliveryRow, AttemptRow, Stats)
     tx.py         a transaction's cursor (SQL with ``?``), and what a backend supplies
     schema.py     the tables, as numbered migrations; upgrading a database in place
@@ -37,12 +39,16 @@ from suki_relay.store.base import (
     FAILED,
     IN_FLIGHT,
     PENDING,
+    Administering,
     Claimed,
     ClaimRequest,
+    Delivering,
     EventFilter,
     NewEvent,
     Outcome,
+    Receiving,
     Recorded,
+    Recovering,
     Store,
 )
 from suki_relay.store.rows import (
@@ -56,10 +62,36 @@ from suki_relay.store.rows import (
     Stats,
 )
 
-__all__ = ["DONE", "FAILED", "IN_FLIGHT", "PENDING", "AttemptRow", "ClaimRequest", "Claimed",
-           "ConfigVersionRow", "DeliveryDetail", "DeliveryListRow", "DeliveryRow", "EventDetail",
-           "EventFilter", "EventRow", "NewEvent", "Outcome", "Recorded", "SchemaTooNew", "Stats",
-           "Store", "StoreUnavailable", "open_store", "sqlite_path", "url_problem"]
+__all__ = [
+    "DONE",
+    "FAILED",
+    "IN_FLIGHT",
+    "PENDING",
+    "Administering",
+    "AttemptRow",
+    "ClaimRequest",
+    "Claimed",
+    "ConfigVersionRow",
+    "Delivering",
+    "DeliveryDetail",
+    "DeliveryListRow",
+    "DeliveryRow",
+    "EventDetail",
+    "EventFilter",
+    "EventRow",
+    "NewEvent",
+    "Outcome",
+    "Receiving",
+    "Recorded",
+    "Recovering",
+    "SchemaTooNew",
+    "Stats",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+    "sqlite_path",
+    "url_problem",
+]
 
 
 def url_problem(url: str) -> str | None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import random
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from suki_relay.store.rows import (
     ActionState,
@@ -28,12 +27,15 @@ from suki_relay.store.rows import (
     DeliveryRow,
     EventDetail,
     EventRow,
+    RecoverySessionRow,
     RejectionRow,
     Stats,
 )
 
 if TYPE_CHECKING:
     from suki_relay.store.health import Change, PausePolicy
+    from suki_relay.store.refusals import Rejection
+    from suki_relay.store.sessions import Listed
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
@@ -138,54 +140,52 @@ class EventFilter:
     limit: int = 50
 
 
-class Store(ABC):
-    """What the app, the deliverer and the CLI call; sql.py implements it for both backends.
-
-    The request path: record() (under exclusive(), through group commit), ping(). The
-    delivery path: claim(), extend(), finish(), release(), prune(). The CLI and metrics:
-    the admin reads and repairs below, which return typed rows (rows.py).
-    """
+class Receiving(Protocol):
+    """What the request path calls (receive/: app, record, drain, rejections)."""
 
     url: str
 
-    # ------------------------------------------------------------ the request path
-
-    @abstractmethod
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""
 
-    @abstractmethod
     def record_each(self, events: list[NewEvent], fallback: Callable[[NewEvent], NewEvent]
                     ) -> list[Recorded | Exception]:
         """Record each event on its own (after a batch that failed): one refused as it is
         is recorded as ``fallback(event)`` (``Recorded.fallback``), else its error is its
         result."""
 
-    @abstractmethod
     def known(self, event_ids: list[str]) -> set[str]:
         """Which of these event ids are committed (a spooled event moved before a crash)."""
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by group commit around gathering and committing a batch (may be a no-op)."""
-        return nullcontext()
 
-    @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can commit now (readiness)."""
 
-    # ------------------------------------------------------------ the delivery path
+    def add_rejections(self, rows: list[Rejection], keep: int = ...) -> None:
+        """Record refused requests (receive/rejections.py), keeping the newest ``keep``."""
 
-    @abstractmethod
+    def remember_config(self, version: str, file: str) -> None:
+        """Record that this config version is in use (first time only): the audit trail."""
+
+    def close(self) -> None:
+        """Close every connection this process opened (not those of a parent process)."""
+
+
+class Delivering(Protocol):
+    """What the delivery path calls (deliver/deliverer.py, store/retention.py)."""
+
+    url: str
+
     def claim(self, owner: str, limit: int, lease_seconds: float,
               concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
         """Lease up to ``limit`` due deliveries; also says which actions were at their
         max_concurrency when it looked."""
 
-    @abstractmethod
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
         """Renew the leases ``owner`` still holds."""
 
-    @abstractmethod
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
                then_claim: ClaimRequest | None = None,
                pauses: dict[str, PausePolicy] | None = None,
@@ -194,115 +194,152 @@ class Store(ABC):
         With ``pauses``, count each action's failures in a row and pause or resume it
         (store/health.py), appending each change made to ``changes``."""
 
-    @abstractmethod
     def release(self, owner: str, ids: list[str] | None = None) -> int:
         """Give back claimed deliveries (shutdown): pending again, due now."""
 
-    @abstractmethod
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Held by group commit around gathering and committing a batch (may be a no-op)."""
+
     def prune(self, before: float) -> int:
         """Delete events received before ``before`` whose deliveries are all finished."""
 
-    # ------------------------------------------------------------ inspection and repair
+    def prune_recovery(self, before: float) -> int:
+        """Forget recovery's sessions last seen before ``before``."""
 
-    @abstractmethod
+    def close(self) -> None:
+        """Close every connection this process opened (not those of a parent process)."""
+
+
+class Administering(Protocol):
+    """What inspection and repair call (cli/, console/, recover/repair.py, metrics, check)."""
+
+    url: str
+
     def events(self, f: EventFilter) -> list[EventRow]:
         """Events newest first, each with its deliveries counted by state."""
 
-    @abstractmethod
     def event(self, event_id: str) -> EventDetail | None:
         """One event with its body, its deliveries and every attempt."""
 
-    @abstractmethod
     def count_events(self, since: float) -> int:
         """How many events were received since ``since``."""
 
-    @abstractmethod
     def deliveries(self, state: str | None = None, action: str | None = None,
                    event_id: str | None = None, since: float | None = None,
                    limit: int = 100, until: float | None = None,
                    delivery_id: str | None = None) -> list[DeliveryRow]:
         """Deliveries (changed within since..until), most recently changed first."""
 
-    @abstractmethod
     def delivery_states(self) -> dict[str, int]:
         """Deliveries by state, every state the store holds."""
 
-    @abstractmethod
     def activity(self, since: float, limit: int = 200_000) -> Activity:
         """The times the console's charts draw (accepted, delivered, failed, refused)."""
 
-    @abstractmethod
     def reopen(self, delivery_ids: list[str]) -> int:
         """Replay: due now, with a fresh retry budget."""
 
-    @abstractmethod
     def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
         """Reroute: plan deliveries for actions the event does not have yet."""
 
-    @abstractmethod
+    def prune(self, before: float) -> int:
+        """Delete events received before ``before`` whose deliveries are all finished."""
+
     def stats(self) -> Stats:
         """Deliveries by state, events stored and the oldest unfinished delivery's age."""
 
-    # ------------------------------------------------------------ recovery (store/recovery.py)
-
-    @abstractmethod
-    def event_for_session(self, session_id: str) -> str | None:
-        """The id of an event already recorded for this session (received or recovered)."""
-
-    @abstractmethod
-    def record_recovered(self, event: NewEvent) -> Recorded:
-        """Record a recovered event unless its session has an event by now."""
-
-    @abstractmethod
     def recovery_counts(self) -> dict[str, int]:
         """Sessions known to recovery, by state."""
 
-    @abstractmethod
+    def recovery_sessions(self, state: str | None = None,
+                          limit: int = 100) -> list[RecoverySessionRow]:
+        """Sessions known to recovery, newest first."""
+
     def rejections(self, since: float | None = None, reason: str | None = None,
                    limit: int = 100) -> list[RejectionRow]:
-        """Recent refused requests, newest first (store/rejections.py)."""
+        """Recent refused requests, newest first (receive/rejections.py)."""
 
-    @abstractmethod
-    def remember_config(self, version: str, file: str) -> None:
-        """Record that this config version is in use (first time only): the audit trail."""
-
-    @abstractmethod
     def config_versions(self) -> list[ConfigVersionRow]:
         """Every config version used, oldest first."""
 
-    @abstractmethod
     def sign_out(self, session: str, expires_at: float) -> None:
         """End a console session on every node: kept until it would have expired."""
 
-    @abstractmethod
     def signed_out(self, session: str) -> bool:
         """Whether this console session was signed out."""
 
-    @abstractmethod
     def statuses(self, since: float) -> set[str]:
         """The distinct statuses of well-formed events received since then (for `check`)."""
 
-    @abstractmethod
     def add_audit(self, user: str, role: str, action: str, target: str | None = None,
                   detail: str | None = None, client: str | None = None) -> None:
         """Record one console action in the audit trail (store/audit.py)."""
 
-    @abstractmethod
     def audit_log(self, limit: int = 200, user: str | None = None) -> list[AuditRow]:
         """The console's audit trail, newest first."""
 
-    @abstractmethod
     def pause(self, action: str) -> bool:
         """Pause an action by hand (its deliveries wait; no probes)."""
 
-    @abstractmethod
     def resume(self, action: str) -> bool:
         """Resume a paused action; its waiting deliveries are due now."""
 
-    @abstractmethod
     def action_states(self) -> list[ActionState]:
         """Each action's state (active, paused), failures in a row, queue and last results."""
 
-    @abstractmethod
     def close(self) -> None:
         """Close every connection this process opened (not those of a parent process)."""
+
+
+class Recovering(Protocol):
+    """What recovery calls (recover/recovery.py: the gap watcher and the recoverer)."""
+
+    url: str
+
+    def event_for_session(self, session_id: str) -> str | None:
+        """The id of an event already recorded for this session (received or recovered)."""
+
+    def record_recovered(self, event: NewEvent) -> Recorded:
+        """Record a recovered event unless its session has an event by now."""
+
+    def success_events_since(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """Success events received at or after ``since`` (ids and times only), oldest first."""
+
+    def event_bodies(self, ids: Sequence[str]) -> dict[str, tuple[bytes, float]]:
+        """Bodies and receipt times by event id."""
+
+    def recent_success_bodies(self, since: float, limit: int) -> list[tuple[str, bytes, float]]:
+        """Success events' (id, body, received_at), newest first."""
+
+    def scan_cursor(self) -> float | None:
+        """Where the gap watcher's scan of success events stopped."""
+
+    def note_listed(self, listed: list[Listed], grace_seconds: float,
+                    cursor: float | None = None) -> int:
+        """Note sessions named by success events (to check after ``grace_seconds``)."""
+
+    def claim_checks(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """Lease sessions due for a check with Suki's API."""
+
+    def finish_check(self, session_id: str, owner: str, state: str, *,
+                     next_check_at: float | None = None, last_status: str | None = None,
+                     event_id: str | None = None) -> bool:
+        """Record the outcome of one session's check."""
+
+    def listed_encounter(self, session_id: str) -> str | None:
+        """The encounter a success event named for this session, if any."""
+
+    def recovery_counts(self) -> dict[str, int]:
+        """Sessions known to recovery, by state."""
+
+    def prune_recovery(self, before: float) -> int:
+        """Forget recovery's sessions last seen before ``before``."""
+
+    def close(self) -> None:
+        """Close every connection this process opened (not those of a parent process)."""
+
+
+class Store(Receiving, Delivering, Administering, Recovering, Protocol):
+    """Every consumer's protocol at once: what open_store() returns, and what the SQL
+    store (store/sql.py, over SQLite or PostgreSQL) implements. Each consumer takes only
+    its own protocol, so it cannot call a method that protocol does not declare."""

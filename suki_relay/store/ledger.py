@@ -109,9 +109,11 @@ class Ledger(Backend):
         tx.exec("SAVEPOINT one_event")
         try:
             recorded = self._record_in(tx, [event])[0]
-        except (StoreUnavailable, *self.unavailable):
+        except StoreUnavailable:
             raise
         except Exception as exc:
+            if isinstance(exc, self.unavailable):
+                raise
             tx.exec("ROLLBACK TO SAVEPOINT one_event")
             tx.exec("RELEASE SAVEPOINT one_event")
             return exc

@@ -14,7 +14,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from suki_relay.store import Store
+from suki_relay.store import Delivering
 
 if TYPE_CHECKING:
     from suki_relay.config.load import Config
@@ -31,7 +31,7 @@ def replay_floor(config: Config, now: float | None = None) -> float:
     return now - 2 * abs(tolerance) - CLOCK_MARGIN_SECONDS
 
 
-def prune(store: Store, config: Config, before: float) -> tuple[int, float]:
+def prune(store: Delivering, config: Config, before: float) -> tuple[int, float]:
     """Delete finished events received before ``before``, or before the replay floor if
     that is earlier. Returns how many were deleted and the time actually used."""
     cutoff = min(before, replay_floor(config))

@@ -7,12 +7,10 @@ the relay does with its tables is written against Tx with ``?`` placeholders.
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
-
-from suki_relay.store.base import Store
 
 T = TypeVar("T")
 ROWS_PER_INSERT = 500  # within both backends' limits on parameters per statement
@@ -72,8 +70,10 @@ class Tx:
         return [tuple(row) for row in self.exec(sql, params).fetchall()]
 
 
-class Backend(Store):
+class Backend(ABC):
     """The part of a SQL store that differs between databases."""
+
+    url: str
 
     placeholder = "?"
     blob_type = "BLOB"
@@ -88,9 +88,17 @@ class Backend(Store):
         returns (a crash of the machine may undo it, a crash of the process cannot); for
         claims and lease renewals, which are re-derived from leases if lost."""
 
-    def lock_claims(self, tx: Tx) -> None:
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Held by group commit around gathering and committing a batch (may be a no-op)."""
+        return nullcontext()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection this process opened (not those of a parent process)."""
+
+    def lock_claims(self, tx: Tx) -> None:  # noqa: B027 (a no-op where one process writes)
         """Serialise claimers, so per-action concurrency limits hold across processes."""
 
-    def lock_schema(self, tx: Tx) -> None:
+    def lock_schema(self, tx: Tx) -> None:  # noqa: B027 (idem)
         """Serialise schema creation and upgrades between nodes starting together."""
 
