@@ -338,6 +338,34 @@ def test_an_answer_that_is_not_hl7_or_too_long_is_retried(tmp_path: Path,
         listener.close()
 
 
+def test_an_ack_with_line_feeds_after_stray_bytes_is_understood(tmp_path: Path,
+                                                                suki: SukiStandIn) -> None:
+    """Some engines end segments with LF, or send a byte or two before the start block."""
+    from suki_relay.testing_mllp import control_id_of
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def reply() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            got = b""
+            while not got.endswith(b"\x1c\x0d"):
+                got += conn.recv(65536)
+            control = control_id_of(got[1:-2].decode())
+            conn.sendall(b"\r\n\x0bMSH|^~\\&|ENGINE|HOSP|||20260101||ACK^T02|E-77|P|2.5\n"
+                         + f"MSA|AA|{control}|Filed\n".encode() + b"\x1c\x0d")
+
+    threading.Thread(target=reply, daemon=True).start()
+    try:
+        spec = build_spec("hl7v2", {"host": "127.0.0.1", "port": listener.getsockname()[1],
+                                    "patient_id": "1", "timeout_seconds": 5}, tmp_path,
+                          suki=suki.settings())
+        note = in_thread(lambda: attempt_once(spec, make_delivery(event())), wait=10)
+        assert note.startswith("AA: control id SR") and note.endswith("ACK control id E-77")
+    finally:
+        listener.close()
+
+
 def test_nothing_listening_is_retried_as_not_sent(tmp_path: Path, suki: SukiStandIn) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
