@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _need_mkdocs() -> None:
+def need_mkdocs() -> None:
     """Skip without the docs extra; under CI (which installs it) fail instead."""
     try:
         import material  # noqa: F401
@@ -33,25 +33,34 @@ def build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_manual_builds_strict_clean(tmp_path: Path) -> None:
-    _need_mkdocs()
+    need_mkdocs()
     result = build(REPO, tmp_path / "site")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "actions" / "http" / "index.html").exists()
 
 
-@pytest.mark.parametrize("breakage", ["a broken link", "a page left out of the nav"])
+BREAKAGES = {  # what is added to getting-started.md (or a new page), and what the build names
+    "a broken link": ("\nSee [the missing page](missing.md).\n", "missing.md"),
+    "a page left out of the nav": (None, "orphan.md"),
+    "a reference to an unknown action type": ("\n<!-- reference: action nope -->\n", "nope"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_a_broken_manual_fails_the_build(tmp_path: Path, breakage: str) -> None:
-    _need_mkdocs()
+    need_mkdocs()
     shutil.copytree(REPO / "docs", tmp_path / "docs")
     shutil.copy(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
-    if breakage == "a broken link":
-        page = tmp_path / "docs" / "getting-started.md"
-        page.write_text(page.read_text() + "\nSee [the missing page](missing.md).\n")
-    else:
+    shutil.copy(REPO / "mkdocs_hooks.py", tmp_path / "mkdocs_hooks.py")
+    added, named = BREAKAGES[breakage]
+    if added is None:
         (tmp_path / "docs" / "orphan.md").write_text("# Not in the nav\n")
+    else:
+        page = tmp_path / "docs" / "getting-started.md"
+        page.write_text(page.read_text() + added)
     result = build(tmp_path, tmp_path / "site")
     assert result.returncode != 0
-    assert ("missing.md" if breakage == "a broken link" else "orphan.md") in result.stdout + result.stderr
+    assert named in result.stdout + result.stderr
 
 
 def test_every_page_of_the_manual_is_in_the_nav() -> None:

@@ -33,13 +33,15 @@ class EmailAction(Action):
     description = "send an email alert over SMTP"
     options = {
         "to": Option((list, str), required=True, help="recipient address or list"),
-        "cc": Option((list, str), default=[]),
-        "bcc": Option((list, str), default=[]),
-        "from": Option(str, default="suki-relay@localhost"),
-        "reply_to": Option(str),
-        "subject": Option(str, default="Suki session {{ event.status }}: {{ event.session_id }}"),
+        "cc": Option((list, str), default=[], help="copy to: an address or a list"),
+        "bcc": Option((list, str), default=[], help="blind copy to: never in the headers"),
+        "from": Option(str, default="suki-relay@localhost", help="the sender address"),
+        "reply_to": Option(str, help="the Reply-To address"),
+        "subject": Option(str, default="Suki session {{ event.status }}: {{ event.session_id }}",
+                          help="the subject; line breaks fold to spaces"),
         "body": Option(str, default="Suki session {{ event.session_id }} (encounter "
-                                    "{{ event.encounter_id }}): {{ event.status }}\n"),
+                                    "{{ event.encounter_id }}): {{ event.status }}\n",
+                       help="the plain-text body"),
         "html": Option(str, html=True, help="HTML alternative, autoescaped"),
         "smtp": Option(dict, default={}, template=False,
                        help="host, port, username, password, starttls, ssl, timeout_seconds"),

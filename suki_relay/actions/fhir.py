@@ -72,7 +72,8 @@ class FhirAction(Action):
                               help="also attach the content document as application/json"),
         "auth": Option(dict, secret=True, template=False,
                        help="{bearer: TOKEN} or {token_url, client_id, client_secret, scope}"),
-        "timeout_seconds": Option(float, default=20.0, template=False),
+        "timeout_seconds": Option(float, default=20.0, template=False,
+                                  help="bounds each whole request (the token endpoint's too)"),
     }
 
     @property

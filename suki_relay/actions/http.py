@@ -13,11 +13,14 @@ class HttpAction(Action):
     description = "POST the event (or a rendered body) to a URL"
     options = {
         "url": Option(str, required=True, help="target URL"),
-        "method": Option(str, default="POST", choices=("POST", "PUT", "PATCH"), template=False),
+        "method": Option(str, default="POST", choices=("POST", "PUT", "PATCH"), template=False,
+                         help="the HTTP method"),
         "headers": Option(dict, default={}, help="extra headers; values are templates"),
         "body": Option(str, help="template; default: the original raw body, verbatim"),
-        "content_type": Option(str, default="application/json", template=False),
-        "timeout_seconds": Option(float, default=10.0, template=False),
+        "content_type": Option(str, default="application/json", template=False,
+                               help="the Content-Type of the body sent"),
+        "timeout_seconds": Option(float, default=10.0, template=False,
+                                  help="bounds the whole request, not each read"),
         "sign_secret": Option(str, secret=True, template=False,
                               help="sign what is forwarded the way Suki signs"),
         "sign_window_seconds": Option(float, default=240.0, template=False, min=1, max=3600,

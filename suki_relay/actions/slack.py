@@ -30,11 +30,13 @@ class SlackAction(Action):
     options = {
         "webhook_url": Option(str, required=True, secret=True, template=False,
                               help="https://hooks.slack.com/services/..."),
-        "text": Option(str, default="Suki session {{ event.session_id }}: {{ event.status }}"),
+        "text": Option(str, default="Suki session {{ event.session_id }}: {{ event.status }}",
+                       help="the message (payload strings escaped for Slack)"),
         "blocks": Option(list, help="Block Kit blocks; strings are templates"),
-        "username": Option(str),
-        "icon_emoji": Option(str),
-        "timeout_seconds": Option(float, default=10.0, template=False),
+        "username": Option(str, help="the name the message is posted under"),
+        "icon_emoji": Option(str, help="the emoji shown as its icon, e.g. :hospital:"),
+        "timeout_seconds": Option(float, default=10.0, template=False,
+                                  help="bounds the whole request, not each read"),
     }
 
     def check(self) -> list[str]:

@@ -144,6 +144,17 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from suki_relay.deliver.registry import discover
 
+    if args.options:
+        from suki_relay.config import reference
+
+        found = reference.action_type(args.options)
+        cls = found.cls
+        data = {"type": found.name, "package": found.package, "version": found.version,
+                "description": cls.description if cls else "",
+                "options": [r.as_dict() for r in reference.rows(cls.options)] if cls else [],
+                "every_action": [r.as_dict() for r in reference.rows(reference.ACTION_OPTIONS)]}
+        emit(args, data, reference.text_for_type(found))
+        return 0
     types = discover()
     rows = [{"type": t.name, "package": t.package, "version": t.version, "object": t.value,
              "status": "ok" if t.cls else f"BROKEN: {t.error}"} for t in types.values()]
@@ -274,7 +285,9 @@ def parser() -> argparse.ArgumentParser:
                                      "else the first of the config's receiver.secrets)")
     sp.add_argument("--timeout", type=float, default=10.0,
                     help="seconds to wait for the answer (default %(default)g)")
-    add("plugins", cmd_plugins, "list installed action types", json_flag=True)
+    sp = add("plugins", cmd_plugins, "list installed action types", json_flag=True)
+    sp.add_argument("--options", metavar="TYPE",
+                    help="the options of one action type: type, default, help")
 
     sp = add("events", cmd_events, "list received events, newest first", json_flag=True)
     sp.add_argument("--status", help="only events with this payload status (success, "

@@ -67,16 +67,18 @@ def _secret(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class ConsoleSettings:
-    enabled: bool = setting(False)
-    path: str = setting(DEFAULT_PATH, check=_path)
+    enabled: bool = setting(False, help="serve the operator console")
+    path: str = setting(DEFAULT_PATH, check=_path, help="where it is served")
     users: dict[str, ConsoleUser] = setting(  # noqa: RUF009 (setting() makes a dataclasses.field)
         kind=dict, default_factory=dict, secret=True, check=_users,
         help="user name: password hash (`suki-relay console-password`), or "
              "{hash: ..., role: viewer|operator|admin}",
         convert=lambda v: {str(k): _user(e) for k, e in v.items()})
-    session_hours: float = setting(8.0, positive=True, max=24 * 30)
+    session_hours: float = setting(8.0, positive=True, max=24 * 30, help="how long a sign-in lasts")
     # signs session cookies; empty: derived from receiver.secrets (see console/auth.py)
-    session_secret: str = setting("", secret=True, check=_secret)
+    session_secret: str = setting("", secret=True, check=_secret,
+                                  help="signs session cookies (32+ characters); "
+                                       "default: derived from the webhook secret")
 
 
 def check(console: ConsoleSettings) -> str | None:

@@ -25,12 +25,13 @@ def _secrets(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Receiver:
-    path: str = setting("/webhooks/notification", check=_path)
+    path: str = setting("/webhooks/notification", check=_path, help="the webhook's path")
     secrets: tuple[str, ...] = setting((), kind=(list, str), required=True, secret=True,
                                        check=_secrets, help="the webhook secrets",
                                        convert=lambda v: (v,) if isinstance(v, str) else tuple(v))
-    tolerance_seconds: float = setting(300.0, positive=True)
-    max_body_bytes: int = setting(1024 * 1024, positive=True)
+    tolerance_seconds: float = setting(300.0, positive=True,
+                                       help="refuse a generated-at further than this from now")
+    max_body_bytes: int = setting(1024 * 1024, positive=True, help="a longer body is answered 413")
     read_timeout_seconds: float = setting(10.0, positive=True,
                                           help="the whole body must arrive within this, or 408")
 
@@ -49,8 +50,8 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class Metrics:
-    enabled: bool = setting(True)
-    path: str = setting("/metrics", check=_path)
+    enabled: bool = setting(True, help="serve Prometheus metrics")
+    path: str = setting("/metrics", check=_path, help="where they are served")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Retention:
 class RecoverySettings:
     """Gap detection (recovery.py). On by default when the suki: section is configured."""
 
-    enabled: bool = setting(True)
+    enabled: bool = setting(True, help="false turns gap detection off")
     grace_seconds: float = setting(300.0, positive=True,
                                    help="a listed session with no event this long after: check it")
     check_every_seconds: float = setting(600.0, positive=True,
@@ -76,8 +77,8 @@ class RecoverySettings:
 class SpoolSettings:
     """The local spool (spool.py): used only with a PostgreSQL store."""
 
-    enabled: bool = setting(True)
-    path: str = setting("suki-relay-spool.db", help="relative to actions.yaml")
-    max_events: int = setting(100_000, positive=True)
+    enabled: bool = setting(True, help="false: answer 503 while PostgreSQL cannot commit")
+    path: str = setting("suki-relay-spool.db", help="the spool file, relative to actions.yaml")
+    max_events: int = setting(100_000, positive=True, help="a full spool answers 503")
 
 

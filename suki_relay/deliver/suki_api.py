@@ -57,7 +57,8 @@ class SukiSettings:
                               help="your Suki partner id")
     partner_token: str = setting(kind=str, required=True, secret=True,
                                  help="your Suki partner token")
-    provider_id: str | None = setting(None, kind=(str, int), convert=lambda v: str(v) or None)
+    provider_id: str | None = setting(None, kind=(str, int), convert=lambda v: str(v) or None,
+                                      help="the provider id sent with API calls, if yours needs one")
     timeout_seconds: float = setting(20.0, positive=True, help="per request to Suki's API")
 
 

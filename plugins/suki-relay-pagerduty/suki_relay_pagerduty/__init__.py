@@ -20,13 +20,18 @@ class PagerDutyAction(Action):
         "routing_key": Option(str, required=True, secret=True, template=False,
                               help="the integration key of a PagerDuty service"),
         "summary": Option(str, default="Suki session {{ event.status }}: "
-                                       "{{ event.error_code | default('no error code') }}"),
+                                       "{{ event.error_code | default('no error code') }}",
+                          help="the incident's summary"),
         "severity": Option(str, default="error", template=False,
-                           choices=("critical", "error", "warning", "info")),
-        "source": Option(str, default="suki-relay"),
-        "dedup_key": Option(str, default="suki-{{ event.session_id }}"),
-        "events_url": Option(str, default=EVENTS_URL, template=False),
-        "timeout_seconds": Option(float, default=10.0, template=False),
+                           choices=("critical", "error", "warning", "info"),
+                           help="the incident's severity"),
+        "source": Option(str, default="suki-relay", help="where the incident comes from"),
+        "dedup_key": Option(str, default="suki-{{ event.session_id }}",
+                            help="incidents with the same key are one incident"),
+        "events_url": Option(str, default=EVENTS_URL, template=False,
+                             help="the Events API v2 endpoint"),
+        "timeout_seconds": Option(float, default=10.0, template=False,
+                                  help="bounds the whole request"),
     }
 
     def event(self, delivery: Delivery) -> dict[str, Any]:
