@@ -10,6 +10,7 @@ import pytest
 
 from suki_relay.config import reference
 from suki_relay.config.load import ACTION_OPTIONS, SECTIONS
+from suki_relay.config.routing import RULE_OPTIONS
 from suki_relay.options import Option
 
 from .conftest import cli_here
@@ -29,6 +30,10 @@ def test_every_section_option_has_help() -> None:
 
 def test_every_option_every_action_takes_has_help() -> None:
     assert reference.missing_help(ACTION_OPTIONS) == []
+
+
+def test_every_option_of_a_rule_has_help() -> None:
+    assert reference.missing_help(RULE_OPTIONS) == []
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))

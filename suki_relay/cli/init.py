@@ -2,7 +2,9 @@
 
 The starter is the repository's own example (actions.yaml and templates/ at its root),
 packed into the wheel as suki_relay/starter_files/ (pyproject's force-include), so there is one
-copy to keep working: `check` on it is tested.
+copy to keep working: `check` on it is tested. The written actions.yaml starts with the
+YAML language server's modeline, naming actions.schema.json, written beside it from the
+installed action types (`suki-relay schema` writes it again after installing a plugin).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from suki_relay.config.schema import MODELINE, dumps
 from suki_relay.errors import RelayError
 
 FILES = ("actions.yaml", "templates")
+SCHEMA_FILE = "actions.schema.json"  # what MODELINE names: editors check actions.yaml with it
 
 
 def source() -> Traversable:
@@ -33,8 +37,11 @@ def write_starter(folder: Path, force: bool = False) -> list[Path]:
         raise RelayError(f"{target} exists; keep it, or give --force to replace it")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        written = [target]
-        target.write_bytes((source() / "actions.yaml").read_bytes())
+        written = [target, folder / SCHEMA_FILE]
+        starter = (source() / "actions.yaml").read_bytes()
+        modeline = MODELINE.encode() + b"\n"
+        target.write_bytes(starter if starter.startswith(modeline) else modeline + starter)
+        (folder / SCHEMA_FILE).write_text(dumps(), encoding="utf-8")
         (folder / "templates").mkdir(exist_ok=True)
         for item in (source() / "templates").iterdir():
             path = folder / "templates" / item.name

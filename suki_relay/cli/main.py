@@ -163,6 +163,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if any(not t.cls for t in types.values()) else 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from suki_relay.config.schema import dumps
+
+    sys.stdout.write(dumps())
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from suki_relay.cli.init import write_starter
 
@@ -266,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add("worker", cmd_worker, "deliver only, without receiving")
     sp.add_argument("--log-format", choices=("text", "json"), help=LOG_FORMAT_HELP)
     add("check", cmd_check, "validate actions.yaml, plugins and templates")
+    add("schema", cmd_schema, "print a JSON Schema of actions.yaml for editors (with the "
+        "installed action types)")
     sp = add("init", cmd_init, "write a commented starter actions.yaml and templates folder")
     sp.add_argument("dir", nargs="?", default=".", help="where (default: here)")
     sp.add_argument("--force", action="store_true", help="replace an existing actions.yaml")

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from suki_relay.config.load import ACTION_OPTIONS, SECTIONS
+from suki_relay.config.routing import RULE_OPTIONS
 from suki_relay.deliver.action import Action
 from suki_relay.deliver.registry import ActionType, discover
 from suki_relay.errors import RelayError
@@ -162,6 +163,8 @@ def markdown_sections() -> str:
             inner = [dataclasses.replace(x, name=x.name.split(".", 1)[1])
                      for x in rows(SECTIONS) if x.name.startswith(f"{r.name}.")]
             text += f"\n## `{r.name}` {{#{r.name}}}\n\n{r.help}.\n\n{markdown_table(inner)}"
+    text += ("\n## `rules` {#rules}\n\nA list; each rule is a mapping of these "
+             f"([conditions](configuration.md)):\n\n{markdown_table(list(rows(RULE_OPTIONS)))}")
     return text
 
 

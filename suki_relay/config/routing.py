@@ -192,10 +192,13 @@ def action_names(raw: Any, where: str, defined: set[str], line: int | None,
 
 
 RULE_OPTIONS: dict[str, Option] = {
-    "name": Option((str, int, float), template=False),
-    "when": Option((dict, type(None)), template=False),
-    "do": Option((list, str), template=False),
-    "stop": Option(bool, default=False, template=False),
+    "name": Option((str, int, float), template=False,
+                   help="the rule's name, in logs, `show` and `routes test`"),
+    "when": Option((dict, type(None)), template=False,
+                   help="conditions on the payload, all of which must hold; none: always"),
+    "do": Option((list, str), template=False, help="the names of the actions to run"),
+    "stop": Option(bool, default=False, template=False,
+                   help="when this rule matches, later rules are not evaluated"),
 }
 
 
