@@ -90,7 +90,8 @@ class Hl7v2Action(Action):
     options = {
         "host": Option(str, required=True, template=False, check=_host,
                        help="the engine's MLLP listener"),
-        "port": Option(int, required=True, template=False, min=1, max=65535),
+        "port": Option(int, required=True, template=False, min=1, max=65535,
+                       help="the engine's MLLP port"),
         "version": Option((str, float), default="2.5", template=False, check=_version,
                           convert=str, help="HL7 version: 2.3, 2.3.1, 2.4, 2.5 or 2.5.1"),
         "sending_application": components("MSH-3", default="SUKI-RELAY"),
@@ -121,7 +122,7 @@ class Hl7v2Action(Action):
                                        template=False, help="what an AE (CE) acknowledgement does"),
         "timeout_seconds": Option(float, default=30.0, positive=True, max=300, template=False,
                                   help="bounds connecting, sending and the acknowledgement"),
-        "tls": Option(bool, default=False, template=False),
+        "tls": Option(bool, default=False, template=False, help="MLLP over TLS"),
         "ca_file": Option(str, template=False, help="CA bundle the engine's certificate must "
                                                     "chain to (default: the system's)"),
         "cert_file": Option(str, template=False, help="client certificate (mutual TLS)"),
