@@ -165,8 +165,10 @@ class Views:
         except (RelayError, ValueError) as exc:
             error = str(exc) if isinstance(exc, RelayError) else "cannot read that filter"
         states = self.store.delivery_states()
+        paused = {a.action for a in self.store.action_states() if a.state == "paused"}
         return self.render(request, "deliveries.html", session, rows=rows, form=form,
                            error=error, states=states, actions=sorted(self.config.actions),
+                           paused=paused,
                            settles=SETTLES, now=time.time(), status=400 if error else 200)
 
     @staticmethod

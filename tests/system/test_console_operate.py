@@ -111,7 +111,8 @@ def test_operating_the_console_in_a_browser(browser: Any, relay, sink, tmp_path:
     assert "failed 3" in states and "pending 2" in states
     shots("deliveries")
     browser.get(console + "/deliveries?action=ehr&state=pending")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr")) == 2
+    waiting = browser.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr")
+    assert len(waiting) == 2 and all("waits: ehr is paused" in r.text for r in waiting)
     browser.get(console + "/deliveries?state=failed")
     rows = browser.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr")
     assert len(rows) == 3 and "answered 503" in rows[0].text
