@@ -63,16 +63,21 @@ RETURNING state, failures, changed_at
 _PAUSE_NOW = ("(action_health.state = 'active' AND ? > 0 AND "
               "action_health.failures + excluded.failures >= ?)")
 FAILED_UPSERT = _FAILED_UPSERT.format(pause=_PAUSE_NOW)
-SUCCEEDED_UPSERT = """
-INSERT INTO action_health (action, state, failures, last_success_at, by_hand)
-VALUES (?, 'active', 0, ?, 0)
-ON CONFLICT (action) DO UPDATE SET
-    failures = 0, last_success_at = excluded.last_success_at,
-    state = CASE WHEN action_health.by_hand = 1 THEN action_health.state ELSE 'active' END,
-    changed_at = CASE WHEN action_health.state = 'paused' AND action_health.by_hand = 0
-                      THEN excluded.last_success_at ELSE action_health.changed_at END
+# a success writes only when it changes something: a count to clear, a pause to end, or
+# a last success older than SUCCESS_EVERY (on the hot path, a look without a write)
+SUCCEEDED = """
+UPDATE action_health SET
+    failures = 0, last_success_at = ?,
+    state = CASE WHEN by_hand = 1 THEN state ELSE 'active' END,
+    changed_at = CASE WHEN state = 'paused' AND by_hand = 0 THEN ? ELSE changed_at END
+WHERE action = ? AND (failures <> 0 OR (state = 'paused' AND by_hand = 0)
+                      OR last_success_at IS NULL OR last_success_at < ?)
 RETURNING state, changed_at, paused_at
 """
+SUCCESS_EVERY = 1.0  # seconds: how stale `suki-relay actions`' last success may be
+NEW_ROW = ("INSERT INTO action_health (action, state, failures, by_hand) "
+           "VALUES (?, 'active', 0, 0) ON CONFLICT (action) DO NOTHING")
+
 
 
 def paused_actions(tx: Tx) -> dict[str, tuple[float | None, float]]:
@@ -97,9 +102,12 @@ def shift_waiting(tx: Tx, action: str, paused_at: float | None, now: float) -> N
 
 
 def note_attempts(tx: Tx, finished: list[tuple[Claimed, str, Outcome]],
-                  policies: dict[str, PausePolicy], now: float) -> list[Change]:
+                  policies: dict[str, PausePolicy], now: float,
+                  have_rows: set[str] | None = None) -> list[Change]:
     """Count this batch's outcomes per action (in order: a success clears the count) and
-    pause or resume; plan each change's on_pause actions. The changes made."""
+    pause or resume; plan each change's on_pause actions. The changes made.
+    ``have_rows``: the actions this store has seen a row of (kept by the caller)."""
+    have_rows = set() if have_rows is None else have_rows
     runs: dict[str, list[tuple[Claimed, Outcome]]] = {}
     for c, _, r in finished:
         if r.outcome != "lost":
@@ -110,7 +118,10 @@ def note_attempts(tx: Tx, finished: list[tuple[Claimed, str, Outcome]],
         last_ok = max((i for i, (_, r) in enumerate(results) if r.outcome == "ok"), default=None)
         if last_ok is not None:
             c, _ = results[last_ok]
-            row = tx.one(SUCCEEDED_UPSERT, (action, now))
+            if action not in have_rows:
+                tx.exec(NEW_ROW, (action,))
+                have_rows.add(action)
+            row = tx.one(SUCCEEDED, (now, now, action, now - SUCCESS_EVERY))
             if row and row["state"] == "active" and row["changed_at"] == now:
                 shift_waiting(tx, action, row["paused_at"], now)
                 changes.append(Change(action, ACTIVE, 0, c.event_id, c.id, None))

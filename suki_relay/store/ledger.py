@@ -245,7 +245,8 @@ class Ledger(Backend):
             self._plan_on_failure(tx, [(c, owner, r) for c, owner, r in finished
                                        if r.on_failure], now)
             if pauses is not None:
-                made = note_attempts(tx, finished, pauses, now)
+                rows = self.__dict__.setdefault("_health_rows", set())
+                made = note_attempts(tx, finished, pauses, now, rows)
                 if changes is not None:
                     changes += made
             if then_claim is None or then_claim.limit <= 0:
