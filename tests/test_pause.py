@@ -16,15 +16,17 @@ from .conftest import cli_here, http_action
 EVENTS = 12
 
 
-def _config(target: str, alerts: str, pause_after: int = 10) -> dict[str, Any]:
+def _config(target: str, alerts: str, pause_after: int = 10,
+            retry_seconds: float = 30) -> dict[str, Any]:
     return {
         "actions": {
-            # 2 tries each: the probes come to deliveries tried once before the pause, which
-            # would fail for good if a probe used up a try
+            # 2 tries each, the second long after the first: no retry comes before the
+            # pause, and the probes go to the two deliveries never tried, again and again,
+            # which would fail for good if a probe used up a try
             "ehr": http_action(target, max_concurrency=1, pause_after=pause_after,
                                probe_every_seconds=0.25,
-                               retry={"initial_seconds": 0.1, "max_seconds": 0.2,
-                                      "max_attempts": 2}),
+                               retry={"initial_seconds": retry_seconds,
+                                      "max_seconds": retry_seconds, "max_attempts": 2}),
             "alert": http_action(alerts, body='{"action": "{{ failed.action }}", '
                                                '"error": {{ failed.error | tojson }}}'),
         },
@@ -83,7 +85,8 @@ def _sessions_of(bodies: list[bytes]) -> list[str]:
 def test_pause_after_0_never_pauses(write_config: Any, local_relay: Any, sink: Any,
                                     relay_log: Any) -> None:
     target, alerts = sink(default=Reply(503)), sink()
-    relay = local_relay(write_config(_config(target.url, alerts.url, pause_after=0)))
+    relay = local_relay(write_config(_config(target.url, alerts.url, pause_after=0,
+                                             retry_seconds=0.1)))
     for _ in range(5):
         relay.accept(unique_body())
     # 5 deliveries x 2 tries: all fail for good, none waits on a pause
