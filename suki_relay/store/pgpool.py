@@ -11,9 +11,12 @@ database is down, so:
   answered 503 although the database was back); the next request asks for a new one;
 * ``reconnect_failed`` marks the database down; while it is down (or when a connection
   just taken was found dead) a request waits at most PEER_WAIT_SECONDS for a connection,
-  not ``pool_timeout``, then fails (the receiver spools). The short wait matters just
-  after the database comes back: the request's own connection attempt succeeds within it
-  and the request commits to the database, not to the spool;
+  not ``pool_timeout``, then fails (the receiver spools). A request that waits looks
+  again every PEER_WAIT_SECONDS (the pool does not wake it when its connection attempt
+  fails), so one that started waiting before the pool knew gives up as soon as it does.
+  The short wait matters just after the database comes back: the request's own
+  connection attempt succeeds within it and the request commits to the database, not to
+  the spool;
 * a connection is checked when taken, and a dead one (database restarted, connection
   terminated) makes the pool check every idle connection at once (``pool.check()``), so
   the next connection taken is a new one, without the pool's own checking loop, which
@@ -114,13 +117,7 @@ class Connections:
     def _take(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
         suspicious = self._down
         for _ in range(self.size + 2):  # each dead one found empties the pool of the others
-            try:
-                conn = pool.getconn(PEER_WAIT_SECONDS if suspicious else self.timeout)
-            except PoolTimeout:
-                if suspicious:
-                    raise StoreUnavailable("postgresql: unreachable") from None
-                raise StoreUnavailable("postgresql: every connection busy for pool_timeout") \
-                    from None
+            conn = self._get(pool, suspicious)
             if _alive(conn, time.monotonic() - self._idle_since.get(conn, 0.0)):
                 self._down = False
                 return conn
@@ -131,6 +128,24 @@ class Connections:
                 pool.check()
             suspicious = True
         raise StoreUnavailable("postgresql: no live connection")
+
+    def _get(self, pool: ConnectionPool[Any], suspicious: bool) -> psycopg.Connection[Any]:
+        """A connection from the pool, waiting at most PEER_WAIT_SECONDS at a time: the
+        pool does not wake a waiting request when its attempt to connect fails, so the
+        request looks again, and gives up as soon as the pool reports the database down
+        (a process that starts during an outage learns it within one wait, not after
+        pool_timeout); else after pool_timeout, every connection being busy."""
+        deadline = time.monotonic() + (PEER_WAIT_SECONDS if suspicious else self.timeout)
+        while True:
+            try:
+                return pool.getconn(max(0.001, min(PEER_WAIT_SECONDS,
+                                                   deadline - time.monotonic())))
+            except PoolTimeout:
+                if suspicious or self._down:
+                    raise StoreUnavailable("postgresql: unreachable") from None
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable("postgresql: every connection busy for "
+                                           "pool_timeout") from None
 
     def close(self) -> None:
         with self._lock:
