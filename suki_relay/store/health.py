@@ -80,12 +80,6 @@ NEW_ROW = ("INSERT INTO action_health (action, state, failures, by_hand) "
 
 
 
-def paused_actions(tx: Tx) -> dict[str, tuple[float | None, float]]:
-    """Paused actions: (when the next probe is due, None for a pause by hand; how often)."""
-    return {r["action"]: (r["probe_at"], r["probe_every"] or 60.0) for r in tx.all(
-        "SELECT action, probe_at, probe_every FROM action_health WHERE state = 'paused'")}
-
-
 def probes_taken(tx: Tx, claimed: list[Claimed], paused: dict[str, tuple[float | None, float]],
                  now: float) -> None:
     """The next probe of each paused action that just got one is due probe_every later."""

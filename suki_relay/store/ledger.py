@@ -26,10 +26,10 @@ from suki_relay.store.base import (
     new_id,
 )
 from suki_relay.store.health import (
+    PAUSED,
     Change,
     PausePolicy,
     note_attempts,
-    paused_actions,
     probes_taken,
 )
 from suki_relay.store.tx import Backend, Tx, chunks, marks
@@ -56,6 +56,13 @@ def _not_in(actions: list[str], prefix: str = "") -> str:
 def _short(error: str | None) -> str | None:
     return error[:ERROR_MAX] if error else None
 
+
+# deliveries in flight per action, and (n = -1) the paused actions with their probes
+BUSY_OR_PAUSED = ("SELECT action, count(*) AS n, CAST(NULL AS DOUBLE PRECISION) AS probe_at, "
+                  "CAST(NULL AS DOUBLE PRECISION) AS probe_every "
+                  "FROM deliveries WHERE state = ? AND lease_until >= ? GROUP BY action "
+                  "UNION ALL SELECT action, -1 AS n, probe_at, probe_every FROM action_health "
+                  f"WHERE state = '{PAUSED}'")
 
 # an attempt's end, recorded only while its owner still holds the lease
 FINISH = ("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
@@ -151,7 +158,7 @@ class Ledger(Backend):
               concurrency: dict[str, int]) -> tuple[list[Claimed], frozenset[str]]:
         now = time.time()
         with self.tx(write=False) as tx:  # a look without the write lock: anything to take?
-            _, full = self._room(tx, concurrency, now)
+            _, full, _ = self._room(tx, concurrency, now)
             due = tx.one(f"SELECT 1 AS due FROM deliveries WHERE ({DUE}){_not_in(full)} "
                          "LIMIT 1", (PENDING, now, IN_FLIGHT, now, *full))
         if not due:
@@ -160,25 +167,28 @@ class Ledger(Backend):
             return self._claim_in(tx, owner, limit, lease_seconds, concurrency), frozenset(full)
 
     def _room(self, tx: Tx, concurrency: dict[str, int], now: float,
-              paused: dict[str, tuple[float | None, float]] | None = None,
-              ) -> tuple[dict[str, int], list[str]]:
-        """Free places per action under max_concurrency, and the actions with none. A
-        paused action has none, but one for its probe when due and none is in flight."""
-        busy = {r["action"]: r["n"] for r in tx.all(
-            "SELECT action, count(*) AS n FROM deliveries WHERE state = ? AND lease_until >= ? "
-            "GROUP BY action", (IN_FLIGHT, now))}
+              ) -> tuple[dict[str, int], list[str], dict[str, tuple[float | None, float]]]:
+        """Free places per action under max_concurrency, the actions with none, and the
+        paused actions (health.py; one statement for both). A paused action has no place
+        but one for its probe, when it is due and none is in flight."""
+        busy: dict[str, int] = {}
+        paused: dict[str, tuple[float | None, float]] = {}
+        for r in tx.all(BUSY_OR_PAUSED, (IN_FLIGHT, now)):
+            if r["n"] < 0:
+                paused[r["action"]] = (r["probe_at"], r["probe_every"] or 60.0)
+            else:
+                busy[r["action"]] = r["n"]
         room = {a: concurrency.get(a, 1) - busy.get(a, 0) for a in set(concurrency) | set(busy)}
-        for action, (probe_at, _) in (paused_actions(tx) if paused is None else paused).items():
+        for action, (probe_at, _) in paused.items():
             due = probe_at is not None and probe_at <= now and not busy.get(action)
             room[action] = 1 if due else 0
-        return room, [a for a, n in room.items() if n <= 0]
+        return room, [a for a, n in room.items() if n <= 0], paused
 
     def _claim_in(self, tx: Tx, owner: str, limit: int, lease_seconds: float,
                   concurrency: dict[str, int]) -> list[Claimed]:
         now = time.time()
         self.lock_claims(tx)
-        paused = paused_actions(tx)
-        room, full = self._room(tx, concurrency, now, paused)
+        room, full, paused = self._room(tx, concurrency, now)
         if concurrency and all(room[a] <= 0 for a in concurrency):
             return []  # every action is at its limit: nothing to scan
         # two queries, each walking an index in order and stopping at its limit (one query
