@@ -101,7 +101,7 @@ def setup(settings: TracingSettings, exporter: Any = None) -> bool:
         shutdown(locked=True)
         name = settings.service_name or os.environ.get("OTEL_SERVICE_NAME") or SERVICE
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}),
-                                  id_generator=_Ids())
+                                  id_generator=_Ids())  # type: ignore[arg-type]  # duck-typed
         if exporter is not None:
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         else:

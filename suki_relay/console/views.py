@@ -206,8 +206,9 @@ class Views:
         found = self.store.deliveries(delivery_id=term, limit=1)
         if found:
             return redirect(f"{self.console.prefix}/events/{found[0].event_id}#d-{term}", 303)
-        for key, column in (("session", "session_id"), ("encounter", "encounter_id")):
-            if self.store.events(EventFilter(**{column: term}, limit=1)):
+        for key, wanted in (("session", EventFilter(session_id=term, limit=1)),
+                            ("encounter", EventFilter(encounter_id=term, limit=1))):
+            if self.store.events(wanted):
                 return redirect(f"{self.console.prefix}/events?{urlencode({key: term})}", 303)
         return self.render(request, "outcome.html", session, 404, title="Nothing found",
                            message="No event, delivery, session or encounter has that id.",
