@@ -6,7 +6,6 @@ error details from targets, or secrets. ``--log-format json|text`` picks the ren
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -56,7 +55,6 @@ class BatchWriter(logging.Handler):
         self.stream = stream
         self.interval = interval
         self.records: deque[logging.LogRecord] = deque()
-        self.pid = os.getpid()  # a forked child's copy writes nothing: those are the parent's
         self.wake = threading.Event()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="suki-relay-log", daemon=True)
@@ -78,9 +76,6 @@ class BatchWriter(logging.Handler):
             self.write_out()
 
     def write_out(self) -> None:
-        if self.pid != os.getpid():  # the parent's lines, queued before a fork
-            self.records.clear()
-            return
         lines = []
         while True:
             try:
@@ -128,8 +123,14 @@ def setup(fmt: str | None = None, level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
+def running() -> bool:
+    return _writer is not None
+
+
 def flush() -> None:
-    """Write out what is buffered and stop the writer (at exit, and before a new setup)."""
+    """Write out what is buffered and stop the writer (the last part a process stops, and
+    before a new setup). A process that never stops it (a CLI command) is written out at
+    exit by the logging module's own shutdown, which closes every handler."""
     global _writer
     if _writer is not None:
         logging.getLogger(LOGGER).removeHandler(_writer)
@@ -137,21 +138,20 @@ def flush() -> None:
         _writer = None
 
 
-def _after_fork_in_child() -> None:
-    """The parent's writer thread is not in the child, and its buffered lines are the
-    parent's to write: start afresh with the same output. (The parent's writer stays
-    known to logging, which closes every handler at exit; it then writes nothing.)"""
+def forked() -> None:
+    """In a process just forked (gunicorn's post_fork hook): the parent's writer thread is
+    not here, and its buffered lines are the parent's to write. Drop them, and start afresh
+    with the same output. (The copy stays known to logging, which closes every handler at
+    exit; emptied, it then writes nothing.)"""
     global _writer
     if _writer is not None:
         old, _writer = _writer, None
+        old.running = False
+        old.records.clear()
         logger = logging.getLogger(LOGGER)
         logger.removeHandler(old)
         _writer = BatchWriter(old.formatter or TextFormatter(), old.stream, old.interval)
         logger.addHandler(_writer)
-
-
-atexit.register(flush)
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -19,9 +19,9 @@ Attributes carry no PHI and no id from the payload: only the event and delivery 
 action's name and type, the attempt number, outcomes and HTTP statuses (never a URL: a
 target's path may hold a session or encounter id, its query string a token).
 
-Set up per process by :func:`setup` (serve/assemble.py, in each gunicorn worker after the
-fork: the batch span processor's thread does not survive one); a process forked after
-set-up sets up afresh on its first span.
+Set up per process by :func:`setup` when the process's lifecycle starts it (serve/process.py:
+in each gunicorn worker after the fork, where the batch span processor's thread runs), and
+shut down when it stops.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def check(settings: TracingSettings) -> str | None:
 # ---------------------------------------------------------------- set-up, per process
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {}  # pid, provider, tracer, settings, test exporter
+_state: dict[str, Any] = {}  # provider, tracer, settings, test exporter
 
 
 def setup(settings: TracingSettings, exporter: Any = None) -> bool:
@@ -109,7 +109,7 @@ def setup(settings: TracingSettings, exporter: Any = None) -> bool:
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
                 endpoint=settings.endpoint)))
-        _state.update(pid=os.getpid(), provider=provider, settings=settings,
+        _state.update(provider=provider, settings=settings,
                       tracer=provider.get_tracer("suki_relay"), exporter=exporter)
         ON = True
     return True
@@ -125,15 +125,12 @@ def shutdown(locked: bool = False) -> None:
     global ON
     ON = False
     provider = _state.pop("provider", None)
-    if provider is not None and _state.get("pid") == os.getpid():
+    if provider is not None:
         provider.shutdown()
 
 
 def _tracer() -> Any:
-    """This process's tracer; after a fork, a provider of the child's own."""
-    if _state.get("pid") != os.getpid() and "settings" in _state:
-        _state.pop("provider", None)  # the parent's: its thread is not in this process
-        setup(_state["settings"])
+    """This process's tracer."""
     return _state["tracer"]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import os
 import threading
 import time
 from typing import Protocol
@@ -34,27 +33,37 @@ class Watched(Protocol):
 
 
 class Watchdog:
-    """A daemon thread started at the first watch, and again in a forked child (threads do
-    not survive a fork)."""
+    """A daemon thread, started and stopped with the process's other parts by its
+    lifecycle (serve/process.py); in a process without one (a CLI command), at the first
+    watch. A gunicorn master never starts it, so no fork copies it running."""
 
     def __init__(self, name: str = "suki-deadline"):
         self.name = name
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        """Fresh state (a fork may copy a lock held by a thread that is not copied)."""
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Watched]] = []
         self._seq = itertools.count()
-        self._running = False  # in this process
+        self._running = False
+        self._stopping = False
         self._wake_at = 0.0  # when the thread will look again (0: it is looking now)
+
+    def start(self) -> None:
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        if not self._running:
+            self._running, self._stopping = True, False
+            threading.Thread(target=self._run, name=self.name, daemon=True).start()
+
+    def stop(self) -> None:
+        """End the thread (the process is stopping, after its deliveries have)."""
+        with self._cond:
+            self._running, self._stopping = False, True
+            self._cond.notify()
 
     def watch(self, item: Watched) -> None:
         with self._cond:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name=self.name, daemon=True).start()
+            self._start()
             heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
             if item.deadline < self._wake_at:
                 self._cond.notify()
@@ -63,6 +72,8 @@ class Watchdog:
         heap = self._heap
         while True:
             with self._cond:
+                if self._stopping:
+                    return
                 while heap and heap[0][2].done:
                     heapq.heappop(heap)  # finished in time: nothing to do
                 now = time.monotonic()

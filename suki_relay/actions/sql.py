@@ -53,14 +53,6 @@ DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 LIBPQ_DRIVERS = ("psycopg", "psycopg2")
 MYSQL_DRIVERS = ("pymysql", "mysqldb")
 _ENGINE_LOCK = threading.Lock()  # making or dropping an engine (rare; not per delivery)
-
-
-def _new_lock() -> None:
-    global _ENGINE_LOCK
-    _ENGINE_LOCK = threading.Lock()  # a fork may copy it held by a thread it does not copy
-
-
-os.register_at_fork(after_in_child=_new_lock)
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCALARS = (str, int, float, bool, type(None))
 URL_FORM = ("not a SQLAlchemy database URL (dialect[+driver]://user:password@host:port/"
@@ -127,7 +119,6 @@ class SqlAction(Action):
     }
 
     _engine: Engine | None = None  # this process's, made at the first delivery
-    _engine_pid = 0
 
     # ---------------------------------------------------------------- config
 
@@ -231,7 +222,7 @@ class SqlAction(Action):
     def close(self) -> None:
         with _ENGINE_LOCK:
             engine, self._engine = self._engine, None
-        if engine is not None and self._engine_pid == os.getpid():
+        if engine is not None:
             engine.dispose()
 
     # ---------------------------------------------------------------- the engine
@@ -243,17 +234,15 @@ class SqlAction(Action):
         return [text(s) for s in self.statements]
 
     def engine(self) -> Engine:
-        """This process's engine (a forked child makes its own: connections are not
-        shared across processes)."""
+        """This process's engine, made at its first delivery: deliveries run only in a
+        started process (serve/process.py), never before gunicorn forks it, so an engine
+        and its connections never cross a fork."""
         engine = self._engine
-        if engine is not None and self._engine_pid == os.getpid():
+        if engine is not None:
             return engine
         with _ENGINE_LOCK:
-            if self._engine is None or self._engine_pid != os.getpid():
-                if self._engine is not None:
-                    self._engine.dispose(close=False)  # the parent's connections stay its own
+            if self._engine is None:
                 self._engine = self._create_engine()
-                self._engine_pid = os.getpid()
             return self._engine
 
     def _create_engine(self) -> Engine:

@@ -1,4 +1,5 @@
-"""`suki-relay init`: a commented starter actions.yaml and templates folder.
+"""`suki-relay init`: a commented starter actions.yaml and templates folder, and the
+gunicorn.conf.py that plain gunicorn reads from that folder (serve/hooks.py).
 
 The starter is the repository's own example (actions.yaml and templates/ at its root),
 packed into the wheel as suki_relay/starter_files/ (pyproject's force-include), so there is one
@@ -16,7 +17,7 @@ from pathlib import Path
 from suki_relay.config.schema import MODELINE, dumps
 from suki_relay.errors import RelayError
 
-FILES = ("actions.yaml", "templates")
+FILES = ("actions.yaml", "templates", "gunicorn.conf.py")
 SCHEMA_FILE = "actions.schema.json"  # what MODELINE names: editors check actions.yaml with it
 
 
@@ -30,8 +31,8 @@ def source() -> Traversable:
 
 def write_starter(folder: Path, force: bool = False) -> list[Path]:
     """Write the starter into ``folder`` (made if missing); returns the files written.
-    An existing actions.yaml is kept unless ``force``; existing templates are never
-    overwritten."""
+    An existing actions.yaml is kept unless ``force``; existing templates and an existing
+    gunicorn.conf.py (which may hold settings of the user's) are never overwritten."""
     target = folder / "actions.yaml"
     if target.exists() and not force:
         raise RelayError(f"{target} exists; keep it, or give --force to replace it")
@@ -48,6 +49,10 @@ def write_starter(folder: Path, force: bool = False) -> list[Path]:
             if item.is_file() and not path.exists():
                 path.write_bytes(item.read_bytes())
                 written.append(path)
+        conf = folder / "gunicorn.conf.py"
+        if not conf.exists():
+            conf.write_bytes((source() / "gunicorn.conf.py").read_bytes())
+            written.append(conf)
     except OSError as exc:
         raise RelayError(f"cannot write the starter into {folder}: {exc.strerror}") from None
     return written

@@ -201,29 +201,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from suki_relay import logs, tracing
+    from suki_relay import logs
     from suki_relay.cli.spool import spool_of
     from suki_relay.deliver.deliverer import Deliverer
-    from suki_relay.serve.assemble import start_background
+    from suki_relay.serve.assemble import background
 
     logs.setup(args.log_format)
     config = config_of(args)
-    tracing.setup(config.tracing)
     with store_of(config, lazy=True) as store, spool_of(config) as spool:
-        deliverer = Deliverer(config, store)
+        process = background(config, store, spool, Deliverer(config, store))
+        process.log = True
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
-        deliverer.start()
-        watcher, drainer = start_background(config, store, spool, deliverer)
+        process.start()
         print(f"suki-relay worker delivering from {config.store_url.split('://')[0]} store",
               file=sys.stderr)
         done.wait()
-        if watcher is not None:
-            watcher.stop()
-        if drainer is not None:
-            drainer.stop()
-        deliverer.stop()
+        process.stop()
     return 0
 
 

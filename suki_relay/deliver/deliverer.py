@@ -10,7 +10,6 @@ the rest are given back.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import logging
@@ -117,6 +116,8 @@ class Deliverer:
     def __init__(self, config: Config, store: Delivering, owner: str | None = None):
         self.config = config
         self.store = store
+        self._given_owner = owner
+        # named again when started, after the fork that made the process which runs it
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.settings = config.delivery
         self.concurrency = {name: spec.max_concurrency for name, spec in config.actions.items()}
@@ -134,26 +135,17 @@ class Deliverer:
         self._full: frozenset[str] = frozenset()  # actions at their limit at the last look
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._started_pid: int | None = None
 
     # ---------------------------------------------------------------- lifecycle
+    # started and stopped by the process's lifecycle (serve/process.py), never by itself
 
     def start(self) -> None:
-        self._started_pid = os.getpid()
+        self.owner = self._given_owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._threads = [threading.Thread(target=self._claim_loop, name="suki-claim", daemon=True)]
         self._threads += [threading.Thread(target=self._work_loop, name=f"suki-deliver-{i}",
                                            daemon=True) for i in range(self.settings.threads)]
         for t in self._threads:
             t.start()
-        atexit.register(self.stop)
-        os.register_at_fork(after_in_child=self._after_fork)
-
-    def _after_fork(self) -> None:
-        """Threads do not survive fork (gunicorn --preload): start afresh in the child."""
-        if self._started_pid is not None and self._started_pid != os.getpid():
-            self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-            self._reset()
-            self.start()
 
     def wake(self, actions: list[str]) -> None:
         """Deliveries for ``actions`` were recorded. Wake the claimer only if it could take
@@ -167,7 +159,7 @@ class Deliverer:
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; let in-flight attempts finish within the timeout; release the rest."""
-        if self._started_pid != os.getpid() or self._stopping.is_set():
+        if not self._threads or self._stopping.is_set():
             return
         self._stopping.set()
         self._wake.set()

@@ -95,7 +95,8 @@ class RelayApp:
         self.store = store
         self.spool = spool
         self.availability = Availability(spool is not None)
-        self.remember_config()
+        self._config_remembered = False  # recorded by the first readiness that can
+        self.process: Any = None  # this process's background parts (serve/process.py)
         self.recorder = recorder(store)
         self.count_event = metrics.event_counter(config.rules)
         self.deliverer = deliverer
@@ -111,9 +112,10 @@ class RelayApp:
         self.console_prefix = config.console.path
 
     def remember_config(self) -> bool:
-        """Record the running config's version (the audit trail of config versions); never
-        a reason not to start: a store that cannot take it now is tried again at the
-        next readiness probe that finds it back. True once recorded."""
+        """Record the running config's version (the audit trail of config versions), at
+        the process's start (its first readiness); never a reason not to start: a store
+        that cannot take it then is tried again at the next readiness that finds it back.
+        True once recorded."""
         try:
             self.store.remember_config(self.config_state.version,
                                        str(self.config.file.resolve()))

@@ -14,9 +14,7 @@ plans nothing. So nothing is lost and nothing is doubled.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 from collections.abc import Callable
 
@@ -38,26 +36,15 @@ class Drainer:
         self.spool = spool
         self.store = store
         self.on_moved = on_moved  # told the actions planned, to wake this process's delivery
-        self._reset()
-
-    def _reset(self) -> None:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def start(self) -> Drainer:
-        self._pid = os.getpid()
+        """Started (and stopped) by the process's lifecycle (serve/process.py)."""
         self._thread = threading.Thread(target=self._loop, name="suki-drain", daemon=True)
         self._thread.start()
-        atexit.register(self.stop)
-        os.register_at_fork(after_in_child=self._after_fork)
         return self
-
-    def _after_fork(self) -> None:
-        if self._thread is not None and self._pid != os.getpid():
-            self._reset()
-            self.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -68,7 +55,7 @@ class Drainer:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the drain thread to end (after stop()): a move under way finishes."""
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None:
             self._thread.join(timeout)
 
     def _loop(self) -> None:

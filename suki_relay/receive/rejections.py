@@ -14,9 +14,7 @@ trace; nothing else depends on it.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
 
@@ -59,7 +57,6 @@ class RejectionLog:
         self._lock = threading.Lock()
         self._tally: dict[tuple[str, str | None], Rejection] = {}
         self._stopping = threading.Event()
-        self._pid: int | None = None
 
     def add(self, reason: str, http_status: int, skew: int | None,
             remote_addr: str | None, now: float | None = None) -> None:
@@ -74,20 +71,17 @@ class RejectionLog:
                     row = self._tally.get(key)
                 if row is None:
                     self._tally[key] = Rejection(now, now, key[0], http_status, skew, key[1])
-                    if self._pid != os.getpid():
-                        self._start()
                     return
             row.last_at = now
             row.count += 1
             if skew is not None:
                 row.skew_ms = skew  # the latest measurement
 
-    def _start(self) -> None:
-        """The writer thread, started by the first refusal in this process (after any
-        fork: gunicorn workers each get their own)."""
-        self._pid = os.getpid()
+    def start(self) -> None:
+        """The writer thread, started (and stopped) by the process's lifecycle
+        (serve/process.py). Until it runs, refusals are only tallied (at most MAX_KEYS)."""
+        self._stopping.clear()
         threading.Thread(target=self._run, name="suki-rejections", daemon=True).start()
-        atexit.register(self.flush)
 
     def _run(self) -> None:
         while not self._stopping.wait(self.flush_seconds):

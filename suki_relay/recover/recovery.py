@@ -28,7 +28,6 @@ races.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -242,13 +241,14 @@ class GapWatcher:
         self.settings = config.recovery
         self.store = store
         self.recoverer = recoverer
+        self._given_owner = owner
+        # named again when started, after the fork that made the process which runs it
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         timeout = config.suki.timeout_seconds if config.suki else 20.0
         self.lease_seconds = 60.0 + 4 * timeout  # a login and a status call, with room
         self._seen: dict[str, float] = {}  # event ids scanned within the margin
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started_pid: int | None = None
 
     # ------------------------------------------------------------ one pass
 
@@ -331,18 +331,11 @@ class GapWatcher:
         return max(0.2, min(10.0, min(s.grace_seconds, s.check_every_seconds) / 4))
 
     def start(self) -> None:
-        self._started_pid = os.getpid()
+        """Started (and stopped) by the process's lifecycle (serve/process.py)."""
+        self.owner = self._given_owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="suki-recovery", daemon=True)
         self._thread.start()
-        atexit.register(self.stop)
-        os.register_at_fork(after_in_child=self._after_fork)
-
-    def _after_fork(self) -> None:
-        if self._started_pid is not None and self._started_pid != os.getpid():
-            self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-            self._stopping = threading.Event()
-            self.start()
 
     def stop(self) -> None:
         self._stopping.set()

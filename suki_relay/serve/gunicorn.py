@@ -19,7 +19,7 @@ from suki_relay import logs
 from suki_relay.config.check import checked_config
 from suki_relay.config.load import config_path, parse_config
 from suki_relay.errors import ConfigError, Problem
-from suki_relay.serve import config_state
+from suki_relay.serve import config_state, hooks
 
 log = logging.getLogger("suki_relay.serve.gunicorn")
 
@@ -61,8 +61,8 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
             self.cfg.set("control_socket_disable", True)
         self.cfg.set("logger_class", RelayLogger)
-        self.cfg.set("child_exit", _child_exit)
-        self.cfg.set("worker_exit", _worker_exit)
+        for hook in ("post_fork", "post_worker_init", "worker_exit", "child_exit"):
+            self.cfg.set(hook, getattr(hooks, hook))  # the process's lifecycle (process.py)
         text: str | None = None
         try:
             text = self.config_file.read_text(encoding="utf-8")
@@ -87,7 +87,8 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         self.rejected = None
 
     def load(self) -> Any:
-        """Runs in each worker: the app from the last config that passed."""
+        """Runs in each worker: the app from the last config that passed (its parts are
+        started by the post_worker_init hook, stopped by worker_exit)."""
         from suki_relay.serve.assemble import create_app
 
         assert self.snapshot is not None
@@ -95,24 +96,6 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
         config = parse_config(self.snapshot, self.config_file)
         state = config_state.ConfigState(config.fingerprint, rejected, problems)
         return create_app(config=config, state=state)
-
-
-def _worker_exit(server: Any, worker: Any) -> None:
-    from suki_relay import tracing
-
-    app = getattr(worker, "wsgi", None)
-    for part in ("deliverer", "watcher", "rejections"):
-        running = getattr(app, part, None)
-        if running is not None:
-            running.stop()
-    tracing.shutdown()  # the spans still queued are sent
-
-
-def _child_exit(server: Any, worker: Any) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)
 
 
 def serve(config_file: str | None, options: dict[str, Any], checked: str | None = None,

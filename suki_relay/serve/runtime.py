@@ -1,14 +1,15 @@
 """What the processes of one running relay share on this machine, with no flags needed.
 
-Plain ``gunicorn 'suki_relay.wsgi:app'`` runs none of our code in its master: each worker
-imports the app by itself. Workers of one master (and the workers that replace them after
-a reload or a crash) still need to share two things:
+The workers of one gunicorn master (and the workers that replace them after a reload or a
+crash) share two things:
 
 * prometheus-client's multiprocess directory, so /metrics sums every worker's counts;
 * the last config that loaded, so a reload with a broken actions.yaml keeps serving it.
 
 Both live in a folder named after the master: its pid and its start time (a pid alone is
-reused), under ``$TMPDIR/suki-relay-<uid>/``, owner-only. ``suki-relay serve`` sets
+reused), under ``$TMPDIR/suki-relay-<uid>/``, owner-only. Whoever knows the master says
+which: gunicorn.conf.py's code runs in the master (``share(os.getpid())``, hooks.py);
+without that file, a worker's master is its parent (wsgi.py). ``suki-relay serve`` sets
 PROMETHEUS_MULTIPROC_DIR itself and keeps the last good config in its master's memory.
 
 Nothing here may import prometheus_client: its mode is fixed when it is first imported.
@@ -19,31 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-ENV_METRICS = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def gunicorn_master_pid() -> int | None:
-    """The pid of the gunicorn master this process belongs to, if any: our parent when we
-    are a worker (a Worker is on the call stack while it loads the app), ourselves when
-    the master loads the app before forking (--preload)."""
-    if "gunicorn.arbiter" not in sys.modules:
-        return None
-    from gunicorn.arbiter import Arbiter
-    from gunicorn.workers.base import Worker
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Worker):
-            return os.getppid()
-        if isinstance(owner, Arbiter):
-            return os.getpid()
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
+ENV_METRICS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own setting
 
 
 def _started(pid: int) -> str:
@@ -82,13 +62,10 @@ def master_dir(master: int) -> Path:
     return folder
 
 
-def share_with_siblings() -> Path | None:
-    """Under a gunicorn master: the folder its workers share, with prometheus-client's
+def share(master: int) -> Path:
+    """The folder the workers of gunicorn master ``master`` share, with prometheus-client's
     multiprocess directory set inside it unless one is set already. Call before anything
-    imports prometheus_client. None when not under gunicorn."""
-    master = gunicorn_master_pid()
-    if master is None:
-        return None
+    imports prometheus_client."""
     folder = master_dir(master)
     if not os.environ.get(ENV_METRICS):
         metrics = folder / "metrics"

@@ -11,7 +11,6 @@ delivery; each try of a delivery is an attempt. Deliveries move
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,23 +38,14 @@ if TYPE_CHECKING:
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 
-_random = random.Random()
-
-
-def _reseed() -> None:
-    _random.seed(os.urandom(16))
-
-
-_reseed()
-os.register_at_fork(after_in_child=_reseed)  # forked workers must not share a sequence
-
-
 def new_id(prefix: str) -> str:
     """Time-ordered, unique across nodes (40 random bits per millisecond): sorts newest last.
 
-    Not a secret, so a seeded PRNG does instead of a system call per id.
+    Not a secret, so a seeded PRNG does instead of a system call per id: the random
+    module's own, which the standard library reseeds in every forked child (workers
+    forked from one master never share a sequence).
     """
-    return f"{prefix}_{int(time.time() * 1000):012x}{_random.getrandbits(40):010x}"
+    return f"{prefix}_{int(time.time() * 1000):012x}{random.getrandbits(40):010x}"
 
 
 @dataclass

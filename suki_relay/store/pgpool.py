@@ -37,8 +37,9 @@ test_pgpool.py's test_more_threads_than_connections_all_commit shows it.
 The pool's own log lines (a warning per failed connection attempt and per broken connection)
 are kept below ERROR: the relay says once, in its own log, that the store is unavailable.
 
-A forked child never touches its parent's pool (its sockets are the parent's): it keeps
-the object unclosed and opens a pool of its own.
+The pool is opened at the first connection asked for, in the process that uses it: a
+serving process's store is used only once its lifecycle has started (serve/process.py),
+after gunicorn has forked it, so no pool ever crosses a fork.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ class Connections:
         self.size = size
         self.timeout = timeout  # seconds to wait for a free connection
         self._lock = threading.Lock()
-        self._pid = 0
         self._pool: ConnectionPool[Any] | None = None
         self._down = False  # the pool's last attempt to connect failed
         self._idle_since: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = \
@@ -79,19 +79,16 @@ class Connections:
 
     def _current(self) -> ConnectionPool[Any]:
         pool = self._pool
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None:
             return pool
         with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                if self._pool is not None:  # a forked child: the parent's sockets are
-                    _ORPHANS.append(self._pool)  # not ours; never closed, never finalised
+            if self._pool is None:
                 self._pool = ConnectionPool(
                     self.conninfo, kwargs={"autocommit": True}, min_size=1,
                     max_size=self.size, timeout=self.timeout,
                     reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=self._failed,
                     name=f"suki-relay-{os.getpid()}", open=False)
                 self._pool.open(wait=False)
-                self._pid = os.getpid()
                 self._down = False
             return self._pool
 
@@ -150,11 +147,8 @@ class Connections:
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-            if pool is not None and self._pid == os.getpid():
+            if pool is not None:
                 pool.close()
-
-
-_ORPHANS: list[ConnectionPool[Any]] = []  # inherited across fork; kept so none is finalised
 
 
 def _alive(conn: psycopg.Connection[Any], idle_for: float) -> bool:

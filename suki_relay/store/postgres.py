@@ -45,10 +45,12 @@ class PostgresStore(SqlStore):
     unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
 
     def __init__(self, url: str, lazy: bool = False):
-        """``lazy``: if the database is unreachable now (or its schema is newer than this
-        relay), start anyway; every transaction raises StoreUnavailable until the schema is
-        made sure of (a serving process must boot, answer 503 or spool, and recover by
-        itself when the database is back)."""
+        """``lazy``: connect at the first transaction, not now (a serving process connects
+        in the process that uses the store, never before gunicorn forks it); if the
+        database is unreachable then (or its schema is newer than this relay), every
+        transaction raises StoreUnavailable until the schema is made sure of (a serving
+        process must boot, answer 503 or spool, and recover by itself when the database is
+        back)."""
         self.url = url
         self.lazy = lazy
         self.conninfo, pool = split_url(url)
@@ -58,11 +60,8 @@ class PostgresStore(SqlStore):
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         self._ensuring = threading.local()
-        try:
+        if not lazy:
             self._ready_schema()
-        except StoreUnavailable:
-            if not lazy:
-                raise
 
     def _ready_schema(self) -> None:
         with self._schema_lock:

@@ -23,7 +23,6 @@ neither could a second file on the same disk.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import json
@@ -92,16 +91,15 @@ class Spool(SqliteStore):
     of its own in place of the ledger's."""
 
     def __init__(self, path: Path, max_events: int):
-        """Made whatever the file says (lazy): a spool that cannot be opened raises
-        StoreUnavailable at each use, saying why, until it can."""
+        """Opened at first use, whatever the file says (lazy): a spool that cannot be
+        opened raises StoreUnavailable at each use, saying why, until it can."""
         self.max_events = max_events
         # anything in the file, as far as this process knows: set when it spools, refreshed
         # by its drainer at every look; while true, the receiver looks a request's dedup key
         # up here first, so a request spooled and sent again keeps its first event id
-        self.maybe_waiting = False
+        # (unknown until the drainer's first look: the receiver looks it up meanwhile)
+        self.maybe_waiting = True
         super().__init__(path, lazy=True)
-        with contextlib.suppress(StoreUnavailable):  # else the drainer looks again
-            self.has_waiting()
 
     def ensure_schema(self) -> None:
         with self.tx() as tx:

@@ -1,15 +1,14 @@
 """The embedded default: one SQLite file, WAL, every commit fsynced (synchronous=FULL).
 
-One connection per thread and process. Connections never cross a fork: a child opens its
-own and leaves its parent's alone (neither used nor closed; closing one in a child would
-touch the parent's locks). close() closes every connection this process opened, from any
-thread. Writers take the database lock up front (BEGIN IMMEDIATE), which also serialises
-claimers across processes.
+One connection per thread. A serving process opens its store lazily (below), in the
+process that uses it, so no connection is ever made before a fork (gunicorn's master
+makes none). close() closes every connection opened, from any thread. Writers take the
+database lock up front (BEGIN IMMEDIATE), which also serialises claimers across processes.
 
-``lazy``: a file that cannot be opened now (not an SQLite file, no permission, a newer
-schema) does not stop the store from being made; every transaction raises
-StoreUnavailable, saying why, until the file can be prepared (a serving process must boot
-whatever its files say, and recover by itself once they are fixed).
+``lazy``: nothing is opened until the first transaction, and a file that cannot be opened
+then (not an SQLite file, no permission, a newer schema) does not stop the process; every
+transaction raises StoreUnavailable, saying why, until the file can be prepared (a serving
+process must boot whatever its files say, and recover by itself once they are fixed).
 """
 
 from __future__ import annotations
@@ -18,17 +17,13 @@ import fcntl
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
-
-_PARENTS: list[Any] = []  # a parent process's connections, kept open and unused in a child
 
 
 class SqliteStore(SqlStore):
@@ -44,16 +39,11 @@ class SqliteStore(SqlStore):
         self._opened: list[tuple[sqlite3.Connection, int]] = []  # (connection, lock file)
         self._opened_lock = threading.Lock()
         self._generation = 0  # close() starts a new one: connections from before reopen
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         self.lazy = lazy
         self._prepared = False
         self._prepare_lock = threading.Lock()
-        try:
+        if not lazy:
             self._prepare()
-        except StoreUnavailable:
-            if not lazy:
-                raise
 
     def _prepare(self) -> None:
         """Make the file (owner-only) and its schema, once."""
@@ -169,16 +159,3 @@ class SqliteStore(SqlStore):
         for conn, lock in opened:
             conn.close()
             os.close(lock)
-
-    def _forked(self) -> None:
-        """In a new child process: forget (and never close) the parent's connections."""
-        _PARENTS.extend(self._opened)
-        self._opened = []
-        self._opened_lock = threading.Lock()  # it may have been held when the fork happened
-        self._local = threading.local()
-
-
-def _after_fork(ref: weakref.ref[SqliteStore]) -> None:
-    store = ref()
-    if store is not None:
-        store._forked()

@@ -35,6 +35,7 @@ class LocalRelay:
 
         self.config = load_config(str(config_file))
         self.app = assemble(self.config, deliver)  # as each gunicorn worker does
+        self.app.process.start()  # as gunicorn's post_worker_init hook does
         self.store, self.deliverer = self.app.store, self.app.deliverer
         self.client = Client(self.app)
         self.path = self.config.receiver.path
@@ -53,18 +54,7 @@ class LocalRelay:
         return str(resp.json["event_id"])
 
     def stop(self) -> None:
-        if self.deliverer is not None:
-            self.deliverer.stop(timeout=5)
-            self.deliverer.join(timeout=10)
-        if self.app.watcher is not None:
-            self.app.watcher.stop()
-        if self.app.drainer is not None:
-            self.app.drainer.stop()
-            self.app.drainer.join(timeout=10)
-        self.app.rejections.stop()
-        self.store.close()
-        if self.app.spool is not None:
-            self.app.spool.close()
+        self.app.process.stop(timeout=5)  # as gunicorn's worker_exit hook does
 
 
 class RelayProcess:
