@@ -5,7 +5,9 @@ Same in-process relay and helpers as tests/test_console.py.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 from .conftest import LogRecords
 from .test_console import (  # noqa: F401
@@ -17,6 +19,7 @@ from .test_console import (  # noqa: F401
     csrf_of,
     form_csrf,
     relay,
+    sign_in,
     signed_in,
     start,
 )
@@ -91,3 +94,50 @@ def test_a_nul_anywhere_gets_a_clean_400(any_relay: Relay,  # noqa: F811
                                                   "password": "x"}).status_code == 400
     assert client.get(f"/console/events/{event_id}").status_code == 200  # still works
     assert "Traceback" not in relay_log.text()
+
+
+# ---------------------------------------------------------------- sign-in throttling
+
+
+def test_sign_in_failures_are_counted_for_every_worker_and_node(
+        tmp_path: Path, start: Callable[..., Relay], store_url: str) -> None:  # noqa: F811
+    """Two apps on one store (two workers, or two nodes) share the count: five failures
+    split between them slow the name down on both."""
+    shared = store_url if store_url.startswith("postgres") else \
+        f"sqlite:///{tmp_path / 'shared.db'}"
+    a = start(config_text(store=shared), tmp_path / "a")
+    b = start(config_text(store=shared), tmp_path / "b")
+    for node, n in ((a, 3), (b, 2)):
+        client = node.client()
+        for _ in range(n):
+            assert sign_in(client, password="guess").status_code == 401
+    for node in (a, b):
+        refused = sign_in(node.client())  # even the right password
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    # names that do not exist, and addresses, are shared the same way
+    for node in (a, b, a, b, a):
+        assert sign_in(node.client(), user="mallory", password="x").status_code == 401
+    assert sign_in(b.client(), user="mallory", password="x").status_code == 429
+    assert sign_in(a.client(), user="lee", password="another long password").status_code == 303
+    stored = sqlite_or_pg_keys(a)
+    assert stored and not any("mallory" in k or "ops" in k or "127.0.0.1" in k for k in stored)
+
+
+def sqlite_or_pg_keys(node: Relay) -> list[str]:
+    with node.store.tx(write=False) as tx:
+        return [r["key"] for r in tx.all("SELECT key FROM console_failures")]
+
+
+def test_while_the_store_cannot_count_this_process_still_does(relay: Relay) -> None:  # noqa: F811
+    db = sqlite3.connect(relay.config.base_dir / "relay.db")
+    db.execute("ALTER TABLE console_failures RENAME TO failures_away")
+    db.commit()
+    try:
+        client = relay.client()
+        for _ in range(5):
+            assert sign_in(client, password="guess").status_code == 401
+        assert sign_in(client).status_code == 429
+    finally:
+        db.execute("ALTER TABLE failures_away RENAME TO console_failures")
+        db.commit()
+        db.close()

@@ -28,7 +28,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from suki_relay import logs
-from suki_relay.console.auth import Keys, Session, Throttle
+from suki_relay.console.auth import Keys, Session, SharedThrottle
 from suki_relay.console.views import Views
 from suki_relay.printable import printable
 from suki_relay.store import StoreUnavailable
@@ -96,9 +96,9 @@ class Console:
         self.store = relay.store  # where signed-out sessions are kept, for every node
         # configured names, unknown names (so a 429 does not tell which names exist; kept
         # apart so a flood of made-up names cannot push out a real user's count), addresses
-        self.users_throttle = Throttle(free=5)
-        self.unknown_throttle = Throttle(free=5)
-        self.addresses_throttle = Throttle(free=20)
+        self.users_throttle = SharedThrottle(self.store, "user", free=5)
+        self.unknown_throttle = SharedThrottle(self.store, "unknown", free=5)
+        self.addresses_throttle = SharedThrottle(self.store, "address", free=20)
         # scrypt takes 32 MiB and 0.3-1 s of CPU per check (it releases the GIL, so the
         # webhook's threads run meanwhile): two at a time per process, and a sign-in that
         # finds both busy is told to retry rather than made to wait

@@ -1,6 +1,7 @@
 """Who is signed in to the console: passwords, signed session cookies, CSRF tokens, and
 the slowing-down of repeated failed sign-ins.
 
+Failed sign-ins are counted in the store (SharedThrottle), for every worker and node.
 Sessions are stateless signed cookies, so every worker and every node accepts a session
 that any of them issued, with nothing shared but the config. The signing key is
 ``console.session_secret`` when given, else derived (HMAC-SHA-256) from the receiver's
@@ -12,6 +13,7 @@ changing a password (or removing the user) ends every session of theirs at once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -20,10 +22,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from suki_relay.config.console import ROLES, ConsoleSettings
+from suki_relay.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from suki_relay.store import Store as SignInCounts
 
 _DUMMY_HASH = generate_password_hash("not a password of anyone", method="scrypt")
 
@@ -133,9 +140,9 @@ class Throttle:
     doubles with each further failure up to ``longest`` seconds. The console keys one
     throttle by configured user name, one by other names (so being slowed down does not
     reveal which names exist) and one by client address; each remembers at most
-    ``max_keys`` keys, the oldest forgotten first. A success clears its keys. Counts are
-    per process: with W workers on N nodes an attacker gets at most W*N times as many
-    guesses, still slowed exponentially.
+    ``max_keys`` keys, the oldest forgotten first. A success clears its keys. These counts
+    are this process's; :class:`SharedThrottle` keeps them in the store for every worker
+    and node, and falls back on them while the store cannot be reached.
     """
 
     def __init__(self, free: int = 5, longest: float = 900.0, max_keys: int = 10000):
@@ -165,3 +172,37 @@ class Throttle:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+
+class SharedThrottle:
+    """A :class:`Throttle` whose counts are kept in the store, shared by every worker and
+    node (as signed-out sessions are), so W workers on N nodes allow no more guesses than
+    one. Keys are stored hashed (a user name field may hold a mistyped password). While
+    the store cannot be reached, this process's own counts still apply."""
+
+    def __init__(self, store: SignInCounts, name: str, free: int = 5, longest: float = 900.0):
+        self.store = store
+        self.name = name
+        self.free = free
+        self.longest = longest
+        self.local = Throttle(free, longest)
+
+    def _stored(self, keys: list[str]) -> list[str]:
+        return [hashlib.sha256(f"{self.name}\0{k}".encode()).hexdigest() for k in keys]
+
+    def wait(self, keys: list[str]) -> float:
+        local = self.local.wait(keys)
+        try:
+            return max(local, self.store.sign_in_wait(self._stored(keys)))
+        except StoreUnavailable:
+            return local
+
+    def failed(self, keys: list[str]) -> None:
+        self.local.failed(keys)
+        with contextlib.suppress(StoreUnavailable):  # counted in this process meanwhile
+            self.store.sign_in_failed(self._stored(keys), self.free, self.longest)
+
+    def succeeded(self, keys: list[str]) -> None:
+        self.local.succeeded(keys)
+        with contextlib.suppress(StoreUnavailable):
+            self.store.sign_in_succeeded(self._stored(keys))

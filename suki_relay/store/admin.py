@@ -28,6 +28,8 @@ from suki_relay.store.rows import (
 )
 from suki_relay.store.tx import Backend, Tx, chunks, marks
 
+FAILURES_KEPT_SECONDS = 86400.0  # a sign-in key with no failure for a day starts afresh
+
 
 def _columns(row_type: type, prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row_type))
@@ -202,6 +204,34 @@ class Admin(Backend):
         with self.tx(write=False) as tx:
             return tx.one("SELECT 1 AS gone FROM console_signouts WHERE nonce = ?",
                           (session,)) is not None
+
+    def sign_in_wait(self, keys: list[str]) -> float:
+        now = time.time()
+        with self.tx(write=False) as tx:
+            row = tx.one(f"SELECT max(refused_until) AS t FROM console_failures "
+                         f"WHERE key IN ({marks(keys)})", keys)
+        until = row["t"] if row and row["t"] is not None else now
+        return max(0.0, float(until) - now)
+
+    def sign_in_failed(self, keys: list[str], free: int, longest: float) -> None:
+        now = time.time()
+        with self.tx() as tx:
+            tx.exec("DELETE FROM console_failures WHERE updated_at < ?",
+                    (now - FAILURES_KEPT_SECONDS,))
+            for key in sorted(keys):  # one order for every process: no deadlock
+                tx.exec("INSERT INTO console_failures (key, failures, refused_until, "
+                        "updated_at) VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "failures = console_failures.failures + 1, updated_at = ?",
+                        (key, now, now, now))
+                row = tx.one("SELECT failures FROM console_failures WHERE key = ?", (key,))
+                n = int(row["failures"]) if row else 1
+                delay = 0.0 if n < free else min(longest, 2.0 ** min(n - free, 64))
+                tx.exec("UPDATE console_failures SET refused_until = ? WHERE key = ?",
+                        (now + delay, key))
+
+    def sign_in_succeeded(self, keys: list[str]) -> None:
+        with self.tx() as tx:
+            tx.exec(f"DELETE FROM console_failures WHERE key IN ({marks(keys)})", keys)
 
     def statuses(self, since: float) -> set[str]:
         with self.tx(write=False) as tx:

@@ -258,6 +258,16 @@ class Administering(Protocol):
     def signed_out(self, session: str) -> bool:
         """Whether this console session was signed out."""
 
+    def sign_in_wait(self, keys: list[str]) -> float:
+        """Seconds before any of these console sign-in keys may try again (0: now)."""
+
+    def sign_in_failed(self, keys: list[str], free: int, longest: float) -> None:
+        """Count a failed sign-in for each key, for every worker and node: after ``free``
+        failures in a row a key is refused for 1, 2, 4 ... seconds, at most ``longest``."""
+
+    def sign_in_succeeded(self, keys: list[str]) -> None:
+        """A sign-in succeeded: forget these keys' failures."""
+
     def statuses(self, since: float) -> set[str]:
         """The distinct statuses of well-formed events received since then (for `check`)."""
 

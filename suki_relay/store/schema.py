@@ -150,6 +150,15 @@ CREATE TABLE IF NOT EXISTS console_audit (
 );
 CREATE INDEX IF NOT EXISTS console_audit_at ON console_audit (at)
 """),
+    Migration(7, "console sign-in failures, counted for every worker and node", """
+CREATE TABLE IF NOT EXISTS console_failures (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    refused_until DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_failures_updated ON console_failures (updated_at)
+"""),
 ]
 
 
