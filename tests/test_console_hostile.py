@@ -8,9 +8,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .conftest import LogRecords
+import pytest
+
+from .conftest import LogRecords, check_fails
 from .test_console import (  # noqa: F401
+    HASH,
     PASSWORD,
     Relay,
     any_relay,
@@ -141,3 +145,83 @@ def test_while_the_store_cannot_count_this_process_still_does(relay: Relay) -> N
         db.execute("ALTER TABLE failures_away RENAME TO console_failures")
         db.commit()
         db.close()
+
+
+# ---------------------------------------------------------------- behind a reverse proxy
+
+PUBLIC = "https://relay.example.org"
+BEHIND = {"Host": "127.0.0.1:8000"}  # what the relay sees behind proxy_pass
+
+
+def proxied_config(**console: Any) -> str:
+    return config_text(console={"enabled": True, "users": {"ops": HASH}, **console})
+
+
+def test_behind_a_proxy_the_console_refuses_its_own_forms_unless_told(
+        start: Callable[..., Relay], tmp_path: Path) -> None:  # noqa: F811
+    plain = start(proxied_config(), tmp_path / "plain")
+    client = plain.client()
+    assert sign_in(client, host="127.0.0.1:8000").status_code == 303
+    page = client.get("/console/", headers=BEHIND)
+    out = client.post("/console/logout", headers={**BEHIND, "Origin": PUBLIC},
+                      data={"csrf": form_csrf(page.text)})
+    assert out.status_code == 403  # the public name is not the Host the relay sees
+
+
+@pytest.mark.parametrize("console, forwarded", [
+    ({"public_origin": PUBLIC}, {}),
+    ({"trusted_proxies": 1}, {"X-Forwarded-Host": "relay.example.org",
+                              "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}),
+])
+def test_a_configured_proxy_setup_accepts_the_public_origin(
+        start: Callable[..., Relay], tmp_path: Path, relay_log: LogRecords,  # noqa: F811
+        console: dict[str, Any], forwarded: dict[str, str]) -> None:
+    node = start(proxied_config(**console), tmp_path / "proxied")
+    event_id = node.receive()
+    client = node.client()
+    headers = {**BEHIND, **forwarded}
+    page = client.get("/console/login", headers=headers)
+    signed = client.post("/console/login", headers=headers, data={
+        "username": "ops", "password": PASSWORD, "csrf": form_csrf(page.text)})
+    assert signed.status_code == 303
+    assert all("Secure" in c for c in signed.headers.getlist("Set-Cookie"))
+    token = form_csrf(client.get("/console/", headers=headers).text)
+    other = client.post(f"/console/events/{event_id}/payload",
+                        headers={**headers, "Origin": "https://evil.example"},
+                        data={"csrf": token})
+    assert other.status_code == 403
+    shown = client.post(f"/console/events/{event_id}/payload",
+                        headers={**headers, "Origin": PUBLIC}, data={"csrf": token})
+    assert shown.status_code == 200
+    out = client.post("/console/logout", headers={**headers, "Origin": PUBLIC},
+                      data={"csrf": token})
+    assert out.status_code == 303
+    clients = {f.get("client") for msg, f in relay_log.lines if msg == "console sign-in"}
+    assert clients == {"203.0.113.9" if forwarded else "127.0.0.1"}
+
+
+def test_forwarded_headers_are_not_believed_unless_configured(relay: Relay,  # noqa: F811
+                                                              relay_log: LogRecords) -> None:
+    client = relay.client()
+    spoofed = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Host": "relay.example.org"}
+    page = client.get("/console/login", headers=spoofed)
+    client.post("/console/login", headers=spoofed, data={
+        "username": "ops", "password": PASSWORD, "csrf": form_csrf(page.text)})
+    assert {f.get("client") for msg, f in relay_log.lines if msg == "console sign-in"} == \
+        {"127.0.0.1"}
+
+
+def test_redirects_never_name_the_host_header(relay: Relay) -> None:  # noqa: F811
+    client = relay.client()
+    resp = client.get("/console", headers={"Host": "evil.example"})
+    assert resp.status_code in (301, 308) and resp.headers["Location"] == "/console/"
+    signed_out = client.get("/console/failed?x=1", headers={"Host": "evil.example"})
+    assert signed_out.headers["Location"].startswith("/console/login?")
+
+
+@pytest.mark.parametrize("origin", ["relay.example.org", "https://relay.example.org/",
+                                    "https://relay.example.org/console", "ftp://x",
+                                    "https://user@relay.example.org"])
+def test_a_public_origin_must_be_an_origin(tmp_path: Path, origin: str) -> None:
+    problems = check_fails(tmp_path, proxied_config(public_origin=origin))
+    assert "console.public_origin" in problems and "no path" in problems

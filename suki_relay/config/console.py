@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from suki_relay.options import setting
 
@@ -59,6 +60,16 @@ def _user(entry: Any) -> ConsoleUser:
     return ConsoleUser(str(entry))
 
 
+def _origin(value: str) -> str | None:
+    parts = urlsplit(value)
+    if not value or (parts.scheme in ("http", "https") and parts.hostname and
+                     not parts.path.strip("/") and not parts.query and not parts.username
+                     and value == f"{parts.scheme}://{parts.netloc}"):
+        return None
+    return ("expected the scheme and host browsers use, such as https://relay.example.org "
+            "(no path, no trailing slash)")
+
+
 def _secret(value: str) -> str | None:
     if value and len(value) < 32:
         return "expected at least 32 random characters (or leave it out to derive one)"
@@ -79,6 +90,13 @@ class ConsoleSettings:
     session_secret: str = setting("", secret=True, check=_secret,
                                   help="signs session cookies (32+ characters); "
                                        "default: derived from the webhook secret")
+    # behind a reverse proxy: the origin browsers see (Origin check, Secure cookie) ...
+    public_origin: str = setting("", check=_origin,
+                                 help="e.g. https://relay.example.org, behind a reverse proxy")
+    # ... and/or how many proxies' X-Forwarded-For/-Proto/-Host/-Port to believe
+    trusted_proxies: int = setting(0, min=0, max=5,
+                                   help="reverse proxies in front whose X-Forwarded-* "
+                                        "headers are believed (0: none)")
 
 
 def check(console: ConsoleSettings) -> str | None:

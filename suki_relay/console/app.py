@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
@@ -109,6 +110,9 @@ class Console:
         self.jinja.filters.update(utc=_utc, iso=_iso, duration=_duration, ms=_ms,
                                   querystring=lambda d: urlencode(d))
         self.views = Views(self, relay)
+        n = self.settings.trusted_proxies  # X-Forwarded-* of this many proxies, believed
+        self.wsgi: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]] = \
+            ProxyFix(self.app, x_for=n, x_proto=n, x_host=n, x_port=n) if n else self.app
         p = self.prefix
         self.url_map = Map([
             Rule(f"{p}/", endpoint="overview", methods=["GET"]),
@@ -135,6 +139,9 @@ class Console:
     # ------------------------------------------------------------ WSGI
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.wsgi(environ, start_response)
+
+    def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = ConsoleRequest(environ)
         try:
             response = self.dispatch(request)
@@ -142,8 +149,11 @@ class Console:
             response = self.error_page(request, 503, "The store cannot be reached right now. "
                                                      "Nothing was changed; try again shortly.")
         except HTTPException as exc:
-            if exc.code and exc.code < 400:  # a redirect (e.g. to the trailing slash)
-                response = exc.get_response(environ)
+            if exc.code and exc.code < 400:  # a redirect (e.g. to the trailing slash):
+                response = exc.get_response(environ)  # to a path, never to the Host header's
+                target = urlsplit(response.headers.get("Location", ""))
+                response.headers["Location"] = target.path + (
+                    f"?{target.query}" if target.query else "")
             else:
                 response = self.error_page(request, exc.code or 500, exc.description or exc.name)
         for name, value in SECURITY_HEADERS.items():
@@ -237,16 +247,34 @@ class Console:
 
     def csrf_ok(self, request: Request, session: Session) -> bool:
         origin = request.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        if origin and origin != "null" and not self.same_origin(request, origin):
             return False
         token = request.form.get("csrf", "")
         return hmac.compare_digest(token.encode(), session.csrf.encode())
 
+    def same_origin(self, request: Request, origin: str) -> bool:
+        """Whether a browser's Origin is this console's: ``public_origin`` when configured
+        (scheme and host), else the host the request names (as forwarded by
+        ``trusted_proxies``, when set)."""
+        public = self.settings.public_origin
+        if public:
+            return origin.lower() == public.lower()
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+
+    def secure(self, request: Request) -> bool:
+        """Secure cookies, unless a browser on this machine talks straight to the relay
+        over plain HTTP (or the configured public origin is itself plain HTTP)."""
+        if self.settings.public_origin:
+            return self.settings.public_origin.startswith("https:")
+        if self.settings.trusted_proxies:  # the scheme and host the browser used
+            return request.scheme == "https" or not _loopback(
+                urlsplit("//" + request.host).hostname or "")
+        return not served_on_loopback(request)
+
     def set_cookie(self, request: Request, response: Response, name: str, value: str,
                    max_age: int | None) -> None:
         response.set_cookie(name, value, max_age=max_age, path=self.prefix + "/",
-                            secure=not served_on_loopback(request), httponly=True,
-                            samesite="Strict")
+                            secure=self.secure(request), httponly=True, samesite="Strict")
 
     def login(self, request: Request) -> Response:
         current = self.session(request)
