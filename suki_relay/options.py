@@ -136,6 +136,7 @@ def validate(options: Mapping[str, Option], raw: Any, where: str = "",
                 message = f"template error: {exc}"
         if message is not None:
             problems.append(Problem(here, message, line))
+            values[key] = opt.default  # reported; what reads on finds the default, not a gap
             continue
         if isinstance(value, int) and not isinstance(value, bool) and _accepts(opt.kind, float) \
                 and not _accepts(opt.kind, int):
