@@ -1,6 +1,7 @@
 """Bad input tried at scale (Hypothesis): generated requests against the in-process
 receiver never get a 5xx while the store is up and never log a traceback; generated
-actions.yaml documents never make `check` or `serve` print one.
+actions.yaml documents never make `check` or `serve` print one; generated console inputs
+never get a 5xx or miss the security headers.
 
 CI runs a bounded number of examples (EXAMPLES below); for a longer hunt:
 
@@ -11,6 +12,7 @@ CI runs a bounded number of examples (EXAMPLES below); for a longer hunt:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -236,3 +239,61 @@ def test_check_and_serve_never_print_a_traceback(tmp_path: Path, document: Any) 
         served = cli_here("serve", cwd=tmp_path)
         assert served.returncode != 0
         assert "Traceback" not in served.stdout + served.stderr
+
+
+# ---------------------------------------------------------------- the console
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, str]]:
+    """A signed-in browser on a console over PostgreSQL (which refuses a NUL outright),
+    or SQLite without it; with one failed delivery to act on."""
+    from .conftest import PG_PROBLEM, PG_URL
+    from .support.relay import pg_schema
+    from .test_console import Relay, config_text, csrf_of, signed_in
+
+    folder = tmp_path_factory.mktemp("console-fuzz")
+    with contextlib.ExitStack() as stack:
+        if PG_PROBLEM and os.environ.get("CI"):
+            pytest.fail(PG_PROBLEM)
+        url = "sqlite:///relay.db" if PG_PROBLEM else stack.enter_context(pg_schema(PG_URL))
+        (folder / "actions.yaml").write_text(config_text(store=url))
+        relay = Relay(LocalRelay(folder / "actions.yaml", deliver=False))
+        stack.callback(relay.local.stop)
+        event_id = relay.receive()
+        relay.fail_all()
+        client = signed_in(relay)
+        yield client, event_id, csrf_of(client)
+
+
+CONSOLE_PATHS = st.sampled_from(["/console/", "/console/events", "/console/events/{id}",
+                                 "/console/events/{id}/reroute", "/console/events/{id}/payload",
+                                 "/console/failed", "/console/replay", "/console/replay-failed",
+                                 "/console/login", "/console/logout", "/console/static/{id}",
+                                 "/console", "/console/{id}"])
+CONSOLE_KEYS = st.sampled_from(["status", "session", "encounter", "since", "matched",
+                                "malformed", "recovered", "before", "event", "delivery",
+                                "next", "since_ts", "csrf", "username", "password"])
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=("Cs",)), max_size=30)
+
+
+@FUZZ
+@given(path=CONSOLE_PATHS, ident=st.one_of(ANY_TEXT, st.just("{event}")),
+       method=st.sampled_from(["GET", "HEAD", "POST"]),
+       values=st.dictionaries(st.one_of(CONSOLE_KEYS, ANY_TEXT), ANY_TEXT, max_size=4),
+       with_token=st.booleans())
+def test_every_console_input_works_or_gets_a_clean_4xx(
+        console: tuple[Any, str, str], tracebacks: Tracebacks, path: str, ident: str,
+        method: str, values: dict[str, str], with_token: bool) -> None:
+    client, event_id, token = console
+    ident = event_id if ident == "{event}" else ident
+    target = path.replace("{id}", quote(ident, safe=""))
+    if method == "POST":
+        signs_out = path == "/console/logout"  # the session must last the whole run
+        form = {**values, **({"csrf": token} if with_token and not signs_out else {})}
+        resp = client.post(target, data=form)
+    else:
+        resp = client.open(target, method=method, query_string=values)
+    assert resp.status_code < 500, (target, resp.status_code)
+    assert resp.headers.get("Content-Security-Policy") and resp.headers.get("X-Frame-Options")
+    assert tracebacks.errors == []
