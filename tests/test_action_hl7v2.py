@@ -600,7 +600,9 @@ def test_the_stand_in_command_prints_what_it_receives_and_answers_as_told(
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "suki_relay.cli.main", "stand-in", "mllp",
                              "--port", str(port), "--ack", "AE", "--text", "Try later"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # started as `cmd &` in a shell starts it: with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         spec = build_spec("hl7v2", {"host": "127.0.0.1", "port": port, "patient_id": "P-1",
                                     "timeout_seconds": 5}, tmp_path, suki=suki.settings())
@@ -614,7 +616,12 @@ def test_the_stand_in_command_prints_what_it_receives_and_answers_as_told(
             attempt_once(spec, make_delivery(event()))
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("the stand-in did not stop on SIGINT") from None
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("--- received control id SR") and "answering AE" in lines[0]

@@ -5,6 +5,7 @@ The listener is suki_relay.testing_mllp's, the one the tests use."""
 from __future__ import annotations
 
 import argparse
+import signal
 import ssl
 import sys
 import threading
@@ -73,11 +74,13 @@ def cmd_stand_in_mllp(args: argparse.Namespace) -> int:
     scheme = "mllps" if args.tls_cert else "mllp"
     print(f"MLLP stand-in listening on {scheme}://{args.host}:{listener.port}; answering "
           f"{args.ack}. Ctrl-C to stop.", file=sys.stderr, flush=True)
+    # Ctrl-C and SIGTERM stop it, set here rather than left to Python's defaults: a process
+    # started in the background by a shell (or a test run) inherits SIGINT ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: listener.stopped.set())
     try:
         while not listener.stopped.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         listener.stop()
     print(f"received {len(listener.received)} message(s), filed {len(listener.filed)}",
