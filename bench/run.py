@@ -4,6 +4,7 @@
     python bench/run.py --only ack      # one part: ack, stall, delivery, fetch, hl7, routing, memory
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
+    python bench/run.py --only footprint   # worker RSS, idle and under load, all off vs all on
     python bench/run.py --rounds 3 --duration 3
     python bench/run.py --only ack --compare ../release   # another checkout, same rounds
     python bench/run.py --only ack --pg URL --handlers "spool disabled" "PostgreSQL ("
@@ -468,7 +469,9 @@ def bench_flood(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
 
 
 def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
-    """Store -> fast local target, against a bare `requests` loop of the same concurrency."""
+    """Store -> fast local target, against a bare `requests` loop of the same concurrency.
+    A worker's figure counts its start-up (a new process: imports, config, store), as it
+    always has; ``from_first`` also gives its rate from its first delivery done."""
     n, concurrency = args.deliveries, 8
     port = free_port()
     body = json.dumps(SAMPLE).encode()
@@ -477,6 +480,8 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
         tree = args.compare.resolve()
         relays.append((f"suki-relay worker at {checkout_label(tree)}", checkout_python(tree), tree))
     results: dict[str, list[float]] = {"requests loop": [], **{name: [] for name, _, _ in relays}}
+    from_first: dict[str, list[float]] = {name: [] for name, _, _ in relays}
+    start_up: dict[str, list[float]] = {name: [] for name, _, _ in relays}
     with server(gunicorn("bench.apps:bare", port), port):
         url = f"http://127.0.0.1:{port}/"
         for rnd in range(args.rounds):
@@ -497,20 +502,34 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
             results["requests loop"].append(n / (time.perf_counter() - t0))
 
             for i, (name, python, tree) in enumerate(relays if rnd % 2 == 0 else relays[::-1]):
-                results[name].append(relay_delivery(work / f"delivery-{rnd}-{i}", url, body, n,
-                                                    concurrency, python, tree))
-            print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()),
-                  file=sys.stderr)
-    out["delivery"] = [{"path": k, "events_s": statistics.median(v),
-                        "ratio": paired_ratio(v, results["requests loop"])}
-                       for k, v in results.items()]
+                whole, first, steady = relay_delivery(work / f"delivery-{rnd}-{i}", url, body, n,
+                                                      concurrency, python, tree)
+                results[name].append(whole)
+                start_up[name].append(first)
+                from_first[name].append(steady)
+            print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items())
+                  + "; from the first delivery: " + ", ".join(
+                      f"{k} {v[-1]:.0f}/s" for k, v in from_first.items()), file=sys.stderr)
+    loop_rates = results["requests loop"]
+    rows: list[dict[str, Any]] = [{"path": "requests loop", "events_s": statistics.median(loop_rates),
+                                   "ratio": 1.0, "rounds": loop_rates}]
+    for name, _, _ in relays:
+        rows.append({"path": name, "events_s": statistics.median(results[name]),
+                     "ratio": paired_ratio(results[name], loop_rates), "rounds": results[name],
+                     "start_to_first_delivery_s": statistics.median(start_up[name]),
+                     "from_first_events_s": statistics.median(from_first[name]),
+                     "from_first_ratio": paired_ratio(from_first[name], loop_rates)})
+    if args.compare:
+        rows[1]["to_compared"] = paired_ratio(results[relays[0][0]], results[relays[1][0]])
+    out["delivery"] = rows
     out["lag"] = bench_lag(args, work)
 
 
 def relay_delivery(folder: Path, url: str, body: bytes, n: int, concurrency: int, python: str,
-                   tree: Path) -> float:
-    """Events per second one `suki-relay worker` (of the checkout at ``tree``) delivers
-    ``n`` stored events to ``url``."""
+                   tree: Path) -> tuple[float, float, float]:
+    """One `suki-relay worker` (of the checkout at ``tree``) delivering ``n`` stored events
+    to ``url``: events per second from its start, seconds from its start to its first
+    delivery done, and events per second after that."""
     from suki_relay.store import NewEvent, open_store
 
     cfg = relay_config(folder, {"fast": {"type": "http", "url": url,
@@ -528,9 +547,13 @@ def relay_delivery(folder: Path, url: str, body: bytes, n: int, concurrency: int
                               env=relay_env(folder), cwd=tree, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
+        first = wait_until(lambda s=store: s.stats().deliveries["done"], 60, 0.01,
+                           "a first delivery")
+        t1 = time.perf_counter()
         wait_until(lambda s=store: s.stats().deliveries["done"] == n, 600, 0.05,
                    "all deliveries done")
-        return n / (time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        return n / (t2 - t0), t1 - t0, (n - first) / (t2 - t1)
     finally:
         os.kill(worker.pid, signal.SIGTERM)
         worker.wait(30)
@@ -841,6 +864,104 @@ def bench_memory(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> N
                     "bytes_after_prune_and_refill": sizes["after_prune_and_as_many_again"]}
 
 
+def footprint_config(folder: Path, on: bool, target: str, suki: str) -> Path:
+    """``on``: every optional part configured (the console, recovery against a Suki
+    stand-in, metrics, and one action of every built-in type: the http and sql actions
+    deliver every event, the others are loaded and idle). Off: metrics off, one http
+    action, nothing else."""
+    actions: dict[str, Any] = {"fwd": {"type": "http", "url": target}}
+    if not on:
+        cfg = relay_config(folder, actions, metrics={"enabled": False})
+        return cfg
+    from suki_relay.console.auth import hash_password
+
+    actions.update({
+        "db": {"type": "sql", "url": "sqlite:///rows.db",
+               "statement": ["CREATE TABLE IF NOT EXISTS seen (s TEXT)",
+                             "INSERT INTO seen VALUES (:s)"],
+               "params": {"s": "{{ event.session_id }}"}},
+        "mail": {"type": "email", "to": ["a@example.org"], "from": "r@example.org",
+                 "smtp": {"host": "127.0.0.1"}},
+        "chat": {"type": "slack", "webhook_url": target},
+        "save": {"type": "fetch_note", "directory": "notes"},
+        "ehr": {"type": "fhir", "base_url": target + "fhir", "subject": "Patient/1",
+                "auth": {"token_url": target + "token", "client_id": "c",
+                         "client_secret": "bench-client-secret"}}})
+    cfg = relay_config(folder, actions, console={
+        "enabled": True, "users": {"admin": hash_password("bench password")}},
+        suki={"base_url": suki, "partner_id": "p", "partner_token": "t"})
+    data = yaml.safe_load(cfg.read_text())
+    data["rules"] = [{"name": "all", "do": ["fwd", "db"]},
+                     {"name": "idle", "when": {"additional_info.specialty": "none-such"},
+                      "do": ["mail", "chat", "save", "ehr"]}]
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def bench_footprint(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Resident memory of each `suki-relay serve` worker (2 x 16 threads), idle after boot
+    and at its largest under wrk load, with everything off and with everything on (and,
+    with --compare, the other checkout's in the same rounds)."""
+    relays = [("suki-relay", PY, REPO)]
+    if args.compare:
+        tree = args.compare.resolve()
+        relays.append((f"suki-relay at {checkout_label(tree)}", checkout_python(tree), tree))
+    target_port, suki_port = free_port(), free_port()
+    runs: dict[str, list[dict[str, float]]] = {}
+    with server(gunicorn("bench.apps:bare", target_port), target_port), \
+            server(gunicorn("bench.apps:suki_api", suki_port, ["--header-map", "dangerous"]),
+                   suki_port):
+        for rnd in range(args.rounds):
+            for name, python, tree in relays if rnd % 2 == 0 else relays[::-1]:
+                for on in (False, True):
+                    key = f"{name}, everything {'on' if on else 'off'}"
+                    folder = work / f"footprint-{rnd}-{len(runs.get(key, []))}-{abs(hash(key))}"
+                    cfg = footprint_config(folder, on, f"http://127.0.0.1:{target_port}/",
+                                           f"http://127.0.0.1:{suki_port}")
+                    port = free_port()
+                    with server(relay_cmd(cfg, port, python), port, relay_env(folder),
+                                tree) as proc:
+                        time.sleep(2.0)  # settled: threads started, first polls done
+                        workers = [int(p) for p in subprocess.run(
+                            ["pgrep", "-P", str(proc.pid)], capture_output=True,
+                            text=True).stdout.split()]
+                        idle = [rss_kb(w) for w in workers]
+                        peak = dict.fromkeys(workers, 0)
+                        stop = threading.Event()
+
+                        def sample(ws: list[int] = workers, pk: dict[int, int] = peak,
+                                   st: threading.Event = stop) -> None:
+                            while not st.wait(0.2):
+                                for w in ws:
+                                    pk[w] = max(pk[w], rss_kb(w))
+
+                        sampler = threading.Thread(target=sample)
+                        sampler.start()
+                        lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                        try:
+                            result = wrk(port, lines, args.duration, args.connections)
+                        finally:
+                            stop.set()
+                            sampler.join()
+                    runs.setdefault(key, []).append({
+                        "idle_kb": statistics.median(idle), "load_kb": max(peak.values()),
+                        "workers": len(workers), "rps": result["rps"]})
+                    print(f"  round {rnd + 1} {key}: worker RSS idle "
+                          f"{statistics.median(idle) / 1024:.1f} MiB, under load "
+                          f"{max(peak.values()) / 1024:.1f} MiB", file=sys.stderr)
+    rows = []
+    for key, rs in runs.items():
+        off = runs[key.replace("everything on", "everything off")]
+        rows.append({"relay": key, "idle_mib": statistics.median(r["idle_kb"] for r in rs) / 1024,
+                     "load_mib": statistics.median(r["load_kb"] for r in rs) / 1024,
+                     "load_to_off": paired_ratio([r["load_kb"] for r in rs],
+                                                 [r["load_kb"] for r in off]),
+                     "idle_by_round_kb": [r["idle_kb"] for r in rs],
+                     "load_by_round_kb": [r["load_kb"] for r in rs],
+                     "req_s": statistics.median(r["rps"] for r in rs)})
+    out["footprint"] = rows
+
+
 # ---------------------------------------------------------------- profile
 
 
@@ -883,7 +1004,8 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
          "fetch": bench_fetch, "hl7": bench_hl7, "routing": bench_routing, "memory": bench_memory}
-EXTRA = {"breakdown": bench_breakdown, "flood": bench_flood}  # only when named in --only
+EXTRA = {"breakdown": bench_breakdown, "flood": bench_flood,  # only when named in --only
+         "footprint": bench_footprint}
 
 
 def main() -> None:

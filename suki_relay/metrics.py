@@ -3,6 +3,10 @@
 Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (``suki-relay serve``
 does) and every worker's counts are summed at scrape time. Queue depth and the age of
 the oldest pending delivery are read from the store when scraped, at most every 2 s.
+
+With ``metrics: {enabled: false}`` (:func:`configure`, called where a process applies its
+config) nothing is counted and prometheus-client is never imported; otherwise it is
+imported at the first count, after the process has set PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
@@ -11,52 +15,119 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from typing import TYPE_CHECKING, Any
 
 from suki_relay.protocol import DOCUMENTED_STATUSES
 
 if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
+
     from suki_relay.config.routing import Rule
     from suki_relay.serve.config_state import ConfigState
     from suki_relay.store import Administering, Stats
     from suki_relay.store.spool import Spool
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_enabled: bool | None = None  # None: not configured (counted, as by default)
 
-REQUESTS = Counter("suki_relay_requests_total", "Webhook requests by outcome", ["outcome"])
-EVENTS = Counter("suki_relay_events_total", "Accepted events by status", ["status"])
-DELIVERIES = Counter("suki_relay_delivery_attempts_total", "Delivery attempts by outcome",
-                     ["action", "outcome"])
-RETRIES = Counter("suki_relay_delivery_retries_total", "Attempts that will be retried",
-                  ["action"])
-ACK_SECONDS = Histogram("suki_relay_ack_seconds", "Time from request to acknowledgement",
-                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-DELIVERY_SECONDS = Histogram("suki_relay_delivery_seconds", "Duration of one delivery attempt",
-                             ["action"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-RECOVERED = Counter("suki_relay_recovered_sessions_total",
-                    "Sessions recorded from Suki's status API, by what it said", ["status"])
-GIVE_UPS = Counter("suki_relay_recovery_give_ups_total",
-                   "Missing sessions still not recoverable after give_up_after_hours")
-LAG_SECONDS = Histogram("suki_relay_delivery_lag_seconds",
-                        "From acceptance to successful delivery", ["action"],
-                        buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
-SPOOLED = Counter("suki_relay_spooled_total",
-                  "Events committed to the local spool because the store could not commit")
-SPOOL_DRAINED = Counter("suki_relay_spool_drained_total",
-                        "Spooled events moved into the store")
-SPOOL_SET_ASIDE = Counter("suki_relay_spool_set_aside_total",
-                          "Spooled records set aside because they could not be read back")
+
+def configure(enabled: bool) -> None:
+    """Whether this process counts: call with the config's ``metrics.enabled`` before the
+    first count. Off, every metric is a no-op and prometheus-client is not imported."""
+    global _enabled
+    _enabled = enabled
+    if enabled:
+        _made()
+
+
+class _Off:
+    """A metric that counts nothing (metrics are off)."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+_OFF = _Off()
+
+
+class _Metric:
+    """A prometheus-client Counter or Histogram, made at its first use (or nothing, when
+    metrics are off), so that importing this module imports no metrics library."""
+
+    __slots__ = ("_args", "_kind", "_kwargs", "_real")
+
+    def __init__(self, kind: str, *args: Any, **kwargs: Any):
+        self._kind, self._args, self._kwargs = kind, args, kwargs
+        self._real: Any = None
+
+    def _get(self) -> Any:
+        real = self._real
+        if real is None:
+            if _enabled is False:
+                return _OFF
+            import prometheus_client
+
+            real = self._real = getattr(prometheus_client, self._kind)(*self._args,
+                                                                       **self._kwargs)
+        return real
+
+    def labels(self, *values: str) -> Any:
+        return self._get().labels(*values)
+
+    def inc(self, amount: float = 1) -> None:
+        self._get().inc(amount)
+
+    def observe(self, value: float) -> None:
+        self._get().observe(value)
+
+
+_ALL: list[_Metric] = []
+
+
+def _declare(kind: str, *args: Any, **kwargs: Any) -> Any:
+    metric = _Metric(kind, *args, **kwargs)
+    _ALL.append(metric)
+    return metric
+
+
+def _made() -> None:
+    """Every metric made (each shows from the first scrape, at zero if nothing counted)."""
+    for metric in _ALL:
+        metric._get()
+
+
+REQUESTS = _declare("Counter", "suki_relay_requests_total", "Webhook requests by outcome",
+                    ["outcome"])
+EVENTS = _declare("Counter", "suki_relay_events_total", "Accepted events by status", ["status"])
+DELIVERIES = _declare("Counter", "suki_relay_delivery_attempts_total",
+                      "Delivery attempts by outcome", ["action", "outcome"])
+RETRIES = _declare("Counter", "suki_relay_delivery_retries_total",
+                   "Attempts that will be retried", ["action"])
+ACK_SECONDS = _declare("Histogram", "suki_relay_ack_seconds",
+                       "Time from request to acknowledgement",
+                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+DELIVERY_SECONDS = _declare("Histogram", "suki_relay_delivery_seconds",
+                            "Duration of one delivery attempt", ["action"],
+                            buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+RECOVERED = _declare("Counter", "suki_relay_recovered_sessions_total",
+                     "Sessions recorded from Suki's status API, by what it said", ["status"])
+GIVE_UPS = _declare("Counter", "suki_relay_recovery_give_ups_total",
+                    "Missing sessions still not recoverable after give_up_after_hours")
+LAG_SECONDS = _declare("Histogram", "suki_relay_delivery_lag_seconds",
+                       "From acceptance to successful delivery", ["action"],
+                       buckets=(.01, .05, .1, .25, .5, 1, 5, 30, 60, 300, 3600, 86400))
+SPOOLED = _declare("Counter", "suki_relay_spooled_total",
+                   "Events committed to the local spool because the store could not commit")
+SPOOL_DRAINED = _declare("Counter", "suki_relay_spool_drained_total",
+                         "Spooled events moved into the store")
+SPOOL_SET_ASIDE = _declare("Counter", "suki_relay_spool_set_aside_total",
+                           "Spooled records set aside because they could not be read back")
 
 
 def count_request(outcome: str, seconds: float) -> None:
@@ -67,7 +138,7 @@ def count_request(outcome: str, seconds: float) -> None:
     ACK_SECONDS.observe(seconds)
 
 
-_REQUESTS_BY_OUTCOME: dict[str, Counter] = {}
+_REQUESTS_BY_OUTCOME: dict[str, Any] = {}
 
 
 ALWAYS_LABELLED = DOCUMENTED_STATUSES
@@ -121,6 +192,8 @@ class StoreCollector:
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         stats, sessions = self.stats()
         if stats is None:
             return
@@ -154,6 +227,8 @@ class ConfigCollector:
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         info = GaugeMetricFamily("suki_relay_config_info", "The config running (version)",
                                  labels=["version"])
         info.add_metric([self.state.version], 1)
@@ -172,6 +247,8 @@ class SpoolCollector:
         self.spool = spool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         try:
             summary = self.spool.summary()
         except Exception:
@@ -192,6 +269,10 @@ def render(stats: StoreStats, config: ConfigState | None = None,
            spool: Spool | None = None) -> tuple[bytes, str]:
     """This process's counts (or every worker's, in multiprocess mode), then the store's
     (and the config's, and the spool's)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    _made()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counts = CollectorRegistry()
         MultiProcessCollector(counts)

@@ -38,7 +38,8 @@ What a plugin gets:
   (templates over nested values), :func:`slack_escape`; :data:`RELATIONS`,
   :data:`CONTENT_RELATIONS` and :func:`unknown_relations` (Suki's link relations);
   ``deadline`` (one deadline over a whole exchange on a socket of one's own) and ``oauth``
-  (bearer and client-credentials tokens, cached).
+  (bearer and client-credentials tokens, cached; imported when first used, so a config
+  without an action that authenticates never loads it).
 
 The built-in actions import only from here, as third-party ones do (an import-linter
 contract in pyproject.toml holds them to it).
@@ -46,13 +47,18 @@ contract in pyproject.toml holds them to it).
 Test helpers for plugins are in :mod:`suki_relay.testing`.
 """
 
-from suki_relay.deliver import deadline, oauth, outbound
+from typing import TYPE_CHECKING, Any
+
+from suki_relay.deliver import deadline, outbound
 from suki_relay.deliver.action import MASK, Action, Delivery, RelayContext, mask_secret_keys
 from suki_relay.deliver.fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
 from suki_relay.deliver.outbound import new_session, raise_for_status, send
 from suki_relay.deliver.templates import map_strings, render_value, slack_escape
 from suki_relay.errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
 from suki_relay.options import Option
+
+if TYPE_CHECKING:
+    from suki_relay.deliver import oauth
 
 __all__ = [
     "CONTENT_RELATIONS",
@@ -81,3 +87,13 @@ __all__ = [
     "slack_escape",
     "unknown_relations",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``oauth``, imported by the first action that uses it (``from suki_relay.plugin
+    import oauth`` included): what is not configured is not imported."""
+    if name == "oauth":
+        from suki_relay.deliver import oauth
+
+        return oauth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -201,13 +201,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from suki_relay import logs
+    from suki_relay import logs, metrics
     from suki_relay.cli.spool import spool_of
     from suki_relay.deliver.deliverer import Deliverer
     from suki_relay.serve.assemble import background
 
     logs.setup(args.log_format)
     config = config_of(args)
+    metrics.configure(config.metrics.enabled)
     with store_of(config, lazy=True) as store, spool_of(config) as spool:
         process = background(config, store, spool, Deliverer(config, store))
         process.log = True

@@ -294,7 +294,8 @@ def _templates_dir(value: str | None, base_dir: Path, raw: Any,
 
 def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
              problems: list[Problem]) -> dict[str, ActionSpec]:
-    types = plugins.discover()
+    types = plugins.discover(only={str(options.get("type")) for options in raw.values()
+                                   if isinstance(options, dict)})
     out: dict[str, ActionSpec] = {}
     for name, options in raw.items():
         where, line = f"actions.{name}", line_of(raw, name)
@@ -311,7 +312,7 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
                              str(k), list(ACTION_OPTIONS), n=1, cutoff=0.6)]
         found_type = types.get(str(type_name)) if type_name else None
         if type_name and found_type is None:
-            known = ", ".join(sorted(t for t, v in types.items() if v.cls)) or "none"
+            known = ", ".join(sorted(t for t, v in types.items() if v.error is None)) or "none"
             problems.append(Problem(f"{where}.type", f"unknown action type {type_name!r}; "
                                     f"installed: {known}", line_of(options, "type")))
         if found_type is not None and found_type.cls is None:

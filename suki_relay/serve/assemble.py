@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from suki_relay import logs
-from suki_relay.receive.app import RelayApp
+from suki_relay import logs, metrics
 from suki_relay.serve.config_state import ConfigState, load_or_last_good
 from suki_relay.serve.process import Process
 
 if TYPE_CHECKING:
     from suki_relay.config.load import Config
     from suki_relay.deliver.deliverer import Deliverer
+    from suki_relay.receive.app import RelayApp
     from suki_relay.store import Store
     from suki_relay.store.spool import Spool
 
@@ -49,9 +49,11 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
     The store is lazy: a worker boots whatever it says (a database down, a file that
     cannot be opened), answers 503 while it cannot commit, and recovers by itself."""
     from suki_relay.deliver.deliverer import Deliverer
+    from suki_relay.receive.app import RelayApp
     from suki_relay.store import open_store
     from suki_relay.store.spool import open_spool
 
+    metrics.configure(config.metrics.enabled)
     store = open_store(config.store_url, config.base_dir, lazy=True)
     spool = open_spool(config)
     deliver = deliver and os.environ.get(ENV_DELIVER, "1") != "0"
@@ -71,15 +73,17 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
 def background(config: Config, store: Store, spool: Spool | None,
                deliverer: Deliverer | None) -> Process:
     """A process's parts (`serve`'s workers and `worker` alike), not started: delivery,
-    the gap watcher where deliveries run, the spool's drain wherever there is a spool."""
-    from suki_relay.receive.drain import Drainer
-    from suki_relay.recover.recovery import GapWatcher, Recoverer
-
+    the gap watcher where deliveries run, the spool's drain wherever there is a spool.
+    Each is imported only when the config has it."""
     watcher = None
     if deliverer is not None and config.recovery_enabled:
+        from suki_relay.recover.recovery import GapWatcher, Recoverer
+
         watcher = GapWatcher(config, store, Recoverer(config, store, deliverer=deliverer),
                              spool=spool)
     drainer = None
     if spool is not None:
+        from suki_relay.receive.drain import Drainer
+
         drainer = Drainer(spool, store, deliverer.wake if deliverer else None)
     return Process(store, spool, deliverer, drainer, watcher, tracing=config.tracing)
