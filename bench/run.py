@@ -482,10 +482,12 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
     results: dict[str, list[float]] = {"requests loop": [], **{name: [] for name, _, _ in relays}}
     from_first: dict[str, list[float]] = {name: [] for name, _, _ in relays}
     start_up: dict[str, list[float]] = {name: [] for name, _, _ in relays}
+    loops_around: dict[str, list[float]] = {name: [] for name, _, _ in relays}
     with server(gunicorn("bench.apps:bare", port), port):
         url = f"http://127.0.0.1:{port}/"
-        for rnd in range(args.rounds):
-            # the ceiling: the same number of POSTs from `concurrency` threads
+
+        def loop_rate() -> float:
+            """The ceiling: the same number of POSTs from ``concurrency`` threads."""
             def loop(count: int) -> None:
                 with requests.Session() as s:
                     for _ in range(count):
@@ -499,14 +501,23 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                 t.start()
             for t in threads:
                 t.join()
-            results["requests loop"].append(n / (time.perf_counter() - t0))
+            return n / (time.perf_counter() - t0)
 
+        for rnd in range(args.rounds):
+            # the loop runs before and after each relay: a relay's baseline is the mean of
+            # the two around it (on a shared machine the load drifts within a round)
+            before = loop_rate()
+            results["requests loop"].append(before)
             for i, (name, python, tree) in enumerate(relays if rnd % 2 == 0 else relays[::-1]):
                 whole, first, steady = relay_delivery(work / f"delivery-{rnd}-{i}", url, body, n,
                                                       concurrency, python, tree)
+                after = loop_rate()
                 results[name].append(whole)
                 start_up[name].append(first)
                 from_first[name].append(steady)
+                loops_around[name].append((before + after) / 2)
+                results["requests loop"].append(after)
+                before = after
             print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items())
                   + "; from the first delivery: " + ", ".join(
                       f"{k} {v[-1]:.0f}/s" for k, v in from_first.items()), file=sys.stderr)
@@ -515,10 +526,11 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                                    "ratio": 1.0, "rounds": loop_rates}]
     for name, _, _ in relays:
         rows.append({"path": name, "events_s": statistics.median(results[name]),
-                     "ratio": paired_ratio(results[name], loop_rates), "rounds": results[name],
+                     "ratio": paired_ratio(results[name], loops_around[name]),
+                     "rounds": results[name],
                      "start_to_first_delivery_s": statistics.median(start_up[name]),
                      "from_first_events_s": statistics.median(from_first[name]),
-                     "from_first_ratio": paired_ratio(from_first[name], loop_rates)})
+                     "from_first_ratio": paired_ratio(from_first[name], loops_around[name])})
     if args.compare:
         rows[1]["to_compared"] = paired_ratio(results[relays[0][0]], results[relays[1][0]])
     out["delivery"] = rows
