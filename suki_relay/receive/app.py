@@ -266,6 +266,12 @@ class RelayApp:
                 return Answer(200, {"status": "duplicate", "event_id": first,
                                     "spooled": True}), "duplicate"
         try:
+            if self.spooling is not None and self.store.reconnecting():
+                # the database is down and a request ahead of this one is trying it again:
+                # spool at once, not after that attempt (the first request to find the
+                # database back still commits there)
+                raise StoreUnavailable("the store is unreachable (another request is "
+                                       "trying it again)")
             event, recorded = commit(self.recorder, event)
         except StoreUnavailable as exc:
             self._store_down = True

@@ -1,0 +1,99 @@
+"""While the database is down and a request is trying it again, the others spool at once
+instead of queueing behind that attempt (a database that hangs on connect would otherwise
+hold every request for connect_timeout); the request that finds it back still commits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from suki_relay import protocol
+from suki_relay.receive.app import RelayApp
+from suki_relay.serve.config_state import ConfigState
+from suki_relay.store import open_store, pgpool
+from suki_relay.store.spool import Spool
+from suki_relay.testing import SECRET, build_config, unique_body, wait_until
+
+
+class BlackHole:
+    """A PostgreSQL that accepts connections and never answers: each attempt to connect
+    lasts connect_timeout. Counts the attempts; holds their sockets until stopped."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0):
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.stop()
+
+
+def post(app: RelayApp, body: bytes) -> tuple[int, dict[str, Any]]:
+    environ = EnvironBuilder(path="/webhooks/notification", method="POST", data=body,
+                             headers=protocol.signed_headers(SECRET, body)).get_environ()
+    status: list[str] = []
+    answer = b"".join(app(environ, lambda s, h: status.append(s)))
+    return int(status[0].split()[0]), json.loads(answer)
+
+
+def test_requests_spool_at_once_while_another_request_tries_the_database(
+        tmp_path: Path, black_hole: BlackHole, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a request waits this long for a connection while the database is down (0.5 s as
+    # shipped): long here, so that "answered while the other request still waits" does
+    # not depend on how fast this machine is
+    monkeypatch.setattr(pgpool, "PEER_WAIT_SECONDS", 10.0)
+    url = f"postgresql://127.0.0.1:{black_hole.port}/test?connect_timeout=2"
+    config = build_config({"store": url}, tmp_path)
+    store = open_store(url, tmp_path, lazy=True)  # its first attempt failed: known down
+    spool = Spool(tmp_path / "spool.db", 100)
+    try:
+        app = RelayApp(config, store, ConfigState(config.fingerprint), spool=spool)
+        wait_until(lambda: store.connections._down, 30,  # type: ignore[attr-defined]
+                   message="the pool's attempts given up: the database known down")
+        assert not store.reconnecting()  # down, and nobody waiting for it now
+        first: dict[str, Any] = {}
+        trying = threading.Thread(target=lambda: first.update(
+            answer=post(app, unique_body())))
+        attempts = len(black_hole.accepted)
+        trying.start()  # this request waits for the database, which hangs
+        wait_until(lambda: len(black_hole.accepted) > attempts and store.reconnecting(), 10,
+                   message="the first request waiting for a connection")
+        status, body = post(app, unique_body())
+        assert (status, body["status"], body.get("spooled")) == (200, "accepted", True)
+        assert trying.is_alive(), "answered only after the other request's attempt ended"
+        trying.join(30)
+        assert first["answer"][0] == 200 and first["answer"][1]["spooled"] is True
+        assert spool.summary()["spooled"] == 2  # both committed, neither lost
+    finally:
+        spool.close()
+        store.close()
