@@ -17,8 +17,8 @@ from suki_relay.console.auth import hash_password
 
 OPTIONAL = ("suki_relay.console.app", "suki_relay.actions.email", "suki_relay.actions.fhir",
             "suki_relay.actions.sql", "suki_relay.actions.slack", "suki_relay.actions.fetch_note",
-            "suki_relay.deliver.oauth", "suki_relay.recover.recovery", "sqlalchemy",
-            "prometheus_client", "smtplib")
+            "suki_relay.actions.hl7v2", "suki_relay.deliver.oauth",
+            "suki_relay.recover.recovery", "sqlalchemy", "prometheus_client", "smtplib")
 
 # a worker of `serve` (or plain gunicorn) builds its app this way; it prints the modules
 # loaded afterwards, and stops its threads by exiting
@@ -68,6 +68,8 @@ def test_each_part_a_config_turns_on_is_imported(tmp_path: Path) -> None:
                              "client_secret": "s"}},
             "db": {"type": "sql", "url": "sqlite:///rows.db",
                    "statement": "INSERT INTO t VALUES (:s)",
-                   "params": {"s": "{{ event.session_id }}"}}},
-        "rules": [{"name": "all", "do": ["mail", "chat", "save", "ehr", "db"]}]})
+                   "params": {"s": "{{ event.session_id }}"}},
+            "engine": {"type": "hl7v2", "host": "127.0.0.1", "port": 9,
+                       "patient_id": ["{{ event.session_id }}"]}},
+        "rules": [{"name": "all", "do": ["mail", "chat", "save", "ehr", "db", "engine"]}]})
     assert sorted(m for m in OPTIONAL if m not in loaded) == []
