@@ -5,6 +5,7 @@
     python bench/run.py --only breakdown   # where acknowledgement time goes (not in the default run)
     python bench/run.py --only flood       # good requests beside a flood of bad ones (not default)
     python bench/run.py --only footprint   # worker RSS, idle and under load, all off vs all on
+    python bench/run.py --only scaling --pg URL   # 1, 2, 4 workers; two relays on one database
     python bench/run.py --rounds 3 --duration 3
     python bench/run.py --only ack --compare ../release   # another checkout, same rounds
     python bench/run.py --only ack --pg URL --handlers "spool disabled" "PostgreSQL ("
@@ -16,6 +17,7 @@ Load goes to 127.0.0.1 only; every server started here is stopped here, by PID.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -100,9 +102,9 @@ def relay_config(folder: Path, actions: dict[str, Any] | None = None,
     return cfg
 
 
-def relay_cmd(cfg: Path, port: int, python: str = PY) -> list[str]:
+def relay_cmd(cfg: Path, port: int, python: str = PY, workers: int | None = None) -> list[str]:
     return [python, "-m", "suki_relay.cli", "-c", str(cfg), "serve", "--bind",
-            f"127.0.0.1:{port}"]
+            f"127.0.0.1:{port}", *(["--workers", str(workers)] if workers else [])]
 
 
 def checkout_python(tree: Path) -> str:
@@ -216,6 +218,9 @@ def run_store(spec: str) -> Iterator[str]:
             finally:
                 db.up()
                 del OUTAGES[db.url]
+    elif spec.startswith("nosync:"):  # a fresh schema, commits not waiting for the disk
+        with pg_schema(spec.removeprefix("nosync:"), "bench") as url:
+            yield url.replace("options=", "options=-csynchronous_commit%3Doff%20")
     elif spec == "tmpfs":
         ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir="/dev/shm"))
         try:
@@ -288,6 +293,12 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
             REPO))
         handlers["suki-relay on PostgreSQL, database down (spooled, 200)"] = \
             (f"outage:{args.pg}", relay)
+    if args.pg and args.compare:  # the other checkout on PostgreSQL too, up and down
+        tree = args.compare.resolve()
+        other = handlers[f"suki-relay at {checkout_label(tree)} (verify, route, commit, 200)"][1]
+        handlers[f"suki-relay at {checkout_label(tree)} on PostgreSQL"] = (args.pg, other)
+        handlers[f"suki-relay at {checkout_label(tree)} on PostgreSQL, database down "
+                 "(spooled, 200)"] = (f"outage:{args.pg}", other)
     if args.handlers:  # only these (bare WSGI always: every ratio is to it)
         handlers = {k: v for k, v in handlers.items() if k.startswith("bare WSGI")
                     or any(part in k for part in args.handlers)}
@@ -385,6 +396,14 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
     }
     if not Path("/dev/shm").is_dir():
         del steps["+ SQLite on tmpfs (commits, no disk)"]
+    if args.pg:  # the same steps' end on PostgreSQL: its commit without and with the disk
+        steps["PostgreSQL, commits not waiting for the disk (synchronous_commit off; "
+              "a measurement, never shipped)"] = ("bench.apps:relay_without('nothing')",
+                                                  f"nosync:{args.pg}")
+        steps["PostgreSQL as it ships"] = ("bench.apps:relay_without('nothing')", args.pg)
+        if args.compare:
+            steps[f"PostgreSQL as it ships, at {checkout_label(args.compare.resolve())}"] = (
+                "compare", args.pg)
     runs: dict[str, list[float]] = {k: [] for k in steps}
     for rnd in range(args.rounds):
         for name, (app, store) in steps.items():
@@ -397,7 +416,11 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
                     env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg)}
                 else:
                     folder.mkdir(parents=True)
-                with server(gunicorn(app, port), port, env):
+                cmd, cwd = gunicorn(app, port), REPO
+                if app == "compare":  # the other checkout's relay, as it ships
+                    cwd = args.compare.resolve()
+                    cmd = relay_cmd(cfg, port, checkout_python(cwd))
+                with server(cmd, port, env, cwd):
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
                     result = wrk(port, lines, args.duration, args.connections)
             runs[name].append(result["rps"])
@@ -974,6 +997,128 @@ def bench_footprint(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
     out["footprint"] = rows
 
 
+def bench_scaling(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
+    """Acknowledgement with 1, 2 and 4 gunicorn workers (16 threads each), bare WSGI and
+    the relay (SQLite; with --pg, PostgreSQL too), and two relays sharing one PostgreSQL
+    (load split between them) against one; delivery drained by 1, 2 and 4 `suki-relay
+    worker` processes from SQLite (with --pg: 1 and 2 from one PostgreSQL). Each figure is
+    also given as a ratio to its 1-worker figure of the same round."""
+    ack: dict[str, list[float]] = {}
+    one_of: dict[str, str] = {}  # each figure's 1-worker (or one relay) counterpart
+
+    def run_ack(name: str, make: Callable[[Path, int, str], list[str]], store: str,
+                relays: int = 1, one: str = "") -> None:
+        one_of[name] = one or name
+        folder = work / f"scale-{len(ack.get(name, []))}-{abs(hash(name))}"
+        folder.mkdir(parents=True)
+        os.sync()
+        time.sleep(1.0)
+        with run_store(store) as url, contextlib.ExitStack() as stack:
+            ports = []
+            for i in range(relays):
+                sub = folder / f"relay-{i}"
+                sub.mkdir()
+                port = free_port()
+                stack.enter_context(server(make(sub, port, url), port, relay_env(sub)))
+                ports.append(port)
+            results: list[dict[str, float]] = []
+            loads = [signed_lines(int(args.duration * 15000 / relays), folder / f"load-{i}.txt")
+                     for i in range(relays)]
+            threads = [threading.Thread(target=lambda p=p, f=f: results.append(
+                wrk(p, f, args.duration, max(1, args.connections // relays))))
+                for p, f in zip(ports, loads, strict=True)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        rate = sum(r["rps"] for r in results)
+        ack.setdefault(name, []).append(rate)
+        print(f"  {name}: {rate:.0f} req/s", file=sys.stderr)
+
+    def bare(w: int) -> Callable[[Path, int, str], list[str]]:
+        return lambda d, p, u: [PY, "-m", "gunicorn", "-k", "gthread", "-w", str(w),
+                                "--threads", "16", "--bind", f"127.0.0.1:{p}",
+                                "--no-control-socket", "--log-level", "warning",
+                                "bench.apps:bare"]
+
+    def relay(w: int) -> Callable[[Path, int, str], list[str]]:
+        return lambda d, p, u: relay_cmd(relay_config(d, store=u), p, workers=w)
+
+    for rnd in range(args.rounds):
+        for w in (1, 2, 4) if rnd % 2 == 0 else (4, 2, 1):
+            n = f"{w} worker{'s' if w > 1 else ''}"
+            run_ack(f"bare WSGI, {n}", bare(w), "", one="bare WSGI, 1 worker")
+            run_ack(f"relay on SQLite, {n}", relay(w), "sqlite:///relay.db",
+                    one="relay on SQLite, 1 worker")
+            if args.pg:
+                run_ack(f"relay on PostgreSQL, {n}", relay(w), args.pg,
+                        one="relay on PostgreSQL, 1 worker")
+        if args.pg:
+            run_ack("two relays on one PostgreSQL, 2 workers each", relay(2), args.pg, 2,
+                    one="relay on PostgreSQL, 2 workers")
+    delivery: dict[str, list[float]] = {}
+    port = free_port()
+    body = json.dumps(SAMPLE).encode()
+    with server(gunicorn("bench.apps:bare", port), port):
+        url = f"http://127.0.0.1:{port}/"
+        for rnd in range(args.rounds):
+            plans = [("SQLite", "sqlite:///relay.db", w) for w in (1, 2, 4)]
+            if args.pg:
+                plans += [("PostgreSQL", args.pg, w) for w in (1, 2)]
+            for backend, store, w in plans if rnd % 2 == 0 else plans[::-1]:
+                name = f"delivery from {backend}, {w} worker process{'es' if w > 1 else ''}"
+                one_of[name] = f"delivery from {backend}, 1 worker process"
+                folder = work / f"scale-delivery-{rnd}-{abs(hash(name))}"
+                with run_store(store) as store_url:
+                    rate = drain_with(folder, store_url, url, body, args.deliveries, w)
+                delivery.setdefault(name, []).append(rate)
+                print(f"  {name}: {rate:.0f} events/s", file=sys.stderr)
+
+    def rows(results: dict[str, list[float]], unit: str) -> list[dict[str, Any]]:
+        table = []
+        for name, rates in results.items():
+            one = results.get(one_of[name])
+            table.append({"what": name, unit: statistics.median(rates),
+                          "to_one": paired_ratio(rates, one) if one else None,
+                          "by_round": rates})
+        return table
+
+    out["scaling"] = {"cores": os.cpu_count(), "ack": rows(ack, "req_s"),
+                      "delivery": rows(delivery, "events_s")}
+
+
+def drain_with(folder: Path, store_url: str, target: str, body: bytes, n: int,
+               processes: int) -> float:
+    """Events per second ``processes`` `suki-relay worker` processes (8 delivery threads
+    each) drain ``n`` stored events to ``target``, timed from the first delivery done."""
+    from suki_relay.store import NewEvent, open_store
+
+    cfg = relay_config(folder, {"fast": {"type": "http", "url": target,
+                                         "max_concurrency": 8 * processes}}, store=store_url)
+    data = yaml.safe_load(cfg.read_text())
+    data["delivery"] = {"threads": 8}
+    cfg.write_text(yaml.safe_dump(data))
+    store = open_store(store_url, folder)
+    batch = [NewEvent(f"k{i}", body, 0, "failure", None, None, False, ["all"], ["fast"])
+             for i in range(n)]
+    for i in range(0, n, 500):
+        store.record(batch[i:i + 500])
+    workers = [subprocess.Popen([PY, "-m", "suki_relay.cli", "-c", str(cfg), "worker"],
+                                env=relay_env(folder), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(processes)]
+    try:
+        first = wait_until(lambda: store.stats().deliveries["done"], 60, 0.01, "a delivery")
+        t0 = time.perf_counter()
+        wait_until(lambda: store.stats().deliveries["done"] == n, 600, 0.05, "all done")
+        return (n - first) / (time.perf_counter() - t0)
+    finally:
+        for w in workers:
+            os.kill(w.pid, signal.SIGTERM)
+        for w in workers:
+            w.wait(30)
+        store.close()
+
+
 # ---------------------------------------------------------------- profile
 
 
@@ -1017,7 +1162,7 @@ def profile_request_path(work: Path, out: dict[str, Any]) -> None:
 PARTS = {"ack": bench_ack, "stall": bench_stall, "delivery": bench_delivery,
          "fetch": bench_fetch, "hl7": bench_hl7, "routing": bench_routing, "memory": bench_memory}
 EXTRA = {"breakdown": bench_breakdown, "flood": bench_flood,  # only when named in --only
-         "footprint": bench_footprint}
+         "footprint": bench_footprint, "scaling": bench_scaling}
 
 
 def main() -> None:
