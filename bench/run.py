@@ -296,7 +296,8 @@ def bench_ack(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
     if args.pg and args.compare:  # the other checkout on PostgreSQL too, up and down
         tree = args.compare.resolve()
         other = handlers[f"suki-relay at {checkout_label(tree)} (verify, route, commit, 200)"][1]
-        handlers[f"suki-relay at {checkout_label(tree)} on PostgreSQL"] = (args.pg, other)
+        handlers[f"suki-relay at {checkout_label(tree)} on PostgreSQL (verify, route, commit, "
+                 "200)"] = (args.pg, other)
         handlers[f"suki-relay at {checkout_label(tree)} on PostgreSQL, database down "
                  "(spooled, 200)"] = (f"outage:{args.pg}", other)
     if args.handlers:  # only these (bare WSGI always: every ratio is to it)
