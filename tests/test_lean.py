@@ -1,6 +1,6 @@
 """A worker imports what its config uses and nothing else: an action type, the console,
-the authenticated EHR client, the SQL toolkit, recovery and the metrics library are
-loaded only by a config that turns them on (each absent part holds no memory)."""
+the authenticated EHR client, the SQL toolkit, recovery, tracing and the metrics library
+are loaded only by a config that turns them on (each absent part holds no memory)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from suki_relay.console.auth import hash_password
 OPTIONAL = ("suki_relay.console.app", "suki_relay.actions.email", "suki_relay.actions.fhir",
             "suki_relay.actions.sql", "suki_relay.actions.slack", "suki_relay.actions.fetch_note",
             "suki_relay.actions.hl7v2", "suki_relay.deliver.oauth",
-            "suki_relay.recover.recovery", "sqlalchemy", "prometheus_client", "smtplib")
+            "suki_relay.recover.recovery", "sqlalchemy", "prometheus_client", "smtplib",
+            "opentelemetry.sdk.trace")
 
 # a worker of `serve` (or plain gunicorn) builds its app this way; it prints the modules
 # loaded afterwards, and stops its threads by exiting
@@ -35,7 +36,8 @@ os._exit(0)
 def modules_after_start(tmp_path: Path, config: dict[str, Any]) -> set[str]:
     cfg = tmp_path / "actions.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"
+           and not k.startswith("OTEL_")}
     result = subprocess.run([sys.executable, "-c", PROBE, str(cfg)], capture_output=True,
                             text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -57,6 +59,7 @@ def test_each_part_a_config_turns_on_is_imported(tmp_path: Path) -> None:
         "receiver": {"secrets": ["s"]},
         "console": {"enabled": True, "users": {"admin": hash_password("long enough pass")}},
         "suki": {"base_url": "http://127.0.0.1:9", "partner_id": "p", "partner_token": "t"},
+        "tracing": {"enabled": True, "endpoint": "http://127.0.0.1:9/v1/traces"},
         "actions": {
             "mail": {"type": "email", "to": ["a@example.org"], "from": "r@example.org",
                      "smtp": {"host": "127.0.0.1"}},
@@ -71,5 +74,7 @@ def test_each_part_a_config_turns_on_is_imported(tmp_path: Path) -> None:
                    "params": {"s": "{{ event.session_id }}"}},
             "engine": {"type": "hl7v2", "host": "127.0.0.1", "port": 9,
                        "patient_id": ["{{ event.session_id }}"]}},
-        "rules": [{"name": "all", "do": ["mail", "chat", "save", "ehr", "db", "engine"]}]})
+        "rules": [{"name": "all", "do": ["mail", "chat", "db"]},
+                  {"name": "notes", "when": {"status": "success"},
+                   "do": ["save", "ehr", "engine"]}]})
     assert sorted(m for m in OPTIONAL if m not in loaded) == []
