@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from suki_relay.receive.availability import Availability
 from suki_relay.receive.body import TooSlow, read_body
 from suki_relay.receive.record import commit, recorder, to_event
 from suki_relay.receive.rejections import RejectionLog, expired_hint, skew_ms
-from suki_relay.store import NewEvent, Store
+from suki_relay.store import NewEvent, Recorded, Store
 from suki_relay.store.spool import SpoolFull
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class RelayApp:
         self._ready: tuple[float, Answer | None] = (0.0, None)
         self.ready_seconds = READY_SECONDS
         self._store_down = False  # the last commit failed: the next success is news
+        self._store_error = "the store is unavailable"  # what the last failed commit said
+        self._trying = 0  # requests committing to the store now
+        self._trying_lock = threading.Lock()
         self.watcher = watcher
         self.rejections = RejectionLog(store)
         self.spooling = Spooling(spool) if spool is not None else None
@@ -266,15 +270,10 @@ class RelayApp:
                 return Answer(200, {"status": "duplicate", "event_id": first,
                                     "spooled": True}), "duplicate"
         try:
-            if self.spooling is not None and self.store.reconnecting():
-                # the database is down and a request ahead of this one is trying it again:
-                # spool at once, not after that attempt (the first request to find the
-                # database back still commits there)
-                raise StoreUnavailable("the store is unreachable (another request is "
-                                       "trying it again)")
-            event, recorded = commit(self.recorder, event)
+            event, recorded = self._commit(event)
         except StoreUnavailable as exc:
             self._store_down = True
+            self._store_error = str(exc)
             self._ready = (0.0, None)  # readiness is news now: ask again
             if self.spooling is None:
                 raise
@@ -318,6 +317,21 @@ class RelayApp:
             self.deliverer.wake(event.actions)
         return Answer(200, {"status": "accepted", "event_id": recorded.event_id}), "accepted"
 
+
+    def _commit(self, event: NewEvent) -> tuple[NewEvent, Recorded]:
+        """commit() to the store; but while the store was down at the last commit and
+        another request is trying it again right now, StoreUnavailable at once (the spool
+        takes the event) instead of after that request's attempt. With nobody trying, this
+        request tries: the first request to find the store back commits there."""
+        if self.spooling is not None and self._store_down and self._trying:
+            raise StoreUnavailable(self._store_error)
+        with self._trying_lock:
+            self._trying += 1
+        try:
+            return commit(self.recorder, event)
+        finally:
+            with self._trying_lock:
+                self._trying -= 1
 
     def rejected(self, r: Rejected, environ: WSGIEnvironment, fields: dict[str, Any]) -> None:
         """Keep a trace of the refusal (no body); an expiry logs its skew and a hint."""

@@ -153,11 +153,6 @@ class Receiving(Protocol):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can commit now (readiness)."""
 
-    def reconnecting(self) -> bool:
-        """True while the store is known to be unreachable and another request of this
-        process is already waiting for a connection: a caller with somewhere else to commit
-        (the spool) need not queue behind it. False for a store without such a state."""
-
     def add_rejections(self, rows: list[Rejection], keep: int = ...) -> None:
         """Record refused requests (receive/rejections.py), keeping the newest ``keep``."""
 

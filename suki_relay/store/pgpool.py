@@ -74,7 +74,6 @@ class Connections:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._down = False  # the pool's last attempt to connect failed
-        self._waiting = 0  # requests waiting for a connection while the database is down
         self._idle_since: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = \
             weakref.WeakKeyDictionary()
 
@@ -112,25 +111,10 @@ class Connections:
             with suppress(Exception):
                 pool.putconn(conn)
 
-    def reconnecting(self) -> bool:
-        """The database is known down and a request is already waiting for a connection
-        (the pool's attempt): others need not queue behind it (read without a lock: a stale
-        answer sends one request to the spool, or to the wait)."""
-        return self._down and self._waiting > 0 and self._pid == os.getpid()
-
     def _take(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
         suspicious = self._down
         for _ in range(self.size + 2):  # each dead one found empties the pool of the others
-            waiting = suspicious
-            if waiting:
-                with self._lock:
-                    self._waiting += 1
-            try:
-                conn = self._get(pool, suspicious)
-            finally:
-                if waiting:
-                    with self._lock:
-                        self._waiting -= 1
+            conn = self._get(pool, suspicious)
             if _alive(conn, time.monotonic() - self._idle_since.get(conn, 0.0)):
                 self._down = False
                 return conn

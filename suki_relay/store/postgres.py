@@ -90,9 +90,6 @@ class PostgresStore(SqlStore):
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
 
-    def reconnecting(self) -> bool:
-        return self.connections.reconnecting()
-
     def lock_schema(self, tx: Tx) -> None:
         tx.exec(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
 

@@ -30,6 +30,3 @@ class SqlStore(Ledger, Admin, RecoveryLedger, RejectionLedger, HealthLedger,
     def ping(self) -> None:
         with self.tx() as tx:
             tx.exec("UPDATE relay_schema SET version = version WHERE version < 0")
-
-    def reconnecting(self) -> bool:
-        return False
