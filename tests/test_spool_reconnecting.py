@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from suki_relay import protocol
+from suki_relay import metrics, protocol
 from suki_relay.receive.app import RelayApp
 from suki_relay.serve.config_state import ConfigState
 from suki_relay.store import open_store, pgpool
@@ -73,6 +73,9 @@ def test_requests_spool_at_once_while_another_request_tries_the_database(
     # shipped): long here, so that "answered while the other request still waits" does
     # not depend on how fast this machine is
     monkeypatch.setattr(pgpool, "PEER_WAIT_SECONDS", 10.0)
+    # this app runs in the test process: its counts would add to other tests' metrics
+    monkeypatch.setattr(metrics, "SPOOLED", metrics._OFF)
+    monkeypatch.setattr(metrics, "count_request", lambda *args: None)
     url = f"postgresql://127.0.0.1:{black_hole.port}/test?connect_timeout=2"
     config = build_config({"store": url}, tmp_path)
     store = open_store(url, tmp_path, lazy=True)
