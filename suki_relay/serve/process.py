@@ -4,7 +4,7 @@ Besides answering requests, a relay process (a gunicorn worker, `suki-relay work
 
     1. the log writer           logs.py: first up, last down (every other part logs)
        and tracing              tracing.py: its batch exporter's thread, if configured
-    2. the deadline watchdogs   receive/body.py (request bodies), deliver/deadline.py (outbound)
+    2. the deadline watchdog    watchdog.py (request bodies and outbound exchanges)
     3. the deliverer            deliver/deliverer.py (unless the process receives only)
     4. the spool's drain        receive/drain.py (with a spool)
     5. the gap watcher          recover/recovery.py (where deliveries run)
@@ -13,7 +13,7 @@ Besides answering requests, a relay process (a gunicorn worker, `suki-relay work
 ``start()`` starts them in that order and then asks readiness once, so a store or spool
 that cannot commit is logged at boot. ``stop()`` stops them in the reverse order: the
 refusals tallied are written, recovery and the drain end, in-flight deliveries get
-``shutdown_seconds`` and the leases of the rest are given back, the watchdogs end, the
+``shutdown_seconds`` and the leases of the rest are given back, the watchdog ends, the
 store and the spool are closed, the log is written out. Building the parts (assemble.py)
 starts nothing and opens nothing, so a gunicorn master that builds the app before forking
 (``--preload``) leaves its workers nothing to undo. Nothing here starts by itself: no fork
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from suki_relay import logs, tracing
+from suki_relay.watchdog import watchdog
 
 if TYPE_CHECKING:
     from suki_relay.deliver.deliverer import Deliverer
@@ -70,15 +71,11 @@ class Process:
         if self.started:
             return
         self.started = True
-        from suki_relay.deliver import deadline
-        from suki_relay.receive import body
-
         if self.log and not logs.running():
             logs.setup()
         if self.tracing is not None:
             tracing.setup(self.tracing)
-        body.watchdog.start()
-        deadline.watchdog.start()
+        watchdog.start()
         if self.deliverer is not None:
             self.deliverer.start()
         if self.drainer is not None:
@@ -96,9 +93,6 @@ class Process:
         if not self.started or self.stopped:
             return
         self.stopped = True
-        from suki_relay.deliver import deadline
-        from suki_relay.receive import body
-
         if self.rejections is not None:
             self.rejections.stop()
         if self.watcher is not None:
@@ -109,8 +103,7 @@ class Process:
         if self.deliverer is not None:
             self.deliverer.stop(timeout)
             self.deliverer.join(JOIN_SECONDS)
-        deadline.watchdog.stop()
-        body.watchdog.stop()
+        watchdog.stop()
         self.store.close()
         if self.spool is not None:
             self.spool.close()
