@@ -53,18 +53,31 @@ class Unresolved(str):
 
 
 def setting(default: Any = dataclasses.MISSING, kind: type | tuple[type, ...] | None = None,
-            default_factory: Any = dataclasses.MISSING, **option: Any) -> Any:
-    """A field of a config section, declared with the Option that validates it.
+            default_factory: Any = dataclasses.MISSING, key: str | None = None,
+            **option: Any) -> Any:
+    """A field of a config section (or of Config, or of an action's spec), declared with
+    the Option that validates it: the one place its type, default, range and help are
+    written.
 
     ``kind`` defaults to the type of ``default``; settings are never templates. A secret
-    setting is left out of the section's repr(). An absent key keeps the field's default.
+    setting is left out of the section's repr(). An absent key keeps the field's default
+    (``default_factory()`` for a mutable or section default). ``key``: the key in the
+    file, when it is not the field's name.
     """
     if kind is None:
         kind = type(default)
-    opt = Option(kind, default=None if default is dataclasses.MISSING else default,
-                 template=False, **option)
+    if default is not dataclasses.MISSING:
+        declared_default = default
+    elif default_factory is not dataclasses.MISSING:
+        declared_default = default_factory()
+    else:
+        declared_default = None
+    opt = Option(kind, default=declared_default, template=False, **option)
+    metadata: dict[str, Any] = {"option": opt}
+    if key is not None:
+        metadata["key"] = key
     return dataclasses.field(default=default, default_factory=default_factory,
-                             repr=not opt.secret, metadata={"option": opt})
+                             repr=not opt.secret, metadata=metadata)
 
 
 def is_section(kind: Any) -> bool:
@@ -77,6 +90,21 @@ def section_options(cls: type) -> dict[str, Option]:
     return {f.name: f.metadata.get("option") or Option(f.type if isinstance(f.type, type)
                                                         else object, template=False)
             for f in dataclasses.fields(cls)}
+
+
+@cache
+def declared(cls: type) -> dict[str, Option]:
+    """The keys of a class declared with setting() (its fields declared otherwise are not
+    read from the file), each with its Option: ``{key in the file: Option}``."""
+    return {f.metadata.get("key", f.name): f.metadata["option"]
+            for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+
+@cache
+def field_names(cls: type) -> dict[str, str]:
+    """``{key in the file: field name}`` of the keys declared() finds."""
+    return {f.metadata.get("key", f.name): f.name
+            for f in dataclasses.fields(cls) if "option" in f.metadata}
 
 
 def line_of(mapping: Any, key: Any = None) -> int | None:

@@ -121,3 +121,19 @@ rules:
     store.close()
     code, _, err = run(tmp_path, config, "check", capsys=capsys)
     assert code == 0 and "warning" not in err, err
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("pool_size=ten", "store: query parameter pool_size: expected a positive integer"),
+    ("pool_timeout=-1", "store: query parameter pool_timeout: expected a positive number"),
+    ("connect_timeout=soon", "store: query parameter connect_timeout: expected a whole number"),
+    ("pool_sise=3", "store: query parameter 'pool_sise': unknown"),
+])
+def test_a_bad_store_url_query_is_a_check_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], query: str, expected: str) -> None:
+    config = f"receiver: {{secret: s}}\nstore: postgresql://relay:hunter2@127.0.0.1:1/db?{query}\n"
+    code, out, err = run(tmp_path, config, "check", capsys=capsys)
+    assert code == 1 and f":2: {expected}" in out + err, out + err
+    assert "hunter2" not in out + err
+    code, out, err = run(tmp_path, config, "events", capsys=capsys)  # once a traceback
+    assert code == 1 and expected in err, err

@@ -80,7 +80,7 @@ def _secret(value: str) -> str | None:
 class ConsoleSettings:
     enabled: bool = setting(False, help="serve the operator console")
     path: str = setting(DEFAULT_PATH, check=_path, help="where it is served")
-    users: dict[str, ConsoleUser] = setting(  # noqa: RUF009 (setting() makes a dataclasses.field)
+    users: dict[str, ConsoleUser] = setting(
         kind=dict, default_factory=dict, secret=True, check=_users,
         help="user name: password hash (`suki-relay console-password`), or "
              "{hash: ..., role: viewer|operator|admin}",

@@ -6,7 +6,7 @@ section through the one validator (options.validate), builds every action throug
 plugin registry, compiles every template and every rule. Each problem names the file,
 the line of the offending key, and what was expected, so `suki-relay check` lists them all.
 
-Adding a section (say ``archive:``) takes three declarative steps:
+Adding a section (say ``archive:``) takes two declarative steps:
 
 1. a frozen dataclass whose fields are declared with ``setting()``, in sections.py or in
    the module of the feature (as console/settings.py does)::
@@ -16,16 +16,16 @@ Adding a section (say ``archive:``) takes three declarative steps:
            directory: str | None = setting(None, kind=str, help="where bodies are copied")
            max_mb: int = setting(512, positive=True)
 
-2. an entry in SECTIONS: ``"archive": Option(ArchiveSettings, default=ArchiveSettings())``
-   (``Option(ArchiveSettings)`` alone: absent means None; ``required=True``: it must be
-   there; ``check=f``: f(built section) returns a message about the section as a whole);
-3. a field of the same name on Config:
-   ``archive: ArchiveSettings = field(default_factory=ArchiveSettings)``.
+2. a field of the same name on Config, declared with ``setting()``:
+   ``archive: ArchiveSettings = setting(kind=ArchiveSettings, default_factory=ArchiveSettings)``
+   (``setting(None, kind=ArchiveSettings)``: absent means None; ``required=True``: it must
+   be there; ``check=f``: f(built section) returns a message about the section as a whole).
+   SECTIONS, what the loader validates the file against, is read from those fields.
 
 A setting takes ``positive``, ``min``, ``max``, ``choices``, ``finite`` (on by default),
 ``secret`` (hidden from repr), ``check`` and ``convert``. A per-action core option (next to
-``type``, ``max_concurrency``, ``retry``, ``fetch``) is an entry in ACTION_OPTIONS plus a
-field of the same name on ActionSpec.
+``type``, ``max_concurrency``, ``retry``, ``fetch``) is a field of ActionSpec declared with
+``setting()`` (ACTION_OPTIONS is read from them).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from suki_relay.deliver.retry import RetryPolicy
 from suki_relay.deliver.suki_api import SukiSettings
 from suki_relay.deliver.templates import Templates
 from suki_relay.errors import ConfigError, Problem
-from suki_relay.options import Option, is_section, line_of, unknown_key, validate
+from suki_relay.options import Option, declared, is_section, line_of, setting, unknown_key, validate
 from suki_relay.tracing import TracingSettings
 from suki_relay.tracing import check as check_tracing
 
@@ -73,84 +73,78 @@ def _relations(value: Any) -> str | None:
     return None
 
 
-SECTIONS: dict[str, Option] = {
-    "receiver": Option(Receiver, required=True, help="how requests are received and verified"),
-    "store": Option(str, default=DEFAULT_STORE, template=False, check=store.url_problem,
-                    help="sqlite:///FILE (relative to actions.yaml) or postgresql://..."),
-    "templates": Option(str, template=False, help="folder for {% include %} / {% import %}"),
-    "delivery": Option(DeliverySettings, default=DeliverySettings(),
-                       help="how each process delivers"),
-    "metrics": Option(Metrics, default=Metrics(), help="the Prometheus endpoint"),
-    "retention": Option(Retention, default=Retention(), help="how long finished events are kept"),
-    "suki": Option(SukiSettings, help="Suki's API: for fetch:, fetch_note, fhir and recovery"),
-    "console": Option(ConsoleSettings, default=ConsoleSettings(), check=check_console,
-                      help="the operator console in the browser (off unless enabled)"),
-    "recovery": Option(RecoverySettings, default=RecoverySettings(),
-                       help="finding missed sessions through Suki's status API"),
-    "spool": Option(SpoolSettings, default=SpoolSettings(),
-                    help="where a node commits while PostgreSQL cannot"),
-    "tracing": Option(TracingSettings, default=TracingSettings(), check=check_tracing,
-                      help="OpenTelemetry tracing: one trace per event (off by default)"),
-    # checked here for their type, then built below
-    "actions": Option(dict, template=False, help="action name: its type and options"),
-    "rules": Option(list, template=False,
-                    help="in order: name, when (conditions), do (action names), stop"),
-    "unmatched": Option((list, str), template=False,
-                        help="the actions run for an event no rule matched"),
-    "on_failure": Option((list, str), template=False,
-                         help="the actions run when a delivery fails for good"),
-    "on_pause": Option((list, str), template=False,
-                       help="the actions run when an action pauses or resumes (default: on_failure)"),
-}
-ACTION_OPTIONS: dict[str, Option] = {
-    "type": Option(str, required=True, template=False, help="the action type"),
-    "max_concurrency": Option(int, default=4, positive=True, template=False,
-                              help="at most this many deliveries at once, across all processes"),
-    "retry": Option(RetryPolicy, default=RetryPolicy(), template=False,
-                    help="exponential backoff with jitter, for retryable failures"),
-    "pause_after": Option(int, default=10, min=0, template=False,
-                          help="failed attempts in a row that pause the action (0: never)"),
-    "probe_every_seconds": Option(float, default=60.0, positive=True, template=False,
-                                  help="while paused, one delivery is tried this often"),
-    "fetch": Option((list, str), default=(), template=False, check=_relations,
-                    help="link relations fetched from Suki before each attempt",
-                    convert=lambda v: tuple(dict.fromkeys([v] if isinstance(v, str) else v))),
-}
-
-
 @dataclass(frozen=True)
 class ActionSpec:
+    """One action of ``actions:``: the options the relay reads next to ``type`` (declared
+    with setting(), as the sections are; the action type's own options are its
+    ``options``), and the action built from the rest."""
+
     name: str
-    type: str
+    type: str = setting(kind=str, required=True, help="the action type")
     action: Action
-    max_concurrency: int = 4
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    fetch: tuple[str, ...] = ()  # link relations fetched before each attempt (suki_relay.deliver.fetch)
-    pause_after: int = 10  # failed attempts in a row that pause it (store/health.py); 0: never
-    probe_every_seconds: float = 60.0  # while paused, one delivery is tried this often
+    max_concurrency: int = setting(4, positive=True,
+                                   help="at most this many deliveries at once, across all processes")
+    retry: RetryPolicy = setting(kind=RetryPolicy, default_factory=RetryPolicy,
+                                 help="exponential backoff with jitter, for retryable failures")
+    pause_after: int = setting(10, min=0,
+                               help="failed attempts in a row that pause the action (0: never)")
+    probe_every_seconds: float = setting(60.0, positive=True,
+                                         help="while paused, one delivery is tried this often")
+    fetch: tuple[str, ...] = setting(
+        kind=(list, str), default_factory=tuple, check=_relations,
+        help="link relations fetched from Suki before each attempt",
+        convert=lambda v: tuple(dict.fromkeys([v] if isinstance(v, str) else v)))
     lines: dict[str, int] = field(default_factory=dict, repr=False)  # of its options, for check
 
 
 @dataclass(repr=False)
 class Config:
+    """A validated actions.yaml. Each field declared with setting() is a key of the file,
+    with its type, default, range and help written there once (``SECTIONS`` lists them, in
+    this order); the other fields say where the file was read from and what was built."""
+
     file: Path
     base_dir: Path
-    receiver: Receiver
-    store_url: str
-    templates: Templates
-    actions: dict[str, ActionSpec]
-    rules: list[Rule]
-    unmatched: list[str]
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-    metrics: Metrics = field(default_factory=Metrics)
-    retention: Retention = field(default_factory=Retention)
-    suki: SukiSettings | None = None
-    recovery: RecoverySettings = field(default_factory=RecoverySettings)
-    on_failure: list[str] = field(default_factory=list)  # actions run when a delivery fails
-    on_pause: list[str] | None = None  # run when an action pauses or resumes (else on_failure)
-    console: ConsoleSettings = field(default_factory=ConsoleSettings)
-    spool: SpoolSettings = field(default_factory=SpoolSettings)
-    tracing: TracingSettings = field(default_factory=TracingSettings)
+    receiver: Receiver = setting(kind=Receiver, required=True,
+                                 help="how requests are received and verified")
+    store_url: str = setting(DEFAULT_STORE, key="store", check=store.url_problem,
+                             help="sqlite:///FILE (relative to actions.yaml) or "
+                                  "postgresql://...")
+    templates: Templates = setting(None, kind=str,  # type: ignore[assignment]  # built
+                                   help="folder for {% include %} / {% import %}")
+    delivery: DeliverySettings = setting(kind=DeliverySettings, default_factory=DeliverySettings,
+                                         help="how each process delivers")
+    metrics: Metrics = setting(kind=Metrics, default_factory=Metrics,
+                               help="the Prometheus endpoint")
+    retention: Retention = setting(kind=Retention, default_factory=Retention,
+                                   help="how long finished events are kept")
+    suki: SukiSettings | None = setting(None, kind=SukiSettings,
+                                        help="Suki's API: for fetch:, fetch_note, fhir and recovery")
+    console: ConsoleSettings = setting(kind=ConsoleSettings, default_factory=ConsoleSettings,
+                                       check=check_console,
+                                       help="the operator console in the browser (off unless "
+                                            "enabled)")
+    recovery: RecoverySettings = setting(kind=RecoverySettings,
+                                         default_factory=RecoverySettings,
+                                         help="finding missed sessions through Suki's status API")
+    spool: SpoolSettings = setting(kind=SpoolSettings, default_factory=SpoolSettings,
+                                   help="where a node commits while PostgreSQL cannot")
+    tracing: TracingSettings = setting(kind=TracingSettings, default_factory=TracingSettings,
+                                       check=check_tracing,
+                                       help="OpenTelemetry tracing: one trace per event (off by "
+                                            "default)")
+    # checked here for their type, then built by the loader
+    actions: dict[str, ActionSpec] = setting(kind=dict, default_factory=dict,
+                                             help="action name: its type and options")
+    rules: list[Rule] = setting(kind=list, default_factory=list,
+                                help="in order: name, when (conditions), do (action names), stop")
+    unmatched: list[str] = setting(kind=(list, str), default_factory=list,
+                                   help="the actions run for an event no rule matched")
+    on_failure: list[str] = setting(kind=(list, str), default_factory=list,
+                                    help="the actions run when a delivery fails for good")
+    on_pause: list[str] | None = setting(None, kind=(list, str),
+                                         help="the actions run when an action pauses or resumes "
+                                              "(default: on_failure)")
     fingerprint: str = ""  # of the config text: which config a process runs (console)
 
     @property
@@ -164,6 +158,10 @@ class Config:
     def __repr__(self) -> str:  # no secrets: the store URL may hold a password
         return (f"Config(file={str(self.file)!r}, store={self.store_url.split(':')[0]}, "
                 f"actions={list(self.actions)}, rules={[r.name for r in self.rules]})")
+
+
+SECTIONS: dict[str, Option] = declared(Config)  # the top level of actions.yaml
+ACTION_OPTIONS: dict[str, Option] = declared(ActionSpec)  # next to an action's type
 
 
 def fingerprint(text: str) -> str:

@@ -99,7 +99,9 @@ def url_problem(url: str) -> str | None:
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         return None
     if url.startswith(("postgresql://", "postgres://")):
-        return None
+        from suki_relay.store.postgres import query_problem
+
+        return query_problem(url)
     return "expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
 
 

@@ -7,17 +7,22 @@ taken (pgpool.py), and a request that finds none alive connects at once, so the 
 request after a database restart commits; while the database is unreachable every
 operation raises StoreUnavailable (the receiver spools, or answers 503).
 
-Pool settings ride on the URL: ``?pool_size=10&pool_timeout=5&connect_timeout=5``.
+Pool settings ride on the URL: ``?pool_size=10&pool_timeout=5&connect_timeout=5``; every
+query parameter is checked (query_problem) by `check` and when the store is opened.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
+import psycopg.pq
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.pgpool import Connections
@@ -27,12 +32,51 @@ from suki_relay.store.tx import Tx
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
 POOL_PARAMS = {"pool_size": 10, "pool_timeout": 5.0}
+_NUMBERS = {  # query parameter: (convert, test, what is expected)
+    "pool_size": (int, lambda n: n > 0, "a positive integer"),
+    "pool_timeout": (float, lambda n: 0 < n < math.inf, "a positive number of seconds"),
+    "connect_timeout": (int, lambda n: n >= 0, "a whole number of seconds"),
+}
+
+
+def query_problem(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL's query (the pool's settings and libpq's
+    parameters), or None: the rule for `check`, and for open_store. Never repeats a value
+    (the URL may hold a password)."""
+    try:
+        query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    except ValueError:
+        return "the URL cannot be parsed"
+    known = _libpq_parameters()
+    for name, value in query:
+        if name in _NUMBERS:
+            convert, test, expected = _NUMBERS[name]
+            try:
+                ok = test(convert(value))
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"query parameter {name}: expected {expected}"
+        elif name not in known:
+            return (f"query parameter {name[:40]!r}: unknown; expected pool_size, "
+                    "pool_timeout or a libpq parameter (connect_timeout, sslmode, ...)")
+    try:
+        psycopg.conninfo.conninfo_to_dict(split_url(url)[0])
+    except psycopg.Error:
+        return "not a connection URL that libpq accepts"
+    return None
+
+
+@functools.cache
+def _libpq_parameters() -> frozenset[str]:
+    return frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 
 
 def split_url(url: str) -> tuple[str, dict[str, float]]:
-    """Take pool settings out of the URL; what remains goes to libpq."""
+    """Take pool settings out of the URL (checked by query_problem); what remains goes to
+    libpq."""
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
     pool = {k: float(query.pop(k, default)) for k, default in POOL_PARAMS.items()}
     query.setdefault("connect_timeout", "5")
     return urlunsplit(parts._replace(query=urlencode(query))), pool
