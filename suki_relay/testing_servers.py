@@ -276,10 +276,10 @@ class SukiStandIn:
         if path.endswith("/status"):
             session = path.split("/")[-2]
             self.asked[session] = self.asked.get(session, 0) + 1
-            status = self.statuses.get(session, self.default_status)
-            if status is None:
+            found = self.statuses.get(session, self.default_status)
+            if found is None:
                 return Reply(404, b'{"error": "no such session"}')
-            return Reply(200, json.dumps({"status": status}).encode(), delay=self.status_delay)
+            return Reply(200, json.dumps({"status": found}).encode(), delay=self.status_delay)
         if path.endswith("/structured-data"):
             return Reply(200, json.dumps({"structured_data": self.content.get(
                 "structured_data", [])}).encode())

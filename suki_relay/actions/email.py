@@ -24,8 +24,9 @@ from typing import Any
 
 from suki_relay.plugin import Action, Delivery, Option, PermanentError, RetryableError, deadline
 
-SMTP_KEYS = {"host": str, "port": int, "username": str, "password": str, "starttls": bool,
-             "ssl": bool, "timeout_seconds": (int, float), "allow_plaintext_login": bool}
+SMTP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "host": str, "port": int, "username": str, "password": str, "starttls": bool,
+    "ssl": bool, "timeout_seconds": (int, float), "allow_plaintext_login": bool}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 

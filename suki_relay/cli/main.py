@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from suki_relay.cli.output import config_of, emit, table
 from suki_relay.cli.spool import cmd_spool
 from suki_relay.cli.standin import add_parser as add_stand_in
 from suki_relay.cli.store import (
@@ -26,10 +27,7 @@ from suki_relay.cli.store import (
     cmd_reroute,
     cmd_resume,
     cmd_show,
-    config_of,
-    emit,
     store_of,
-    table,
 )
 from suki_relay.errors import ConfigError, RelayError, StoreUnavailable
 
@@ -70,8 +68,9 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     config = config_of(args)
     body = _read_body(args.file)
     statuses = status_problems(config)
-    for p in statuses:
-        print(str(p) if p.warning else f"{p.file}:{p.line}: error: {p.where}: {p.message}",
+    for problem in statuses:
+        print(str(problem) if problem.warning else
+              f"{problem.file}:{problem.line}: error: {problem.where}: {problem.message}",
               file=sys.stderr)
     try:
         plan, previews = dry_run(config, body)

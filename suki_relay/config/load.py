@@ -80,8 +80,8 @@ class ActionSpec:
     ``options``), and the action built from the rest."""
 
     name: str
-    type: str = setting(kind=str, required=True, help="the action type")
     action: Action
+    type: str = setting(kind=str, required=True, help="the action type")
     max_concurrency: int = setting(4, positive=True,
                                    help="at most this many deliveries at once, across all processes")
     retry: RetryPolicy = setting(kind=RetryPolicy, default_factory=RetryPolicy,

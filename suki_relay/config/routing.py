@@ -109,17 +109,28 @@ def compile_condition(when: Any, where: str, errors: list[tuple[str, str]]) -> P
                 errors.append((sub, f"{key}: expected a non-empty list of conditions"))
                 continue
             parts = [compile_condition(c, f"{sub}[{i}]", errors) for i, c in enumerate(spec)]
-            combine = any if key == "any" else all
-            tests.append(lambda p, parts=parts, combine=combine: combine(t(p) for t in parts))
+            tests.append(_any(parts) if key == "any" else _all(parts))
         elif key == "not":
             inner = compile_condition(spec, sub, errors)
-            tests.append(lambda p, inner=inner: not inner(p))
+            tests.append(_not(inner))
         elif not isinstance(key, str) or not key:
             errors.append((sub, "a condition key must be a dotted field path"))
         else:
             test, get = _value_test(spec, sub, errors), _field(key)
-            tests.append(lambda p, test=test, get=get: test(get(p)))
+            tests.append(_of_field(test, get))
     return _all(tests)
+
+
+def _any(parts: list[Predicate]) -> Predicate:
+    return lambda payload: any(t(payload) for t in parts)
+
+
+def _not(inner: Predicate) -> Predicate:
+    return lambda payload: not inner(payload)
+
+
+def _of_field(test: Callable[[Any], bool], get: Callable[[Any], Any]) -> Predicate:
+    return lambda payload: test(get(payload))
 
 
 @dataclass

@@ -97,7 +97,7 @@ def url_problem(url: str) -> str | None:
     check time), or None. Says nothing of the URL itself, which may be a secret."""
     try:
         prepared = requests.Request("GET", url).prepare()
-        parsed = urllib3.util.parse_url(prepared.url)
+        parsed = urllib3.util.parse_url(prepared.url or "")
         host = parsed.host or ""
         if parsed.scheme not in ("http", "https"):
             return "expected an http:// or https:// URL"

@@ -102,7 +102,7 @@ class RelayApp:
         self.count_event = metrics.event_counter(config.rules)
         self.deliverer = deliverer
         self.store_stats = metrics.StoreStats(store)
-        self._ready: tuple[float, Answer | None] = (0.0, None)
+        self._ready: tuple[float, tuple[int, dict[str, Any]] | None] = (0.0, None)
         self.ready_seconds = READY_SECONDS
         self._store_down = False  # the last commit failed: the next success is news
         self._store_error = "the store is unavailable"  # what the last failed commit said

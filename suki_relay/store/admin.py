@@ -52,12 +52,12 @@ def _event(row: tuple[Any, ...], deliveries: dict[str, int] | None = None,
 
 class Admin(Backend):
     def events(self, f: EventFilter) -> list[EventRow]:
-        where, params = ["1 = 1"], []
-        for column, value in (("status", f.status), ("session_id", f.session_id),
-                              ("encounter_id", f.encounter_id)):
-            if value is not None:
+        where, params = ["1 = 1"], list[Any]()
+        for column, text in (("status", f.status), ("session_id", f.session_id),
+                             ("encounter_id", f.encounter_id)):
+            if text is not None:
                 where.append(f"{column} = ?")
-                params.append(value)
+                params.append(text)
         for condition, value in (("received_at >= ?", f.since), ("received_at < ?", f.until),
                                  ("matched = ?", f.matched), ("malformed = ?", f.malformed),
                                  ("recovered = ?", f.recovered)):

@@ -6,6 +6,7 @@ identical refusals (same reason, same address) one row stands for."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from suki_relay.store.base import new_id
 from suki_relay.store.rows import RejectionRow
@@ -52,7 +53,7 @@ class RejectionLedger(Backend):
     def rejections(self, since: float | None = None, reason: str | None = None,
                    limit: int = 100) -> list[RejectionRow]:
         """Newest first."""
-        where, params = ["1 = 1"], []
+        where, params = ["1 = 1"], list[Any]()
         if since is not None:
             where.append("last_at >= ?")
             params.append(since)

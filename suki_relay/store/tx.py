@@ -41,7 +41,7 @@ class Tx:
         self.cursor.execute(sql, params)
         return self.cursor
 
-    def many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             if self.placeholder != "?":
                 sql = sql.replace("?", self.placeholder)
