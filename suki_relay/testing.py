@@ -1,4 +1,6 @@
-"""Test helpers for the relay and for plugin authors: real servers, real processes.
+"""The test kit for plugin authors (the relay's own tests use it too): real local servers
+as stand-ins, and an action built and run as the relay builds and runs it. The relay's
+private helpers (relays in processes, private PostgreSQL clusters) live in tests/support.
 
 * :class:`Sink` - an HTTP server on 127.0.0.1 that records what it receives and answers
   as scripted (status sequence, delay, headers); stops itself after ``lifetime`` seconds.
@@ -35,7 +37,7 @@ from suki_relay.config.load import ActionSpec, Config, parse_config
 from suki_relay.deliver.action import Action, Delivery
 from suki_relay.testing_servers import NOTE, TRANSCRIPT, RawServer, Received, Reply, Sink, SukiStandIn, drip
 
-__all__ = [  # and, loaded on first use by __getattr__ below, RELAY_HELPERS
+__all__ = [
     "NOTE", "SECRET", "TRANSCRIPT", "RawServer", "Received", "Reply", "Sink", "SukiStandIn",
     "attempt_once", "build_action", "build_config", "build_spec", "drip", "free_port",
     "in_thread", "make_delivery", "plant_netrc", "post_signed", "unique_body", "wait_until"]

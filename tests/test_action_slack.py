@@ -52,4 +52,9 @@ def test_slack_answers_decide_retry(tmp_path: Path, reply: Reply, error: type,
 def test_dry_run_masks_the_webhook_url(tmp_path: Path) -> None:
     action = build_action("slack", {"webhook_url": "https://hooks.slack.com/services/SECRET"},
                           tmp_path)
-    assert "SECRET" not in str(action.preview(make_delivery("failure")))
+    delivery = make_delivery("failure")
+    preview = action.preview(delivery)
+    assert "SECRET" not in str(preview)
+    assert preview["webhook_url"] == "***"  # shown, masked
+    assert preview["json"] == action.payload(delivery)  # and what would be sent, whole
+    assert "failure" in preview["json"]["text"]

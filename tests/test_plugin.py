@@ -6,6 +6,8 @@ import ast
 import inspect
 from pathlib import Path
 
+import pytest
+
 import suki_relay
 import suki_relay.plugin as plugin
 from suki_relay.deliver import outbound
@@ -22,8 +24,9 @@ def test_the_plugin_module_exports_exactly_this() -> None:
         "note_text", "oauth", "outbound", "raise_for_status", "render_value", "send",
         "slack_escape", "unknown_relations",
     ])
-    for name in plugin.__all__:
-        assert getattr(plugin, name) is not None
+    star: dict[str, object] = {}
+    exec("from suki_relay.plugin import *", star)  # what a plugin author's import gets
+    assert sorted(k for k in star if not k.startswith("__")) == sorted(plugin.__all__)
 
 
 def test_version_is_single_sourced_with_the_package_metadata() -> None:
@@ -37,19 +40,25 @@ def test_no_built_in_action_overrides_init() -> None:
     built_in = [t.cls for t in discover().values() if t.value.startswith("suki_relay.")]
     assert len(built_in) >= 4
     for cls in built_in:
-        assert cls is not None and "__init__" not in vars(cls), cls
+        assert isinstance(cls, type) and issubclass(cls, plugin.Action), cls
+        assert "__init__" not in vars(cls), cls
 
 
-def test_every_action_has_a_session_that_never_reads_netrc(tmp_path: Path) -> None:
-    from suki_relay.testing import build_action
+def test_every_action_has_a_session_that_never_reads_netrc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain requests.Session adds Basic auth from ~/.netrc for the target's host; an
+    action's session (action.http, outbound.new_session) must not."""
+    from suki_relay.testing import Reply, Sink, build_action, make_delivery, plant_netrc
 
-    action = build_action("http", {"url": "http://127.0.0.1:9/x"}, tmp_path)
-    session = action.http
-    assert session is action.http  # one per thread, reused
-    if not __import__("urllib.request").request.getproxies():
-        assert session.trust_env is False
-    fresh = outbound.new_session()
-    assert type(session) is type(fresh)
+    plant_netrc(monkeypatch, tmp_path)
+    with Sink(default=Reply(200, b"{}")) as target:
+        action = build_action("http", {"url": target.url}, tmp_path)
+        session = action.http
+        assert session is action.http  # one per thread, reused
+        action.deliver(make_delivery("failure"))
+        outbound.new_session().get(target.url, timeout=10)
+        assert len(target.received) == 2
+        assert all("Authorization" not in got.headers for got in target.received)
 
 
 def test_the_example_plugin_imports_only_the_public_module() -> None:

@@ -155,11 +155,15 @@ def test_events_filter_and_count_deliveries(store: Store) -> None:
 
 def test_stats_count_every_state(store: Store) -> None:
     assert store.stats().deliveries == {PENDING: 0, IN_FLIGHT: 0, DONE: 0, FAILED: 0}
-    store.record([new("k1"), new("k2")])
-    store.claim("w", 1, 30, {"a": 1})
+    assert store.stats().oldest_pending_age_seconds == 0  # nothing waits
+    old, recent = new("k1"), new("k2")
+    old.received_at = time.time() - 600  # planned ten minutes ago
+    store.record([old, recent])
+    store.claim("w", 1, 30, {"a": 1})  # takes the older one
     stats = store.stats()
     assert stats.events == 2 and stats.deliveries[PENDING] == 1
-    assert stats.deliveries[IN_FLIGHT] == 1 and stats.oldest_pending_age_seconds >= 0
+    assert stats.deliveries[IN_FLIGHT] == 1
+    assert 590 <= stats.oldest_pending_age_seconds < 3600  # the unfinished one, in flight
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

@@ -57,7 +57,12 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
 
 def test_preview_masks_the_routing_key(tmp_path: Path) -> None:
     action = build_action("pagerduty", {"routing_key": "SECRET-KEY"}, tmp_path)
-    assert "SECRET-KEY" not in str(action.preview(make_delivery("failure")))
+    preview = action.preview(make_delivery("failure"))
+    assert "SECRET-KEY" not in str(preview)
+    assert preview["url"] == "https://events.pagerduty.com/v2/enqueue"
+    assert preview["json"]["routing_key"] == "***"  # shown, masked
+    assert preview["json"]["event_action"] == "trigger"
+    assert preview["json"]["payload"]["custom_details"]["status"] == "failure"
 
 
 def test_netrc_credentials_never_reach_pagerduty(tmp_path: Path,
