@@ -145,13 +145,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     if args.options:
         from suki_relay.config import reference
+        from suki_relay.config.load import ACTION_OPTIONS
 
         found = reference.action_type(args.options)
         cls = found.cls
         data = {"type": found.name, "package": found.package, "version": found.version,
                 "description": cls.description if cls else "",
                 "options": [r.as_dict() for r in reference.rows(cls.options)] if cls else [],
-                "every_action": [r.as_dict() for r in reference.rows(reference.ACTION_OPTIONS)]}
+                "every_action": [r.as_dict() for r in reference.rows(ACTION_OPTIONS)]}
         emit(args, data, reference.text_for_type(found))
         return 0
     types = discover()
