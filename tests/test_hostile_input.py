@@ -33,6 +33,11 @@ from suki_relay.testing import SECRET
 from .conftest import LogRecords, cli_here
 from .support.relay import LocalRelay
 
+# the relay's background threads (other tests' deliverers: retry jitter) draw from the
+# global random module while Hypothesis draws; it warns, and the suite's warnings are errors
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies")
+
 EXAMPLES = int(os.environ.get("SUKI_RELAY_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
