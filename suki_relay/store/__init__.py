@@ -15,7 +15,8 @@ URL), the local spool, and pruning.
     refusals.py   the ledger's part for refused requests
     audit.py      the console's audit trail
     health.py     the ledger's part for sick targets: failures in a row, pause, probe, resume
-    spool.py      the local spool: where a notification is committed when the store cannot
+    spool.py      the local spool (a SQLite database of its own): where a notification is
+                  committed when the store cannot
     retention.py  pruning old events, never inside the replay window
     pgpool.py     PostgreSQL connections
 

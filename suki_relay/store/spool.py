@@ -39,7 +39,7 @@ from suki_relay import logs, metrics
 from suki_relay.printable import printable
 from suki_relay.store import NewEvent, Recorded, StoreUnavailable
 from suki_relay.store.group_commit import GroupCommit
-from suki_relay.store.sqlite import SqliteStore
+from suki_relay.store.sqlite import SqliteDatabase
 
 if TYPE_CHECKING:
     from suki_relay.config.load import Config
@@ -85,10 +85,10 @@ class SpoolFull(StoreUnavailable):
     """The store cannot commit and the spool holds max_events already."""
 
 
-class Spool(SqliteStore):
-    """The spool file. It keeps the SQLite backend's file handling (owner-only file, WAL,
-    every commit fsynced, a connection per thread, a cross-process write lock) with a table
-    of its own in place of the ledger's."""
+class Spool:
+    """The spool file: a SQLite database (sqlite.SqliteDatabase: owner-only file, WAL,
+    every commit fsynced, a connection per thread, a cross-process write lock), as the
+    SQLite store has one, with tables of its own."""
 
     def __init__(self, path: Path, max_events: int):
         """Opened at first use, whatever the file says (lazy): a spool that cannot be
@@ -99,7 +99,11 @@ class Spool(SqliteStore):
         # up here first, so a request spooled and sent again keeps its first event id
         # (unknown until the drainer's first look: the receiver looks it up meanwhile)
         self.maybe_waiting = True
-        super().__init__(path, lazy=True)
+        self.path = path
+        self.db = SqliteDatabase(path, self.ensure_schema, lazy=True)
+        self.tx = self.db.tx
+        self.exclusive = self.db.exclusive
+        self.close = self.db.close
 
     def ensure_schema(self) -> None:
         with self.tx() as tx:

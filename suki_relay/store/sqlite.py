@@ -1,9 +1,11 @@
 """The embedded default: one SQLite file, WAL, every commit fsynced (synchronous=FULL).
 
-One connection per thread. A serving process opens its store lazily (below), in the
-process that uses it, so no connection is ever made before a fork (gunicorn's master
-makes none). close() closes every connection opened, from any thread. Writers take the
-database lock up front (BEGIN IMMEDIATE), which also serialises claimers across processes.
+SqliteDatabase is the file, whatever its tables: the ledger's (SqliteStore) and the
+spool's (spool.py) each compose one and give it their schema. One connection per thread.
+A serving process opens its store lazily (below), in the process that uses it, so no
+connection is ever made before a fork (gunicorn's master makes none). close() closes
+every connection opened, from any thread. Writers take the database lock up front (BEGIN
+IMMEDIATE), which also serialises claimers across processes.
 
 ``lazy``: nothing is opened until the first transaction, and a file that cannot be opened
 then (not an SQLite file, no permission, a newer schema) does not stop the process; every
@@ -17,8 +19,8 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
@@ -26,14 +28,16 @@ from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
 
 
-class SqliteStore(SqlStore):
-    placeholder = "?"
-    blob_type = "BLOB"
-    unavailable = (sqlite3.OperationalError,)
+class SqliteDatabase:
+    """One SQLite file: owner-only, WAL, every commit fsynced, a connection per thread,
+    writers queued on a lock file (exclusive()). ``schema`` makes or upgrades its owner's
+    tables (in a transaction of this database), once: at once unless lazy, else at the
+    first transaction."""
 
-    def __init__(self, path: Path, busy_timeout: float = 10.0, lazy: bool = False):
+    def __init__(self, path: Path, schema: Callable[[], None], busy_timeout: float = 10.0,
+                 lazy: bool = False):
         self.path = path
-        self.url = f"sqlite:///{path}"
+        self.schema = schema
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._opened: list[tuple[sqlite3.Connection, int]] = []  # (connection, lock file)
@@ -42,7 +46,10 @@ class SqliteStore(SqlStore):
         self.lazy = lazy
         self._prepared = False
         self._prepare_lock = threading.Lock()
-        if not lazy:
+
+    def start(self) -> None:
+        """Unless lazy, make the file and its schema now (raising if that cannot be done)."""
+        if not self.lazy:
             self._prepare()
 
     def _prepare(self) -> None:
@@ -60,7 +67,7 @@ class SqliteStore(SqlStore):
                 except OSError as exc:
                     raise StoreUnavailable(f"sqlite: cannot open: {exc.strerror}") from None
                 try:
-                    self.ensure_schema()
+                    self.schema()
                 except SchemaTooNew as exc:
                     if not self.lazy:
                         raise
@@ -112,7 +119,7 @@ class SqliteStore(SqlStore):
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from None
         try:
-            yield Tx(cur, self.placeholder)
+            yield Tx(cur, "?")
         except sqlite3.OperationalError as exc:  # disk full, I/O error, locked too long
             conn.rollback()
             raise StoreUnavailable(f"sqlite: {exc}") from None
@@ -145,12 +152,10 @@ class SqliteStore(SqlStore):
             self._local.held = False
             fcntl.flock(self._local.lock, fcntl.LOCK_UN)
 
-    def prune(self, before: float) -> int:
-        """Delete, then fold the WAL back into the file: freed pages are reused by new events."""
-        deleted = super().prune(before)
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the file: freed pages are reused."""
         with self.exclusive():
             self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return deleted
 
     def close(self) -> None:
         with self._opened_lock:
@@ -159,3 +164,32 @@ class SqliteStore(SqlStore):
         for conn, lock in opened:
             conn.close()
             os.close(lock)
+
+
+class SqliteStore(SqlStore):
+    """The ledger in a SQLite database."""
+
+    placeholder = "?"
+    blob_type = "BLOB"
+    unavailable = (sqlite3.OperationalError,)
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0, lazy: bool = False):
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.db = SqliteDatabase(path, self.ensure_schema, busy_timeout, lazy)
+        self.db.start()
+
+    def tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Tx]:
+        return self.db.tx(write, durable)
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        return self.db.exclusive()
+
+    def prune(self, before: float) -> int:
+        """Delete, then fold the WAL back into the file: freed pages are reused by new events."""
+        deleted = super().prune(before)
+        self.db.checkpoint()
+        return deleted
+
+    def close(self) -> None:
+        self.db.close()
