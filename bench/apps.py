@@ -107,3 +107,26 @@ def suki_api(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]
+
+
+_CAPABILITIES = json.dumps({
+    "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
+    "fhirVersion": "4.0.1", "format": ["json"],
+    "rest": [{"mode": "server", "resource": [{
+        "type": "DocumentReference", "conditionalCreate": True,
+        "interaction": [{"code": "create"}, {"code": "search-type"}]}]}]}).encode()
+
+
+def fhir_api(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """A FHIR server for the fetch benchmark's fhir path: a CapabilityStatement declaring
+    conditional create, and 201 with a Location for any DocumentReference POSTed (read,
+    not kept), as cheap as ``bare`` otherwise."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    if environ.get("PATH_INFO", "").endswith("/metadata"):
+        start_response("200 OK", [("Content-Type", "application/fhir+json"),
+                                  ("Content-Length", str(len(_CAPABILITIES)))])
+        return [_CAPABILITIES]
+    start_response("201 Created", [("Location", "DocumentReference/1/_history/1"),
+                                   ("Content-Length", "0")])
+    return [b""]

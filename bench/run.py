@@ -635,34 +635,44 @@ def drained(store: Any, n: int) -> bool:
 
 def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Delivery with `fetch:`: the manual's HTTP recipe (fetch the note from a local Suki
-    stand-in, POST it with its text to a fast target) and fetch_note alone (fetch, save a
-    file with fsync), each drained from the store by one `suki-relay worker`, beside the
-    plain `http` forward of the same events in the same round."""
+    stand-in, POST it with its text to a fast target), fetch_note alone (fetch, save a
+    file with fsync) and the fhir action with profile generic (fetch, file a
+    DocumentReference into a server declaring conditional create; with --compare, the
+    other checkout's too), each drained from the store by one `suki-relay worker`, beside
+    the plain `http` forward of the same events in the same round."""
     from suki_relay.store import NewEvent, open_store
 
     n, concurrency = args.deliveries, 8
     success = json.loads((REPO / "suki_relay" / "samples" / "success.json").read_text())
     body = ("{\"session\": \"{{ event.session_id }}\", \"note\": {{ fetched.contents | json }}, "
             "\"text\": {{ fetched.contents | note_text | json }}}")
-    target_port, suki_port = free_port(), free_port()
-    results: dict[str, list[float]] = {"http, no fetch": [], "http recipe with fetch": [],
-                                       "fetch_note alone": []}
+    target_port, suki_port, fhir_port = free_port(), free_port(), free_port()
+    fhir_action = {"type": "fhir", "base_url": f"http://127.0.0.1:{fhir_port}/fhir/r4",
+                   "subject": "Patient/{{ event.session_id }}"}  # profile generic, by default
+    checkouts = {"": (PY, REPO)}
+    if args.compare:  # the fhir path of another checkout too, in the same rounds
+        tree = args.compare.resolve()
+        checkouts[f" at {checkout_label(tree)}"] = (checkout_python(tree), tree)
     with server(gunicorn("bench.apps:bare", target_port), target_port), \
             server(gunicorn("bench.apps:suki_api", suki_port,  # sdp_suki_token has underscores
-                            ["--header-map", "dangerous"]), suki_port):
+                            ["--header-map", "dangerous"]), suki_port), \
+            server(gunicorn("bench.apps:fhir_api", fhir_port), fhir_port):
         target = f"http://127.0.0.1:{target_port}/suki/notes"
-        paths = {
-            "http, no fetch": {"type": "http", "url": target},
-            "http recipe with fetch": {"type": "http", "url": target, "fetch": ["contents"],
-                                       "body": body},
-            "fetch_note alone": {"type": "fetch_note", "links": ["contents"],
-                                 "directory": "notes"},
+        paths: dict[str, tuple[dict[str, Any], str, Path]] = {
+            "http, no fetch": ({"type": "http", "url": target}, PY, REPO),
+            "http recipe with fetch": ({"type": "http", "url": target, "fetch": ["contents"],
+                                        "body": body}, PY, REPO),
+            "fetch_note alone": ({"type": "fetch_note", "links": ["contents"],
+                                  "directory": "notes"}, PY, REPO),
+            **{f"fhir generic{label}": (fhir_action, python, tree)
+               for label, (python, tree) in checkouts.items()},
         }
+        results: dict[str, list[float]] = {name: [] for name in paths}
         for rnd in range(args.rounds):
             names = list(paths)
-            for name in names[rnd % 3:] + names[:rnd % 3]:  # each path first in turn
-                action = paths[name]
-                folder = work / f"fetch-{rnd}-{len(results[name])}-{name.split()[0]}"
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # each first in turn
+                action, python, tree = paths[name]
+                folder = work / f"fetch-{rnd}-{list(paths).index(name)}-{name.split()[0]}"
                 cfg = relay_config(folder, {"it": {**action, "max_concurrency": concurrency}})
                 data = yaml.safe_load(cfg.read_text())
                 data["delivery"] = {"threads": concurrency}
@@ -675,9 +685,9 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
                          for i in range(n)]
                 for i in range(0, n, 500):
                     store.record(batch[i:i + 500])
-                worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
-                                          env=relay_env(folder), stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
+                worker = subprocess.Popen([python, "-m", "suki_relay.cli.main", "-c", str(cfg),
+                                           "worker"], env=relay_env(folder), cwd=tree,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:  # timed from the first delivery done: the worker's start-up is not in it
                     first = wait_until(lambda s=store: s.stats().deliveries["done"], 60,
                                        0.01, f"a first {name} delivery")

@@ -9,7 +9,10 @@
      ├── Rejected                a request refused: an HTTP status and a payload-free reason
      └── DeliveryError           raised by an action's deliver()
           ├── RetryableError     try again later (after retry_after seconds if given)
-          └── PermanentError     do not retry; the delivery is kept as failed, for replay
+          ├── PermanentError     do not retry; the delivery is kept as failed, for replay
+          └── InDoubtError       the target may or may not have acted (a write whose answer
+                                 was lost, and nothing can tell): neither retried nor
+                                 failed, the delivery waits as `unknown` for an operator
 
 The CLI prints any RelayError as a message and exits non-zero; only bugs are none of these,
 and they keep their tracebacks. No message carries payload content or a secret.
@@ -85,6 +88,15 @@ class RetryableError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class InDoubtError(DeliveryError):
+    """The outcome is unknown and sending again could act twice (a note filed twice): the
+    delivery goes to state ``unknown`` until an operator settles it (`suki-relay resolve`)."""
+
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status

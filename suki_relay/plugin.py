@@ -29,7 +29,10 @@ What a plugin gets:
   type that always needs a document returns its relations from ``fetches()``;
   :func:`note_text` turns a content document into plain text.
 * Outcomes: return normally for done; raise :class:`RetryableError` to be tried again
-  with backoff, :class:`PermanentError` to fail for good (both :class:`DeliveryError`).
+  with backoff, :class:`PermanentError` to fail for good, :class:`InDoubtError` when the
+  target may have acted and sending again could act twice (the delivery waits as
+  ``unknown`` for an operator); all are :class:`DeliveryError`. ``delivery.taken_over``
+  says the previous attempt's process died mid-attempt (its outcome is unknown).
 * ``outbound``: ``send`` (transport failures become RetryableError; with ``delivery=``
   the HTTP status is recorded for `suki-relay show`), ``raise_for_status`` (408, 429,
   5xx retryable with Retry-After; other non-2xx permanent), ``new_session``.
@@ -38,8 +41,10 @@ What a plugin gets:
   (templates over nested values), :func:`slack_escape`; :data:`RELATIONS`,
   :data:`CONTENT_RELATIONS` and :func:`unknown_relations` (Suki's link relations);
   ``deadline`` (one deadline over a whole exchange on a socket of one's own) and ``oauth``
-  (bearer and client-credentials tokens, cached; imported when first used, so a config
-  without an action that authenticates never loads it).
+  (bearer, client-credentials and SMART Backend Services tokens, cached; imported when
+  first used, so a config without an action that authenticates never loads it); an action
+  that signs with keys the EHR must know returns them from ``public_keys()`` and the relay
+  publishes them at ``/.well-known/jwks.json``.
 
 The built-in actions import only from here, as third-party ones do (an import-linter
 contract in pyproject.toml holds them to it).
@@ -54,7 +59,15 @@ from suki_relay.deliver.action import MASK, Action, Delivery, RelayContext, mask
 from suki_relay.deliver.fetch import CONTENT_RELATIONS, RELATIONS, note_text, unknown_relations
 from suki_relay.deliver.outbound import new_session, raise_for_status, send
 from suki_relay.deliver.templates import map_strings, render_value, slack_escape
-from suki_relay.errors import ConfigError, DeliveryError, PermanentError, Problem, RelayError, RetryableError
+from suki_relay.errors import (
+    ConfigError,
+    DeliveryError,
+    InDoubtError,
+    PermanentError,
+    Problem,
+    RelayError,
+    RetryableError,
+)
 from suki_relay.options import Option
 
 if TYPE_CHECKING:
@@ -68,6 +81,7 @@ __all__ = [
     "ConfigError",
     "Delivery",
     "DeliveryError",
+    "InDoubtError",
     "Option",
     "PermanentError",
     "Problem",

@@ -35,17 +35,20 @@ class Reply:
     body: bytes = b"ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    drop: bool = False  # no answer at all: the connection is closed (after any delay)
 
 
 class Sink:
     """A real local HTTP server. ``replies`` are used in order, then ``default`` forever.
 
     ``handler`` may instead decide each reply from the request. Requests are recorded
-    before the reply (and its delay), so a stalled request is already visible.
+    before the reply (and its delay), so a stalled request is already visible. It stops
+    itself after ``lifetime`` seconds (None: when stopped).
     """
 
     def __init__(self, default: Reply | None = None, replies: Iterable[Reply] = (),
-                 handler: Callable[[Received], Reply] | None = None, lifetime: float = 120.0):
+                 handler: Callable[[Received], Reply] | None = None,
+                 lifetime: float | None = 120.0, port: int = 0):
         self.default = default or Reply()
         self.replies = list(replies)
         self.handler = handler
@@ -71,6 +74,10 @@ class Sink:
                 if reply.delay:
                     sink._release.wait(reply.delay)
                 try:
+                    if reply.drop:  # the request was read (and acted on): hang up
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.send_response(reply.status)
                     for k, v in reply.headers.items():
                         self.send_header(k, v)
@@ -84,7 +91,7 @@ class Sink:
 
             do_GET = do_POST = do_PUT = do_PATCH = _any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         # a short poll: stop() returns within 50 ms (the default half second, per sink,
@@ -92,9 +99,10 @@ class Sink:
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                         daemon=True)
         self._thread.start()
-        self._timer = threading.Timer(lifetime, self.stop)
+        self._timer = threading.Timer(lifetime if lifetime is not None else 0, self.stop)
         self._timer.daemon = True
-        self._timer.start()
+        if lifetime is not None:
+            self._timer.start()
 
     def _reply(self, got: Received) -> Reply:
         with self._lock:
@@ -225,9 +233,10 @@ class SukiStandIn:
     """
 
     def __init__(self, content: dict[str, Any] | None = None, partner_id: str = "p-1",
-                 partner_token: str = "pt-SECRET", lifetime: float = 120.0,
+                 partner_token: str = "pt-SECRET", lifetime: float | None = 120.0,
                  statuses: dict[str, str] | None = None,
-                 default_status: str | None = "completed", status_delay: float = 0.0):
+                 default_status: str | None = "completed", status_delay: float = 0.0,
+                 port: int = 0):
         self.content = NOTE if content is None else content
         self.statuses = dict(statuses or {})
         self.default_status = default_status
@@ -237,7 +246,7 @@ class SukiStandIn:
         self.logins: list[dict[str, Any]] = []
         self.api_status: list[int] = []
         self.content_status: list[int] = []
-        self.sink = Sink(handler=self.handle, lifetime=lifetime)
+        self.sink = Sink(handler=self.handle, lifetime=lifetime, port=port)
         self.url = self.sink.url
 
     def settings(self, **extra: Any) -> dict[str, Any]:

@@ -445,7 +445,8 @@ actions:
 """)
         assert "actions.yaml:4: actions.a: statement binds :y, which params does not give" \
             in report
-        assert "actions.yaml:4: actions.a: params: no statement binds :z" in report
+        # a check() message is placed at the line of the option it names
+        assert "actions.yaml:5: actions.a: params: no statement binds :z" in report
         assert "actions.yaml:6: actions.b: url: not a SQLAlchemy database URL" in report
         assert "sec-ret" not in report
         assert "actions.c: url: no SQLAlchemy dialect 'postgresq' is installed" in report

@@ -2,7 +2,8 @@
 
 A fenced ``yaml`` block whose first line is ``# actions.yaml`` is a whole config file; the
 test writes it as actions.yaml, sets each ``${VAR}`` it names (without a default) to a
-dummy, makes the templates folder it names, and runs `check` on it: a recipe cannot rot.
+dummy, makes the templates folder it names and the signing keys (``private_key_file``) with
+`suki-relay keys new`, and runs `check` on it: a recipe cannot rot.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def test_every_full_config_in_the_manual_passes_check(tmp_path: Path, where: str
     folder = re.search(r"^templates: *([^\s#]+)", text, re.M)
     if folder:
         (tmp_path / folder.group(1)).mkdir(parents=True)
+    for key in sorted(set(re.findall(r"^ *private_key_file: *([^\s#]+)", text, re.M))):
+        made = run_cli("keys", "new", key, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
     env = {name: f"dummy-{name.lower()}" for name in _VAR.findall(text)}
     result = run_cli("check", cwd=tmp_path, env=env)
     assert result.returncode == 0, f"{where}:\n{result.stdout}{result.stderr}"

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_plugin_module_exports_exactly_this() -> None:
     assert sorted(plugin.__all__) == sorted([
         "CONTENT_RELATIONS", "MASK", "RELATIONS", "Action", "ConfigError", "Delivery",
-        "DeliveryError", "Option", "PermanentError", "Problem", "RelayContext", "RelayError",
+        "DeliveryError", "InDoubtError", "Option", "PermanentError", "Problem", "RelayContext", "RelayError",
         "RetryableError", "deadline", "map_strings", "mask_secret_keys", "new_session",
         "note_text", "oauth", "outbound", "raise_for_status", "render_value", "send",
         "slack_escape", "unknown_relations",

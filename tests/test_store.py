@@ -12,6 +12,7 @@ from suki_relay.store import (
     FAILED,
     IN_FLIGHT,
     PENDING,
+    UNKNOWN,
     Claimed,
     ClaimRequest,
     EventFilter,
@@ -154,7 +155,7 @@ def test_events_filter_and_count_deliveries(store: Store) -> None:
 
 
 def test_stats_count_every_state(store: Store) -> None:
-    assert store.stats().deliveries == {PENDING: 0, IN_FLIGHT: 0, DONE: 0, FAILED: 0}
+    assert store.stats().deliveries == {PENDING: 0, IN_FLIGHT: 0, DONE: 0, FAILED: 0, UNKNOWN: 0}
     assert store.stats().oldest_pending_age_seconds == 0  # nothing waits
     old, recent = new("k1"), new("k2")
     old.received_at = time.time() - 600  # planned ten minutes ago

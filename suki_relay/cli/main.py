@@ -25,6 +25,7 @@ from suki_relay.cli.store import (
     cmd_recover,
     cmd_replay,
     cmd_reroute,
+    cmd_resolve,
     cmd_resume,
     cmd_show,
     store_of,
@@ -223,6 +224,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """Write a private key for SMART Backend Services (0600) and print its public JWK Set."""
+    from suki_relay.deliver import smart
+
+    try:
+        key = smart.write_new_key(Path(args.file), args.alg)
+    except smart.KeyProblem as exc:
+        raise RelayError(str(exc)) from None
+    print(json.dumps(smart.jwk_set([key]), indent=2))
+    print(f"wrote {args.file} (private, {args.alg}, kid {key.kid}): name it in auth.private_key_file; "
+          "the relay publishes every configured key at /.well-known/jwks.json", file=sys.stderr)
+    return 0
+
+
 def cmd_console_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -325,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("event_id", help="the event's id (evt_...)")
     sp.add_argument("--payload", action="store_true", help="also print the body (contains PHI)")
     sp = add("deliveries", cmd_deliveries, "list deliveries", json_flag=True)
-    sp.add_argument("--state", choices=("pending", "in_flight", "done", "failed"),
+    sp.add_argument("--state", choices=("pending", "in_flight", "done", "failed", "unknown"),
                     help="only deliveries in this state")
     sp.add_argument("--action", help="only deliveries of this action")
     sp.add_argument("--since", help="updated since: 30m, 2h, 7d or ISO 8601")
@@ -339,6 +354,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=10000, help=LIMIT_HELP)
     sp.add_argument("--dry-run", action="store_true",
                     help="list what would be replayed; replay nothing")
+    sp = add("resolve", cmd_resolve, "settle a delivery whose outcome is unknown: --filed "
+             "TYPE/ID (done) or --not-filed (send it)", json_flag=True)
+    sp.add_argument("delivery_id")
+    sp.add_argument("--filed", metavar="TYPE/ID", help="what the target holds, e.g. "
+                                                       "DocumentReference/123")
+    sp.add_argument("--not-filed", action="store_true", help="it is not there: send it")
     sp = add("reroute", cmd_reroute, "match a stored event against the current rules",
              json_flag=True)
     sp.add_argument("event_id", help="the event's id (evt_...)")
@@ -357,6 +378,14 @@ def parser() -> argparse.ArgumentParser:
     add("configs", cmd_configs, "the config versions used (the version `show` names)",
         json_flag=True)
     add_stand_in(sub)
+    keys = sub.add_parser("keys", help="signing keys (SMART Backend Services)").add_subparsers(
+        dest="sub", required=True)
+    sp = keys.add_parser("new", help="write a private key (0600) and print its public JWK Set")
+    sp.set_defaults(func=cmd_keys_new)
+    sp.add_argument("file", nargs="?", default="ehr-signing-key.pem",
+                    help="where (default ehr-signing-key.pem; never overwritten)")
+    sp.add_argument("--alg", choices=("RS384", "ES384"), default="ES384")
+    sp.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sp = add("console-password", cmd_console_password,
              "print a password hash for console.users (asks for the password)")
     sp.add_argument("--stdin", action="store_true", help="read the password from stdin")

@@ -1,6 +1,7 @@
 """`suki-relay stand-in mllp`: an MLLP listener in the foreground that prints each HL7 v2
 message it receives and answers as told, to try an ``hl7v2`` action without a hospital.
-The listener is suki_relay.testing_mllp's, the one the tests use."""
+The listener is suki_relay.testing_mllp's, the one the tests use. (`stand-in suki` and
+`stand-in fhir` are in standin_ehr.py.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stand_in = sub.add_parser("stand-in", help="stand-ins to try a config against").add_subparsers(
         dest="sub", required=True)
+    from suki_relay.cli.standin_ehr import add_parsers as add_ehr_stand_ins
+
+    add_ehr_stand_ins(stand_in)  # suki (Suki's API) and fhir (an EHR)
     sp = stand_in.add_parser("mllp", help="an MLLP listener that prints what it receives and "
                                           "answers as told (an interface engine stand-in)",
                              description=__doc__)

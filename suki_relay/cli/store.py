@@ -193,6 +193,27 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Settle a delivery whose outcome is unknown (state ``unknown``)."""
+    import getpass
+    import re
+
+    if (args.filed is None) == (not args.not_filed):
+        raise RelayError("give --filed TYPE/ID (what the target holds) or --not-filed")
+    if args.filed is not None and not re.fullmatch(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}",
+                                                   args.filed):
+        raise RelayError("--filed: expected a reference such as DocumentReference/123")
+    with store_of(store_settings(args)) as store:
+        state = store.resolve(args.delivery_id, args.filed, f"{getpass.getuser()} (cli)")
+    if state is None:
+        raise RelayError(f"delivery {args.delivery_id} is not in state unknown (see "
+                         "`suki-relay deliveries --state unknown`)")
+    emit(args, {"id": args.delivery_id, "state": state},
+         f"delivery {args.delivery_id}: " + (f"done (filed {args.filed})" if args.filed else
+                                              "pending: running workers send it now"))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from suki_relay.recover import repair
 

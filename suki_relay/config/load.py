@@ -329,7 +329,8 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
         try:
             action = cls(str(name), values, relay)
             action.max_concurrency = core_values["max_concurrency"]
-            problems += [Problem(where, message, line) for message in action.check()]
+            problems += [Problem(where, message, _option_line(options, message) or line)
+                         for message in action.check()]
             fetch = tuple(dict.fromkeys([*core_values["fetch"], *action.fetches()]))
         except Exception as exc:
             problems.append(Problem(where, f"cannot be set up: {exc}", line))
@@ -341,6 +342,13 @@ def _actions(raw: dict[Any, Any], relay: RelayContext, context_ok: bool,
         out[str(name)] = ActionSpec(name=str(name), action=action, lines=lines,
                                     **{**core_values, "fetch": fetch})
     return out
+
+
+def _option_line(options: Any, message: str) -> int | None:
+    """The line of the option a check() message starts with ("auth.kid: ..." -> auth)."""
+    head = message.split(":", 1)[0].split(".", 1)[0].strip()
+    return line_of(options, head) if head and isinstance(options, LineMap) and head in options \
+        else None
 
 
 def _with_lines(part: dict[Any, Any], whole: Any) -> Any:

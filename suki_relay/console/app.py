@@ -44,10 +44,11 @@ SESSION_KEY = "suki_relay.console.session"  # in the WSGI environ: (session, sto
 HERE = Path(__file__).parent
 STATIC = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 # the least role each endpoint needs; every other page is for any signed-in user. A viewer
-# reads (no payloads, no changes), an operator also shows payloads, replays, reroutes and
-# resumes, an admin also reads the audit trail
+# reads (no payloads, no changes), an operator also shows payloads, replays, reroutes,
+# resumes and settles deliveries whose outcome is unknown, an admin also reads the audit trail
 RIGHTS = {"payload": "operator", "reroute": "operator", "replay": "operator",
           "replay_failed": "operator", "replay_bulk": "operator", "resume": "operator",
+          "resolve": "operator",
           "audit": "admin"}
 COOKIE = "suki_console"
 LOGIN_COOKIE = "suki_console_login"
@@ -124,6 +125,7 @@ class Console:
             Rule(f"{p}/events/<event_id>/reroute", endpoint="reroute", methods=["GET", "POST"]),
             Rule(f"{p}/failed", endpoint="failed", methods=["GET"]),
             Rule(f"{p}/replay", endpoint="replay", methods=["GET", "POST"]),
+            Rule(f"{p}/resolve", endpoint="resolve", methods=["POST"]),
             Rule(f"{p}/replay-failed", endpoint="replay_failed", methods=["GET", "POST"]),
             Rule(f"{p}/static/<name>", endpoint="static", methods=["GET"]),
             Rule(f"{p}/refused", endpoint="refused", methods=["GET"]),

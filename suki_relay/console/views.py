@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -53,6 +54,7 @@ def target_of(spec: Any) -> str | None:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}" \
            f"{parts.path}" if parts.scheme else None
+_REFERENCE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # what `resolve --filed` takes
 STATUSES = SAMPLES  # the statuses the events filter offers: those there are samples of
 CHOICES = {"": None, "yes": True, "no": False}
 
@@ -348,8 +350,10 @@ class Views:
 
     def failed(self, request: Request, session: Session) -> Response:
         rows = repair.failed_deliveries(self.store, limit=PAGE_SIZE + 1)
+        unknown = self.store.deliveries(state="unknown", limit=PAGE_SIZE)
         return self.render(request, "failed.html", session, rows=rows[:PAGE_SIZE],
-                           more=len(rows) > PAGE_SIZE, since=request.args.get("since", "24h"))
+                           more=len(rows) > PAGE_SIZE, since=request.args.get("since", "24h"),
+                           unknown=unknown)
 
     def replay(self, request: Request, session: Session) -> Response:
         event_id = request.values.get("event", "")
@@ -372,6 +376,28 @@ class Views:
         return self.outcome(request, session, "Replayed",
                             f"Delivery {delivery_id} to {chosen[0].action} is pending "
                             "again with a fresh retry budget; the workers pick it up now.",
+                            event_id)
+
+    def resolve(self, request: Request, session: Session) -> Response:
+        """Settle a delivery whose outcome is unknown: filed (as TYPE/ID) or not (send it)."""
+        event_id = request.form.get("event", "")
+        delivery_id = request.form.get("delivery", "")
+        filed = request.form.get("filed", "").strip() if request.form.get("how") == "filed" \
+            else None
+        if filed is not None and not _REFERENCE.fullmatch(filed):
+            return self.outcome(request, session, "Nothing settled", "Give what the target "
+                                "holds as a reference such as DocumentReference/123.",
+                                event_id, 400)
+        state = self.store.resolve(delivery_id, filed, f"{session.user} (console)")
+        if state is None:
+            return self.outcome(request, session, "Nothing settled", "That delivery's outcome "
+                                "is not unknown (settled already, or never in doubt).",
+                                event_id, 409)
+        self.console.audit(session, "resolve", event_id, request, delivery_id=delivery_id,
+                           filed=filed or "not filed")
+        return self.outcome(request, session, "Settled",
+                            f"Delivery {delivery_id} is done: filed as {filed}." if filed else
+                            f"Delivery {delivery_id} is pending: the workers send it now.",
                             event_id)
 
     def replay_failed(self, request: Request, session: Session) -> Response:

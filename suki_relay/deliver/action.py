@@ -55,6 +55,9 @@ class Delivery:
     # protected health information, never stored or logged, fetched again each attempt
     fetched: dict[str, Any] = field(default_factory=dict)
     recovered: bool = False  # the event was recovered from Suki's status API
+    # the previous attempt's process died mid-attempt (its lease ran out): whether it acted
+    # is unknown, so an action that must not act twice checks before acting again
+    taken_over: bool = False
     failed: dict[str, Any] | None = None  # on_failure: action, error, attempts, delivery_id
 
     def context(self, **extra: Any) -> dict[str, Any]:
@@ -127,6 +130,11 @@ class Action:
         """Link relations this action always needs fetched (see suki_relay.deliver.fetch), besides
         those the user lists under ``fetch:``; they arrive in ``delivery.fetched``."""
         return ()
+
+    def public_keys(self) -> list[dict[str, Any]]:
+        """Public JWKs of the keys this action signs with (SMART Backend Services): the
+        relay publishes them at ``/.well-known/jwks.json``. Never a private key."""
+        return []
 
     def close(self) -> None:
         """Release what the action holds across deliveries (a connection pool): called

@@ -26,11 +26,12 @@ import jinja2
 from suki_relay import logs, metrics, tracing
 from suki_relay.deliver import fetch
 from suki_relay.deliver.action import Delivery
-from suki_relay.errors import PermanentError, RetryableError, StoreUnavailable
+from suki_relay.errors import InDoubtError, PermanentError, RetryableError, StoreUnavailable
 from suki_relay.store import (
     DONE,
     FAILED,
     PENDING,
+    UNKNOWN,
     Claimed,
     ClaimRequest,
     Delivering,
@@ -66,12 +67,16 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
             id=claimed.id, event_id=claimed.event_id, action=claimed.action,
             attempt=claimed.attempt, event=json.loads(claimed.body), raw_body=claimed.body,
             received_at=iso(claimed.received_at), recovered=claimed.recovered,
+            taken_over=claimed.taken_over,
             failed=json.loads(claimed.cause) if claimed.cause else None,
         )
         note = perform(spec, delivery)
     except RetryableError as exc:
         return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0, str(exc),
                                  exc.status, exc.retry_after)
+    except InDoubtError as exc:
+        return Outcome("unknown", started, time.perf_counter() - t0, UNKNOWN, None, exc.status,
+                       str(exc))
     except PermanentError as exc:
         return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, exc.status,
                        str(exc))
@@ -306,11 +311,13 @@ class Deliverer:
                    action=claimed.action, attempt=claimed.attempt, outcome=result.outcome,
                    http_status=result.http_status, duration_ms=round(result.duration * 1000, 1),
                    error_class=_error_class(result))
-        if result.state == FAILED and self.config.on_failure and claimed.cause is None:
-            # failed for good: plan the on_failure actions in the transaction recording it
-            # (an on_failure delivery that fails does not plan them again)
+        if result.state in (FAILED, UNKNOWN) and self.config.on_failure and claimed.cause is None:
+            # failed for good, or in doubt (an operator must look): plan the on_failure
+            # actions in the transaction recording it (an on_failure delivery that fails
+            # does not plan them again)
             result = dataclasses.replace(result, on_failure=tuple(self.config.on_failure))
-            logs.event(log, "delivery failed for good; on_failure planned", logging.ERROR,
+            logs.event(log, "delivery failed for good; on_failure planned" if result.state == FAILED
+                       else "delivery outcome unknown; on_failure planned", logging.ERROR,
                        event_id=claimed.event_id, delivery_id=claimed.id,
                        action=claimed.action, on_failure=len(self.config.on_failure))
         return self._finish(claimed, result)

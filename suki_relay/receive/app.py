@@ -45,6 +45,7 @@ REFUSED = {
                      "the secret may not match Suki's",
 }
 READY_SECONDS = 1.0  # /readyz asks the store at most this often
+JWKS_PATH = "/.well-known/jwks.json"  # the public keys actions sign with (SMART Backend Services)
 
 
 class Answer:
@@ -142,6 +143,8 @@ class RelayApp:
             return Answer(200, {"status": "alive"})(start_response)
         if path == "/readyz":
             return self.ready()(start_response)
+        if path == JWKS_PATH:
+            return self.jwks()(start_response)
         if self.config.metrics.enabled and path == self.config.metrics.path:
             body, content_type = metrics.render(self.store_stats, self.config_state, self.spool)
             start_response("200 OK", [("Content-Type", content_type),
@@ -151,6 +154,23 @@ class RelayApp:
                 self.console_prefix + "/")):
             return self.console(environ, start_response)
         return error(404, "not_found", "no such path")(start_response)
+
+    def jwks(self) -> Answer:
+        """The JWK Set of every key the configured actions sign with (the EHR's JWK Set URL
+        points here). Public halves only; a key that cannot be loaded is left out (`check`
+        names it)."""
+        keys = getattr(self, "_jwks", None)
+        if keys is None:
+            found: dict[str, dict[str, Any]] = {}
+            for name, spec in self.config.actions.items():
+                try:
+                    for jwk in spec.action.public_keys():
+                        found.setdefault(str(jwk.get("kid")), jwk)
+                except Exception as exc:
+                    logs.event(log, "signing keys not published", logging.WARNING, action=name,
+                               error_class=type(exc).__name__)
+            keys = self._jwks = list(found.values())
+        return Answer(200, {"keys": keys}, (("Cache-Control", "max-age=300"),))
 
     def ready(self) -> Answer:
         """/readyz: the readiness below as an HTTP answer."""

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import fields
 from typing import Any
 
-from suki_relay.store.base import DONE, FAILED, IN_FLIGHT, PENDING, EventFilter
+from suki_relay.store.base import DONE, FAILED, IN_FLIGHT, PENDING, UNKNOWN, EventFilter
 from suki_relay.store.ledger import plan
 from suki_relay.store.rows import (
     Activity,
@@ -160,6 +160,28 @@ class Admin(Backend):
                     [(PENDING, now, now, now, i, IN_FLIGHT) for i in delivery_ids])
         return len(delivery_ids)
 
+    def resolve(self, delivery_id: str, filed: str | None, by: str = "operator") -> str | None:
+        """Settle a delivery whose outcome is unknown: done (``filed``, what the target
+        holds, e.g. DocumentReference/ID) or, with ``filed`` None, pending again to be sent.
+        Recorded as an attempt (outcome ``resolved``). The new state, or None if the
+        delivery is not ``unknown`` (settled already, or never in doubt)."""
+        now = time.time()
+        state = DONE if filed else PENDING
+        note = (f"settled by {by}: filed {filed}" if filed else
+                f"settled by {by}: not filed; sending it")
+        with self.tx() as tx:
+            cur = tx.exec("UPDATE deliveries SET state = ?, attempts = attempts + 1, tries = 0, "
+                          "cycle_started_at = ?, next_attempt_at = ?, last_error = NULL, "
+                          "updated_at = ? WHERE id = ? AND state = ?",
+                          (state, now, now, now, delivery_id, UNKNOWN))
+            if cur.rowcount != 1:
+                return None
+            row = tx.one("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,))
+            tx.exec("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
+                    "note) VALUES (?, ?, ?, 0, 'resolved', ?)",
+                    (delivery_id, row["attempts"] if row else 0, now, note[:500]))
+        return state
+
     def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
         """Reroute: plan deliveries for actions the event does not have yet."""
         now = time.time()
@@ -249,7 +271,7 @@ class Admin(Backend):
             events = tx.one("SELECT count(*) AS n FROM events")
         t = oldest["t"] if oldest else None
         return Stats(events=events["n"] if events else 0,
-                     deliveries={s: states.get(s, 0) for s in (PENDING, IN_FLIGHT, DONE, FAILED)},
+                     deliveries={s: states.get(s, 0) for s in (PENDING, IN_FLIGHT, DONE, FAILED, UNKNOWN)},
                      oldest_pending_age_seconds=(now - t) if t else 0.0)
 
 

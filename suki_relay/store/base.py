@@ -5,8 +5,9 @@ delivery; each try of a delivery is an attempt. Deliveries move
 
     pending -> in_flight -> done
                   |  ^ \\-> failed          (permanent, or out of retries; replay re-opens)
-                  v  |
-               pending (retry later)    in_flight with an expired lease is claimable again
+                  v  |  \\-> unknown         (the target may have acted; an operator settles
+               pending (retry later)     it: done, or pending again)
+    in_flight with an expired lease is claimable again (the attempt taken over is marked so)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from suki_relay.store.sessions import Listed
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
+UNKNOWN = "unknown"  # the outcome of a write is unknown: neither retried nor failed
 
 def new_id(prefix: str) -> str:
     """Time-ordered, unique across nodes (40 random bits per millisecond): sorts newest last.
@@ -89,6 +91,7 @@ class Claimed:
     recovered: bool = False
     cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
     probe: bool = False  # the one attempt of a paused action (store/health.py): uses no try
+    taken_over: bool = False  # its previous attempt's owner died mid-attempt (lease expired)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class ClaimRequest:
 class Outcome:
     """The result of one attempt."""
 
-    outcome: str  # ok, retry, failed
+    outcome: str  # ok, retry, failed, unknown
     started_at: float
     duration: float
     state: str
@@ -228,6 +231,9 @@ class Administering(Protocol):
 
     def reopen(self, delivery_ids: list[str]) -> int:
         """Replay: due now, with a fresh retry budget."""
+
+    def resolve(self, delivery_id: str, filed: str | None, by: str = "operator") -> str | None:
+        """Settle an ``unknown`` delivery: done (filed) or pending again; the new state."""
 
     def add_deliveries(self, event_id: str, rules: list[str], actions: list[str]) -> list[str]:
         """Reroute: plan deliveries for actions the event does not have yet."""

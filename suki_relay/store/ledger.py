@@ -139,10 +139,27 @@ class Ledger(Backend):
             owner = {r["dedup_key"]: r["id"] for r in tx.all(
                 f"SELECT id, dedup_key FROM events WHERE dedup_key IN "
                 f"({marks(keys)})", keys)}
+        covered = self._recovered_already(tx, events)
         plan(tx, [(ev.id, action, ev.received_at) for ev in events
-                  if owner.get(ev.dedup_key) == ev.id for action in ev.actions])
+                  if owner.get(ev.dedup_key) == ev.id and (ev.session_id, ev.status) not in covered
+                  for action in ev.actions])
         return [Recorded(owner.get(ev.dedup_key, ev.id), owner.get(ev.dedup_key) != ev.id)
                 for ev in events]
+
+    @staticmethod
+    def _recovered_already(tx: Tx, events: list[NewEvent]) -> set[tuple[str, str]]:
+        """(session, status) of received events whose session was recovered already with
+        that status: Suki's own notification, late (it waited in another node's spool, say),
+        is recorded but plans nothing, so a session's note is delivered by one set of
+        deliveries. One indexed look per batch, only for events that plan something."""
+        sessions = list({ev.session_id for ev in events
+                         if ev.session_id and ev.actions and not ev.recovered})
+        found: set[tuple[str, str]] = set()
+        for chunk in chunks(sessions):
+            found.update((r["session_id"], r["status"]) for r in tx.all(
+                f"SELECT session_id, status FROM events WHERE session_id IN ({marks(chunk)}) "
+                "AND recovered = 1", chunk))
+        return found
 
     def known(self, event_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -216,7 +233,8 @@ class Ledger(Backend):
             claimed.append(Claimed(
                 row["id"], row["event_id"], action, row["attempts"] + 1,
                 row["tries"] + (0 if probe else 1), row["cycle_started_at"], bytes(row["body"]),
-                row["received_at"], bool(row["recovered"]), row["cause"], probe))
+                row["received_at"], bool(row["recovered"]), row["cause"], probe,
+                row["state"] == IN_FLIGHT))
         tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
                 "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
         tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
@@ -274,7 +292,7 @@ class Ledger(Backend):
             if cur.rowcount != 1:
                 continue
             cause = json.dumps({"action": c.action, "error": _short(r.error),
-                                "attempts": c.attempt, "delivery_id": c.id})
+                                "attempts": c.attempt, "delivery_id": c.id, "state": r.state})
             tx.many("INSERT INTO deliveries (id, event_id, action, state, cycle_started_at, "
                     "next_attempt_at, updated_at, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(new_id("dlv"), c.event_id, action, PENDING, now, now, now, cause)

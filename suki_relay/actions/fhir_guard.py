@@ -1,0 +1,138 @@
+"""Filed once: what the fhir action asks the server before (and after) a create.
+
+Where the server honours ``If-None-Exist`` (a generic server whose CapabilityStatement
+declares conditionalCreate for DocumentReference) the create itself is the guard. Where it
+does not (Epic, Oracle Health, most servers), the action searches before every create for
+a document it filed already, and after a create whose answer was lost; it creates only when
+the search shows none. A document is the relay's when it carries the session identifier;
+where the server drops identifiers, when it has the same type and the same ``date`` (the
+event's reception time, to the second), under the patient (and encounter) searched. A
+candidate that cannot be told either way (no date) makes the outcome unknown, as does a
+server that offers no DocumentReference search at all: the delivery then waits as
+``unknown`` for an operator instead of risking a second note in the chart.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+CAPABILITY_SECONDS = 3600.0  # how long a server's CapabilityStatement is trusted
+MAX_PAGES = 5  # search result pages read (a match is on the first, newest first, in practice)
+MAX_SEARCH_BYTES = 64 * 1024 * 1024  # a page of notes with their text inline can be large
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    conditional_create: bool  # If-None-Exist honoured for DocumentReference
+    search: bool  # DocumentReference search-type offered
+    identifier_search: bool  # ... with the identifier parameter
+
+    @classmethod
+    def of(cls, statement: Any) -> Capabilities:
+        """From a CapabilityStatement (anything else declares nothing)."""
+        none = cls(False, False, False)
+        if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
+            return none
+        for rest in statement.get("rest") or []:
+            if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
+                continue
+            for res in rest.get("resource") or []:
+                if isinstance(res, dict) and res.get("type") == "DocumentReference":
+                    codes = {i.get("code") for i in res.get("interaction") or []
+                             if isinstance(i, dict)}
+                    params = {p.get("name") for p in res.get("searchParam") or []
+                              if isinstance(p, dict)}
+                    search = "search-type" in codes
+                    return cls(res.get("conditionalCreate") is True and "create" in codes,
+                               search, search and "identifier" in params)
+        return none
+
+
+class CapabilityCache:
+    """Per base URL, per process: one GET [base]/metadata an hour."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, Capabilities]] = {}
+
+    def get(self, base_url: str) -> Capabilities | None:
+        with self._lock:
+            found = self._known.get(base_url)
+        return found[1] if found and found[0] > time.monotonic() else None
+
+    def put(self, base_url: str, caps: Capabilities) -> None:
+        with self._lock:
+            self._known[base_url] = (time.monotonic() + CAPABILITY_SECONDS, caps)
+
+
+CAPABILITIES = CapabilityCache()
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(microsecond=0)
+    except ValueError:
+        return None
+
+
+def is_ours(candidate: Any, ours: dict[str, Any]) -> bool | None:
+    """True: the relay filed it; False: another document; None: cannot tell."""
+    if not isinstance(candidate, dict) or candidate.get("resourceType") != "DocumentReference":
+        return False
+    if candidate.get("status") == "entered-in-error":
+        return False
+    mine = ours["identifier"][0]
+    for ident in candidate.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == mine["system"] and \
+                ident.get("value") == mine["value"]:
+            return True
+    codes = {(c.get("system"), c.get("code")) for c in
+             ((candidate.get("type") or {}).get("coding") or []) if isinstance(c, dict)}
+    wanted = ours["type"]["coding"][0]
+    if codes and (wanted.get("system"), wanted["code"]) not in codes:
+        return False
+    when = _instant(candidate.get("date"))
+    if when is None:
+        return None
+    return when == _instant(ours["date"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    filed: str | None  # the id of the relay's document, if found
+    unsure: bool  # some candidate could not be told apart
+    matches: int = 0
+
+
+def judge(candidates: list[Any], ours: dict[str, Any]) -> Verdict:
+    seen = [(c, is_ours(c, ours)) for c in candidates]
+    mine = [c for c, v in seen if v is True]
+    unsure = any(v is None for _, v in seen)
+    if mine:
+        found = mine[0].get("id")
+        return Verdict(found if isinstance(found, str) else None, False, len(mine))
+    return Verdict(None, unsure)
+
+
+def entries(bundle: Any) -> tuple[list[Any], str | None]:
+    """A searchset's resources (mode match) and its next page's URL."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ValueError("not a Bundle")
+    found = [e.get("resource") for e in bundle.get("entry") or [] if isinstance(e, dict)
+             and (e.get("search") or {}).get("mode", "match") == "match"]
+    following = [link.get("url") for link in bundle.get("link") or [] if isinstance(link, dict)
+                 and link.get("relation") == "next" and isinstance(link.get("url"), str)]
+    return found, following[0] if following else None
+
+
+def reference_id(reference: str, kind: str) -> str | None:
+    """The id in a reference to ``kind`` (relative, or absolute ending so)."""
+    match = re.search(rf"(?:^|/){kind}/([A-Za-z0-9\-.]{{1,64}})(?:/_history/[^/]+)?$", reference)
+    return match.group(1) if match else None
