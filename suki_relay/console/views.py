@@ -41,7 +41,8 @@ SETTLES = {"pending": "waits for its next try (replay makes it due now)",
            "in_flight": "being attempted now",
            "done": "delivered (replay sends it again)",
            "failed": "replay sends it again with a fresh retry budget",
-           "unknown": "the outcome could not be established: check the target, then replay"}
+           "unknown": "the outcome could not be established: check the target, then settle "
+                      "it on this page (filed, or send it)"}
 
 
 def target_of(spec: Any) -> str | None:
