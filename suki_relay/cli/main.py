@@ -356,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
                     help="list what would be replayed; replay nothing")
     sp = add("resolve", cmd_resolve, "settle a delivery whose outcome is unknown: --filed "
              "TYPE/ID (done) or --not-filed (send it)", json_flag=True)
-    sp.add_argument("delivery_id")
+    sp.add_argument("delivery_id", help="the delivery's id (dlv_...), as `deliveries --state "
+                                        "unknown` lists it")
     sp.add_argument("--filed", metavar="TYPE/ID", help="what the target holds, e.g. "
                                                        "DocumentReference/123")
     sp.add_argument("--not-filed", action="store_true", help="it is not there: send it")
@@ -384,7 +385,8 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_keys_new)
     sp.add_argument("file", nargs="?", default="ehr-signing-key.pem",
                     help="where (default ehr-signing-key.pem; never overwritten)")
-    sp.add_argument("--alg", choices=("RS384", "ES384"), default="ES384")
+    sp.add_argument("--alg", choices=("RS384", "ES384"), default="ES384",
+                    help="ES384 (an EC P-384 key, the default) or RS384 (RSA 3072)")
     sp.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sp = add("console-password", cmd_console_password,
              "print a password hash for console.users (asks for the password)")
