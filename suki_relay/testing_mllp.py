@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from suki_relay.testing_servers import accept_until
+
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 ACCEPTED = ("AA", "CA")
@@ -72,18 +74,7 @@ class MllpStandIn:
     # ---------------------------------------------------------------- serving
 
     def _serve(self) -> None:
-        while not self.stopped.is_set():
-            if self._deadline is not None and time.monotonic() > self._deadline:
-                self.stopped.set()
-                break
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-        self._listener.close()
+        accept_until(self._listener, self.stopped, self._deadline, self._connection)
 
     def _connection(self, conn: socket.socket) -> None:
         try:

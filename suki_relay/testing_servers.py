@@ -130,6 +130,26 @@ class Sink:
         self.stop()
 
 
+
+def accept_until(listener: socket.socket, stopped: threading.Event, deadline: float | None,
+                 handle: Callable[[socket.socket], None]) -> None:
+    """Accept connections on ``listener`` (which has a short timeout), each handled on a
+    thread of its own, until ``stopped`` is set or the monotonic ``deadline`` passes (then
+    ``stopped`` is set); closes the listener. The stand-ins that speak raw TCP share it."""
+    while not stopped.is_set():
+        if deadline is not None and time.monotonic() > deadline:
+            stopped.set()
+            break
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    listener.close()
+
+
 class RawServer:
     """A real local TCP server for replies no HTTP server would send. Each connection's
     request head (and a Content-Length body) is read, then ``script(sock, head, stopped)``
@@ -154,18 +174,7 @@ class RawServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self.stopped.is_set():
-            if time.monotonic() > self._deadline:
-                self.stopped.set()
-                break
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-        self._listener.close()
+        accept_until(self._listener, self.stopped, self._deadline, self._one)
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
