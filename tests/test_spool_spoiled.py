@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 from suki_relay.store import NewEvent
@@ -18,7 +19,7 @@ SET_ASIDE = "spooled record cannot be read; set aside, the rest drain"
 
 
 def spoil(spool_file: Path, seq: int, event: str) -> None:
-    with sqlite3.connect(spool_file) as db:
+    with closing(sqlite3.connect(spool_file)) as db, db:  # closed, not only committed
         db.execute("UPDATE spooled SET event = ? WHERE seq = ?", (event, seq))
 
 
@@ -35,7 +36,7 @@ def test_a_spoiled_record_is_set_aside_and_the_rest_drain(  # type: ignore[no-un
         assert (status, answered["spooled"]) == (200, True)
         ids.append(answered["event_id"])
     spool_file = tmp_path / "suki-relay-spool.db"
-    with sqlite3.connect(spool_file) as db:
+    with closing(sqlite3.connect(spool_file)) as db:
         oldest = db.execute("SELECT seq, event FROM spooled ORDER BY seq LIMIT 1").fetchone()
     spoil(spool_file, oldest[0], oldest[1][: len(oldest[1]) // 2])  # cut off mid-JSON
     private_db.up()
