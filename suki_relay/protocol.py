@@ -3,7 +3,7 @@
 
 Pure functions with no I/O, shared by the receiver (verify), ``suki-relay send`` and the
 ``http`` action's ``sign_secret`` (sign); and :func:`parse_json`, the one parser for what
-Suki's API answers.
+Suki's API, FHIR servers and OAuth2 token endpoints answer.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from typing import Any
 
@@ -70,11 +71,15 @@ def matches(secrets: list[str], generated_at: str, body: bytes, given: str) -> b
 
 def parse_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A JSON document, or ValueError: not JSON, not UTF-8, NaN or Infinity (not JSON
-    either), or nested deeper than ``max_depth``. Never RecursionError, however deep."""
+    either, nor is a number too large for a float, such as 1e999), or nested deeper than
+    ``max_depth``. Never RecursionError, however deep. The messages quote nothing of
+    ``data``."""
     try:
-        value = json.loads(data, parse_constant=_not_json)
+        value = json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    except UnicodeDecodeError:  # its message quotes a byte
+        raise ValueError("JSON that is not UTF-8 text") from None
     stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
     while stack:  # no recursion: a document at the limit costs one pass, not the stack
         item, depth = stack.pop()
@@ -87,3 +92,10 @@ def parse_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError("a number too large for a float")
+    return number

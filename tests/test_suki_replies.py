@@ -38,6 +38,7 @@ class HostileSuki(SukiStandIn):
     (b'{"a": ' * 5000 + b"1" + b"}" * 5000, False),
     (DEEP, False), (b"NaN", False), (b'{"x": Infinity}', False), (b"\xff\xfe{", False),
     (b'{"a": [1, {"b": null}], "c": "\\u00e9"}', True), (b"7", True),
+    (b"[1e999]", False), (b'{"x": -1e400}', False), (b"[1e308, -2.5e-400]", True),
 ])
 def test_parse_json_is_bounded_and_fails_with_value_error(text: bytes, ok: bool) -> None:
     if ok:
@@ -45,6 +46,14 @@ def test_parse_json_is_bounded_and_fails_with_value_error(text: bytes, ok: bool)
     else:
         with pytest.raises(ValueError):
             parse_json(text)
+
+
+@pytest.mark.parametrize("text", [b"\xff\xfePHI", b"PHI", b'{"PHI": NaN}', b"[1e999]",
+                                  b"[" * 101 + b"]" * 101])
+def test_parse_json_errors_quote_nothing_of_the_document(text: bytes) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_json(text)
+    assert "PHI" not in str(info.value) and "0x" not in str(info.value)
 
 
 def test_recover_handles_the_next_session_after_a_hostile_reply(tmp_path: Path) -> None:

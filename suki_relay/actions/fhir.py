@@ -53,6 +53,7 @@ from suki_relay.plugin import (
     oauth,
     outbound,
 )
+from suki_relay.protocol import parse_json
 
 DEFAULT_TYPE = {"code": "11506-3", "display": "Progress note"}
 DEFAULT_IDENTIFIER_SYSTEM = "urn:suki:session-id"
@@ -331,7 +332,7 @@ class FhirAction(Action):
             outbound.raise_for_status(resp, "FHIR server (metadata)")
             outbound.require_whole(resp, "FHIR server (metadata)")
             try:
-                caps = fhir_guard.Capabilities.of(resp.json())
+                caps = fhir_guard.Capabilities.of(parse_json(resp.content))
             except ValueError:
                 caps = fhir_guard.Capabilities(False, False, False)
         fhir_guard.CAPABILITIES.put(self.base, caps)
@@ -370,7 +371,7 @@ class FhirAction(Action):
                                    "whether this note is filed")
             outbound.require_whole(resp, "FHIR server (search)")
             try:
-                found, url = fhir_guard.entries(resp.json())
+                found, url = fhir_guard.entries(parse_json(resp.content))
             except ValueError:
                 raise RetryableError("FHIR server (search) answered with no Bundle") from None
             verdict = fhir_guard.judge(found, resource)
@@ -403,7 +404,7 @@ class FhirAction(Action):
         outbound.raise_for_status(resp, "FHIR server (encounter)", _detail(resp))
         outbound.require_whole(resp, "FHIR server (encounter)")
         try:
-            subject = resp.json()["subject"]["reference"]
+            subject = parse_json(resp.content)["subject"]["reference"]
         except (ValueError, KeyError, TypeError):
             raise PermanentError("the encounter names no subject to file the note under") from None
         patient = fhir_guard.reference_id(subject, "Patient") if isinstance(subject, str) else None
@@ -462,7 +463,7 @@ def outcome(resp: requests.Response) -> str:
 def resource_id(resp: requests.Response) -> str | None:
     """The id from the answer's body, else from its Location (…/DocumentReference/ID/…)."""
     try:
-        body = resp.json()
+        body = parse_json(resp.content)
     except ValueError:
         body = None
     found = body.get("id") if isinstance(body, dict) and \
@@ -477,7 +478,7 @@ def resource_id(resp: requests.Response) -> str | None:
 def issue_codes(resp: requests.Response) -> list[str]:
     """The issue codes of an OperationOutcome answer (never its diagnostics or details)."""
     try:
-        body = resp.json()
+        body = parse_json(resp.content)
     except ValueError:
         return []
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":

@@ -11,6 +11,7 @@ appears in an error message.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from urllib.parse import quote_plus
 from suki_relay.deliver import outbound, smart
 from suki_relay.deliver.tokens import TokenCache, shared
 from suki_relay.errors import PermanentError, RetryableError
+from suki_relay.protocol import parse_json
 
 DEFAULT_LIFETIME = 3600.0  # when the token endpoint does not say (expires_in is optional)
 MAX_MARGIN = 60.0  # refresh this long before expiry (half the lifetime for short ones)
@@ -216,8 +218,13 @@ class Tokens:
             raise PermanentError(f"OAuth2 token endpoint refused the client credentials "
                                  f"({resp.status_code}{_error_code(resp)})", status=resp.status_code)
         outbound.raise_for_status(resp, "OAuth2 token endpoint")
+        outbound.require_whole(resp, "OAuth2 token endpoint")
         try:
-            answer = resp.json()
+            answer = parse_json(resp.content)
+        except ValueError:  # its message may quote a byte of the answer: not repeated
+            raise RetryableError("OAuth2 token endpoint answered with a body that is not JSON "
+                                 "(or is nested too deeply)") from None
+        try:
             token, token_type = answer["access_token"], answer.get("token_type", "Bearer")
             lifetime = float(answer.get("expires_in") or DEFAULT_LIFETIME)
             granted = answer.get("scope")
@@ -225,6 +232,9 @@ class Tokens:
             raise RetryableError("OAuth2 token endpoint answered without an access_token") from None
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
             raise RetryableError("OAuth2 token endpoint answered without a usable access_token")
+        if not math.isfinite(lifetime):  # "NaN" or "1e999" as a string: never refreshed
+            raise RetryableError("OAuth2 token endpoint answered with an expires_in that is "
+                                 "not a number of seconds")
         if str(token_type).lower() != "bearer":
             raise PermanentError("OAuth2 token endpoint issued a token that is not a bearer token")
         self.granted_scope = granted if isinstance(granted, str) else None
@@ -233,7 +243,7 @@ class Tokens:
 
 def _error_code(resp: Any) -> str:
     try:
-        code = resp.json().get("error")
+        code = parse_json(resp.content).get("error")
     except (ValueError, AttributeError):
         return ""
     return f" {code}" if isinstance(code, str) and code in ERROR_CODES else ""
