@@ -185,6 +185,16 @@ class SqliteStore(SqlStore):
     def exclusive(self) -> AbstractContextManager[None]:
         return self.db.exclusive()
 
+    def ping(self) -> None:
+        """Raises unless a commit reaches the disk now (readiness): it rewrites the file's
+        header page with the user_version it holds, a page appended to the WAL and fsynced
+        as a notification's commit is (an UPDATE that changes nothing writes nothing, and
+        commits even on a full disk). No row is added: the file never grows for it, and
+        the page folds back in place at the next checkpoint."""
+        with self.tx() as tx:
+            version = int(tx.exec("PRAGMA user_version").fetchone()[0])
+            tx.exec(f"PRAGMA user_version = {version}")
+
     def prune(self, before: float) -> int:
         """Delete, then fold the WAL back into the file: freed pages are reused by new events."""
         deleted = super().prune(before)

@@ -155,3 +155,31 @@ def test_readyz_is_503_when_the_spool_cannot_write_either(tmp_path: Path, privat
     assert post_signed(node.webhook, unique_body()).status_code == 503
     assert ready.json()["store"].startswith("postgresql")
     assert ready.json()["spool"].startswith("sqlite")
+
+
+def test_readyz_is_503_when_the_sqlite_store_cannot_write(tmp_path: Path, relay,
+                                                          sink) -> None:  # type: ignore[no-untyped-def]
+    """The SQLite store's readiness probe commits a page, as a notification does: on a
+    disk that takes no more writes, /readyz says the store cannot commit, as every post
+    finds; once the disk takes writes again, it is ready again by itself."""
+    target = sink()
+    cfg = write_config(tmp_path, "sqlite:///relay.db", target.url, spool={"enabled": False})
+    node = relay(cfg, workers=1)
+    assert post_signed(node.webhook, unique_body()).status_code == 200
+    assert readyz(node).json()["status"] == "ready"
+    [worker] = node.worker_pids()
+    # no file takes another byte (the soft limit only: it can be lifted again)
+    resource.prlimit(worker, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+    try:
+        assert post_signed(node.webhook, unique_body()).status_code == 503
+        [ready] = wait_until(lambda: [r for r in [readyz(node)] if r.status_code == 503],
+                             timeout=15, message="/readyz to say the store cannot commit")
+        assert ready.json()["error"] == "store_unavailable"
+        assert ready.json()["store"].startswith("sqlite: ")
+        assert ready.json()["spool"] == "disabled"
+    finally:
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(worker, resource.RLIMIT_FSIZE, unlimited)
+    wait_until(lambda: readyz(node).status_code == 200, timeout=15,
+               message="ready again once the disk takes writes")
+    assert post_signed(node.webhook, unique_body()).status_code == 200
