@@ -101,7 +101,10 @@ def test_pause_and_resume_by_hand(write_config: Any, local_relay: Any, sink: Any
     target, alerts = sink(), sink()
     cfg = write_config(_config(target.url, alerts.url))
     paused = cli_here("pause", "ehr", "-c", str(cfg), cwd=tmp_path)
-    assert paused.returncode == 0 and "paused" in paused.stdout
+    assert paused.returncode == 0 and paused.stdout == (
+        "ehr: paused; its deliveries wait until `suki-relay resume ehr`\n")
+    again = cli_here("pause", "ehr", "-c", str(cfg), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == "ehr: was paused by hand already\n"
     assert cli_here("pause", "nope", "-c", str(cfg), cwd=tmp_path).returncode == 1
     relay = local_relay(cfg)
     for _ in range(3):

@@ -279,22 +279,28 @@ def cmd_actions(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     """Pause an action by hand: its deliveries wait (no probes) until `resume`."""
-    config = config_of(args)
-    _known_action(config, args.action)
-    with store_of(config) as store:
-        changed = store.pause(args.action)
-    print(f"{args.action}: paused; its deliveries wait until `suki-relay resume {args.action}`"
-          if changed else f"{args.action}: was paused by hand already")
-    return 0
+    return _pause_or_resume(args, pause=True)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a paused action: its waiting deliveries are due now."""
+    return _pause_or_resume(args, pause=False)
+
+
+_SAID = {  # pause?: (what changed, what was so already)
+    True: ("paused; its deliveries wait until `suki-relay resume {action}`",
+           "was paused by hand already"),
+    False: ("resumed; its waiting deliveries are due now", "was not paused"),
+}
+
+
+def _pause_or_resume(args: argparse.Namespace, pause: bool) -> int:
     config = config_of(args)
     _known_action(config, args.action)
     with store_of(config) as store:
-        changed = store.resume(args.action)
-    print(f"{args.action}: resumed; its waiting deliveries are due now" if changed
-          else f"{args.action}: was not paused")
+        changed = (store.pause if pause else store.resume)(args.action)
+    done, already = _SAID[pause]
+    print(f"{args.action}: " + (done if changed else already).format(action=args.action))
     return 0
 
 
