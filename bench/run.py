@@ -640,8 +640,6 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
     DocumentReference into a server declaring conditional create; with --compare, the
     other checkout's too), each drained from the store by one `suki-relay worker`, beside
     the plain `http` forward of the same events in the same round."""
-    from suki_relay.store import NewEvent, open_store
-
     n, concurrency = args.deliveries, 8
     success = json.loads((REPO / "suki_relay" / "samples" / "success.json").read_text())
     body = ("{\"session\": \"{{ event.session_id }}\", \"note\": {{ fetched.contents | json }}, "
@@ -673,32 +671,8 @@ def bench_fetch(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # each first in turn
                 action, python, tree = paths[name]
                 folder = work / f"fetch-{rnd}-{list(paths).index(name)}-{name.split()[0]}"
-                cfg = relay_config(folder, {"it": {**action, "max_concurrency": concurrency}})
-                data = yaml.safe_load(cfg.read_text())
-                data["delivery"] = {"threads": concurrency}
-                data["suki"] = {"base_url": f"http://127.0.0.1:{suki_port}", "partner_id": "p",
-                                "partner_token": "t"}
-                cfg.write_text(yaml.safe_dump(data))
-                store = open_store("sqlite:///relay.db", folder)
-                batch = [NewEvent(f"k{i}", json.dumps({**success, "session_id": f"s-{i}"}).encode(),
-                                  0, "success", f"s-{i}", None, False, ["all"], ["it"])
-                         for i in range(n)]
-                for i in range(0, n, 500):
-                    store.record(batch[i:i + 500])
-                worker = subprocess.Popen([python, "-m", "suki_relay.cli.main", "-c", str(cfg),
-                                           "worker"], env=relay_env(folder), cwd=tree,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                try:  # timed from the first delivery done: the worker's start-up is not in it
-                    first = wait_until(lambda s=store: s.stats().deliveries["done"], 60,
-                                       0.01, f"a first {name} delivery")
-                    t0 = time.perf_counter()
-                    wait_until(lambda s=store: drained(s, n), 600, 0.05,
-                               f"all {name} deliveries done")
-                    results[name].append((n - first) / (time.perf_counter() - t0))
-                finally:
-                    os.kill(worker.pid, signal.SIGTERM)
-                    worker.wait(30)
-                    store.close()
+                results[name].append(worker_drain(folder, action, n, concurrency, success,
+                                                  suki_port, name, python, tree))
             print("  round " + str(rnd + 1) + ": " + ", ".join(
                 f"{k} {v[-1]:.0f}/s" for k, v in results.items()), file=sys.stderr)
     out["fetch"] = [{"path": k, "events_s": statistics.median(v),
@@ -746,9 +720,11 @@ def bench_hl7(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None
 
 
 def worker_drain(folder: Path, action: dict[str, Any], n: int, concurrency: int,
-                 event: dict[str, Any], suki_port: int, name: str) -> float:
+                 event: dict[str, Any], suki_port: int, name: str, python: str = PY,
+                 tree: Path | None = None) -> float:
     """Events per second one `suki-relay worker` delivers ``n`` stored success events
-    through ``action``, timed from its first delivery done (start-up is not in it)."""
+    through ``action``, timed from its first delivery done (start-up is not in it). The
+    worker is ``python``'s, run in ``tree`` (another checkout's, with --compare)."""
     from suki_relay.store import NewEvent, open_store
 
     cfg = relay_config(folder, {"it": {**action, "max_concurrency": concurrency}})
@@ -762,8 +738,8 @@ def worker_drain(folder: Path, action: dict[str, Any], n: int, concurrency: int,
                       0, "success", f"s-{i}", None, False, ["all"], ["it"]) for i in range(n)]
     for i in range(0, n, 500):
         store.record(batch[i:i + 500])
-    worker = subprocess.Popen([PY, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
-                              env=relay_env(folder), stdout=subprocess.DEVNULL,
+    worker = subprocess.Popen([python, "-m", "suki_relay.cli.main", "-c", str(cfg), "worker"],
+                              env=relay_env(folder), cwd=tree, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         first = wait_until(lambda: store.stats().deliveries["done"], 60, 0.01,
