@@ -18,7 +18,7 @@ import yaml
 
 from suki_relay.cli.main import main
 from suki_relay.store import Store, open_store
-from suki_relay.testing import SECRET, Sink
+from suki_relay.testing import SECRET, Sink, SukiStandIn
 from tests.support.relay import (
     LocalRelay,
     PrivateCluster,
@@ -157,6 +157,13 @@ def relay_log() -> Iterator[LogRecords]:
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def suki() -> Iterator[SukiStandIn]:
+    """A stand-in for Suki's API on 127.0.0.1 (a module may override it with its own)."""
+    with SukiStandIn() as fake:
+        yield fake
 
 
 @pytest.fixture

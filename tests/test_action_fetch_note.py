@@ -26,12 +26,6 @@ SESSION = "20965414-929a-4f71-a3e5-b92bec07d086"
 ENCOUNTER = "29de56bc-960a-4cd5-b18f-79a798d62874"
 
 
-@pytest.fixture
-def suki():  # type: ignore[no-untyped-def]
-    with SukiStandIn() as fake:
-        yield fake
-
-
 class Saver:
     """fetch_note built as from actions.yaml; each deliver() is one attempt as the
     deliverer makes it (links fetched by the core first)."""

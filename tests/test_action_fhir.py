@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,21 +26,9 @@ from suki_relay.testing import (
 )
 
 from .conftest import check_fails, run_cli
-
-try:
-    from .fhir_standin import CLIENT_SECRET, FhirStandIn, outcome
-except ModuleNotFoundError as exc:  # fhir.resources: in the dev extra since the fhir action
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"{exc.name} is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from .fhir_standin import CLIENT_SECRET, FhirStandIn, outcome
 
 PATIENT = "pat-42"
-
-
-@pytest.fixture
-def suki() -> Iterator[SukiStandIn]:
-    with SukiStandIn() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -102,12 +102,6 @@ def sql_spec(tmp_path: Path) -> Iterator[Callable[..., ActionSpec]]:
         spec.action.close()
 
 
-@pytest.fixture
-def suki() -> Iterator[SukiStandIn]:
-    with SukiStandIn() as fake:
-        yield fake
-
-
 def sql_action(url: str, statement: Any = UPSERT, params: dict[str, Any] | None = None,
                **options: Any) -> dict[str, Any]:
     return {"type": "sql", "url": url, "statement": statement,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,6 @@ RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes"
 HTTP_RECIPE = "application.md"  # the note into your application over HTTP
 FHIR_RECIPE = "ehr.md"  # the note into the EHR over FHIR
 PHI = ("PHI-NOTE", "stable angina", "follow up in 2 weeks", "pt-SECRET", "tok-1")
-
-
-@pytest.fixture
-def suki() -> Iterator[SukiStandIn]:
-    with SukiStandIn() as fake:
-        yield fake
 
 
 def recipe_yaml(page: str) -> str:

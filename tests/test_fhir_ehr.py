@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,22 +26,10 @@ from suki_relay.testing import (
 )
 
 from .conftest import check_fails, cli_here
-
-try:
-    from .fhir_standin import CLIENT_ID, FhirStandIn
-except ModuleNotFoundError as exc:  # fhir.resources: in the dev extra
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"{exc.name} is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from .fhir_standin import CLIENT_ID, FhirStandIn
 
 PATIENT, ENCOUNTER = "pat-42", "enc-7"
 ORACLE_TYPE = {"code": "11506-3", "display": "Progress note"}
-
-
-@pytest.fixture
-def suki() -> Iterator[SukiStandIn]:
-    with SukiStandIn() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ error for that attempt, never a RecursionError, and never repeats the reply."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,7 @@ from suki_relay.testing import (
     make_delivery,
 )
 
-try:
-    from .fhir_standin import FhirStandIn
-except ModuleNotFoundError as exc:  # fhir.resources: in the dev extra
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"{exc.name} is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from .fhir_standin import FhirStandIn
 
 MARK = "PHI-REPLY"  # in every hostile reply; never in an error
 DEEP = (b'{"resourceType": "Bundle", "PHI-REPLY": ' + b"[" * 200_000 + b"]" * 200_000
@@ -112,12 +105,6 @@ class HostileFhir(FhirStandIn):
                 super().handle(got)  # filed, then the answer is replaced
             return self.hostile
         return super().handle(got)
-
-
-@pytest.fixture
-def suki() -> Iterator[SukiStandIn]:
-    with SukiStandIn() as fake:
-        yield fake
 
 
 def file_note(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn, **options: Any) -> str | None:

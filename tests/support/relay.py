@@ -123,7 +123,7 @@ class RelayProcess:
             os.kill(self.proc.pid, sig)
 
     def kill9(self) -> None:
-        """kill -9 the master and every worker it started, by PID."""
+        """kill -9 the master and every worker it started, by PID; back once all are gone."""
         if self.proc is None or self.proc.poll() is not None:
             return
         workers = self.worker_pids()
@@ -131,6 +131,8 @@ class RelayProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in workers), 10, 0.05,
+                   "every worker gone")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
@@ -151,6 +153,14 @@ class RelayProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

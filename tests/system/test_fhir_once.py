@@ -5,7 +5,6 @@ against the JWK Set the relay itself serves."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,7 @@ from suki_relay.deliver import smart
 from suki_relay.testing import SukiStandIn, post_signed, unique_body, wait_until
 
 from ..conftest import cli_here, open_test_store
-
-try:
-    from ..fhir_standin import FhirStandIn
-except ModuleNotFoundError as exc:  # fhir.resources: in the dev extra
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"{exc.name} is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from ..fhir_standin import FhirStandIn
 
 PATIENT = "pat-42"
 ENCOUNTER = "29de56bc-960a-4cd5-b18f-79a798d62874"  # the success sample's
@@ -61,10 +54,8 @@ def test_a_worker_killed_mid_create_leaves_one_note_in_an_epic_chart(
         event_id = post_signed(first.webhook, body()).json()["event_id"]
         wait_until(lambda: len(ehr.documents) == 1, message="the note stored, answer pending")
         assert ehr.assertions and ehr.assertions[0]["header"]["kid"] == key.kid
-        workers = first.worker_pids()
         first.kill9()
         assert first.proc.returncode == -signal.SIGKILL
-        wait_until(lambda: not any(_alive(p) for p in workers), message="every worker gone")
         second = relay(cfg)
         ehr.jwks_url = second.url + "/.well-known/jwks.json"
         store = open_test_store(store_url, cfg.parent)
@@ -77,14 +68,6 @@ def test_a_worker_killed_mid_create_leaves_one_note_in_an_epic_chart(
         assert len(ehr.documents) == 1 and len(ehr.posts) == 1 and ehr.invalid == []
         shown = cli_here("show", event_id, "-c", str(cfg), cwd=cfg.parent)
         assert "already filed DocumentReference/eDoc0001" in shown.stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
