@@ -98,6 +98,30 @@ def test_an_expired_lease_is_claimed_again_and_the_lost_attempt_recorded(store: 
     assert [a.outcome for a in d.attempts] == ["lost", "ok", "retry"]
 
 
+def test_no_lease_runs_out_while_no_claimer_reaches_the_store(store: Store) -> None:
+    """An outage longer than a lease: the first claimer to reach the store after it takes
+    over no lease that ran out meanwhile; the owner still alive renews its own and keeps
+    it, and the lease of an owner that died during the outage is taken over a lease later."""
+    store.record([new("k1"), new("k2")])
+    (alive,), _ = store.claim("alive", 1, 1.0, {"a": 2})
+    (dead,), _ = store.claim("dead", 1, 1.0, {"a": 2})
+    store.extend("alive", [alive.id], 1.0)  # every claimer notes that it reached the store
+    time.sleep(1.3)  # no claimer reaches it: both leases run out
+    assert store.claim("other", 2, 1.0, {"a": 2})[0] == []  # renewed for a lease instead
+    store.extend("alive", [alive.id], 1.0)
+    deadline = time.monotonic() + 1.3
+    while time.monotonic() < deadline:  # the living claimers go on noting it
+        store.extend("alive", [alive.id], 1.0)
+        store.extend("other", [], 1.0)
+        time.sleep(0.05)
+    (again,), _ = store.claim("other", 2, 1.0, {"a": 2})
+    assert again.id == dead.id and again.taken_over and again.attempt == 2
+    store.finish([(alive, "alive", ok()), (again, "other", ok())])
+    outcomes = {d.delivery.id: [a.outcome for a in d.attempts]
+                for e in (alive.event_id, dead.event_id) for d in store.event(e).deliveries}
+    assert outcomes == {alive.id: ["ok"], dead.id: ["lost", "ok"]}
+
+
 def test_extend_keeps_a_lease_and_release_hands_it_back(store: Store) -> None:
     store.record([new("k1"), new("k2")])
     claimed, _ = store.claim("w", 2, 0.5, {"a": 2})

@@ -4,8 +4,9 @@ One claimer thread per process hands deliveries to a fixed set of delivery threa
 claim sets a lease; while an attempt runs, the claimer renews it. If the process dies
 (``kill -9``), the lease runs out and any process claims the delivery again, so nothing
 accepted is lost (at-least-once; the ``http`` action's Idempotency-Key lets targets tell).
-On a graceful stop, in-flight attempts get ``shutdown_seconds`` to finish; the leases of
-the rest are given back.
+A database outage is not a death: leases do not run out while no claimer can reach the
+store (store/ledger.py, the lease clock). On a graceful stop, in-flight attempts get
+``shutdown_seconds`` to finish; the leases of the rest are given back.
 """
 
 from __future__ import annotations
@@ -211,15 +212,17 @@ class Deliverer:
 
     def _claim_loop(self) -> None:
         idle_wait = 0.05
-        last_renew = time.monotonic()
+        renew_every = self.settings.lease_seconds / 4
+        last_renew = time.monotonic() - renew_every  # at once: the first contact is noted
         next_prune = time.monotonic()  # at start, then hourly
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: a wake-up from now on is never lost
             # renew before claiming: after a database outage this process's own attempts,
             # still waiting to be recorded, get their leases back before it looks for
-            # expired ones (which would take them again)
-            if time.monotonic() - last_renew > self.settings.lease_seconds / 3 and \
-                    self._renew():
+            # expired ones (which would take them again). Every lease_seconds / 4 even
+            # with none: it notes that this process reaches the store, so that a silence
+            # of every claimer means an outage (store/ledger.py, the lease clock)
+            if time.monotonic() - last_renew > renew_every and self._renew():
                 last_renew = time.monotonic()
             with self._lock:
                 free = self.settings.threads - len(self._inflight)
@@ -248,7 +251,7 @@ class Deliverer:
                 next_prune = time.monotonic() + PRUNE_EVERY
             # busy: look again soon (or when a thread is free); idle: back off to poll_seconds
             idle_wait = 0.05 if claimed else min(self.settings.poll_seconds, idle_wait * 2)
-            self._wake.wait(idle_wait)
+            self._wake.wait(min(idle_wait, max(0.05, last_renew + renew_every - time.monotonic())))
 
     def _prune(self) -> None:
         """Retention: drop finished events older than retention.days (never unfinished)."""

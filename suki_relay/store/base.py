@@ -177,7 +177,8 @@ class Delivering(Protocol):
         max_concurrency when it looked."""
 
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
-        """Renew the leases ``owner`` still holds."""
+        """Renew the leases ``owner`` still holds, and note that a claimer reached the
+        store: every claimer calls it every lease_seconds / 4, even with no lease."""
 
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
                then_claim: ClaimRequest | None = None,

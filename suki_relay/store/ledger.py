@@ -70,6 +70,23 @@ FINISH = ("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = N
           "WHERE id = ? AND lease_owner = ? AND state = ?")
 
 
+# A lease runs out lease_seconds after its owner last renewed it; but while no claimer can
+# reach the store (a database restart) no owner can renew, though its attempt is under way
+# and will be recorded once it reaches the store again. So every claimer notes in the
+# lease clock, by the database's clock, when it reached the store (extend(), every
+# lease_seconds / 4 while it runs, leases or not); the first to reach it after a silence
+# of over half a lease renews every lease for one more lease_seconds before anything is
+# taken over: a living owner renews its own at once, a dead one's (kill -9 during the
+# outage) runs out then. Written under the claim lock only, so no claim takes a lease over
+# between a silence ending and its leases being renewed.
+SEEN = "SELECT seen_at, {now} AS now FROM lease_clock WHERE id = 1"
+NOTE_SEEN = ("INSERT INTO lease_clock (id, seen_at) VALUES (1, {now}) "
+             "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at")
+# rows another transaction holds are skipped: that one is their owner finishing them
+RENEW_ALL = ("UPDATE deliveries SET lease_until = ? WHERE id IN (SELECT d.id FROM "
+             "deliveries d WHERE d.state = ? AND d.lease_until < ?{skip_locked})")
+
+
 def _finished(c: Claimed, owner: str, r: Outcome, now: float) -> tuple[Any, ...]:
     return (r.state, r.next_attempt_at or now, _short(r.error), r.http_status, now, c.id,
             owner, IN_FLIGHT)
@@ -219,6 +236,8 @@ class Ledger(Backend):
                     (state, now, *full, limit * 4))]
         claimed: list[Claimed] = []
         lost: list[tuple[Any, ...]] = []
+        if any(row["state"] == IN_FLIGHT for row in rows) and self._reached(tx, lease_seconds):
+            rows = [row for row in rows if row["state"] != IN_FLIGHT]  # renewed just now
         for row in rows:
             if len(claimed) >= limit:
                 break
@@ -245,12 +264,28 @@ class Ledger(Backend):
         return claimed
 
     def extend(self, owner: str, ids: list[str], lease_seconds: float) -> None:
-        if not ids:
-            return
+        """Renew the leases ``owner`` holds, and note that a claimer reached the store
+        (the lease clock, above): a claimer calls it every lease_seconds / 4, even with
+        no lease, so that its silence means it cannot reach the store."""
         with self.tx(durable=False) as tx:
             tx.many("UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? "
                     "AND state = ?",
                     [(time.time() + lease_seconds, i, owner, IN_FLIGHT) for i in ids])
+            self.lock_claims(tx)  # after its own rows: a finishing owner holds those first
+            self._reached(tx, lease_seconds)
+
+    def _reached(self, tx: Tx, lease_seconds: float) -> bool:
+        """Note in the lease clock that a claimer reached the store (under the claim
+        lock). If none had for over half a lease, renew every lease for lease_seconds,
+        and say so: none may be taken over now."""
+        self.lock_claims(tx)
+        row = tx.one(SEEN.format(now=self.now_sql))
+        silent = row is not None and row["now"] - row["seen_at"] > lease_seconds / 2
+        if silent:
+            until = time.time() + lease_seconds
+            tx.exec(RENEW_ALL.format(skip_locked=self.skip_locked), (until, IN_FLIGHT, until))
+        tx.exec(NOTE_SEEN.format(now=self.now_sql))
+        return silent
 
     def finish(self, finished: list[tuple[Claimed, str, Outcome]],
                then_claim: ClaimRequest | None = None,

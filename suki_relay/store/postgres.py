@@ -86,6 +86,7 @@ class PostgresStore(SqlStore):
     placeholder = "%s"
     blob_type = "BYTEA"
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
+    now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
     unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
 
     def __init__(self, url: str, lazy: bool = False):

@@ -159,6 +159,13 @@ CREATE TABLE IF NOT EXISTS console_failures (
 );
 CREATE INDEX IF NOT EXISTS console_failures_updated ON console_failures (updated_at)
 """),
+    Migration(8, "when a claimer last reached the store: a lease does not run out unseen "
+                 "while none could (ledger.py)", """
+CREATE TABLE IF NOT EXISTS lease_clock (
+    id INTEGER PRIMARY KEY,
+    seen_at DOUBLE PRECISION NOT NULL
+)
+"""),
 ]
 
 

@@ -78,6 +78,8 @@ class Backend(ABC):
     placeholder = "?"
     blob_type = "BLOB"
     skip_locked = ""
+    # the database's own clock, in seconds since the epoch (one clock for every node)
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     # the driver's errors that mean the database failed, not the statement (re-raised as
     # StoreUnavailable by tx()); any other error inside a transaction is the statement's
     unavailable: tuple[type[Exception], ...] = ()
