@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from suki_relay.cli.main import main
+from suki_relay.config.check import sample
 from suki_relay.store import Store, open_store
 from suki_relay.testing import SECRET, Sink, SukiStandIn
 from tests.support.relay import (
@@ -178,6 +180,15 @@ def sink() -> Iterator[Callable[..., Sink]]:
     yield make
     for s in made:
         s.stop()
+
+
+def success_event(patient_id: str, **fields: Any) -> dict[str, Any]:
+    """The success sample, for this patient (``additional_info.patient_id``) and with
+    ``fields`` set at the top level."""
+    payload = json.loads(sample("success"))
+    payload["additional_info"]["patient_id"] = patient_id
+    payload.update(fields)
+    return payload
 
 
 def run_cli(*args: str, cwd: Path | None = None,

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from suki_relay.config.check import sample
 from suki_relay.deliver.fetch import note_text
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import (
@@ -25,7 +24,7 @@ from suki_relay.testing import (
     wait_until,
 )
 
-from .conftest import check_fails, run_cli
+from .conftest import check_fails, run_cli, success_event
 from .fhir_standin import CLIENT_SECRET, FhirStandIn, outcome
 
 PATIENT = "pat-42"
@@ -39,10 +38,7 @@ def ehr() -> Iterator[FhirStandIn]:
 
 
 def event(**fields: Any) -> dict[str, Any]:
-    payload = json.loads(sample("success"))
-    payload["additional_info"]["patient_id"] = PATIENT
-    payload.update(fields)
-    return payload
+    return success_event(PATIENT, **fields)
 
 
 def filer(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn, **options: Any):  # type: ignore[no-untyped-def]

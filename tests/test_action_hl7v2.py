@@ -19,7 +19,6 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from suki_relay.config.check import sample
 from suki_relay.deliver.fetch import note_text
 from suki_relay.errors import ConfigError, PermanentError, RetryableError
 from suki_relay.testing import (
@@ -33,7 +32,7 @@ from suki_relay.testing import (
     wait_until,
 )
 
-from .conftest import check_fails, cli_here
+from .conftest import check_fails, cli_here, success_event
 from .mllp_standin import VALIDATION_LEVEL, Answer, MllpStandIn, control_id_of, hl7, parse_message
 
 MRN = "MRN-0042"
@@ -47,10 +46,7 @@ def engine() -> Iterator[MllpStandIn]:
 
 
 def event(**fields: Any) -> dict[str, Any]:
-    payload = json.loads(sample("success"))
-    payload["additional_info"]["patient_id"] = MRN
-    payload.update(fields)
-    return payload
+    return success_event(MRN, **fields)
 
 
 def sender(tmp_path: Path, suki: SukiStandIn, engine: MllpStandIn, **options: Any):  # type: ignore[no-untyped-def]

@@ -4,16 +4,15 @@ message, and templates can test for it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from suki_relay.config.check import sample
 from suki_relay.errors import PermanentError
 from suki_relay.testing import NOTE, SukiStandIn, attempt_once, build_spec, make_delivery
 
+from .conftest import success_event
 from .fhir_standin import FhirStandIn
 
 EMPTY_NOTES = [
@@ -25,9 +24,7 @@ EMPTY_NOTES = [
 
 
 def event() -> dict[str, Any]:
-    payload = json.loads(sample("success"))
-    payload["additional_info"]["patient_id"] = "pat-1"
-    return payload
+    return success_event("pat-1")
 
 
 @pytest.mark.parametrize("content", EMPTY_NOTES)

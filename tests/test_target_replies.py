@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from suki_relay.config.check import sample
 from suki_relay.deliver import oauth
 from suki_relay.deliver.outbound import MAX_REPLY_BYTES
 from suki_relay.errors import DeliveryError, PermanentError, RetryableError
@@ -25,6 +24,7 @@ from suki_relay.testing import (
     make_delivery,
 )
 
+from .conftest import success_event
 from .fhir_standin import FhirStandIn
 
 MARK = "PHI-REPLY"  # in every hostile reply; never in an error
@@ -108,12 +108,10 @@ class HostileFhir(FhirStandIn):
 
 
 def file_note(tmp_path: Path, suki: SukiStandIn, ehr: FhirStandIn, **options: Any) -> str | None:
-    event = json.loads(sample("success"))
-    event["additional_info"]["patient_id"] = "pat-1"
     spec = build_spec("fhir", {"base_url": ehr.base_url, "auth": ehr.oauth(),
                                "subject": "Patient/{{ event.additional_info.patient_id }}",
                                **options}, tmp_path, suki=suki.settings())
-    return attempt_once(spec, make_delivery(event))
+    return attempt_once(spec, make_delivery(success_event("pat-1")))
 
 
 BODIES = {"deep": DEEP, "nan": b'{"resourceType": "Bundle", "total": NaN, "PHI-REPLY": 1}',
