@@ -1,7 +1,8 @@
 """What a FHIR server or an OAuth2 token endpoint answers goes through the bounded parser
 Suki's replies go through (protocol.parse_json): a reply nested past any recursion limit,
 one with NaN or a number no float holds, or one too large to keep, is an ordinary short
-error for that attempt, never a RecursionError, and never repeats the reply."""
+error for that attempt, never a RecursionError, and never repeats the reply. JSON of the
+wrong shape where FHIR names one is read as saying nothing, never as a TypeError."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from suki_relay.deliver import oauth
 from suki_relay.deliver.outbound import MAX_REPLY_BYTES
-from suki_relay.errors import DeliveryError, PermanentError, RetryableError
+from suki_relay.errors import DeliveryError, InDoubtError, PermanentError, RetryableError
 from suki_relay.testing import (
     Received,
     Reply,
@@ -179,3 +180,51 @@ def test_metadata_too_large_to_keep_fails_plainly(tmp_path: Path, suki: SukiStan
         assert ehr.documents == {}
     assert str(info.value) == (f"FHIR server (metadata): the reply body is larger than "
                                f"{MAX_REPLY_BYTES} bytes")
+
+
+# ---------------------------------------------------------------- JSON, but not shaped as FHIR says
+
+ODD_CAPABILITIES = [
+    {"resourceType": "CapabilityStatement", "rest": 5},
+    {"resourceType": "CapabilityStatement", "rest": [{"resource": [{
+        "type": "DocumentReference", "conditionalCreate": True, "searchParam": 7,
+        "interaction": [{"code": ["create"]}, {"code": {"x": 1}}, "search-type"]}]}]},
+]
+
+
+@pytest.mark.parametrize("statement", ODD_CAPABILITIES)
+def test_a_statement_shaped_oddly_declares_nothing(tmp_path: Path, suki: SukiStandIn,
+                                                   statement: Any) -> None:
+    with HostileFhir("metadata", Reply(200, json.dumps(statement).encode(), JSON)) as ehr:
+        assert (file_note(tmp_path, suki, ehr) or "").startswith("created DocumentReference/")
+        assert len(ehr.documents) == 1 and ehr.searches == []
+
+
+def test_a_search_answer_shaped_oddly_is_judged_safely(tmp_path: Path,
+                                                       suki: SukiStandIn) -> None:
+    """A candidate whose every field is the wrong kind cannot be told apart: the outcome is
+    unknown, for an operator (nothing is filed twice); a Bundle whose entry is no list
+    holds no candidate, so the note is filed."""
+    odd = {"resourceType": "Bundle", "link": {"relation": "next"}, "entry": [
+        "junk", {"search": "x", "resource": {"resourceType": "DocumentReference",
+                                             "identifier": 5, "type": "x", "date": []}}]}
+    with HostileFhir("search", Reply(200, json.dumps(odd).encode(), JSON),
+                     **SEARCH) as ehr:
+        with pytest.raises(InDoubtError, match="the search cannot tell"):
+            file_note(tmp_path, suki, ehr)
+        assert ehr.documents == {}
+    empty = {"resourceType": "Bundle", "entry": 7, "link": [{"relation": "next", "url": 5}]}
+    with HostileFhir("search", Reply(200, json.dumps(empty).encode(), JSON),
+                     **SEARCH) as ehr:
+        assert (file_note(tmp_path, suki, ehr) or "").startswith("created DocumentReference/")
+        assert len(ehr.documents) == 1
+
+
+@pytest.mark.parametrize("issues", [5, {"code": "processing"}, [["processing"]]])
+def test_an_outcome_shaped_oddly_names_only_the_status(tmp_path: Path, suki: SukiStandIn,
+                                                       issues: Any) -> None:
+    body = json.dumps({"resourceType": "OperationOutcome", "issue": issues}).encode()
+    with HostileFhir("create", Reply(422, body, JSON)) as ehr, \
+            pytest.raises(PermanentError) as info:
+        file_note(tmp_path, suki, ehr)
+    assert str(info.value) == "FHIR server answered 422"

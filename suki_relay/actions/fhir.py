@@ -483,7 +483,8 @@ def issue_codes(resp: requests.Response) -> list[str]:
         return []
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return []
-    codes = [i.get("code") for i in body.get("issue") or [] if isinstance(i, dict)]
+    issues = body.get("issue")
+    codes = [i.get("code") for i in issues if isinstance(i, dict)] if isinstance(issues, list) else []
     return list(dict.fromkeys(c for c in codes if isinstance(c, str) and c in ISSUE_CODES))[:5]
 
 

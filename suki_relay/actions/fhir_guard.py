@@ -34,19 +34,18 @@ class Capabilities:
 
     @classmethod
     def of(cls, statement: Any) -> Capabilities:
-        """From a CapabilityStatement (anything else declares nothing)."""
+        """From a CapabilityStatement (anything else, or any part not shaped as FHIR
+        says, declares nothing)."""
         none = cls(False, False, False)
-        if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
+        if _dict(statement).get("resourceType") != "CapabilityStatement":
             return none
-        for rest in statement.get("rest") or []:
-            if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
+        for rest in _dicts(statement.get("rest")):
+            if rest.get("mode", "server") != "server":
                 continue
-            for res in rest.get("resource") or []:
-                if isinstance(res, dict) and res.get("type") == "DocumentReference":
-                    codes = {i.get("code") for i in res.get("interaction") or []
-                             if isinstance(i, dict)}
-                    params = {p.get("name") for p in res.get("searchParam") or []
-                              if isinstance(p, dict)}
+            for res in _dicts(rest.get("resource")):
+                if res.get("type") == "DocumentReference":
+                    codes = {_str(i.get("code")) for i in _dicts(res.get("interaction"))}
+                    params = {_str(p.get("name")) for p in _dicts(res.get("searchParam"))}
                     search = "search-type" in codes
                     return cls(res.get("conditionalCreate") is True and "create" in codes,
                                search, search and "identifier" in params)
@@ -73,6 +72,19 @@ class CapabilityCache:
 CAPABILITIES = CapabilityCache()
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects in a JSON array (a server's answer may hold anything where one belongs)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _instant(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -89,12 +101,11 @@ def is_ours(candidate: Any, ours: dict[str, Any]) -> bool | None:
     if candidate.get("status") == "entered-in-error":
         return False
     mine = ours["identifier"][0]
-    for ident in candidate.get("identifier") or []:
-        if isinstance(ident, dict) and ident.get("system") == mine["system"] and \
-                ident.get("value") == mine["value"]:
+    for ident in _dicts(candidate.get("identifier")):
+        if ident.get("system") == mine["system"] and ident.get("value") == mine["value"]:
             return True
-    codes = {(c.get("system"), c.get("code")) for c in
-             ((candidate.get("type") or {}).get("coding") or []) if isinstance(c, dict)}
+    codes = {(_str(c.get("system")), _str(c.get("code")))
+             for c in _dicts(_dict(candidate.get("type")).get("coding"))}
     wanted = ours["type"]["coding"][0]
     if codes and (wanted.get("system"), wanted["code"]) not in codes:
         return False
@@ -125,10 +136,10 @@ def entries(bundle: Any) -> tuple[list[Any], str | None]:
     """A searchset's resources (mode match) and its next page's URL."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise ValueError("not a Bundle")
-    found = [e.get("resource") for e in bundle.get("entry") or [] if isinstance(e, dict)
-             and (e.get("search") or {}).get("mode", "match") == "match"]
-    following = [link.get("url") for link in bundle.get("link") or [] if isinstance(link, dict)
-                 and link.get("relation") == "next" and isinstance(link.get("url"), str)]
+    found = [e.get("resource") for e in _dicts(bundle.get("entry"))
+             if _dict(e.get("search")).get("mode", "match") == "match"]
+    following = [link["url"] for link in _dicts(bundle.get("link"))
+                 if link.get("relation") == "next" and isinstance(link.get("url"), str)]
     return found, following[0] if following else None
 
 
