@@ -65,7 +65,7 @@ def workers(tmp_path: Path, private_db) -> Iterator[Workers]:  # type: ignore[no
     cfg = tmp_path / "actions.yaml"
     cfg.write_text(yaml.safe_dump({
         "receiver": {"secrets": [SECRET]}, "store": private_db.url, "delivery": DELIVERY,
-        "actions": {"target": http_action("http://127.0.0.1:9/unset")},
+        "actions": {"target": http_action("http://127.0.0.1:9/unset", timeout_seconds=60)},
         "rules": [{"name": "all", "do": ["target"]}]}))
     made = Workers(cfg)
     yield made
@@ -109,7 +109,7 @@ def under_way_through_an_outage(private_db, workers: Workers, sink,  # type: ign
     """Worker A's attempt is under way when the database goes; the target answers during
     the outage, which lasts longer than the lease. Worker B is started before the outage
     or during it. Returns with the database still down and A's lease run out."""
-    target = sink(default=Reply(200, delay=1.0))
+    target = sink(default=Reply(200, delay=60.0))  # until the database is down
     aim(workers, target.url)
     first = workers.start("a")
     event_id = record_one(private_db.url)
@@ -117,9 +117,10 @@ def under_way_through_an_outage(private_db, workers: Workers, sink,  # type: ign
     second = workers.start("b") if second_starts == "before" else None
     private_db.down()
     down_at = time.monotonic()
+    target.release()
+    wait_until(lambda: target.active == 0, message="the target's answer")
     if second is None:
         second = workers.start("b")  # it never reached the database
-    wait_until(lambda: target.active == 0, message="the target's answer")
     time.sleep(max(0.0, down_at + LEASE + 1.0 - time.monotonic()))  # A's lease runs out
     return target, first, second, event_id
 
