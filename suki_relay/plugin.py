@@ -32,7 +32,8 @@ What a plugin gets:
   with backoff, :class:`PermanentError` to fail for good, :class:`InDoubtError` when the
   target may have acted and sending again could act twice (the delivery waits as
   ``unknown`` for an operator); all are :class:`DeliveryError`. ``delivery.taken_over``
-  says the previous attempt's process died mid-attempt (its outcome is unknown).
+  says the previous attempt's outcome is unknown: its process died mid-attempt, or stopped
+  and handed the delivery back while the attempt was under way.
 * ``outbound``: ``send`` (transport failures become RetryableError; with ``delivery=``
   the HTTP status is recorded for `suki-relay show`), ``raise_for_status`` (408, 429,
   5xx retryable with Retry-After; other non-2xx permanent), ``new_session``.

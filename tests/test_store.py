@@ -135,6 +135,26 @@ def test_extend_keeps_a_lease_and_release_hands_it_back(store: Store) -> None:
     assert len(store.claim("other", 2, 30, {"a": 2})[0]) == 2  # due at once
 
 
+def test_a_delivery_handed_back_mid_attempt_is_taken_over(store: Store) -> None:
+    """Given back at shutdown while its attempt was under way: the cut-off attempt is
+    recorded as lost and the next claim is a takeover; given back again before its attempt
+    began, it still is; once an attempt's outcome is recorded, the next claim is not."""
+    store.record([new("k1"), new("k2")])
+    (running, waiting), _ = store.claim("w", 2, 30, {"a": 2})
+    assert store.release("w", [running.id, waiting.id], under_way=[running.id]) == 2
+    claimed, _ = store.claim("next", 2, 30, {"a": 2})
+    assert {c.id: c.taken_over for c in claimed} == {running.id: True, waiting.id: False}
+    assert store.release("next", [running.id]) == 1  # its attempt had not begun
+    (again,), _ = store.claim("third", 1, 30, {"a": 2})
+    assert again.id == running.id and again.taken_over and again.attempt == 3
+    store.finish([(again, "third", ok(PENDING))])  # an outcome: tried again, due now
+    (last,), _ = store.claim("fourth", 1, 30, {"a": 2})
+    assert last.id == running.id and not last.taken_over
+    (d,) = store.event(running.event_id).deliveries
+    assert [(a.attempt, a.outcome) for a in d.attempts] == [(1, "lost"), (3, "retry")]
+    assert "handed back mid-attempt" in (d.attempts[0].error or "")
+
+
 def test_reopen_and_add_deliveries(store: Store) -> None:
     (rec,) = store.record([new("k1")])
     (c,), _ = store.claim("w", 1, 30, {"a": 1})

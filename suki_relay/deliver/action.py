@@ -55,8 +55,9 @@ class Delivery:
     # protected health information, never stored or logged, fetched again each attempt
     fetched: dict[str, Any] = field(default_factory=dict)
     recovered: bool = False  # the event was recovered from Suki's status API
-    # the previous attempt's process died mid-attempt (its lease ran out): whether it acted
-    # is unknown, so an action that must not act twice checks before acting again
+    # the previous attempt's process died mid-attempt (its lease ran out), or stopped and
+    # handed the delivery back while the attempt was under way: whether it acted is
+    # unknown, so an action that must not act twice checks before acting again
     taken_over: bool = False
     failed: dict[str, Any] | None = None  # on_failure: action, error, attempts, delivery_id
 

@@ -6,7 +6,8 @@ claim sets a lease; while an attempt runs, the claimer renews it. If the process
 accepted is lost (at-least-once; the ``http`` action's Idempotency-Key lets targets tell).
 A database outage is not a death: leases do not run out while no claimer can reach the
 store (store/ledger.py, the lease clock). On a graceful stop, in-flight attempts get
-``shutdown_seconds`` to finish; the leases of the rest are given back.
+``shutdown_seconds`` to finish; the leases of the rest are given back, and a delivery whose
+attempt was still under way is taken over by its next claim (it may yet have acted).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class Deliverer:
         self._stopping = threading.Event()
         self._queue: queue.Queue[Claimed | None] = queue.Queue()
         self._inflight: dict[str, Claimed] = {}
+        self._under_way: set[str] = set()  # claimed, and its attempt begun
         self._full: frozenset[str] = frozenset()  # actions at their limit at the last look
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -180,12 +182,15 @@ class Deliverer:
             time.sleep(0.05)
         with self._lock:
             left = list(self._inflight)
+            under_way = [i for i in left if i in self._under_way]
         self._close_actions()
         if left:
             try:
-                released = self.store.release(self.owner, left)
+                # an attempt still under way may yet reach its target: the next claim of
+                # its delivery is a takeover, as if this process had died
+                released = self.store.release(self.owner, left, under_way)
                 logs.event(log, "released unfinished deliveries", logging.WARNING,
-                           count=released)
+                           count=released, under_way=len(under_way))
             except Exception as exc:
                 logs.event(log, "could not release deliveries; their leases will expire",
                            logging.WARNING, error_class=type(exc).__name__)
@@ -291,11 +296,14 @@ class Deliverer:
                 return
             while claimed is not None:
                 following: Claimed | None = None
+                with self._lock:
+                    self._under_way.add(claimed.id)
                 try:
                     following = self._run(claimed)
                 finally:
                     with self._lock:
                         self._inflight.pop(claimed.id, None)
+                        self._under_way.discard(claimed.id)
                         if following is not None:
                             self._inflight[following.id] = following
                 claimed = following

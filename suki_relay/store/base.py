@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,7 +91,9 @@ class Claimed:
     recovered: bool = False
     cause: str | None = None  # JSON: the failed delivery an on_failure delivery reports
     probe: bool = False  # the one attempt of a paused action (store/health.py): uses no try
-    taken_over: bool = False  # its previous attempt's owner died mid-attempt (lease expired)
+    # its previous attempt's outcome is unknown: its owner died mid-attempt (the lease ran
+    # out) or stopped and handed it back while the attempt was under way
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,11 @@ class Delivering(Protocol):
         With ``pauses``, count each action's failures in a row and pause or resume it
         (store/health.py), appending each change made to ``changes``."""
 
-    def release(self, owner: str, ids: list[str] | None = None) -> int:
-        """Give back claimed deliveries (shutdown): pending again, due now."""
+    def release(self, owner: str, ids: list[str] | None = None,
+                under_way: Collection[str] = ()) -> int:
+        """Give back claimed deliveries (shutdown): pending again, due now; those
+        ``under_way`` (their attempt begun, its outcome unknown) are taken over by their
+        next claim (Claimed.taken_over), as after a lease that ran out."""
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by group commit around gathering and committing a batch (may be a no-op)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from suki_relay.errors import StoreUnavailable
@@ -44,8 +44,14 @@ INSERT_DELIVERIES = ("INSERT INTO deliveries (id, event_id, action, state, cycle
 DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 DUE = "(state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_until < ?)"
 CLAIM_SELECT = ("SELECT d.id, d.event_id, d.action, d.attempts, d.tries, d.cycle_started_at, "
-                "d.state, d.cause, e.body, e.received_at, e.recovered FROM deliveries d "
-                "JOIN events e ON e.id = d.event_id")
+                "d.state, d.cause, d.cut_off, e.body, e.received_at, e.recovered "
+                "FROM deliveries d JOIN events e ON e.id = d.event_id")
+# an attempt's outcome the relay never learnt: its lease ran out, or it was handed back
+# (release) while still under way; the next attempt is a takeover (Claimed.taken_over)
+LOST = ("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, error) "
+        "VALUES (?, ?, ?, 0, 'lost', ?)")
+EXPIRED = "worker stopped before finishing; lease expired"
+HANDED_BACK = "worker stopped before finishing; handed back mid-attempt"
 
 
 def _not_in(actions: list[str], prefix: str = "") -> str:
@@ -64,9 +70,10 @@ BUSY_OR_PAUSED = ("SELECT action, count(*) AS n, CAST(NULL AS DOUBLE PRECISION) 
                   "UNION ALL SELECT action, -1 AS n, probe_at, probe_every FROM action_health "
                   f"WHERE state = '{PAUSED}'")
 
-# an attempt's end, recorded only while its owner still holds the lease
+# an attempt's end, recorded only while its owner still holds the lease (its outcome is
+# known: the next attempt is no takeover)
 FINISH = ("UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
-          "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? "
+          "lease_until = NULL, last_error = ?, last_status = ?, updated_at = ?, cut_off = 0 "
           "WHERE id = ? AND lease_owner = ? AND state = ?")
 
 
@@ -246,20 +253,21 @@ class Ledger(Backend):
                 continue
             room[action] = room.get(action, 1) - 1
             if row["state"] == IN_FLIGHT:  # its owner died mid-attempt
-                lost.append((row["id"], row["attempts"], now,
-                             "worker stopped before finishing; lease expired"))
+                lost.append((row["id"], row["attempts"], now, EXPIRED))
             probe = action in paused  # a probe uses up none of the delivery's tries
             claimed.append(Claimed(
                 row["id"], row["event_id"], action, row["attempts"] + 1,
                 row["tries"] + (0 if probe else 1), row["cycle_started_at"], bytes(row["body"]),
                 row["received_at"], bool(row["recovered"]), row["cause"], probe,
-                row["state"] == IN_FLIGHT))
-        tx.many("INSERT INTO attempts (delivery_id, attempt, started_at, duration, outcome, "
-                "error) VALUES (?, ?, ?, 0, 'lost', ?)", lost)
+                row["state"] == IN_FLIGHT or bool(row["cut_off"])))
+        tx.many(LOST, lost)
+        # a takeover stays one until an attempt's outcome is recorded (handed back again
+        # before its attempt began, it is still one)
         tx.many("UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, "
-                "attempts = attempts + 1, tries = tries + ?, updated_at = ? WHERE id = ?",
-                [(IN_FLIGHT, owner, now + lease_seconds, 0 if c.probe else 1, now, c.id)
-                 for c in claimed])
+                "attempts = attempts + 1, tries = tries + ?, updated_at = ?, cut_off = ? "
+                "WHERE id = ?",
+                [(IN_FLIGHT, owner, now + lease_seconds, 0 if c.probe else 1, now,
+                  int(c.taken_over), c.id) for c in claimed])
         probes_taken(tx, claimed, paused, now)
         return claimed
 
@@ -333,8 +341,11 @@ class Ledger(Backend):
                     [(new_id("dlv"), c.event_id, action, PENDING, now, now, now, cause)
                      for action in r.on_failure])
 
-    def release(self, owner: str, ids: list[str] | None = None) -> int:
-        """Give back claimed deliveries (shutdown): pending again, due now."""
+    def release(self, owner: str, ids: list[str] | None = None,
+                under_way: Collection[str] = ()) -> int:
+        """Give back claimed deliveries (shutdown): pending again, due now. Those in
+        ``under_way`` had their attempt begun, its outcome unknown: each is recorded as a
+        lost attempt, and its next claim is a takeover, as after a lease that ran out."""
         now = time.time()
         where = "lease_owner = ? AND state = ?"
         params: list[Any] = [owner, IN_FLIGHT]
@@ -344,6 +355,11 @@ class Ledger(Backend):
             where += f" AND id IN ({marks(ids)})"
             params += ids
         with self.tx() as tx:
+            for chunk in chunks(list(under_way)):
+                held = f"{where} AND id IN ({marks(chunk)})"
+                tx.many(LOST, [(r["id"], r["attempts"], now, HANDED_BACK) for r in tx.all(
+                    f"SELECT id, attempts FROM deliveries WHERE {held}", (*params, *chunk))])
+                tx.exec(f"UPDATE deliveries SET cut_off = 1 WHERE {held}", (*params, *chunk))
             cur = tx.exec(f"UPDATE deliveries SET state = ?, lease_owner = NULL, "
                           f"lease_until = NULL, next_attempt_at = ?, updated_at = ? WHERE {where}",
                           (PENDING, now, now, *params))

@@ -166,6 +166,10 @@ CREATE TABLE IF NOT EXISTS lease_clock (
     seen_at DOUBLE PRECISION NOT NULL
 )
 """),
+    Migration(9, "a delivery handed back while its attempt was under way: the next attempt "
+                 "takes it over, as after a lease that ran out", """
+ALTER TABLE deliveries ADD COLUMN cut_off INTEGER NOT NULL DEFAULT 0
+"""),
 ]
 
 

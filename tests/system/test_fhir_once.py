@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from suki_relay.deliver import smart
 from suki_relay.testing import SukiStandIn, post_signed, unique_body, wait_until
@@ -68,6 +69,39 @@ def test_a_worker_killed_mid_create_leaves_one_note_in_an_epic_chart(
         assert len(ehr.documents) == 1 and len(ehr.posts) == 1 and ehr.invalid == []
         shown = cli_here("show", event_id, "-c", str(cfg), cwd=cfg.parent)
         assert "already filed DocumentReference/eDoc0001" in shown.stdout
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_create_handed_back_at_shutdown_is_not_filed_twice(
+        write_config, relay, store_url) -> None:  # type: ignore[no-untyped-def]
+    """The relay is stopped (SIGTERM) while a create is under way and its answer is late
+    past shutdown_seconds: the delivery is handed back, and the next start takes it over
+    as from a worker that died. The server offers no search to tell whether the first
+    create filed: the delivery waits as `unknown`, and is not filed a second time."""
+    with SukiStandIn() as suki, FhirStandIn("generic", conditional_create=False,
+                                            search=False) as ehr:
+        cfg = write_config(fhir_config(ehr, suki, "generic", ehr.oauth()))
+        settings = yaml.safe_load(cfg.read_text())
+        settings["delivery"]["shutdown_seconds"] = 1
+        cfg.write_text(yaml.safe_dump(settings))
+        first = relay(cfg)
+        ehr.late_after_store = 60.0  # stored; the answer comes long after the stop
+        event_id = post_signed(first.webhook, body()).json()["event_id"]
+        wait_until(lambda: len(ehr.documents) == 1, message="the note stored, answer pending")
+        assert first.stop() == 0
+        assert "released unfinished deliveries" in first.logs()
+        store = open_test_store(store_url, cfg.parent)
+        assert [d.state for d in store.deliveries(event_id=event_id)] == ["pending"]
+        relay(cfg)
+        settled = wait_until(lambda: [d.state for d in store.deliveries(event_id=event_id)
+                                      if d.state in ("done", "failed", "unknown")],
+                             timeout=30, message="the delivery settled after the restart")
+        ehr.sink.release()
+        assert settled == ["unknown"]  # in doubt, not filed again
+        (d,) = store.event(event_id).deliveries  # type: ignore[union-attr]
+        assert [a.outcome for a in d.attempts] == ["lost", "unknown"]
+        posts, documents = len(ehr.posts), len(ehr.documents)  # counts: no payload shown
+        assert (posts, documents) == (1, 1)
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
