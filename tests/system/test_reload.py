@@ -15,6 +15,26 @@ from suki_relay.testing import post_signed, unique_body, wait_until
 from ..conftest import http_action
 from .test_metrics import metric
 
+# A reload's new workers take requests only once they have booted. Gunicorn stops the old
+# ones at once; under plain gunicorn a new one imports and builds the relay after it is
+# forked (about 0.3 s on an idle machine, several seconds on a loaded one), and until
+# then a request waits in the listen backlog (it is answered, never refused). Under
+# `suki-relay serve` the master has imported the relay: its workers boot in a few ms.
+BOOT = 60.0  # seconds a reload may take to be seen, however loaded the machine
+
+
+def get(url: str) -> requests.Response | None:
+    """The answer, or None if none came within 5 s (no worker booted yet)."""
+    try:
+        return requests.get(url, timeout=5)
+    except requests.Timeout:
+        return None
+
+
+def readyz(r) -> dict[str, object] | None:  # type: ignore[no-untyped-def]
+    answer = get(r.url + "/readyz")
+    return answer.json() if answer is not None and answer.status_code == 200 else None
+
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # not about the store
 @pytest.mark.parametrize("plain", [True, False], ids=["plain-gunicorn", "serve"])
@@ -27,15 +47,16 @@ def test_a_reload_with_a_broken_config_keeps_serving(write_config, relay, sink, 
     cfg.write_text(good + "\nrules: [{name: x, do: [no-such-action]}]\n")
     r.signal(signal.SIGHUP)
     wait_until(lambda: "config rejected" in r.logs() and "no-such-action" in r.logs(),
-               message="the rejection, with its problems, in the log")
+               timeout=BOOT, message="the rejection, with its problems, in the log")
 
     def rejected_everywhere() -> bool:
-        ready = requests.get(r.url + "/readyz", timeout=5)
-        text = requests.get(r.url + "/metrics", timeout=5).text
-        return (ready.status_code == 200 and "config_rejected" in ready.json()
-                and metric(text, "suki_relay_config_reload_rejected") == 1)
+        ready = readyz(r)
+        metrics = get(r.url + "/metrics")
+        return (ready is not None and "config_rejected" in ready and metrics is not None
+                and metric(metrics.text, "suki_relay_config_reload_rejected") == 1)
 
-    wait_until(rejected_everywhere, interval=0.3, message="the rejection in /readyz and metrics")
+    wait_until(rejected_everywhere, timeout=BOOT, interval=0.3,
+               message="the rejection in /readyz and metrics")
     assert post_signed(r.webhook, unique_body()).status_code == 200
     wait_until(lambda: first.received, message="delivery under the previous config")
     assert r.proc is not None and r.proc.poll() is None
@@ -50,11 +71,12 @@ def test_a_reload_with_a_broken_config_keeps_serving(write_config, relay, sink, 
     r.signal(signal.SIGHUP)
 
     def fixed() -> bool:
-        ready = requests.get(r.url + "/readyz", timeout=5).json()
-        return "config_rejected" not in ready
+        ready = readyz(r)
+        return ready is not None and "config_rejected" not in ready
 
-    wait_until(fixed, interval=0.3, message="the good config loaded")
-    wait_until(lambda: r.logs().count("config reloaded") == 1, message="the reload, logged once")
+    wait_until(fixed, timeout=BOOT, interval=0.3, message="the good config loaded")
+    wait_until(lambda: r.logs().count("config reloaded") == 1, timeout=BOOT,
+               message="the reload, logged once")
 
     def lands_on_second() -> bool:
         post_signed(r.webhook, unique_body())
@@ -104,9 +126,9 @@ def test_check_warnings_are_logged_and_its_errors_refuse_a_reload(write_config, 
     cfg.write_text(yaml.safe_dump(full))
     r.signal(signal.SIGHUP)
     wait_until(lambda: "config rejected" in r.logs() and "did you mean 'success'" in r.logs(),
-               message="the reload refused for what check calls an error")
-    wait_until(lambda: requests.get(r.url + "/readyz", timeout=5).json().get("config_rejected"),
-               interval=0.3, message="the rejection in /readyz")
+               timeout=BOOT, message="the reload refused for what check calls an error")
+    wait_until(lambda: (readyz(r) or {}).get("config_rejected"), timeout=BOOT, interval=0.3,
+               message="the rejection in /readyz")
     body = unique_body("timeout", status="timed_out")
     assert post_signed(r.webhook, body).status_code == 200
     wait_until(lambda: target.received, message="delivery under the last good config")
@@ -115,5 +137,5 @@ def test_check_warnings_are_logged_and_its_errors_refuse_a_reload(write_config, 
     full["rules"] = [_status_rule("failure"), _status_rule("abandoned") | {"name": "gone"}]
     cfg.write_text(yaml.safe_dump(full))
     r.signal(signal.SIGHUP)
-    wait_until(lambda: r.logs().count("config warning") == 2,
+    wait_until(lambda: r.logs().count("config warning") == 2, timeout=BOOT,
                message="the reloaded config's warning, logged once")
