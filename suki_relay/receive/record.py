@@ -7,6 +7,8 @@ store/group_commit.py); each request is answered once the commit holding its eve
 A signed body is never refused for what it contains: the raw bytes are kept as received,
 and the few fields stored as text (status, session and encounter ids) are stored in a form
 every backend takes (a NUL or a lone surrogate is written as its ``\\u`` escape).
+NaN and Infinity are read as numbers (json.loads does): not JSON, but signed, and kept and
+delivered as sent (the body is stored as bytes, never as a database JSON type).
 A body that is not a JSON object with a string status, or nests deeper than the parser
 can follow, is kept as malformed. If an event still cannot be committed for any reason
 other than the store being unavailable, it is kept as malformed instead.
