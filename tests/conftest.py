@@ -111,10 +111,12 @@ def write_config(tmp_path: Path, store_url: str) -> Callable[..., Path]:
 def relay() -> Iterator[Callable[..., RelayProcess]]:
     started: list[RelayProcess] = []
 
-    def start(config_file: Path, **kwargs: Any) -> RelayProcess:
+    def start(config_file: Path, run: bool = True, **kwargs: Any) -> RelayProcess:
+        """``run=False``: not started yet, its URL known (a stand-in may need it first);
+        the test calls ``start()``."""
         proc = RelayProcess(config_file, **kwargs)
         started.append(proc)
-        return proc.start()
+        return proc.start() if run else proc
 
     yield start
     for proc in started:

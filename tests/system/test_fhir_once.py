@@ -53,12 +53,16 @@ def test_a_worker_killed_mid_create_leaves_one_note_in_an_epic_chart(
         ehr.jwks_url = first.url + "/.well-known/jwks.json"
         ehr.late_after_store = 60.0  # stored; the answer never comes in time
         event_id = post_signed(first.webhook, body()).json()["event_id"]
-        wait_until(lambda: len(ehr.documents) == 1, message="the note stored, answer pending")
+        wait_until(lambda: len(ehr.documents) == 1, timeout=30,
+                   message="the note stored, answer pending")
         assert ehr.assertions and ehr.assertions[0]["header"]["kid"] == key.kid
         first.kill9()
         assert first.proc.returncode == -signal.SIGKILL
-        second = relay(cfg)
+        # the EHR learns the JWK Set URL before the relay starts: once up, it may take the
+        # delivery over (the lease has run out) and ask for a token at once
+        second = relay(cfg, run=False)
         ehr.jwks_url = second.url + "/.well-known/jwks.json"
+        second.start()
         store = open_test_store(store_url, cfg.parent)
         wait_until(lambda: [d.state for d in store.deliveries(event_id=event_id)] == ["done"],
                    timeout=30, message="the delivery settled after the restart")
