@@ -24,6 +24,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,6 +57,15 @@ def outcome(status: int, code: str, diagnostics: str = "") -> Reply:
                  {"Content-Type": "application/fhir+json"})
 
 
+def _other_resource(number: int) -> dict[str, Any]:
+    """A resource entry such as fill a large EHR's CapabilityStatement (about 1.6 KB)."""
+    return {"type": f"Basic{number}", "profile": f"http://example.org/StructureDefinition/{number}",
+            "interaction": [{"code": c} for c in ("read", "vread", "search-type")],
+            "searchParam": [{"name": f"param-{n}", "type": "token",
+                             "documentation": "A search parameter this server offers."}
+                            for n in range(16)]}
+
+
 def _validator() -> Any:
     try:
         from fhir.resources.R4B.documentreference import DocumentReference
@@ -70,7 +80,8 @@ class FhirStandIn:
                  lifetime: float | None = 120.0, jwks_url: str | None = None,
                  jwks: dict[str, Any] | None = None,
                  granted_scope: str = "system/DocumentReference.write system/Encounter.read",
-                 encounters: dict[str, str] | None = None, port: int = 0):
+                 encounters: dict[str, str] | None = None, capability_bytes: int = 0,
+                 port: int = 0):
         if profile not in PATHS:
             raise ValueError(f"profile: expected one of {', '.join(PATHS)}")
         self.profile = profile
@@ -100,6 +111,10 @@ class FhirStandIn:
         self.late_after_store = 0.0  # store the next create, then answer after this long
         self.scripted: list[Reply] = []  # answered to the next POSTs before anything else
         self.metadata_status = 200  # another status: /metadata refuses with it
+        # /metadata lists this many bytes of other resources around DocumentReference, as
+        # a large EHR's does; streamed as made (a statement past any bound costs nothing)
+        self.capability_bytes = capability_bytes
+        self.metadata_reads = 0
         self.validator = _validator()
         self._lock = threading.RLock()
         self.sink = Sink(handler=self.handle, lifetime=lifetime, port=port)
@@ -155,8 +170,12 @@ class FhirStandIn:
             return outcome(404, "not-found")
         rest = path[len(self.base_path) + 1:]
         if rest == "metadata" and got.method == "GET":
+            self.metadata_reads += 1
             if self.metadata_status != 200:
                 return outcome(self.metadata_status, "login")
+            if self.capability_bytes:
+                return Reply(200, headers={"Content-Type": "application/fhir+json"},
+                             stream=self.large_statement)
             return self.json(200, self.capability_statement())
         auth = headers.get("authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
@@ -205,6 +224,28 @@ class FhirStandIn:
         return {"resourceType": "CapabilityStatement", "status": "active",
                 "date": "2026-01-01", "kind": "instance", "fhirVersion": "4.0.1",
                 "format": ["json"], "rest": [{"mode": "server", "resource": [resource]}]}
+
+    def large_statement(self) -> Iterator[bytes]:
+        """The CapabilityStatement with ``capability_bytes`` of other resources listed,
+        half before DocumentReference and half after, in chunks of about 64 KiB."""
+        statement = self.capability_statement()
+        (ours,) = statement["rest"][0]["resource"]
+        statement["rest"][0]["resource"] = ["@"]
+        head, tail = json.dumps(statement).split('"@"')
+        yield head.encode()
+        made, number, chunk = 0, 0, []
+        for half in (1, 2):
+            while made < self.capability_bytes * half // 2:
+                entry = json.dumps(_other_resource(number)).encode() + b", "
+                number += 1
+                made += len(entry)
+                chunk.append(entry)
+                if len(chunk) >= 40:
+                    yield b"".join(chunk)
+                    chunk = []
+            if half == 1:
+                chunk.append(json.dumps(ours).encode() + b", ")
+        yield b"".join(chunk).removesuffix(b", ") + tail.encode()
 
     # ---------------------------------------------------------------- tokens
 

@@ -36,6 +36,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False  # no answer at all: the connection is closed (after any delay)
+    # instead of ``body``: written as made, until it ends or the client hangs up, then the
+    # connection is closed (no Content-Length), so a huge body costs a chunk, not its size
+    stream: Callable[[], Iterable[bytes]] | None = None
 
 
 class Sink:
@@ -58,6 +61,7 @@ class Sink:
         self.completed = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self._stopped = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,6 +85,11 @@ class Sink:
                     self.send_response(reply.status)
                     for k, v in reply.headers.items():
                         self.send_header(k, v)
+                    if reply.stream is not None:
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        self._stream(reply.stream())
+                        return
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
@@ -88,6 +97,16 @@ class Sink:
                     with sink._lock:
                         sink.active -= 1
                         sink.completed += 1
+
+            def _stream(self, chunks: Iterable[bytes]) -> None:
+                self.close_connection = True
+                try:
+                    for chunk in chunks:
+                        if sink._stopped.is_set():
+                            break
+                        self.wfile.write(chunk)
+                except OSError:  # the client hung up (read enough): the stream ends
+                    pass
 
             do_GET = do_POST = do_PUT = do_PATCH = _any
 
@@ -120,6 +139,7 @@ class Sink:
     def stop(self) -> None:
         self._timer.cancel()
         self._release.set()
+        self._stopped.set()
         self.server.shutdown()
         self.server.server_close()
 

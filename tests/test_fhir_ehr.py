@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import requests
 
+from suki_relay.actions import fhir_guard
 from suki_relay.config.check import sample
 from suki_relay.deliver import smart
-from suki_relay.errors import ConfigError, InDoubtError, PermanentError
+from suki_relay.errors import ConfigError, InDoubtError, PermanentError, RetryableError
 from suki_relay.testing import (
     Delivery,
     SukiStandIn,
@@ -234,6 +235,39 @@ def test_a_metadata_endpoint_that_refuses_declares_nothing(
     ehr.drop_after_store = 1
     with pytest.raises(InDoubtError):
         attempt_once(spec, delivery("s-2", at="2026-01-01T00:00:02.000Z"))
+
+
+def test_a_capability_statement_of_several_mib_is_read_once(
+        tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey) -> None:
+    """A statement as large as Epic's or Oracle Health's (5 MiB here, DocumentReference in
+    its middle) is read whole: its conditional create guards the create, and it is read
+    once for the deliveries that follow."""
+    ehr = standins("generic", capability_bytes=5 * 2**20)
+    spec = build_spec("fhir", options("generic", ehr, key_file), tmp_path, suki=suki.settings())
+    assert attempt_once(spec, delivery()).startswith("created")  # type: ignore[union-attr]
+    again = attempt_once(spec, delivery())
+    assert again is not None and again.startswith("already filed")
+    assert all("If-None-Exist" in p.headers for p in ehr.posts) and ehr.searches == []
+    assert len(ehr.documents) == 1 and ehr.metadata_reads == 1
+
+
+def test_a_capability_statement_past_the_bound_is_retried_not_guessed(
+        tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey) -> None:
+    """A statement longer than the relay reads (streamed: the relay stops at the bound
+    and hangs up) is a retryable error naming the bound, never read as declaring nothing
+    and never cached: once the server answers one the relay can read, the note is filed
+    under its guard."""
+    ehr = standins("generic", capability_bytes=fhir_guard.MAX_METADATA_BYTES + 2**20)
+    spec = build_spec("fhir", options("generic", ehr, key_file, timeout_seconds=60), tmp_path,
+                      suki=suki.settings())
+    with pytest.raises(RetryableError) as info:
+        attempt_once(spec, delivery())
+    assert str(info.value) == ("FHIR server (metadata): the CapabilityStatement is larger "
+                               "than 32 MiB, the most read; it will be read again")
+    assert ehr.posts == [] and ehr.searches == []
+    ehr.capability_bytes = 2**20
+    assert attempt_once(spec, delivery()).startswith("created")  # type: ignore[union-attr]
+    assert "If-None-Exist" in ehr.posts[0].headers and ehr.metadata_reads == 2
 
 
 def test_where_no_search_can_tell_a_lost_answer_is_in_doubt(

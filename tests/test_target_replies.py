@@ -7,6 +7,7 @@ wrong shape where FHIR names one is read as saying nothing, never as a TypeError
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from suki_relay.testing import (
     attempt_once,
     build_spec,
     make_delivery,
+    wait_until,
 )
 
 from .conftest import success_event
@@ -163,23 +165,52 @@ def test_a_hostile_refusal_of_a_create_names_only_the_status(tmp_path: Path, suk
     assert str(info.value) == "FHIR server answered 422"
 
 
-@pytest.mark.parametrize("kind", ["deep", "nan"])
+@pytest.mark.parametrize("kind", ["deep", "nan", "huge"])
 def test_hostile_metadata_declares_nothing(tmp_path: Path, suki: SukiStandIn, kind: str) -> None:
     """A CapabilityStatement that cannot be read declares nothing: the action files as for
-    a server that declares nothing."""
+    a server that declares nothing. (One too large to read is retried: test_fhir_ehr.py.)"""
     with HostileFhir("metadata", Reply(200, BODIES[kind].replace(
             b"Bundle", b"CapabilityStatement"), JSON)) as ehr:
         assert (file_note(tmp_path, suki, ehr) or "").startswith("created DocumentReference/")
         assert len(ehr.documents) == 1
 
 
-def test_metadata_too_large_to_keep_fails_plainly(tmp_path: Path, suki: SukiStandIn) -> None:
-    with HostileFhir("metadata", Reply(200, BODIES["huge"], JSON)) as ehr:
-        with pytest.raises(PermanentError) as info:
-            file_note(tmp_path, suki, ehr)
-        assert ehr.documents == {}
-    assert str(info.value) == (f"FHIR server (metadata): the reply body is larger than "
-                               f"{MAX_REPLY_BYTES} bytes")
+def endless_bundle() -> Iterator[bytes]:
+    """A searchset that never ends (until the client hangs up): past any bound."""
+    yield b'{"resourceType": "Bundle", "type": "searchset", "entry": ['
+    entry = json.dumps({"resource": {"resourceType": "DocumentReference",
+                                     "description": MARK}}).encode() + b", "
+    chunk = entry * (64 * 1024 // len(entry))
+    while True:
+        yield chunk
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_search_page_past_the_bound_leaves_the_delivery_unknown(
+        write_config, local_relay, suki: SukiStandIn) -> None:  # type: ignore[no-untyped-def]
+    """A search answer longer than the relay reads (64 MiB; streamed, the relay stops at
+    the bound and hangs up) cannot tell whether the note is filed: the delivery is
+    `unknown`, for an operator, and nothing is created."""
+    with HostileFhir("search", Reply(200, headers=JSON, stream=endless_bundle),
+                     **SEARCH) as ehr:
+        cfg = write_config({
+            "suki": suki.settings(),
+            "actions": {"file-note": {
+                "type": "fhir", "base_url": ehr.base_url, "auth": ehr.oauth(),
+                "subject": "Patient/{{ event.additional_info.patient_id }}",
+                "timeout_seconds": 120}},
+            "rules": [{"name": "notes", "when": {"status": "success"}, "do": ["file-note"]}]})
+        r = local_relay(cfg)
+        event_id = r.accept(json.dumps(success_event("pat-1")).encode())
+        wait_until(lambda: [d.state for d in r.store.deliveries(event_id=event_id)
+                            if d.state != "pending"] == ["unknown"],
+                   timeout=120, message="the delivery in doubt")
+        searched = [g for g in ehr.sink.received if "/DocumentReference?" in g.path]
+        assert ehr.posts == [] and ehr.documents == {} and len(searched) == 1
+    (d,) = r.store.event(event_id).deliveries
+    assert [(a.outcome, a.error) for a in d.attempts] == [
+        ("unknown", "the FHIR server's search answer is too large to tell whether this "
+                    "note is filed")]
 
 
 # ---------------------------------------------------------------- JSON, but not shaped as FHIR says

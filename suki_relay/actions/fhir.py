@@ -320,23 +320,40 @@ class FhirAction(Action):
         return "search" if caps.search else "none"
 
     def capabilities(self) -> fhir_guard.Capabilities:
-        """The server's CapabilityStatement, cached an hour per base URL and process."""
+        """The server's CapabilityStatement, cached an hour per base URL and process, read
+        by one attempt at a time (the others wait at most timeout_seconds, then read it
+        themselves)."""
         caps = fhir_guard.CAPABILITIES.get(self.base)
         if caps is not None:
             return caps
-        resp = self.send(None, "GET", self.base + "/metadata", headers=self.headers())
+        reader = fhir_guard.CAPABILITIES.reader(self.base)
+        waited = reader.acquire(timeout=self.values["timeout_seconds"])
+        try:
+            caps = fhir_guard.CAPABILITIES.get(self.base)  # read meanwhile by another
+            if caps is None:
+                caps = self._read_capabilities()
+                fhir_guard.CAPABILITIES.put(self.base, caps)
+            return caps
+        finally:
+            if waited:
+                reader.release()
+
+    def _read_capabilities(self) -> fhir_guard.Capabilities:
+        resp = self.send(None, "GET", self.base + "/metadata", headers=self.headers(),
+                         max_reply_bytes=fhir_guard.MAX_METADATA_BYTES)
         if (400 <= resp.status_code < 500 and resp.status_code not in (408, 429)) or \
                 resp.status_code == 501:  # declares nothing: the safe guard is a search, or none
-            caps = fhir_guard.Capabilities(False, False, False)
-        else:
-            outbound.raise_for_status(resp, "FHIR server (metadata)")
-            outbound.require_whole(resp, "FHIR server (metadata)")
-            try:
-                caps = fhir_guard.Capabilities.of(parse_json(resp.content))
-            except ValueError:
-                caps = fhir_guard.Capabilities(False, False, False)
-        fhir_guard.CAPABILITIES.put(self.base, caps)
-        return caps
+            return fhir_guard.Capabilities(False, False, False)
+        outbound.raise_for_status(resp, "FHIR server (metadata)")
+        if getattr(resp, "cut_off", None) == "size":  # not read as declaring nothing
+            raise RetryableError("FHIR server (metadata): the CapabilityStatement is larger "
+                                 f"than {fhir_guard.MAX_METADATA_BYTES // 2**20} MiB, the most "
+                                 "read; it will be read again", status=resp.status_code)
+        outbound.require_whole(resp, "FHIR server (metadata)")
+        try:
+            return fhir_guard.Capabilities.of(parse_json(resp.content))
+        except ValueError:
+            return fhir_guard.Capabilities(False, False, False)
 
     def search_query(self, resource: dict[str, Any]) -> dict[str, str]:
         ident = resource["identifier"][0]

@@ -24,6 +24,12 @@ from typing import Any
 CAPABILITY_SECONDS = 3600.0  # how long a server's CapabilityStatement is trusted
 MAX_PAGES = 5  # search result pages read (a match is on the first, newest first, in practice)
 MAX_SEARCH_BYTES = 64 * 1024 * 1024  # a page of notes with their text inline can be large
+MAX_METADATA_BYTES = 32 * 1024 * 1024
+"""The most of a CapabilityStatement read. Real servers' run to several MiB (Epic's and
+Oracle Health's list every resource, operation and search parameter they offer), and the
+relay's ceiling for a target's reply (1 MiB) would fail every note to such a server for
+good; 32 MiB is several times the largest seen, below a search page's bound (which a
+worker holds already), and read once an hour per server, by one attempt at a time."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,13 @@ class CapabilityCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, Capabilities]] = {}
+        self._reading: dict[str, threading.Lock] = {}
+
+    def reader(self, base_url: str) -> threading.Lock:
+        """Held while one attempt reads the server's statement, so that the attempts
+        waiting for it read the cache instead of holding a large statement each."""
+        with self._lock:
+            return self._reading.setdefault(base_url, threading.Lock())
 
     def get(self, base_url: str) -> Capabilities | None:
         with self._lock:
