@@ -7,6 +7,20 @@ connection is ever made before a fork (gunicorn's master makes none). close() cl
 every connection opened, from any thread. Writers take the database lock up front (BEGIN
 IMMEDIATE), which also serialises claimers across processes.
 
+Transactions that need not be durable (``tx(durable=False)``: claims, delivery
+bookkeeping) commit with ``synchronous=OFF``, and never checkpoint: SQLite runs its automatic
+checkpoint inside whichever commit takes the WAL past ``wal_autocheckpoint`` pages, with
+that commit's sync setting, and a checkpoint under ``synchronous=OFF`` copies the WAL into
+the file without fsyncing the file, after which the next writer starts the WAL over: a
+power loss would then take committed (fsynced) events with it. So a non-durable
+transaction turns the automatic checkpoint off for its commit, and afterwards, under
+``synchronous=FULL`` again, checkpoints (PASSIVE) itself if the WAL holds
+``CHECKPOINT_FRAMES`` frames not yet folded into the file, read from the wal-index header
+in the -shm file (SQLite's documented file format; a cheap pread): a long stretch of
+deliveries alone keeps the WAL bounded. Durable commits keep SQLite's own automatic
+checkpoint, under ``synchronous=FULL``, which fsyncs the WAL before copying it and the file
+after; so do ``checkpoint()`` and the close of the last connection.
+
 ``lazy``: nothing is opened until the first transaction, and a file that cannot be opened
 then (not an SQLite file, no permission, a newer schema) does not stop the process; every
 transaction raises StoreUnavailable, saying why, until the file can be prepared (a serving
@@ -18,14 +32,40 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
+
+# SQLite's default wal_autocheckpoint: the WAL is folded back into the file once it holds
+# this many frames (pages) not yet folded in
+CHECKPOINT_FRAMES = 1000
+
+
+def wal_frames_to_fold(path: Path) -> int:
+    """How many frames of the WAL of the database at ``path`` the file does not hold yet
+    (mxFrame minus nBackfill, from the wal-index header and checkpoint info at the start of
+    the -shm file, in native byte order); 0 if that cannot be read."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        head = os.pread(fd, 100, 0)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    if len(head) < 100:
+        return 0
+    mx_frame: int = struct.unpack_from("=I", head, 16)[0]
+    backfilled: int = struct.unpack_from("=I", head, 96)[0]
+    return max(mx_frame - backfilled, 0)
 
 
 class SqliteDatabase:
@@ -85,6 +125,7 @@ class SqliteDatabase:
                                        isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_FRAMES}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks to 16 MiB
                 lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -104,13 +145,26 @@ class SqliteDatabase:
             self._prepare()
         conn = self._connection()
         with self.exclusive() if write else nullcontext():
-            if not durable:
+            if not durable:  # no checkpoint without fsync (module docstring)
+                conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute("PRAGMA synchronous=OFF")
             try:
                 yield from self._tx(conn, write)
             finally:
                 if not durable:
                     conn.execute("PRAGMA synchronous=FULL")
+                    conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_FRAMES}")
+            if not durable and write:
+                self._checkpoint_if_due(conn)
+
+    def _checkpoint_if_due(self, conn: sqlite3.Connection) -> None:
+        """After a non-durable commit (synchronous=FULL again): fold the WAL back into the
+        file if it holds CHECKPOINT_FRAMES frames the file does not. PASSIVE: waits for no
+        reader. A checkpoint that fails is retried after the next commit."""
+        if wal_frames_to_fold(self.path) < CHECKPOINT_FRAMES:
+            return
+        with suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _tx(self, conn: sqlite3.Connection, write: bool) -> Iterator[Tx]:
         try:
@@ -153,7 +207,9 @@ class SqliteDatabase:
             fcntl.flock(self._local.lock, fcntl.LOCK_UN)
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the file: freed pages are reused."""
+        """Fold the WAL back into the file: freed pages are reused. Under the connection's
+        synchronous=FULL (only a non-durable transaction lowers it, for its own commit):
+        the WAL is fsynced before it is copied, and the file after."""
         with self.exclusive():
             self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
