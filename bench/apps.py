@@ -10,7 +10,10 @@ import hashlib
 import hmac
 import json
 import os
+import threading
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 SECRET = os.environ.get("SUKI_WEBHOOK_SECRET", "bench-secret").encode()
@@ -82,7 +85,38 @@ def relay_without(part: str) -> Any:
         app.rejections = Forget()  # type: ignore[assignment]
     elif part != "nothing":
         raise ValueError(part)
+    if os.environ.get("SUKI_BENCH_COUNTS") and part != "store":
+        count_batches(app, Path(os.environ["SUKI_BENCH_COUNTS"]))
     return app
+
+
+def count_batches(app: Any, folder: Path) -> None:
+    """Tally the recorder's batches (how many, how many events, the seconds spent in the
+    store's part of them: from asking for a connection to the commit's return) and write
+    the tally to ``folder/batches-<pid>.json`` every 0.2 s. One leader runs a batch at a
+    time, so the tally needs no lock."""
+    recorder = app.recorder
+    inner = recorder.batch
+    tally = {"batches": 0, "events": 0, "seconds": 0.0}
+
+    def batch(items: list[Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return inner(items)
+        finally:
+            tally["batches"] += 1
+            tally["events"] += len(items)
+            tally["seconds"] += time.perf_counter() - start
+
+    recorder.batch = batch
+    path = folder / f"batches-{os.getpid()}.json"
+
+    def write() -> None:
+        while True:
+            time.sleep(0.2)
+            path.write_text(json.dumps(tally))
+
+    threading.Thread(target=write, daemon=True, name="bench-counts").start()
 
 
 _SUKI_NOTE = json.dumps({"summary": [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -204,7 +206,9 @@ OUTAGES: dict[str, PrivateDatabase] = {}  # store URL -> its database, to take d
 def run_store(spec: str) -> Iterator[str]:
     """The store URL for one run, cleaned up afterwards: a PostgreSQL URL gets a fresh
     schema there; ``outage:URL``, a database of its own on that server, which the run
-    takes down once the relay is up (OUTAGES) and drops afterwards; ``tmpfs``, SQLite in
+    takes down once the relay is up (OUTAGES) and drops afterwards; ``pgdb:URL``, a
+    database of its own on that server, dropped afterwards (``pgdb-nosync:URL``, its
+    commits not waiting for the disk: a measurement, never shipped); ``tmpfs``, SQLite in
     a fresh folder under /dev/shm; anything else (a SQLite URL, or "" for a handler
     without a store) is used as it is."""
     if spec.startswith("postgres"):
@@ -218,9 +222,14 @@ def run_store(spec: str) -> Iterator[str]:
             finally:
                 db.up()
                 del OUTAGES[db.url]
-    elif spec.startswith("nosync:"):  # a fresh schema, commits not waiting for the disk
-        with pg_schema(spec.removeprefix("nosync:"), "bench") as url:
-            yield url.replace("options=", "options=-csynchronous_commit%3Doff%20")
+    elif spec.startswith(("pgdb:", "pgdb-nosync:")):  # a database of its own on that server
+        kind, _, server_url = spec.partition(":")
+        with PrivateDatabase(server_url, "suki_bench") as db:
+            if kind == "pgdb-nosync":
+                yield (f"{db.url}{'&' if '?' in db.url else '?'}"
+                       "options=-csynchronous_commit%3Doff")
+            else:
+                yield db.url
     elif spec == "tmpfs":
         ram = Path(tempfile.mkdtemp(prefix="suki-relay-bench-", dir="/dev/shm"))
         try:
@@ -384,7 +393,10 @@ def bench_stall(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> No
 
 def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """Where acknowledgement throughput goes: the relay with recording taken out step by
-    step (bench/apps.py:relay_without), each against bare WSGI in the same round."""
+    step (bench/apps.py:relay_without), each against bare WSGI in the same round; and for
+    every step, the CPU a request costs the relay's processes and (on PostgreSQL) the
+    database server's processes serving it, the transactions it commits, and the group
+    commit's batches (events per batch, milliseconds per batch in the store)."""
     steps: dict[str, tuple[str, str]] = {
         "bare WSGI (read body, 200)": ("bench.apps:bare", ""),
         "relay, nothing stored (verify, parse, route, log, count)":
@@ -397,39 +409,138 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
     }
     if not Path("/dev/shm").is_dir():
         del steps["+ SQLite on tmpfs (commits, no disk)"]
-    if args.pg:  # the same steps' end on PostgreSQL: its commit without and with the disk
+    if args.pg:  # the same steps' end on PostgreSQL (a database of its own per run, so its
+        # server processes and transactions are the relay's alone): its commit without and
+        # with the disk
         steps["PostgreSQL, commits not waiting for the disk (synchronous_commit off; "
               "a measurement, never shipped)"] = ("bench.apps:relay_without('nothing')",
-                                                  f"nosync:{args.pg}")
-        steps["PostgreSQL as it ships"] = ("bench.apps:relay_without('nothing')", args.pg)
+                                                  f"pgdb-nosync:{args.pg}")
+        steps["PostgreSQL as it ships"] = ("bench.apps:relay_without('nothing')",
+                                           f"pgdb:{args.pg}")
         if args.compare:
             steps[f"PostgreSQL as it ships, at {checkout_label(args.compare.resolve())}"] = (
-                "compare", args.pg)
-    runs: dict[str, list[float]] = {k: [] for k in steps}
+                "compare", f"pgdb:{args.pg}")
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in steps}
+    names = list(steps)
+    orders = balanced_orders(len(names))
     for rnd in range(args.rounds):
-        for name, (app, store) in steps.items():
+        for name in [names[i] for i in orders[rnd % len(orders)]]:
+            app, store = steps[name]
             folder = work / f"breakdown-{rnd}-{len(runs[name])}-{abs(hash(name))}"
             port = free_port()
+            os.sync()  # the last run's writes reach the disk before this run starts
+            time.sleep(1.0)
             with run_store(store) as url:
                 env = ENV
                 if url:
                     cfg = relay_config(folder, store=url)
-                    env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg)}
+                    env = {**relay_env(folder), "SUKI_RELAY_CONFIG": str(cfg),
+                           "SUKI_BENCH_COUNTS": str(folder)}
                 else:
                     folder.mkdir(parents=True)
                 cmd, cwd = gunicorn(app, port), REPO
                 if app == "compare":  # the other checkout's relay, as it ships
                     cwd = args.compare.resolve()
                     cmd = relay_cmd(cfg, port, checkout_python(cwd))
-                with server(cmd, port, env, cwd):
+                pg = url if url.startswith("postgres") else None
+                with server(cmd, port, env, cwd) as proc:
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
+                    before = Usage.now(proc.pid, pg, folder)
                     result = wrk(port, lines, args.duration, args.connections)
-            runs[name].append(result["rps"])
-            print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s", file=sys.stderr)
-    bare = runs["bare WSGI (read body, 200)"]
-    out["breakdown"] = [{"step": name, "req_s": statistics.median(r),
-                         "ratio": paired_ratio(r, bare), "req_s_by_round": r}
+                    result.update(before.since(proc.pid, pg, folder, result["requests"]))
+            runs[name].append(result)
+            print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s, relay "
+                  f"{result['relay_cpu_ms']:.2f} ms CPU/req, database "
+                  f"{result.get('db_cpu_ms', 0):.2f} ms CPU/req, "
+                  f"{result.get('events_per_batch', 0):.1f} events/batch", file=sys.stderr)
+    bare = [r["rps"] for r in runs["bare WSGI (read body, 200)"]]
+    out["breakdown"] = [{"step": name, "req_s": median(r, "rps"),
+                         "ratio": paired_ratio([x["rps"] for x in r], bare),
+                         **{k: statistics.median(x[k] for x in r) for k in r[0]
+                            if k not in ("rps", "socket_errors", "requests")},
+                         "req_s_by_round": [x["rps"] for x in r]}
                         for name, r in runs.items()]
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User and system CPU seconds of a process (and of its descendants alive now)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        each = todo.pop()
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            if children:
+                for task in Path(f"/proc/{each}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+@dataclasses.dataclass
+class Usage:
+    """What a relay run used so far: its processes' CPU, its database server processes'
+    CPU and transactions (a database of its own), its group commits (bench/apps.py)."""
+
+    relay_cpu: float
+    machine: tuple[int, int]  # /proc/stat: all CPU time, idle time (ticks, every core)
+    db_cpu: dict[int, float]
+    db_xacts: int
+    batches: dict[str, float]
+    at: float
+
+    @classmethod
+    def now(cls, pid: int, pg: str | None, folder: Path) -> Usage:
+        at = time.monotonic()
+        relay = cpu_seconds(pid)
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        machine = (sum(ticks[:8]), ticks[3] + ticks[4])
+        db_cpu, xacts = {}, 0
+        if pg:
+            import psycopg
+
+            name = urlsplit(pg).path.lstrip("/")
+            with psycopg.connect(pg.split("?")[0], autocommit=True) as conn:
+                pids = [r[0] for r in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                    "AND pid <> pg_backend_pid()", (name,))]
+                xacts = conn.execute("SELECT xact_commit FROM pg_stat_database "
+                                     "WHERE datname = %s", (name,)).fetchone()[0]
+            db_cpu = {p: cpu_seconds(p, children=False) for p in pids}
+        batches = {"batches": 0.0, "events": 0.0, "seconds": 0.0}
+        for f in folder.glob("batches-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                for k, v in json.loads(f.read_text()).items():
+                    batches[k] += v
+        return cls(relay, machine, db_cpu, xacts, batches, at)
+
+    def since(self, pid: int, pg: str | None, folder: Path, requests: int) -> dict[str, float]:
+        """Per request since this: CPU milliseconds of the relay and of the database,
+        transactions; per batch: events and store milliseconds. Waits for the database's
+        statistics and the tallies to be written (a second or so)."""
+        end = Usage.now(pid, pg, folder)
+        time.sleep(1.5)  # PostgreSQL reports a backend's transactions at most once a second
+        late = Usage.now(pid, pg, folder)
+        n = max(1, requests)
+        got: dict[str, float] = {"relay_cpu_ms": (end.relay_cpu - self.relay_cpu) / n * 1000,
+                                 "relay_cores": (end.relay_cpu - self.relay_cpu)
+                                 / (end.at - self.at),
+                                 "machine_busy": 1 - (end.machine[1] - self.machine[1])
+                                 / max(1, end.machine[0] - self.machine[0])}
+        if pg:
+            db = sum(c - self.db_cpu.get(p, 0.0) for p, c in end.db_cpu.items())
+            got.update(db_cpu_ms=db / n * 1000, db_cores=db / (end.at - self.at),
+                       db_xacts_per_req=(late.db_xacts - self.db_xacts) / n,
+                       db_connections=len(end.db_cpu))
+        batches = late.batches["batches"] - self.batches["batches"]
+        if batches:
+            got.update(events_per_batch=(late.batches["events"] - self.batches["events"])
+                       / batches,
+                       store_ms_per_batch=(late.batches["seconds"] - self.batches["seconds"])
+                       / batches * 1000)
+        return got
 
 
 def bench_flood(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
