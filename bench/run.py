@@ -447,7 +447,7 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
                     lines = signed_lines(int(args.duration * 15000), folder / "load.txt")
                     before = Usage.now(proc.pid, pg, folder)
                     result = wrk(port, lines, args.duration, args.connections)
-                    result.update(before.since(proc.pid, pg, folder, result["requests"]))
+                    result.update(before.since(proc.pid, pg, folder, int(result["requests"])))
             runs[name].append(result)
             print(f"  round {rnd + 1} {name}: {result['rps']:.0f} req/s, relay "
                   f"{result['relay_cpu_ms']:.2f} ms CPU/req, database "
@@ -506,8 +506,9 @@ class Usage:
                 pids = [r[0] for r in conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %s "
                     "AND pid <> pg_backend_pid()", (name,))]
-                xacts = conn.execute("SELECT xact_commit FROM pg_stat_database "
-                                     "WHERE datname = %s", (name,)).fetchone()[0]
+                row = conn.execute("SELECT xact_commit FROM pg_stat_database "
+                                   "WHERE datname = %s", (name,)).fetchone()
+                xacts = row[0] if row else 0
             db_cpu = {p: cpu_seconds(p, children=False) for p in pids}
         batches = {"batches": 0.0, "events": 0.0, "seconds": 0.0}
         for f in folder.glob("batches-*.json"):
