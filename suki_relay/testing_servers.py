@@ -92,7 +92,10 @@ class Sink:
                         return
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    try:
+                        self.wfile.write(reply.body)
+                    except OSError:  # the client hung up (its reply bound, its deadline)
+                        self.close_connection = True
                 finally:
                     with sink._lock:
                         sink.active -= 1
