@@ -1,4 +1,4 @@
-"""The embedded default: one SQLite file, WAL, every commit fsynced (synchronous=FULL).
+"""The embedded default: one SQLite file, WAL; what must survive is fsynced (synchronous=FULL).
 
 SqliteDatabase is the file, whatever its tables: the ledger's (SqliteStore) and the
 spool's (spool.py) each compose one and give it their schema. One connection per thread.
