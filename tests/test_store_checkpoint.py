@@ -108,3 +108,61 @@ def test_durable_commits_still_checkpoint_by_themselves(tmp_path: Path) -> None:
         assert os.stat(f"{path}-wal").st_size <= 32 + (CHECKPOINT_FRAMES + 50) * page
     finally:
         db.close()
+
+
+# a process with the store open makes non-durable commits (delivery bookkeeping); then
+# another process opens the same file and writes; then the first writes again. If the
+# first had dropped its locks on the -shm file (by opening and closing a descriptor of it
+# itself: POSIX locks are per process and file), the second would take itself for the only
+# user, reset the -shm under the first's mapping, and the first would die of SIGBUS
+HOLDER = """
+import subprocess, sys
+from pathlib import Path
+from suki_relay.store.sqlite import SqliteDatabase
+
+path = Path(sys.argv[1])
+db = SqliteDatabase(path, lambda: None)
+with db.tx() as tx:
+    tx.exec("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, b BLOB)")
+for _ in range(3):
+    with db.tx(durable=False) as tx:
+        tx.exec("INSERT INTO t (b) VALUES (?)", (b"x" * 100,))
+subprocess.run([sys.executable, "-c", sys.argv[2], str(path)], check=True, timeout=30)
+for _ in range(3):
+    with db.tx(durable=False) as tx:
+        tx.exec("INSERT INTO t (b) VALUES (?)", (b"y" * 100,))
+with db.tx(write=False) as tx:
+    print(tx.exec("SELECT count(*) FROM t").fetchone()[0])
+db.close()
+"""
+
+# SQLite's "dead man switch" on the -shm file: every process using the WAL holds a shared
+# lock on byte 128 (WALINDEX_LOCK_OFFSET 120 + 8 locks, wal.c); a process that can lock it
+# exclusively takes itself for the only user and resets the -shm
+OTHER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    pass  # held by the writer, as it must be
+else:
+    sys.exit("the writer holds no lock on the -shm: another process would reset it")
+finally:
+    os.close(fd)
+from pathlib import Path
+from suki_relay.store.sqlite import SqliteDatabase
+db = SqliteDatabase(Path(sys.argv[1]), lambda: None)
+with db.tx() as tx:
+    tx.exec("INSERT INTO t (b) VALUES (?)", (b"z" * 100,))
+db.close()
+"""
+
+
+def test_another_process_opening_the_store_does_not_reset_it_under_a_writer(
+        tmp_path: Path) -> None:
+    """Every commit of both processes is there, and neither dies."""
+    done = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "relay.db"), OTHER],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-300:]
+    assert done.stdout.strip() == "7"

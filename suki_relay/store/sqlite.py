@@ -14,10 +14,12 @@ that commit's sync setting, and a checkpoint under ``synchronous=OFF`` copies th
 the file without fsyncing the file, after which the next writer starts the WAL over: a
 power loss would then take committed (fsynced) events with it. So a non-durable
 transaction turns the automatic checkpoint off for its commit, and afterwards, under
-``synchronous=FULL`` again, checkpoints (PASSIVE) itself if the WAL holds
-``CHECKPOINT_FRAMES`` frames not yet folded into the file, read from the wal-index header
-in the -shm file (SQLite's documented file format; a cheap pread): a long stretch of
-deliveries alone keeps the WAL bounded. Durable commits keep SQLite's own automatic
+``synchronous=FULL`` again, checkpoints (PASSIVE) itself after every
+``CHECKPOINT_EVERY`` non-durable commits of the process, so a long stretch of deliveries
+alone keeps the WAL bounded. (Nothing here opens the -wal or -shm files itself: closing
+any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+included, and another process would then reset the -shm under this one's mapping, a
+SIGBUS.) Durable commits keep SQLite's own automatic
 checkpoint, under ``synchronous=FULL``, which fsyncs the WAL before copying it and the file
 after; so do ``checkpoint()`` and the close of the last connection.
 
@@ -32,7 +34,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -45,27 +46,9 @@ from suki_relay.store.tx import Tx
 # SQLite's default wal_autocheckpoint: the WAL is folded back into the file once it holds
 # this many frames (pages) not yet folded in
 CHECKPOINT_FRAMES = 1000
-
-
-def wal_frames_to_fold(path: Path) -> int:
-    """How many frames of the WAL of the database at ``path`` the file does not hold yet
-    (mxFrame minus nBackfill, from the wal-index header and checkpoint info at the start of
-    the -shm file, in native byte order); 0 if that cannot be read."""
-    try:
-        fd = os.open(f"{path}-shm", os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        head = os.pread(fd, 100, 0)
-    except OSError:
-        return 0
-    finally:
-        os.close(fd)
-    if len(head) < 100:
-        return 0
-    mx_frame: int = struct.unpack_from("=I", head, 16)[0]
-    backfilled: int = struct.unpack_from("=I", head, 96)[0]
-    return max(mx_frame - backfilled, 0)
+# a non-durable commit writes a few pages (an attempt, its delivery, the next claim): a
+# checkpoint after this many of them keeps the WAL near CHECKPOINT_FRAMES, at two fsyncs
+CHECKPOINT_EVERY = 100
 
 
 class SqliteDatabase:
@@ -83,6 +66,7 @@ class SqliteDatabase:
         self._opened: list[tuple[sqlite3.Connection, int]] = []  # (connection, lock file)
         self._opened_lock = threading.Lock()
         self._generation = 0  # close() starts a new one: connections from before reopen
+        self._undurable_commits = 0  # non-durable commits since the last checkpoint
         self.lazy = lazy
         self._prepared = False
         self._prepare_lock = threading.Lock()
@@ -159,10 +143,13 @@ class SqliteDatabase:
 
     def _checkpoint_if_due(self, conn: sqlite3.Connection) -> None:
         """After a non-durable commit (synchronous=FULL again): fold the WAL back into the
-        file if it holds CHECKPOINT_FRAMES frames the file does not. PASSIVE: waits for no
+        file after every CHECKPOINT_EVERY such commits of this process. PASSIVE: waits for no
         reader. A checkpoint that fails is retried after the next commit."""
-        if wal_frames_to_fold(self.path) < CHECKPOINT_FRAMES:
-            return
+        with self._opened_lock:
+            self._undurable_commits += 1
+            if self._undurable_commits < CHECKPOINT_EVERY:
+                return
+            self._undurable_commits = 0
         with suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
