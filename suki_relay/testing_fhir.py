@@ -10,7 +10,7 @@ Its token endpoint takes a client secret, or a SMART Backend Services client ass
 that it verifies against the client's JWK Set URL (signature, alg, kid, iss = sub, aud,
 exp at most five minutes ahead, a jti never seen before). Faults on demand: store the
 next creates and then answer 500 (``lose_answers``), hang up (``drop_after_store``) or
-answer too late (``late_after_store``).
+answer too late (``late_after_store``); page search results (``page_size``, newest first).
 
 Every resource POSTed is validated with the fhir.resources R4B models when they are
 installed (the dev extra); failures are recorded by location and type only (never the
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from suki_relay.testing_servers import Received, Reply, Sink
 
@@ -81,7 +81,7 @@ class FhirStandIn:
                  jwks: dict[str, Any] | None = None,
                  granted_scope: str = "system/DocumentReference.write system/Encounter.read",
                  encounters: dict[str, str] | None = None, capability_bytes: int = 0,
-                 port: int = 0):
+                 page_size: int = 0, port: int = 0):
         if profile not in PATHS:
             raise ValueError(f"profile: expected one of {', '.join(PATHS)}")
         self.profile = profile
@@ -115,6 +115,10 @@ class FhirStandIn:
         # a large EHR's does; streamed as made (a statement past any bound costs nothing)
         self.capability_bytes = capability_bytes
         self.metadata_reads = 0
+        # a search answers this many documents a page, newest first, with a next link as
+        # real servers page (0: every match on one page)
+        self.page_size = page_size
+        self.next_base: str | None = None  # another base for next links (default: ours)
         self.validator = _validator()
         self._lock = threading.RLock()
         self.sink = Sink(handler=self.handle, lifetime=lifetime, port=port)
@@ -366,9 +370,19 @@ class FhirStandIn:
             return True
 
         found = [d for d in self.documents.values() if wanted(d)]
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"{self.base_url}/DocumentReference/{d['id']}",
-                           "resource": d, "search": {"mode": "match"}} for d in found]}
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                                  "total": len(found)}
+        if self.page_size:
+            page = int(query.pop("_page", ["0"])[0])
+            found = found[::-1][page * self.page_size:(page + 1) * self.page_size + 1]
+            if len(found) > self.page_size:
+                found = found[:-1]
+                following = urlencode({k: v[0] for k, v in query.items()} | {"_page": page + 1})
+                bundle["link"] = [{"relation": "next", "url": f"{self.next_base or self.base_url}"
+                                                              f"/DocumentReference?{following}"}]
+        bundle["entry"] = [{"fullUrl": f"{self.base_url}/DocumentReference/{d['id']}",
+                            "resource": d, "search": {"mode": "match"}} for d in found]
+        return bundle
 
     def create(self, got: Received, headers: dict[str, str]) -> Reply:
         if headers.get("content-type", "").split(";")[0].strip() != "application/fhir+json":

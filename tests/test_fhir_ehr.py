@@ -309,6 +309,27 @@ def test_a_candidate_that_cannot_be_told_apart_is_in_doubt(
     assert len(ehr.posts) == 1
 
 
+@pytest.mark.parametrize("unread", ["pages past the last read", "a next link elsewhere"])
+def test_a_search_with_pages_left_unread_is_in_doubt(
+        tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey,
+        unread: str) -> None:
+    """The patient has more notes of the type than the pages the relay reads (newest
+    first: the relay's is the oldest), or the next page is on another host (never asked,
+    the token stays here): the search cannot say the note is not filed, so a replay is
+    `unknown`, never a second create."""
+    ehr = standins("oracle", page_size=2)
+    spec = build_spec("fhir", options("oracle", ehr, key_file), tmp_path, suki=suki.settings())
+    attempt_once(spec, delivery())
+    others = 2 * fhir_guard.MAX_PAGES if unread.startswith("pages") else 2
+    for n in range(others):
+        attempt_once(spec, delivery(f"s-{n + 2}", at=f"2026-01-01T00:01:{n:02d}.000Z"))
+    if unread.endswith("elsewhere"):
+        ehr.next_base = "http://127.0.0.1:9/r4"
+    with pytest.raises(InDoubtError, match="cannot tell whether this note is filed"):
+        attempt_once(spec, delivery())
+    assert len(ehr.posts) == others + 1 and len(ehr.documents) == others + 1
+
+
 # ---------------------------------------------------------------- the patient, the note
 
 

@@ -373,13 +373,21 @@ class FhirAction(Action):
 
     def find(self, resource: dict[str, Any]) -> str | None:
         """The attempt's note if the relay's document is on the server; None if not.
-        InDoubtError if a candidate cannot be told apart; RetryableError if the search
+        InDoubtError if a candidate cannot be told apart or pages are left unread (more
+        than MAX_PAGES, or a next link to another host); RetryableError if the search
         itself fails."""
         url: str | None = self.url + "?" + urlencode(self.search_query(resource))
         unsure = False
-        for _ in range(fhir_guard.MAX_PAGES):
-            if url is None or not url.startswith(self.base + "/"):
-                break  # a next link elsewhere is not followed (the token stays here)
+        for page in range(fhir_guard.MAX_PAGES + 1):
+            if url is None:
+                break
+            if not url.startswith(self.base + "/"):  # not followed: the token stays here
+                raise InDoubtError("the FHIR server's search continues on another host, not "
+                                   "asked: it cannot tell whether this note is filed")
+            if page == fhir_guard.MAX_PAGES:  # the note may be on a page not read
+                raise InDoubtError(f"the FHIR server's search has more than "
+                                   f"{fhir_guard.MAX_PAGES} pages, the most read: it cannot "
+                                   "tell whether this note is filed")
             resp = self.send(None, "GET", url, headers=self.headers(),
                              max_reply_bytes=fhir_guard.MAX_SEARCH_BYTES)
             outbound.raise_for_status(resp, "FHIR server (search)", _detail(resp))

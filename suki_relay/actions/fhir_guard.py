@@ -7,9 +7,10 @@ a document it filed already, and after a create whose answer was lost; it create
 the search shows none. A document is the relay's when it carries the session identifier;
 where the server drops identifiers, when it has the same type and the same ``date`` (the
 event's reception time, to the second), under the patient (and encounter) searched. A
-candidate that cannot be told either way (no date) makes the outcome unknown, as does a
-server that offers no DocumentReference search at all: the delivery then waits as
-``unknown`` for an operator instead of risking a second note in the chart.
+candidate that cannot be told either way (no date) makes the outcome unknown, as do pages
+of results left unread and a server that offers no DocumentReference search at all: the
+delivery then waits as ``unknown`` for an operator instead of risking a second note in
+the chart.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 CAPABILITY_SECONDS = 3600.0  # how long a server's CapabilityStatement is trusted
-MAX_PAGES = 5  # search result pages read (a match is on the first, newest first, in practice)
+MAX_PAGES = 5  # search result pages read; more left unread is in doubt, not "none found"
 MAX_SEARCH_BYTES = 64 * 1024 * 1024  # a page of notes with their text inline can be large
 MAX_METADATA_BYTES = 32 * 1024 * 1024
 """The most of a CapabilityStatement read. Real servers' run to several MiB (Epic's and
