@@ -101,6 +101,30 @@ def test_a_base_url_host_failing_idna_is_permanent(tmp_path: Path) -> None:
         client(base).get("/api/v1/ambient/session/s-1/content")
 
 
+@pytest.mark.parametrize("token", ["tok-\u2603", "tok\r\nX-Other: 1", "tok one", "tok\x00"])
+def test_a_login_answering_an_unusable_token_is_retried_and_not_kept(token: str) -> None:
+    """A token no header can carry as it is (beyond ASCII, a line break, a space, a
+    control character) is refused at login and never cached: kept, it failed every fetch
+    for good for an hour, as a bad host name or refused credentials. The next login's
+    sound token is used."""
+    logins: list[str] = []
+
+    def handle(got: Received) -> Reply:
+        if got.path == "/tenant/api/v1/auth/login":
+            logins.append(token if not logins else "tok-2")
+            return Reply(200, json.dumps({"suki_token": logins[-1]}).encode())
+        ok = got.headers.get("sdp_suki_token") == "tok-2"
+        return Reply(200, json.dumps(DOC).encode()) if ok else Reply(401, b"{}")
+
+    with Sink(handler=handle) as suki:
+        c = client(suki.url)
+        with pytest.raises(RetryableError) as info:
+            c.get("/api/v1/ambient/session/s/content")
+        assert str(info.value) == "Suki login answered without a usable suki_token"
+        assert c.get("/api/v1/ambient/session/s/content").status_code == 200
+    assert len(logins) == 2 and len(suki.received) == 3  # nothing sent with the bad one
+
+
 def test_threads_meeting_an_expired_token_log_in_once() -> None:
     """Eight delivery threads whose token Suki refuses at the same moment: one re-login,
     and every thread retries with the new token (not eight logins racing each other)."""

@@ -61,6 +61,8 @@ def tokens_from(endpoint: Sink) -> oauth.Tokens:
      "an expires_in that is not a number of seconds"),
     (HUGE, PermanentError, f"the reply body is larger than {MAX_REPLY_BYTES} bytes"),
     (b"\xff\xfe{PHI-REPLY", RetryableError, "not JSON"),
+    (b'{"access_token": "T-\\u2603", "PHI-REPLY": 1}', RetryableError, "usable access_token"),
+    (b'{"access_token": "T one", "PHI-REPLY": 1}', RetryableError, "usable access_token"),
 ])
 def test_a_hostile_token_answer_grants_no_token(body: bytes, error: type, says: str) -> None:
     with token_endpoint(body) as endpoint, pytest.raises(error) as info:

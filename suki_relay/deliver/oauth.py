@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from suki_relay.deliver import outbound, smart
-from suki_relay.deliver.tokens import TokenCache, shared
+from suki_relay.deliver.tokens import TokenCache, shared, usable
 from suki_relay.errors import PermanentError, RetryableError
 from suki_relay.protocol import parse_json
 
@@ -230,7 +230,7 @@ class Tokens:
             granted = answer.get("scope")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RetryableError("OAuth2 token endpoint answered without an access_token") from None
-        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+        if not usable(token):
             raise RetryableError("OAuth2 token endpoint answered without a usable access_token")
         if not math.isfinite(lifetime):  # "NaN" or "1e999" as a string: never refreshed
             raise RetryableError("OAuth2 token endpoint answered with an expires_in that is "

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import requests
 
 from suki_relay.deliver import outbound
-from suki_relay.deliver.tokens import TokenCache
+from suki_relay.deliver.tokens import TokenCache, usable
 from suki_relay.errors import PermanentError, RetryableError
 from suki_relay.options import setting
 from suki_relay.protocol import parse_json
@@ -138,8 +138,11 @@ class SukiClient:
         url = s.base_url.rstrip("/") + "/api/v1/auth/login"
         resp = outbound.send(self._sessions.get(), "POST", url, json=body, timeout=s.timeout_seconds,
                              what="Suki login")
-        return _string_field(resp, "suki_token", "Suki login",
-                             "Suki login refused the partner credentials"), TOKEN_LIFETIME
+        token = _string_field(resp, "suki_token", "Suki login",
+                              "Suki login refused the partner credentials")
+        if not usable(token):
+            raise RetryableError("Suki login answered without a usable suki_token")
+        return token, TOKEN_LIFETIME
 
     def token(self, stale: str | None = None) -> str:
         """The cached token, logging in when there is none or it is near its hour.

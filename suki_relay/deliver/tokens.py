@@ -11,6 +11,7 @@ token and its lifetime in seconds; the cache never sees the credential itself.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -18,6 +19,15 @@ from typing import TypeVar
 
 Fetch = Callable[[], tuple[str, float]]
 T = TypeVar("T")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a header carries as it is
+
+
+def usable(token: object) -> bool:
+    """Whether ``token`` can travel in a header as given. A token endpoint's garbage (a
+    line break, a space, a character beyond ASCII) is refused where it is issued, and so
+    never cached: sent, it would fail every request for the token's lifetime, each as if
+    for good."""
+    return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
 
 
 class TokenCache:
