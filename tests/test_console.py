@@ -217,6 +217,9 @@ def test_sign_in_form_needs_its_csrf_token(relay: Relay) -> None:
     resp = client.post("/console/login", data={"username": "ops", "password": PASSWORD})
     assert resp.status_code == 403
     assert client.get("/console/").status_code == 303  # not signed in
+    resp = client.post("/console/login", data={"username": "ops", "password": PASSWORD,
+                                                "csrf": "\u00e9"})  # non-ASCII: was a 500
+    assert resp.status_code == 403
 
 
 def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: Path,
@@ -228,6 +231,7 @@ def test_forged_expired_or_revoked_sessions_are_refused(relay: Relay, tmp_path: 
     forged_body = body[:-2] + ("AA" if body[-2:] != "AA" else "BB")
     assert keys.session(f"{forged_body}.{mac}") is None
     assert keys.session(f"{body}.{mac[:-1]}x") is None
+    assert keys.session(f"{body}.{mac[:-1]}\u00e9") is None  # non-ASCII: no TypeError
     assert keys.session(keys.issue("ops", now=time.time() - 9 * 3600)) is None  # 8 h sessions
     assert keys.session("garbage") is None and keys.session("a.b") is None
     lee = keys.issue("lee")

@@ -112,7 +112,7 @@ class Keys:
         if user not in self.users:
             return None
         key = self._user_key(user)
-        if not hmac.compare_digest(mac, _mac(key, "session:" + body)):
+        if not hmac.compare_digest(mac.encode(), _mac(key, "session:" + body).encode()):
             return None
         if expires <= (now or time.time()):
             return None
@@ -126,8 +126,9 @@ class Keys:
         return _mac(self.master, "login:" + nonce)
 
     def check_login_csrf(self, nonce: str | None, token: str | None) -> bool:
+        # bytes, not str: compare_digest raises TypeError on non-ASCII text (a 500)
         return bool(nonce and token) and hmac.compare_digest(
-            str(token), self.login_csrf(str(nonce)))
+            str(token).encode(), self.login_csrf(str(nonce)).encode())
 
 
 class Throttle:
