@@ -24,6 +24,16 @@ def _stop_event() -> threading.Event:
     return done
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a whole number, 0 or more")
+    return value
+
+
 def _section(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=100).rstrip()
 
@@ -45,7 +55,8 @@ def cmd_stand_in_suki(args: argparse.Namespace) -> int:
 def cmd_stand_in_fhir(args: argparse.Namespace) -> int:
     from suki_relay.testing_fhir import CLIENT_ID, FhirStandIn
 
-    standin = FhirStandIn(args.profile, lifetime=None, port=args.port, jwks_url=args.jwks_url)
+    standin = FhirStandIn(args.profile, lifetime=None, port=args.port, jwks_url=args.jwks_url,
+                          capability_bytes=args.capability_bytes, page_size=args.page_size)
     standin.add_encounter(SAMPLE_ENCOUNTER, SAMPLE_PATIENT)
     for pair in args.encounter or []:
         encounter, _, patient = pair.partition("=")
@@ -109,6 +120,12 @@ def add_parsers(stand_in: Any) -> None:
                          "127.0.0.1:8000)")
     sp.add_argument("--encounter", action="append", metavar="ENCOUNTER=PATIENT",
                     help="another encounter it knows, with its patient")
+    sp.add_argument("--capability-bytes", type=_count, default=0, metavar="BYTES",
+                    help="list this many bytes of other resources in GET /metadata, as a "
+                         "large EHR's CapabilityStatement does (default 0)")
+    sp.add_argument("--page-size", type=_count, default=0, metavar="N",
+                    help="answer a search N documents a page, newest first, with a next "
+                         "link (default 0: every match on one page)")
     sp.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 

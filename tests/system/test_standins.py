@@ -100,3 +100,20 @@ def test_the_five_minute_walk_files_a_note_into_the_epic_stand_in(tmp_path: Path
         relay.stop(timeout=15)
         for standin in (suki, ehr):
             assert standin.stop() == 0  # a clean end on SIGTERM
+
+
+def test_the_fhir_stand_in_serves_a_statement_as_large_as_an_ehrs(tmp_path: Path) -> None:
+    """`--capability-bytes` reaches the stand-in the tests use: a statement of several MB
+    with DocumentReference in it. `--page-size` is taken, and a negative count refused."""
+    ehr = Running("fhir", "--capability-bytes", "3000000", "--page-size", "1", cwd=tmp_path)
+    try:
+        ehr.until(lambda text: "scope:" in text)
+        base = ehr.config()["actions"]["note-to-ehr"]["base_url"]
+        statement = requests.get(base + "/metadata", timeout=10)
+        assert len(statement.content) > 3_000_000
+        resources = statement.json()["rest"][0]["resource"]
+        assert "DocumentReference" in [r["type"] for r in resources]
+    finally:
+        assert ehr.stop() == 0
+    bad = cli_here("stand-in", "fhir", "--page-size", "-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "0 or more" in bad.stderr
