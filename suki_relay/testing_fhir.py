@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from suki_relay.testing_servers import Received, Reply, Sink
+from suki_relay.testing_servers import Received, Reply, Sink, StandIn
 
 CLIENT_ID = "relay-client"
 CLIENT_SECRET = "CLIENT-SECRET-7f3a"
@@ -74,7 +74,7 @@ def _validator() -> Any:
     return DocumentReference
 
 
-class FhirStandIn:
+class FhirStandIn(StandIn):
     def __init__(self, profile: str = "generic", *, conditional_create: bool | None = None,
                  search: bool = True, token_lifetime: float = 3600.0,
                  lifetime: float | None = 120.0, jwks_url: str | None = None,
@@ -151,12 +151,6 @@ class FhirStandIn:
 
     def stop(self) -> None:
         self.sink.stop()
-
-    def __enter__(self) -> FhirStandIn:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # ---------------------------------------------------------------- requests
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from suki_relay.testing_servers import accept_until
+from suki_relay.testing_servers import StandIn, accept_until
 
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -49,7 +49,7 @@ class Received:
     answer: Answer = field(default_factory=Answer)
 
 
-class MllpStandIn:
+class MllpStandIn(StandIn):
     def __init__(self, default: Answer | None = None, answers: Iterable[Answer] = (),
                  host: str = "127.0.0.1", port: int = 0, context: ssl.SSLContext | None = None,
                  dedupe: bool = False, lifetime: float | None = 120.0,
@@ -159,12 +159,6 @@ class MllpStandIn:
     def stop(self) -> None:
         self.stopped.set()
         self._thread.join(5)
-
-    def __enter__(self) -> MllpStandIn:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def control_id_of(text: str) -> str:

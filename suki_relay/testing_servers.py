@@ -12,7 +12,22 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
+
+
+class StandIn:
+    """What every stand-in shares: used in ``with``, it is stopped at the end. Each says
+    how it stops."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
 
 # ---------------------------------------------------------------- a recording HTTP server
 
@@ -41,7 +56,7 @@ class Reply:
     stream: Callable[[], Iterable[bytes]] | None = None
 
 
-class Sink:
+class Sink(StandIn):
     """A real local HTTP server. ``replies`` are used in order, then ``default`` forever.
 
     ``handler`` may instead decide each reply from the request. Requests are recorded
@@ -146,11 +161,6 @@ class Sink:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> Sink:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 
@@ -173,7 +183,7 @@ def accept_until(listener: socket.socket, stopped: threading.Event, deadline: fl
     listener.close()
 
 
-class RawServer:
+class RawServer(StandIn):
     """A real local TCP server for replies no HTTP server would send. Each connection's
     request head (and a Content-Length body) is read, then ``script(sock, head, stopped)``
     writes whatever it likes (``head`` is the request line and headers, for a script that
@@ -233,11 +243,6 @@ class RawServer:
         self.stopped.set()
         self._thread.join(5)
 
-    def __enter__(self) -> RawServer:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------- Suki's API, stood in
@@ -252,7 +257,7 @@ TRANSCRIPT = {"final_transcript": [{"transcript": "PHI-TRANSCRIPT hello doctor",
                                     "start_time": 0, "end_time": 1, "lang_id": "en"}]}
 
 
-class SukiStandIn:
+class SukiStandIn(StandIn):
     """A real local HTTP server answering as Suki's follow-up API does.
 
     Login checks the partner credentials and hands out ``tok-1``, ``tok-2``, ...; every
@@ -329,11 +334,6 @@ class SukiStandIn:
     def stop(self) -> None:
         self.sink.stop()
 
-    def __enter__(self) -> SukiStandIn:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def drip(head: bytes, unit: bytes = b"x", every: float = 0.05
