@@ -5,12 +5,12 @@ as scripted. Used by the tests, the benchmark and `suki-relay stand-in mllp`.
 What real engines do, each an :class:`Answer`: acknowledge (``AA``, ``AE``, ``AR``, or
 the commit codes ``CA``, ``CE``, ``CR``, with an MSA-3 text), answer late (``delay``),
 drop the connection after reading the message (``drop``), never answer (``silent``),
-acknowledge another message (``wrong_control_id``). ``answers`` are used in order, then
-``default`` for ever. A message answered with an accepting code is ``filed`` as soon as
-it is read, whatever becomes of the answer (a drop after receiving is the case that
-matters); with ``dedupe`` a message whose MSH-10 was filed before is not filed again, and
-is acknowledged again, as an engine set up to de-duplicate does.
-Connections may carry one message or many. Everything stops after ``lifetime`` seconds.
+acknowledge another message (``wrong_control_id``), add an ERR segment (``err``).
+``answers`` are used in order, then ``default`` for ever. A message answered with an
+accepting code is ``filed`` as soon as it is read, whatever becomes of the answer (a drop
+after receiving is the case that matters); with ``dedupe`` a message whose MSH-10 was
+filed before is not filed again, and is acknowledged again, as an engine set up to
+de-duplicate does. Connections may carry one message or many. Everything stops after ``lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Answer:
     drop: bool = False  # close the connection once the message is read, with no answer
     silent: bool = False  # never answer (the connection stays open)
     wrong_control_id: bool = False  # MSA-2 names another message
+    # an ERR segment after MSA, as sent after "ERR": "||PID^1^3|103^Table value not found|E"
+    err: str = ""
 
 
 @dataclass
@@ -148,7 +150,7 @@ class MllpStandIn(StandIn):
             msa[2] = ack.create_field(["NOT-" + control_id_of(text)[:16]])
         if answer.text:
             msa.append(ack.create_field([hl7.util.escape(ack, answer.text)]))
-        return str(ack) + "\r"
+        return str(ack).rstrip("\r") + "\r" + (f"ERR{answer.err}\r" if answer.err else "")
 
     # ---------------------------------------------------------------- use
 

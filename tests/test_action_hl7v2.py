@@ -223,25 +223,50 @@ def test_accepting_codes_deliver(tmp_path: Path, suki: SukiStandIn, code: str) -
                             make_delivery(event())).startswith(f"{code}: control id SR")
 
 
+PHI_TEXT = "No patient PHI-MRN-0042 DOE^JANE"  # what engines put in MSA-3 and ERR-7/8
+
+
 @pytest.mark.parametrize("code", ["AR", "CR"])
-def test_a_reject_fails_for_good_naming_code_and_text(tmp_path: Path, suki: SukiStandIn,
-                                                      code: str) -> None:
-    with MllpStandIn(Answer(code, text="Unknown patient|" + "x" * 200)) as listener, \
+def test_a_reject_fails_for_good_naming_codes_never_the_engines_text(
+        tmp_path: Path, suki: SukiStandIn, code: str) -> None:
+    """An engine's free text quotes what it refused (an MRN, a name): the error, which
+    `show`, the console and on_failure alerts repeat, names the ACK code and the HL7
+    error codes and locations only."""
+    err = f"||PID^1^3^1|204^Unknown key identifier^HL70357|E|||{PHI_TEXT}|{PHI_TEXT}"
+    with MllpStandIn(Answer(code, text=PHI_TEXT, err=err)) as listener, \
             pytest.raises(PermanentError) as caught:
         attempt_once(sender(tmp_path, suki, listener), make_delivery(event()))
-    message = str(caught.value)
-    assert message.startswith(f"ACK {code}: the engine rejected the message: Unknown patient|")
-    assert message.endswith("x...") and len(message) < 160
+    assert str(caught.value) == (f"ACK {code}: the engine rejected the message (HL7 error "
+                                 "204 at PID-3)")
+    with MllpStandIn(Answer(code, text=PHI_TEXT)) as listener, \
+            pytest.raises(PermanentError) as caught:  # no ERR: the code alone
+        attempt_once(sender(tmp_path, suki, listener), make_delivery(event()))
+    assert str(caught.value) == f"ACK {code}: the engine rejected the message"
+
+
+@pytest.mark.parametrize("err, said", [
+    ("|PID^1^3^103&Table value not found&HL70357", "HL7 error 103 at PID-3"),  # 2.3's ERR-1
+    (f"|||{PHI_TEXT}^x^HL70357|E", ""),  # a value where a code belongs: left out
+    ("|||207|E\rERR||PV1^1^19|101|E", "HL7 error 207; HL7 error 101 at PV1-19"),  # two
+    (f"||{PHI_TEXT}^1^x|103", "HL7 error 103"),
+])
+def test_only_code_shaped_parts_of_an_err_segment_are_named(
+        tmp_path: Path, suki: SukiStandIn, err: str, said: str) -> None:
+    with MllpStandIn(Answer("AR", text=PHI_TEXT, err=err)) as listener, \
+            pytest.raises(PermanentError) as caught:
+        attempt_once(sender(tmp_path, suki, listener), make_delivery(event()))
+    assert str(caught.value) == "ACK AR: the engine rejected the message" + (
+        f" ({said})" if said else "")
 
 
 @pytest.mark.parametrize("code", ["AE", "CE"])
 def test_an_application_error_retries_or_fails_as_configured(
         tmp_path: Path, suki: SukiStandIn, code: str) -> None:
-    with MllpStandIn(Answer(code, text="Database busy")) as listener:
-        with pytest.raises(RetryableError, match=f"ACK {code}: .*Database busy; retried with "
-                                                 "the same control id SR"):
+    with MllpStandIn(Answer(code, text=PHI_TEXT, err="|||207|E")) as listener:
+        with pytest.raises(RetryableError, match=f"ACK {code}: .*\\(HL7 error 207\\); retried "
+                                                 "with the same control id SR"):
             attempt_once(sender(tmp_path, suki, listener), make_delivery(event()))
-        with pytest.raises(PermanentError, match=f"ACK {code}: .*Database busy$"):
+        with pytest.raises(PermanentError, match=f"ACK {code}: .*\\(HL7 error 207\\)$"):
             attempt_once(sender(tmp_path, suki, listener, on_application_error="fail"),
                          make_delivery(event()))
 
@@ -531,7 +556,8 @@ def test_the_relay_retries_a_dropped_delivery_with_the_same_control_id(
     """Through the delivery threads: the engine takes the message and the connection
     drops; the retry carries the same MSH-10, the de-duplicating engine files the note
     once, and `show` names the ACK. The note reaches no log record."""
-    with MllpStandIn(answers=[Answer(drop=True), Answer("AE", text="Busy")], dedupe=True,
+    with MllpStandIn(answers=[Answer(drop=True), Answer("AE", text="Busy", err="|||206|E")],
+                     dedupe=True,
                      default=Answer("AA")) as listener:
         cfg = write_config({
             "suki": suki.settings(),
@@ -552,13 +578,15 @@ def test_the_relay_retries_a_dropped_delivery_with_the_same_control_id(
         said = [(a.outcome, a.error or a.note) for a in detail.attempts]
         assert [s[0] for s in said] == ["retry", "retry", "ok"]
         assert "the engine may have the message" in said[0][1]
-        assert said[1][1].startswith("ACK AE: the engine could not process the message: Busy")
+        assert said[1][1].startswith("ACK AE: the engine could not process the message (HL7 "
+                                     "error 206)")
         assert said[2][1] == f"AA: control id {ids[0]}, ACK control id ACK000002"
         for message in listener.received:
             strict(message.text)
             assert unescaped_note(message.text) == note_text(NOTE)
         shown = cli_here("show", first, cwd=cfg.parent)
-        assert "ACK AE" in shown.stdout and "Busy" in shown.stdout
+        assert "ACK AE" in shown.stdout and "HL7 error 206" in shown.stdout
+        assert "Busy" not in shown.stdout
         assert f"AA: control id {ids[0]}, ACK control id ACK000002" in shown.stdout
     logs = relay_log.text()
     assert "to-engine" in logs
@@ -589,7 +617,8 @@ def test_the_stand_in_command_prints_what_it_receives_and_answers_as_told(
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         wait_until(listening, message="the stand-in listening")
-        with pytest.raises(RetryableError, match=r"ACK AE: .*: Try later"):
+        with pytest.raises(RetryableError, match=r"ACK AE: the engine could not process the "
+                                                 r"message; retried"):
             attempt_once(spec, make_delivery(event()))
     finally:
         proc.send_signal(signal.SIGINT)

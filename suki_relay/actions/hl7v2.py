@@ -13,8 +13,12 @@ acknowledgement decides:
 Every attempt of one delivery sends the same MSH-10 (derived from the delivery's id), and
 TXA-12 is the session id: when the connection drops after the engine took the message,
 the retry is the same message again, which an engine that de-duplicates by MSH-10 (or
-an EHR by the document number) files once. Errors name the ACK code and MSA-3 cut
-short, never a field of the message. hl7apy and python-hl7 are imported only when an
+an EHR by the document number) files once. Errors name the ACK code and the HL7 error
+codes and locations the engine gives (ERR-3 or ERR-1, ERR-2, MSA-6: table 0357's
+numbers, a segment and a field number), never MSA-3 or any other text of the answer:
+an engine's free text quotes what it refused ("no patient with MRN ..."), which is
+protected health information, and an error reaches `show`, the console and the
+``on_failure`` alerts. hl7apy and python-hl7 are imported only when an
 ``hl7v2`` action is configured (the ``hl7`` extra).
 """
 
@@ -40,7 +44,12 @@ PATIENT_CLASSES = ("E", "I", "O", "P", "R", "B", "C", "N", "U")  # HL7 table 000
 COMPLETION = ("AU", "DI", "DO", "IN", "IP", "LA", "PA")  # table 0271
 PROCESSING = ("P", "T", "D")  # table 0103
 ACCEPTED, REJECTED, ERRORED = ("AA", "CA"), ("AR", "CR"), ("AE", "CE")
-TEXT_MAX = 80  # characters of MSA-3 repeated in an error
+MAX_ERRORS = 3  # ERR segments described in an error
+_HL7_ERROR = re.compile(r"\d{1,3}")  # table 0357 (100 segment sequence, 207 internal ...)
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_POSITION = re.compile(r"\d{1,3}")
+_ACK_CODE = re.compile(r"[A-Z]{2}")  # MSA-1 shown in an error only if shaped as a code
+_ACK_ID = re.compile(r"[A-Za-z0-9._\-]{1,40}")  # the ACK's MSH-10 shown only if an id
 # the option behind a field hl7apy refuses: `check` reports it at that option's line
 FIELD_OPTIONS = {"MSH-3": "sending_application", "MSH-4": "sending_facility",
                  "MSH-5": "receiving_application", "MSH-6": "receiving_facility",
@@ -235,12 +244,15 @@ class Hl7v2Action(Action):
         if ack is None:
             raise RetryableError(f"the engine's answer is not an HL7 acknowledgement; retried "
                                  f"with the same control id {control}")
-        code, said = ack["code"], _said(ack["text"])
+        code, said = ack["code"], f" ({ack['errors']})" if ack["errors"] else ""
         if ack["control_id"] != control:
-            raise RetryableError(f"ACK {code or '(no MSA-1)'} for another message (MSA-2 is not "
-                                 f"our control id {control}); retried with the same control id")
+            shown = code if _ACK_CODE.fullmatch(code) else "(no MSA-1)" if not code else \
+                "with an unknown MSA-1"
+            raise RetryableError(f"ACK {shown} for another message (MSA-2 is not our control "
+                                 f"id {control}); retried with the same control id")
         if code in ACCEPTED:
-            return f"{code}: control id {control}, ACK control id {ack['ack_id'] or '(none)'}"
+            ack_id = ack["ack_id"] if _ACK_ID.fullmatch(ack["ack_id"]) else "(none)"
+            return f"{code}: control id {control}, ACK control id {ack_id}"
         if code in REJECTED:
             raise PermanentError(f"ACK {code}: the engine rejected the message{said}")
         if code in ERRORED:
@@ -261,8 +273,9 @@ class Hl7v2Action(Action):
 
 
 def parse_ack(content: bytes) -> dict[str, str] | None:
-    """MSA-1, MSA-2, MSA-3 and the ACK's own MSH-10 (python-hl7), or None if it is not an
-    HL7 message with an MSA segment."""
+    """MSA-1, MSA-2, the ACK's own MSH-10 and its HL7 error codes (:func:`_errors`), by
+    python-hl7, or None if it is not an HL7 message with an MSA segment. MSA-3 and the
+    other free text of the answer are not read."""
     import hl7
 
     text = content.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").strip()
@@ -270,6 +283,7 @@ def parse_ack(content: bytes) -> dict[str, str] | None:
         msg = hl7.parse(text)
         msa = msg.segment("MSA")
         ack_id = str(msg.segment("MSH")(10)) if len(msg.segment("MSH")) > 10 else ""
+        errors = _errors(msg, msa)
     except Exception:  # python-hl7 raises ParseException, KeyError, IndexError...
         return None
 
@@ -277,15 +291,42 @@ def parse_ack(content: bytes) -> dict[str, str] | None:
         return msg.unescape(str(msa(n))) if len(msa) > n else ""
 
     return {"code": field(1).strip().upper(), "control_id": field(2).strip(),
-            "text": field(3), "ack_id": ack_id}
+            "ack_id": ack_id, "errors": errors}
 
 
-def _said(text: str) -> str:
-    """MSA-3 cut short and made printable, for an error message."""
-    shown = "".join(c if c.isprintable() else " " for c in text).strip()
-    if not shown:
-        return ""
-    return f": {shown[:TEXT_MAX]}{'...' if len(shown) > TEXT_MAX else ''}"
+def _errors(msg: Any, msa: Any) -> str:
+    """What the ACK says went wrong, in codes only: "HL7 error 103 at PID-3" for each ERR
+    segment (ERR-3, or ERR-1's code, from table 0357; the segment and field of ERR-2 or
+    ERR-1) and MSA-6's code. Anything not shaped as a code or a position (a value of the
+    message quoted where a code belongs) is left out."""
+    rep, comp, sub = msg.separators[2], msg.separators[3], msg.separators[4]
+
+    def part(segment: Any, n: int, i: int) -> str:
+        """Component ``i`` of field ``n`` (its first repetition), as sent."""
+        if len(segment) <= n:
+            return ""
+        pieces = str(segment(n)).split(rep)[0].split(comp)
+        return pieces[i - 1].strip() if len(pieces) >= i else ""
+
+    said: list[str] = []
+    try:
+        found = list(msg.segments("ERR"))[:MAX_ERRORS]
+    except KeyError:
+        found = []
+    for err in found:
+        code = part(err, 3, 1) or part(err, 1, 4).split(sub)[0].strip()
+        where = (part(err, 2, 1), part(err, 2, 3)) if part(err, 2, 1) else \
+            (part(err, 1, 1), part(err, 1, 3))
+        words = [f"HL7 error {code}"] if _HL7_ERROR.fullmatch(code) else []
+        if _SEGMENT_ID.fullmatch(where[0]):
+            words.append(f"at {where[0]}-{int(where[1])}" if _POSITION.fullmatch(where[1])
+                         else f"at {where[0]}")
+        if words:
+            said.append(" ".join(words))
+    condition = part(msa, 6, 1)
+    if _HL7_ERROR.fullmatch(condition):
+        said.append(f"HL7 error {condition}")
+    return "; ".join(dict.fromkeys(said))
 
 
 def _filled(value: Any) -> bool:
