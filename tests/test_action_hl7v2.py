@@ -271,6 +271,22 @@ def test_an_application_error_retries_or_fails_as_configured(
                          make_delivery(event()))
 
 
+@pytest.mark.parametrize("separator", ["\r\n", "\n", "\n\r", "\r\r", "\r \r\n"])
+def test_an_ack_whose_segments_end_otherwise_is_read(tmp_path: Path, suki: SukiStandIn,
+                                                     separator: str) -> None:
+    """Segments ended by a line feed, CR LF, LF CR or with blank lines between them: the
+    AA is read as an AA, not retried (an engine that does not de-duplicate would file the
+    note again on every retry)."""
+
+    class Spaced(MllpStandIn):
+        def ack(self, text: str, answer: Answer) -> str:
+            return super().ack(text, answer).replace("\r", separator)
+
+    with Spaced(Answer("AA")) as listener:
+        assert attempt_once(sender(tmp_path, suki, listener),
+                            make_delivery(event())).startswith("AA: control id SR")
+
+
 def test_an_ack_for_another_message_is_retried(tmp_path: Path, suki: SukiStandIn) -> None:
     with MllpStandIn(Answer(wrong_control_id=True)) as listener:
         with pytest.raises(RetryableError, match="MSA-2 is not our control id"):

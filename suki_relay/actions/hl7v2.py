@@ -278,7 +278,9 @@ def parse_ack(content: bytes) -> dict[str, str] | None:
     other free text of the answer are not read."""
     import hl7
 
-    text = content.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").strip()
+    # segments ended by CR, LF, CR LF or LF CR, blank lines between them: one CR each
+    text = "\r".join(segment for segment in re.split(r"[\r\n]+", content.decode(
+        "utf-8", "replace")) if segment.strip())
     try:
         msg = hl7.parse(text)
         msa = msg.segment("MSA")
