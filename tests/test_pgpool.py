@@ -8,6 +8,7 @@ import resource
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from suki_relay.errors import StoreUnavailable
@@ -89,3 +90,19 @@ def test_a_connection_numbered_above_1024_is_used(pg_url: str, tmp_path: Path) -
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_url_value_with_a_space_reaches_libpq_as_written(pg_url: str) -> None:
+    """libpq's ``options`` as its documentation writes them, ``-c name=value`` (a space,
+    %20 in the URL): passed on with the space, not as ``+`` (which libpq does not read as
+    a space, so every connection failed and the store looked unreachable)."""
+    url = pg_url.replace("options=-csearch_path", "options=-c%20search_path")
+    assert url != pg_url
+    store = open_store(url)
+    try:
+        store.record([new("spaced")])
+        assert store.stats().events == 1
+    finally:
+        store.close()
+    with psycopg.connect(pg_url) as conn:  # in the schema the URL names
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)

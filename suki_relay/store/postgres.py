@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.conninfo
@@ -79,7 +79,7 @@ def split_url(url: str) -> tuple[str, dict[str, float]]:
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     pool = {k: float(query.pop(k, default)) for k, default in POOL_PARAMS.items()}
     query.setdefault("connect_timeout", "5")
-    return urlunsplit(parts._replace(query=urlencode(query))), pool
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote))), pool
 
 
 class PostgresStore(SqlStore):
