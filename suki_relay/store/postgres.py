@@ -9,6 +9,12 @@ operation raises StoreUnavailable (the receiver spools, or answers 503).
 
 Pool settings ride on the URL: ``?pool_size=10&pool_timeout=5&connect_timeout=5``; every
 query parameter is checked (query_problem) by `check` and when the store is opened.
+
+Every connection waits at most LOCK_TIMEOUT for a lock (PostgreSQL's ``lock_timeout``, set
+in the connection's startup options: no round trip): a notification whose INSERT meets a
+lock another session holds (``LOCK TABLE``, ``VACUUM FULL``, a migration queued behind a
+long backup) is spooled within seconds, not held until the lock goes, by which time Suki
+has given up. A ``lock_timeout`` in the URL's own ``options`` wins.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from suki_relay.store.tx import Tx
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
 POOL_PARAMS = {"pool_size": 10, "pool_timeout": 5.0}
+LOCK_TIMEOUT = "2s"  # the longest wait for a lock; then StoreUnavailable (the receiver spools)
 _NUMBERS = {  # query parameter: (convert, test, what is expected)
     "pool_size": (int, lambda n: n > 0, "a positive integer"),
     "pool_timeout": (float, lambda n: 0 < n < math.inf, "a positive number of seconds"),
@@ -79,6 +86,8 @@ def split_url(url: str) -> tuple[str, dict[str, float]]:
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     pool = {k: float(query.pop(k, default)) for k, default in POOL_PARAMS.items()}
     query.setdefault("connect_timeout", "5")
+    # first, so a lock_timeout the URL's own options set wins (the last -c of a name does)
+    query["options"] = f"-c lock_timeout={LOCK_TIMEOUT} {query.get('options', '')}".strip()
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote))), pool
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import requests
 import yaml
 
@@ -144,3 +145,23 @@ def test_a_worker_started_during_the_outage_moves_the_spool(tmp_path: Path, priv
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait(10)
+
+
+def test_a_table_locked_by_another_session_spools_within_seconds(
+        tmp_path: Path, pg_url: str, relay, sink) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL answers, but another session holds a lock the receiver's INSERT needs (an
+    operator's LOCK TABLE or VACUUM FULL, a migration queued behind a long backup): the
+    request waits at most the store's lock_timeout, is spooled and answered 200, not held
+    until the lock goes (Suki would have given up); it moves in once the lock is gone."""
+    target = sink()
+    node = relay(write_config(tmp_path, pg_url, target.url))
+    accepted = [post_signed(node.webhook, unique_body()).json()["event_id"]]
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        try:
+            resp = post_signed(node.webhook, unique_body(), timeout=8)
+        finally:
+            holder.execute("ROLLBACK")
+    assert resp.status_code == 200 and resp.json()["spooled"], resp.text
+    delivered_once(target, [*accepted, resp.json()["event_id"]], pg_url)
