@@ -26,7 +26,7 @@ from suki_relay.store.rows import (
     EventRow,
     Stats,
 )
-from suki_relay.store.tx import Backend, Tx, chunks, marks
+from suki_relay.store.tx import ROWS_PER_INSERT, Backend, Tx, chunks, marks
 
 FAILURES_KEPT_SECONDS = 86400.0  # a sign-in key with no failure for a day starts afresh
 
@@ -194,15 +194,22 @@ class Admin(Backend):
             return plan(tx, [(event_id, action, now) for action in new])
 
     def prune(self, before: float) -> int:
-        """Delete events received before ``before`` whose deliveries are all finished."""
-        with self.tx() as tx:
-            ids = [r["id"] for r in tx.all(
-                "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM "
-                "deliveries d WHERE d.event_id = e.id AND d.state IN (?, ?))",
-                (before, PENDING, IN_FLIGHT))]
-            for part in chunks(ids):
-                _delete_events(tx, part)
-        return len(ids)
+        """Delete events received before ``before`` whose deliveries are all finished, at
+        most ROWS_PER_INSERT per transaction: the write lock (SQLite's, for the whole file)
+        is let go between batches, so notifications are committed while a prune of months
+        of events runs, each waiting for one batch at most, not for the whole prune."""
+        deleted = 0
+        while True:
+            with self.tx() as tx:
+                ids = [r["id"] for r in tx.all(
+                    "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS (SELECT 1 "
+                    "FROM deliveries d WHERE d.event_id = e.id AND d.state IN (?, ?)) LIMIT ?",
+                    (before, PENDING, IN_FLIGHT, ROWS_PER_INSERT))]
+                if ids:
+                    _delete_events(tx, ids)
+            deleted += len(ids)
+            if len(ids) < ROWS_PER_INSERT:
+                return deleted
 
     def remember_config(self, version: str, file: str) -> None:
         with self.tx() as tx:
