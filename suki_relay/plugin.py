@@ -34,7 +34,8 @@ What a plugin gets:
   ``unknown`` for an operator); all are :class:`DeliveryError`. ``delivery.taken_over``
   says the previous attempt's outcome is unknown: its process died mid-attempt, or stopped
   and handed the delivery back while the attempt was under way.
-* ``outbound``: ``send`` (transport failures become RetryableError; with ``delivery=``
+* ``outbound``: ``send`` (transport failures become RetryableError, ``outbound.NotSent``
+  when no connection was made, so the target cannot have the request; with ``delivery=``
   the HTTP status is recorded for `suki-relay show`), ``raise_for_status`` (408, 429,
   5xx retryable with Retry-After; other non-2xx permanent), ``new_session``.
 * :data:`MASK` and :func:`mask_secret_keys` for ``preview()`` (dry runs).

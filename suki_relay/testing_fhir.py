@@ -111,6 +111,7 @@ class FhirStandIn(StandIn):
         self.late_after_store = 0.0  # store the next create, then answer after this long
         self.scripted: list[Reply] = []  # answered to the next POSTs before anything else
         self.metadata_status = 200  # another status: /metadata refuses with it
+        self.token_status = 200  # another status: the token endpoint fails with it (503 ...)
         # /metadata lists this many bytes of other resources around DocumentReference, as
         # a large EHR's does; streamed as made (a statement past any bound costs nothing)
         self.capability_bytes = capability_bytes
@@ -249,6 +250,9 @@ class FhirStandIn(StandIn):
 
     def token(self, got: Received, headers: dict[str, str]) -> Reply:
         self.token_requests.append(got)
+        if self.token_status != 200:
+            return Reply(self.token_status, b'{"error": "temporarily_unavailable"}',
+                         {"Content-Type": "application/json"})
         form = {k: v[0] for k, v in parse_qs(got.body.decode()).items()}
         if form.get("grant_type") != "client_credentials":
             return self._refuse_token("unsupported_grant_type", 400)

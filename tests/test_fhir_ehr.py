@@ -288,6 +288,35 @@ def test_where_no_search_can_tell_a_lost_answer_is_in_doubt(
     assert len(ehr.posts) == 1
 
 
+@pytest.mark.parametrize("down", ["the token endpoint", "the FHIR server"])
+def test_a_create_that_never_left_is_retried_not_in_doubt(
+        tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey,
+        down: str) -> None:
+    """Where no search can tell, only a create that may have reached the server is in
+    doubt: one that never left (no token to send it with, the server refusing the
+    connection while it restarts) is retried, and filed once the server is back."""
+    ehr = standins("generic", conditional_create=False, search=False)
+    spec = build_spec("fhir", options("generic", ehr, key_file, timeout_seconds=2), tmp_path,
+                      suki=suki.settings())
+    assert attempt_once(spec, delivery()).startswith("created")  # type: ignore[union-attr]
+    if down == "the token endpoint":
+        ehr.revoke_tokens()  # the next create is refused 401: a new token is needed
+        ehr.token_status = 503
+    else:  # its statement is still known; a new worker's action has no connection kept
+        ehr.stop()
+        spec = build_spec("fhir", options("generic", ehr, key_file, timeout_seconds=2),
+                          tmp_path, suki=suki.settings())
+    with pytest.raises(RetryableError) as info:
+        attempt_once(spec, delivery("s-2", at="2026-01-01T00:00:02.000Z"))
+    assert not isinstance(info.value, InDoubtError)
+    if down == "the token endpoint":
+        assert len(ehr.documents) == 1
+        ehr.token_status = 200
+        assert attempt_once(spec, delivery("s-2", at="2026-01-01T00:00:02.000Z")
+                            ).startswith("created")  # type: ignore[union-attr]
+        assert len(ehr.documents) == 2
+
+
 def test_a_generic_server_with_search_but_no_conditional_create_is_searched_by_identifier(
         tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey) -> None:
     ehr = standins("generic", conditional_create=False)

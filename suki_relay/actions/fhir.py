@@ -251,12 +251,19 @@ class FhirAction(Action):
 
     def send(self, delivery: Delivery | None, method: str, url: str, **kwargs: Any
              ) -> requests.Response:
-        """One request with the credentials; once more after a 401, with a fresh token."""
+        """One request with the credentials; once more after a 401, with a fresh token.
+        outbound.NotSent when it never left: no connection, or no token to send it with
+        (the token endpoint failing)."""
         headers = kwargs.pop("headers")
         stale: str | None = None
         for _ in range(2):
             if self.credentials is not None:
-                headers["Authorization"] = self.credentials.authorization(stale)
+                try:
+                    headers["Authorization"] = self.credentials.authorization(stale)
+                except outbound.NotSent:
+                    raise
+                except RetryableError as exc:  # no token: this request is not sent
+                    raise outbound.NotSent(str(exc), exc.retry_after, exc.status) from None
                 self._check_scope()
             resp = outbound.send(self.http, method, url, headers=headers,
                                  timeout=self.values["timeout_seconds"], what="FHIR server",
@@ -288,6 +295,8 @@ class FhirAction(Action):
         headers, body = self.body(resource, conditional=guard == "conditional")
         try:
             resp = self.send(delivery, "POST", self.url, headers=headers, data=body)
+        except outbound.NotSent:  # never left (no connection, no token): not stored
+            raise
         except RetryableError as exc:  # sent, perhaps stored, no answer
             if guard == "conditional":
                 raise

@@ -1,7 +1,9 @@
 """Outbound HTTP for actions: one place that turns what happened into retry or give up,
 and that bounds what a target can cost us.
 
-Retryable: connection errors, timeouts, 408, 429 and 5xx (honouring Retry-After).
+Retryable: connection errors, timeouts, 408, 429 and 5xx (honouring Retry-After); a
+request that never left (no connection could be made) is :class:`NotSent`, a
+RetryableError that says the target cannot have it.
 Permanent: every other non-2xx, redirects included (they are not followed, so a
 credential never travels to a host the config did not name). Messages carry the status
 and never the URL, which may itself be a secret (a Slack webhook URL is), nor anything
@@ -37,6 +39,14 @@ import urllib3.util
 from suki_relay import tracing
 from suki_relay.deliver import deadline
 from suki_relay.errors import PermanentError, RetryableError
+
+
+class NotSent(RetryableError):
+    """The request never left: no connection to the target could be made (refused,
+    unreachable, no name, no connection within the deadline), or, for a caller that
+    raises it, no credentials to send it with. The target cannot have it, so an action
+    that must not act twice may simply try again."""
+
 
 MAX_REPLY_BYTES = 1024 * 1024
 """The most reply bytes (after decompression) kept from a target: plenty for a status
@@ -140,7 +150,10 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
         try:
             resp = session.request(method, url, timeout=timeout, allow_redirects=False,
                                    stream=True, headers=headers, **kwargs)
-        except (requests.Timeout, requests.ConnectionError):
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if _not_connected(exc):
+                raise NotSent(f"{what}: connection failed before the request was sent") \
+                    from None
             if attempt.expired or time.monotonic() >= attempt.deadline:
                 raise RetryableError(f"{what}: no answer within {timeout:g}s") from None
             raise RetryableError(f"{what}: connection failed") from None
@@ -158,6 +171,17 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
             delivery.http_status = resp.status_code
         _read_bounded(resp, attempt, max_reply_bytes)
         return resp
+
+
+def _not_connected(exc: requests.RequestException) -> bool:
+    """Whether no connection was made for the request (so nothing of it was sent): a new
+    connection refused, unreachable, unresolvable or not made in time. A reused
+    connection that fails, or one lost after it was made, is not this."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError) and \
+        not isinstance(exc, requests.exceptions.ProxyError)
 
 
 def _read_bounded(resp: requests.Response, attempt: deadline.Attempt, limit: int) -> None:
