@@ -37,6 +37,23 @@ def test_forwards_the_raw_body_with_an_idempotency_key(write_config, local_relay
     assert [a.outcome for a in d.attempts] == ["ok"]
 
 
+def test_a_template_that_cannot_render_fails_at_once_without_sending(write_config, local_relay,
+                                                                     sink) -> None:  # type: ignore[no-untyped-def]
+    """A name the event does not have is a mistake in the config, not a transient failure:
+    the delivery fails for good at its first attempt (Jinja is imported only with the first
+    template, and its errors are still told apart from a bug in an action)."""
+    target = sink()
+    r = local_relay(write_config(one_rule(http_action(
+        target.url, headers={"X-Missing": "{{ event.no_such_field }}"},
+        retry={"initial_seconds": 0.05, "max_seconds": 0.1, "max_attempts": 5}))))
+    event_id = r.accept(unique_body())
+    wait_until(lambda: states(r, event_id) == ["failed"], message="failed")
+    (d,) = r.store.event(event_id).deliveries
+    assert [a.outcome for a in d.attempts] == ["failed"]
+    assert d.attempts[0].error is not None and d.attempts[0].error.startswith("template error")
+    assert target.received == []
+
+
 def test_flapping_target_is_retried_until_it_answers(write_config, local_relay, sink) -> None:  # type: ignore[no-untyped-def]
     target = sink(replies=[Reply(503), Reply(500), Reply(408)], default=Reply(200))
     quick = {"initial_seconds": 0.05, "max_seconds": 0.2, "max_attempts": 5}

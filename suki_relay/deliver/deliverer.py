@@ -23,11 +23,10 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import jinja2
-
 from suki_relay import logs, metrics, tracing
 from suki_relay.deliver import fetch
 from suki_relay.deliver.action import Delivery
+from suki_relay.deliver.templates import is_template_error
 from suki_relay.errors import InDoubtError, PermanentError, RetryableError, StoreUnavailable
 from suki_relay.store import (
     DONE,
@@ -82,10 +81,10 @@ def attempt(config: Config, claimed: Claimed, now: float | None = None) -> Outco
     except PermanentError as exc:
         return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, exc.status,
                        str(exc))
-    except jinja2.TemplateError as exc:
-        return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, None,
-                       f"template error: {exc}")
     except Exception as exc:  # a bug in an action: retry, it may be transient
+        if is_template_error(exc):
+            return Outcome("failed", started, time.perf_counter() - t0, FAILED, None, None,
+                           f"template error: {exc}")
         return _retry_or_give_up(spec, claimed, started, time.perf_counter() - t0,
                                  f"unexpected {type(exc).__name__} in action")
     return Outcome("ok", started, time.perf_counter() - t0, DONE, None,

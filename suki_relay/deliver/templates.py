@@ -2,21 +2,24 @@
 
 Every string option of an action is compiled once, when the config loads (syntax errors
 surface at check time), and rendered per delivery. Strings with no Jinja markup stay
-plain strings, so rendering them costs nothing.
+plain strings, so rendering them costs nothing, and a config with no template at all
+never imports Jinja (the environment is made by the first string that needs it).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
-import jinja2.runtime
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from suki_relay.deliver.fetch import empty_note, note_text
+
+if TYPE_CHECKING:
+    import jinja2
+    import jinja2.runtime
 
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
@@ -42,19 +45,35 @@ def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        """``event.status`` on a payload: for a plain dict, the attribute lookup Jinja tries
-        first can only find dict's own methods, so skip straight to the key when it is
-        not one of them (same result, without raising and catching AttributeError)."""
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
+@cache
+def _environment_class() -> type[jinja2.Environment]:
+    """The sandboxed environment's class, made (and Jinja imported) when first needed."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Environment(ImmutableSandboxedEnvironment):
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            """``event.status`` on a payload: for a plain dict, the attribute lookup Jinja
+            tries first can only find dict's own methods, so skip straight to the key when
+            it is not one of them (same result, without raising and catching
+            AttributeError)."""
+            if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
+                return obj[attribute]
+            return super().getattr(obj, attribute)
+
+    return _Environment
+
+
+def is_template_error(exc: BaseException) -> bool:
+    """``exc`` is a Jinja template error (none can be raised while Jinja is not imported)."""
+    jinja = sys.modules.get("jinja2")
+    return jinja is not None and isinstance(exc, jinja.TemplateError)
 
 
 def _defined(value: Any) -> Any:
     """``value``, or the undefined-name error a template would raise for it (a filter that
     serialises would otherwise turn a typo into a TypeError, retried at delivery)."""
+    import jinja2
+
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
     return value
@@ -133,18 +152,31 @@ class Scope:
 
 
 class Templates:
+    """The relay's template environment (``templates:``, the folder ``{% include %}``
+    reads). The Jinja environment is made by the first string with template markup."""
+
     def __init__(self, folder: Path | None = None):
-        loader = jinja2.FileSystemLoader(str(folder)) if folder else None
-        self.env = _Environment(
-            loader=loader,
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=True,
-        )
-        self.env.filters["slack_escape"] = slack_escape
-        self.env.filters["json"] = lambda v: json.dumps(_defined(v), ensure_ascii=False)
-        self.env.filters["note_text"] = lambda v: note_text(_defined(v))
-        self.env.tests["empty_note"] = lambda v: empty_note(_defined(v))
+        self.folder = folder
+        self._env: jinja2.Environment | None = None
+
+    @property
+    def env(self) -> jinja2.Environment:
+        if self._env is None:
+            import jinja2
+
+            loader = jinja2.FileSystemLoader(str(self.folder)) if self.folder else None
+            env = _environment_class()(
+                loader=loader,
+                undefined=jinja2.StrictUndefined,
+                autoescape=False,
+                keep_trailing_newline=True,
+            )
+            env.filters["slack_escape"] = slack_escape
+            env.filters["json"] = lambda v: json.dumps(_defined(v), ensure_ascii=False)
+            env.filters["note_text"] = lambda v: note_text(_defined(v))
+            env.tests["empty_note"] = lambda v: empty_note(_defined(v))
+            self._env = env
+        return self._env
 
     def compile(self, source: str, html: bool = False, name: str | None = None) -> Template | str:
         """Compile ``source``; raises jinja2.TemplateSyntaxError."""
