@@ -216,7 +216,7 @@ def test_a_batch_is_recorded_in_one_insert_per_table(store: Store) -> None:
     """The request path's cost: a group commit of many events is two INSERT statements
     (events, then deliveries), whatever the batch size."""
     statements: list[str] = []
-    conn = store.db._connection()  # type: ignore[attr-defined]
+    conn = store.db._writer()  # type: ignore[attr-defined]  # the one every write uses
     conn.set_trace_callback(statements.append)
     try:
         store.record([new(f"k{i}", ("a", "b")) for i in range(100)])

@@ -1,11 +1,14 @@
 """The embedded default: one SQLite file, WAL; what must survive is fsynced (synchronous=FULL).
 
 SqliteDatabase is the file, whatever its tables: the ledger's (SqliteStore) and the
-spool's (spool.py) each compose one and give it their schema. One connection per thread.
-A serving process opens its store lazily (below), in the process that uses it, so no
-connection is ever made before a fork (gunicorn's master makes none). close() closes
-every connection opened, from any thread. Writers take the database lock up front (BEGIN
-IMMEDIATE), which also serialises claimers across processes.
+spool's (spool.py) each compose one and give it their schema. Reads use a connection per
+thread; every write transaction of a process uses one connection, whichever thread runs
+it (they are serialised by the write lock, below): a connection that did not make the
+last commit finds the file changed and reads its pages again, and a group commit's leader
+is whichever thread came first. A serving process opens its store lazily (below), in the
+process that uses it, so no connection is ever made before a fork (gunicorn's master makes
+none). close() closes every connection opened, from any thread. Writers take the database
+lock up front (BEGIN IMMEDIATE), which also serialises claimers across processes.
 
 Transactions that need not be durable (``tx(durable=False)``: claims, delivery
 bookkeeping) commit with ``synchronous=OFF``, and never checkpoint: SQLite runs its automatic
@@ -63,9 +66,11 @@ class SqliteDatabase:
         self.schema = schema
         self.busy_timeout = busy_timeout
         self._local = threading.local()
-        self._opened: list[tuple[sqlite3.Connection, int]] = []  # (connection, lock file)
+        self._opened: list[sqlite3.Connection] = []
+        self._locks: list[int] = []  # each thread's descriptor of the lock file
         self._opened_lock = threading.Lock()
         self._generation = 0  # close() starts a new one: connections from before reopen
+        self._writer_conn: tuple[sqlite3.Connection, int] | None = None  # and its generation
         self._undurable_commits = 0  # non-durable commits since the last checkpoint
         self.lazy = lazy
         self._prepared = False
@@ -100,35 +105,65 @@ class SqliteDatabase:
                 self._local.preparing = False
             self._prepared = True
 
+    def _open(self) -> sqlite3.Connection:
+        try:  # cannot open the file, too many open files: unavailable, not a bug
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"sqlite: cannot open: {type(exc).__name__}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_FRAMES}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks to 16 MiB
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"sqlite: cannot open: {type(exc).__name__}") from None
+        return conn
+
     def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
-            conn = None
-            try:  # cannot open the file, too many open files: unavailable, not a bug
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
-                                       isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_FRAMES}")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks to 16 MiB
+            conn = self._open()
+            with self._opened_lock:
+                self._opened.append(conn)
+            self._local.conn, self._local.generation = conn, self._generation
+        return conn
+
+    def _lock_file(self) -> int:
+        """This thread's descriptor of the lock file (exclusive())."""
+        lock = getattr(self._local, "lock", None)
+        if lock is None or self._local.lock_generation != self._generation:
+            try:
                 lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            except (OSError, sqlite3.Error) as exc:
-                if conn is not None:
-                    conn.close()
+            except OSError as exc:
                 raise StoreUnavailable(f"sqlite: cannot open: {type(exc).__name__}") from None
             with self._opened_lock:
-                self._opened.append((conn, lock))
-            self._local.conn, self._local.lock = conn, lock
-            self._local.generation = self._generation
+                self._locks.append(lock)
+            self._local.lock, self._local.lock_generation = lock, self._generation
+        return int(lock)
+
+    def _writer(self) -> sqlite3.Connection:
+        """The process's connection for writes; only with the write lock held (exclusive()),
+        so no two threads ever use it at once."""
+        with self._opened_lock:
+            writer = self._writer_conn
+            if writer is not None and writer[1] == self._generation:
+                return writer[0]
+        conn = self._open()
+        with self._opened_lock:
+            self._opened.append(conn)
+            self._writer_conn = (conn, self._generation)
         return conn
 
     @contextmanager
     def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
         if not self._prepared and not getattr(self._local, "preparing", False):
             self._prepare()
-        conn = self._connection()
         with self.exclusive() if write else nullcontext():
+            conn = self._writer() if write else self._connection()
             if not durable:  # no checkpoint without fsync (module docstring)
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute("PRAGMA synchronous=OFF")
@@ -181,31 +216,33 @@ class SqliteDatabase:
         busy handler; group commit takes it before it gathers a batch, so the time spent
         waiting for another process's commit fills the next group commit.
         """
-        self._connection()
+        lock = self._lock_file()
         if getattr(self._local, "held", False):
             yield
             return
-        fcntl.flock(self._local.lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         self._local.held = True
         try:
             yield
         finally:
             self._local.held = False
-            fcntl.flock(self._local.lock, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the file: freed pages are reused. Under the connection's
         synchronous=FULL (only a non-durable transaction lowers it, for its own commit):
         the WAL is fsynced before it is copied, and the file after."""
         with self.exclusive():
-            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._opened_lock:
             opened, self._opened = self._opened, []
+            locks, self._locks = self._locks, []
             self._generation += 1
-        for conn, lock in opened:
+        for conn in opened:
             conn.close()
+        for lock in locks:
             os.close(lock)
 
 
