@@ -50,6 +50,23 @@ def test_method_headers_and_body_are_templates(tmp_path: Path) -> None:
     assert got.body == b"success #3"
 
 
+def test_a_header_rendered_beyond_latin_1_fails_for_good_saying_so(tmp_path: Path) -> None:
+    """HTTP headers carry Latin-1 only: a value rendered from the payload beyond it fails
+    for good (it renders the same on every retry), naming the header value as the cause,
+    not the URL's host name; nothing is sent."""
+    with Sink() as target:
+        action = build_action("http", {"url": target.url,
+                                       "headers": {"X-Detail": "{{ event.error_detail }}"}},
+                              tmp_path)
+        delivery = make_delivery("failure")
+        delivery.event["error_detail"] = "PHI-\u674e"
+        with pytest.raises(PermanentError) as info:
+            action.deliver(delivery)
+    assert str(info.value) == ("under-test target: a header value holds a character beyond "
+                               "Latin-1, which HTTP headers cannot carry")
+    assert target.received == []
+
+
 def test_a_signed_forward_verifies_as_suki_signs(tmp_path: Path) -> None:
     with Sink() as target:
         build_action("http", {"url": target.url, "sign_secret": "hop"}, tmp_path).deliver(

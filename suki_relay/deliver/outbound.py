@@ -160,6 +160,11 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
         except requests.RequestException as exc:
             raise PermanentError(f"{what}: request could not be made "
                                  f"({type(exc).__name__})") from None
+        except UnicodeEncodeError as exc:  # http.client writes header values as Latin-1
+            if exc.encoding not in ("latin-1", "iso-8859-1"):
+                raise PermanentError(f"{what}: {_BAD_HOST}") from None
+            raise PermanentError(f"{what}: a header value holds a character beyond Latin-1, "
+                                 "which HTTP headers cannot carry") from None
         except (urllib3.exceptions.LocationParseError, UnicodeError):
             raise PermanentError(f"{what}: {_BAD_HOST}") from None
         finally:
