@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ def event(key: str, session_id: str = "s") -> NewEvent:
                     ["r"], ["a"])
 
 
-def test_concurrent_records_are_all_committed_once(tmp_path: Path) -> None:
-    store = open_test_store("sqlite:///r.db", tmp_path)
+def test_concurrent_records_are_all_committed_once(store_url: str, tmp_path: Path) -> None:
+    """On both backends (PostgreSQL's batches wait for requests coming together)."""
+    store = open_test_store(store_url, tmp_path)
     commits = recorder(store)
     results: dict[str, list] = {}
     lock = threading.Lock()
@@ -122,6 +123,57 @@ def test_callers_arriving_while_a_commit_runs_share_the_next_one() -> None:
     assert [len(b) for b in batches[1:]] == [MAX_BATCH, 5]  # two commits for 133 callers
     assert sorted(i for b in batches for i in b) == list(range(len(queued) + 1))
     assert len(exclusive_calls) == len(batches)
+
+
+def test_callers_coming_together_wait_for_each_other() -> None:
+    """A leader with another caller queued behind it waits (gather_seconds) for more: the
+    callers arriving meanwhile share its batch, and a full batch goes at once."""
+    batches: list[list[int]] = []
+    first_running, go_on = threading.Event(), threading.Event()
+
+    def batch(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            first_running.set()
+            assert go_on.wait(30)
+        return items
+
+    commits: GroupCommit[int, int] = GroupCommit(batch, nullcontext, gather_seconds=60.0)
+    threads = [threading.Thread(target=commits.submit, args=(0,))]
+    threads[0].start()
+    assert first_running.wait(30)
+    threads += [threading.Thread(target=commits.submit, args=(i,)) for i in (1, 2)]
+    for t in threads[1:]:
+        t.start()
+    wait_until(lambda: len(commits._queue) == 2, 10, 0.01, "two queued")
+    go_on.set()  # the next leader finds two queued, and waits for more
+    wait_until(lambda: batches == [[0]] and not threads[0].is_alive(), 10, 0.01,
+               "the first batch done")
+    later = [threading.Thread(target=commits.submit, args=(i,))
+             for i in range(3, MAX_BATCH + 1)]  # the queue fills up: no waiting out 60 s
+    for t in later:
+        t.start()
+    for t in threads + later:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads + later)
+    assert [sorted(b) for b in batches] == [[0], list(range(1, MAX_BATCH + 1))]
+
+
+def test_callers_one_at_a_time_never_wait() -> None:
+    """A caller alone, after a batch of one, is committed at once, whatever gather_seconds."""
+    batches: list[list[int]] = []
+
+    def batch(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    commits: GroupCommit[int, int] = GroupCommit(batch, nullcontext, gather_seconds=60.0)
+    for i in range(5):
+        caller = threading.Thread(target=commits.submit, args=(i,))
+        caller.start()
+        caller.join(20)  # a wait of gather_seconds would outlast this
+        assert not caller.is_alive()
+    assert batches == [[0], [1], [2], [3], [4]]
 
 
 def test_the_sqlite_files_are_owner_only(tmp_path: Path) -> None:

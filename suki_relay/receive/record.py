@@ -90,7 +90,8 @@ def recorder(store: Receiving) -> GroupCommit[NewEvent, Recorded]:
     store refused, one more transaction records each event, or else it kept as malformed
     (store.record_each)."""
     return GroupCommit(store.record, store.exclusive,
-                       lambda events: store.record_each(events, malformed))
+                       lambda events: store.record_each(events, malformed),
+                       gather_seconds=store.gather_seconds)
 
 
 def commit(commits: GroupCommit[NewEvent, Recorded], event: NewEvent) -> tuple[NewEvent, Recorded]:

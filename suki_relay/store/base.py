@@ -139,6 +139,7 @@ class Receiving(Protocol):
     """What the request path calls (receive/: app, record, drain, rejections)."""
 
     url: str
+    gather_seconds: float  # how long a group commit waits for more (store/tx.py)
 
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""

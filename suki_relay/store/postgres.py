@@ -37,6 +37,7 @@ from suki_relay.store.tx import Tx
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
+GATHER_SECONDS = 0.001  # group commit: how long a batch waits for more (docs/benchmarks.md)
 POOL_PARAMS = {"pool_size": 10, "pool_timeout": 5.0}
 LOCK_TIMEOUT = "2s"  # the longest wait for a lock; then StoreUnavailable (the receiver spools)
 _NUMBERS = {  # query parameter: (convert, test, what is expected)
@@ -97,6 +98,9 @@ class PostgresStore(SqlStore):
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
     now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
     unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+    # a durable commit costs the server about as much CPU as eight events' rows (its WAL
+    # flush and transaction), so a batch waits a moment for requests coming together
+    gather_seconds = GATHER_SECONDS
 
     def __init__(self, url: str, lazy: bool = False):
         """``lazy``: connect at the first transaction, not now (a serving process connects

@@ -83,6 +83,9 @@ class Backend(ABC):
     # the driver's errors that mean the database failed, not the statement (re-raised as
     # StoreUnavailable by tx()); any other error inside a transaction is the statement's
     unavailable: tuple[type[Exception], ...] = ()
+    # how long a group commit's leader may wait for the requests of its process that are
+    # on their way to it (group_commit.py): 0 where batches gather by themselves
+    gather_seconds = 0.0
 
     @abstractmethod
     def tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Tx]:
