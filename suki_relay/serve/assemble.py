@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from suki_relay import logs, metrics
-from suki_relay.serve.config_state import ConfigState, load_or_last_good
 from suki_relay.serve.process import Process
 
 if TYPE_CHECKING:
     from suki_relay.config.load import Config
     from suki_relay.deliver.deliverer import Deliverer
     from suki_relay.receive.app import RelayApp
+    from suki_relay.serve.config_state import ConfigState
     from suki_relay.store import Store
     from suki_relay.store.spool import Spool
 
@@ -37,6 +37,8 @@ def create_app(config_path: str | None = None, deliver: bool = True,
     fails to load there falls back to the last one that loaded."""
     logs.setup()
     if config is None:
+        from suki_relay.serve.config_state import load_or_last_good
+
         config, state = load_or_last_good(config_path, shared)
     app = assemble(config, deliver, state)
     app.process.log = True
@@ -50,6 +52,7 @@ def assemble(config: Config, deliver: bool = True, state: ConfigState | None = N
     cannot be opened), answers 503 while it cannot commit, and recovers by itself."""
     from suki_relay.deliver.deliverer import Deliverer
     from suki_relay.receive.app import RelayApp
+    from suki_relay.serve.config_state import ConfigState
     from suki_relay.store import open_store
     from suki_relay.store.spool import open_spool
 
