@@ -23,7 +23,7 @@ from suki_relay.errors import Rejected, StoreUnavailable
 from suki_relay.receive import verify
 from suki_relay.receive.availability import Availability
 from suki_relay.receive.body import TooSlow, read_body
-from suki_relay.receive.record import commit, recorder, to_event
+from suki_relay.receive.record import COMMIT_SECONDS, commit, recorder, to_event
 from suki_relay.receive.rejections import RejectionLog, expired_hint, skew_ms
 from suki_relay.store import NewEvent, Recorded, Store
 from suki_relay.store.spool import SpoolFull
@@ -193,12 +193,14 @@ class RelayApp:
         load balancer must not act on: every node would go) to the spool, each asked with
         a write that needs what a notification needs. 503 when neither can, saying why."""
         try:
-            self.store.ping()
+            with self.store.bounded(COMMIT_SECONDS):
+                self.store.ping()
             store_problem = None
         except Exception as exc:
             store_problem = problem(exc)
         if store_problem is None and not self._config_remembered:
-            self.remember_config()
+            with self.store.bounded(COMMIT_SECONDS):
+                self.remember_config()
         spooled, spool_problem = self._spool_room()
         self.availability.note(store=store_problem, spool=spool_problem)
         if store_problem is not None and (self.spool is None or spool_problem is not None):

@@ -27,6 +27,9 @@ from suki_relay.store import NewEvent, Receiving, Recorded
 from suki_relay.store.group_commit import GroupCommit
 
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
+# the longest a request's transaction may take once it has a connection (PostgreSQL: a
+# database that takes the query and never answers); then the spool takes it, or 503
+COMMIT_SECONDS = 5.0
 
 
 def to_event(body: bytes, verified: Verified, config: Config,
@@ -88,9 +91,17 @@ def _id_field(payload: dict[str, Any], key: str) -> str | None:
 def recorder(store: Receiving) -> GroupCommit[NewEvent, Recorded]:
     """Records events for concurrent requests, many per transaction; after a batch the
     store refused, one more transaction records each event, or else it kept as malformed
-    (store.record_each)."""
-    return GroupCommit(store.record, store.exclusive,
-                       lambda events: store.record_each(events, malformed),
+    (store.record_each). Each transaction takes at most COMMIT_SECONDS once it has its
+    connection (store.bounded), or StoreUnavailable: the spool takes the batch."""
+    def record(events: list[NewEvent]) -> list[Recorded]:
+        with store.bounded(COMMIT_SECONDS):
+            return store.record(events)
+
+    def record_each(events: list[NewEvent]) -> list[Recorded | Exception]:
+        with store.bounded(COMMIT_SECONDS):
+            return store.record_each(events, malformed)
+
+    return GroupCommit(record, store.exclusive, record_each,
                        gather_seconds=store.gather_seconds)
 
 

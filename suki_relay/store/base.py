@@ -153,6 +153,10 @@ class Receiving(Protocol):
     def known(self, event_ids: list[str]) -> set[str]:
         """Which of these event ids are committed (a spooled event moved before a crash)."""
 
+    def bounded(self, seconds: float) -> AbstractContextManager[None]:
+        """Transactions this thread begins inside take at most ``seconds`` once they have a
+        connection, or raise StoreUnavailable (PostgreSQL; SQLite bounds its waits itself)."""
+
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by group commit around gathering and committing a batch (may be a no-op)."""
 

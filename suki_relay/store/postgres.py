@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -34,6 +37,7 @@ from suki_relay.errors import SchemaTooNew, StoreUnavailable
 from suki_relay.store.pgpool import Connections
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
+from suki_relay.watchdog import watchdog
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
@@ -92,6 +96,37 @@ def split_url(url: str) -> tuple[str, dict[str, float]]:
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote))), pool
 
 
+class Cut:
+    """A transaction's connection, shut down if the transaction is still under way at its
+    deadline (the watchdog calls expire()): whatever the driver waits in then fails at
+    once. A database that takes the query and never answers (a pooler such as PgBouncer
+    holding it while the server restarts, for up to its query_wait_timeout, two minutes
+    by default; a peer gone without a word) holds a request no longer than that. Shut
+    down under the lock, and finish() is called before the connection goes back to the
+    pool, so a late expire() never reaches a connection another transaction has taken."""
+
+    __slots__ = ("deadline", "done", "fd", "fired", "lock")
+
+    def __init__(self, fd: int, deadline: float):
+        self.fd = fd
+        self.deadline = deadline
+        self.done = False
+        self.fired = False
+        self.lock = threading.Lock()
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            with suppress(OSError), socket.socket(fileno=os.dup(self.fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)  # the socket itself; the copy is closed
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+
+
 class PostgresStore(SqlStore):
     placeholder = "%s"
     blob_type = "BYTEA"
@@ -118,6 +153,7 @@ class PostgresStore(SqlStore):
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         self._ensuring = threading.local()
+        self._bound = threading.local()  # bounded(): this thread's transactions' limit
         if not lazy:
             self._ready_schema()
 
@@ -136,16 +172,37 @@ class PostgresStore(SqlStore):
                 self._schema_ready = True
 
     @contextmanager
-    def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
-        if not self._schema_ready and not getattr(self._ensuring, "active", False):
-            self._ready_schema()
+    def bounded(self, seconds: float) -> Iterator[None]:
+        before = getattr(self._bound, "seconds", None)
+        self._bound.seconds = seconds
         try:
-            with self.connections.connection() as conn, conn.transaction(), \
-                    conn.cursor() as cur:
-                if not durable:
-                    cur.execute("SET LOCAL synchronous_commit TO OFF")
-                yield Tx(cur, self.placeholder)
+            yield
+        finally:
+            self._bound.seconds = before
+
+    @contextmanager
+    def tx(self, write: bool = True, durable: bool = True) -> Iterator[Tx]:
+        ensuring = getattr(self._ensuring, "active", False)
+        if not self._schema_ready and not ensuring:
+            self._ready_schema()
+        seconds = None if ensuring else getattr(self._bound, "seconds", None)
+        cut: Cut | None = None
+        try:
+            with self.connections.connection() as conn:
+                if seconds is not None:
+                    cut = Cut(conn.fileno(), time.monotonic() + seconds)
+                    watchdog.watch(cut)
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        if not durable:
+                            cur.execute("SET LOCAL synchronous_commit TO OFF")
+                        yield Tx(cur, self.placeholder)
+                finally:
+                    if cut is not None:
+                        cut.finish()  # before the connection goes back to the pool
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if cut is not None and cut.fired:
+                raise StoreUnavailable(f"postgresql: no answer within {seconds:g} s") from None
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
 
     def lock_schema(self, tx: Tx) -> None:

@@ -97,6 +97,12 @@ class Backend(ABC):
         """Held by group commit around gathering and committing a batch (may be a no-op)."""
         return nullcontext()
 
+    def bounded(self, seconds: float) -> AbstractContextManager[None]:
+        """Transactions this thread begins inside take at most ``seconds`` once they have a
+        connection, or raise StoreUnavailable (where the backend can cut one off: a no-op
+        here)."""
+        return nullcontext()
+
     @abstractmethod
     def close(self) -> None:
         """Close every connection this process opened (not those of a parent process)."""

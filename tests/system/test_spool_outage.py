@@ -7,7 +7,9 @@ server, with and without the spool, is in test_cluster.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import requests
@@ -165,3 +168,96 @@ def test_a_table_locked_by_another_session_spools_within_seconds(
             holder.execute("ROLLBACK")
     assert resp.status_code == 200 and resp.json()["spooled"], resp.text
     delivered_once(target, [*accepted, resp.json()["event_id"]], pg_url)
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 to the test's PostgreSQL that can stop passing bytes on
+    (``stall()``) with every connection left open: a database that takes the query and
+    never answers (a pooler such as PgBouncer holding it while the server restarts)."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.stopping = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def flow(self) -> None:
+        self.flowing.set()
+
+    def _accept(self) -> None:
+        while not self.stopping:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.2)
+        while not self.stopping:
+            try:
+                data = src.recv(65536) if self.flowing.is_set() else None
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if data == b"":
+                break
+            while not self.flowing.wait(0.2):  # read while flowing, held while stalled
+                if self.stopping:
+                    return
+            if data:
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.flowing.set()
+        self.listener.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_a_database_that_takes_the_query_and_never_answers_spools(
+        tmp_path: Path, pg_url: str, relay, sink) -> None:  # type: ignore[no-untyped-def]
+    """The connection stays open and the query is taken, but no answer comes (a pooler
+    holding it while the server restarts, for two minutes by default; a peer gone without a
+    word): the request's transaction is cut off after a few seconds and the notification
+    spooled and answered 200, not held for as long as the silence lasts. Once the database
+    answers again it is moved in and delivered, once."""
+    target = sink()
+    where = urlsplit(pg_url)
+    proxy = StallingProxy((where.hostname or "127.0.0.1", where.port or 5432))
+    proxied = urlunsplit(where._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    node = relay(write_config(tmp_path, proxied, target.url), workers=1)
+    try:
+        accepted = [post_signed(node.webhook, unique_body()).json()["event_id"]]
+        proxy.stall()
+        try:
+            resp = post_signed(node.webhook, unique_body(), timeout=15)
+        finally:
+            proxy.flow()
+        assert resp.status_code == 200 and resp.json()["spooled"], resp.text
+        delivered_once(target, [*accepted, resp.json()["event_id"]], pg_url)
+    finally:
+        node.stop()
+        proxy.stop()
