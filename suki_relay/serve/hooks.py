@@ -14,8 +14,10 @@
 
 Without that file, ``suki_relay.wsgi`` falls back on ``wsgi_app()`` below: gunicorn with
 no flags imports the app in each worker, after forking it, so the worker starts its parts
-as it imports the app and stops them when its main thread ends (``--preload``, which
-imports the app in the master, needs the file).
+as it imports the app and stops them when its main thread ends. ``--preload``, which
+imports the app in the master, needs the file: without it, the parts would start in the
+master (its connections then copied into every worker by the fork, and no watchdog or
+refusal writer in any worker), so the app refuses to load and gunicorn exits saying why.
 
 Nothing here may import prometheus_client at import time: its mode is fixed when it is
 first imported (runtime.py sets it first).
@@ -77,6 +79,17 @@ def child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
+PRELOAD = ("gunicorn --preload imports the app in its master, before it forks the workers: "
+           "it needs the gunicorn.conf.py that `suki-relay init` writes (its hooks start each "
+           "worker's parts in the worker), in the folder gunicorn starts in; or leave out "
+           "--preload")
+
+
+def preloading() -> bool:
+    """gunicorn was asked for --preload (on its command line or in GUNICORN_CMD_ARGS)."""
+    return "--preload" in sys.argv or "--preload" in os.environ.get("GUNICORN_CMD_ARGS", "")
+
+
 def wsgi_app() -> RelayApp:
     """What ``suki_relay.wsgi:app`` is. Under gunicorn.conf.py's hooks, the app, which the
     hooks start and stop. Without them (plain gunicorn, no gunicorn.conf.py in its working
@@ -87,6 +100,8 @@ def wsgi_app() -> RelayApp:
         from suki_relay.serve.assemble import create_app
 
         return create_app(shared=shared)
+    if preloading():
+        raise RuntimeError(PRELOAD)
     folder = runtime.share(os.getppid()) if "gunicorn.workers.base" in sys.modules else None
     from suki_relay.serve.assemble import create_app  # after share(): it imports metrics
 
