@@ -22,7 +22,7 @@ from suki_relay.config.load import Config
 from suki_relay.errors import Rejected, StoreUnavailable
 from suki_relay.receive import verify
 from suki_relay.receive.availability import Availability
-from suki_relay.receive.body import TooSlow, read_body
+from suki_relay.receive.body import TooSlow, read_body, stop_reading
 from suki_relay.receive.record import COMMIT_SECONDS, commit, recorder, to_event
 from suki_relay.receive.rejections import RejectionLog, expired_hint, skew_ms
 from suki_relay.store import NewEvent, Recorded, Store
@@ -82,6 +82,23 @@ def error(status: int, reason: str, message: str) -> Answer:
     return Answer(status, {"error": reason, "message": message}, headers)
 
 
+def has_body(environ: WSGIEnvironment) -> bool:
+    """The request says a body follows (a length, or chunks)."""
+    return environ.get("CONTENT_LENGTH", "") not in ("", "0") or \
+        "HTTP_TRANSFER_ENCODING" in environ
+
+
+def last_on_connection(environ: WSGIEnvironment, start_response: StartResponse
+                       ) -> StartResponse:
+    """``start_response``, which first ends the reading side of the connection (a request
+    off the webhook path, with a body it may not have read: body.stop_reading)."""
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        stop_reading(environ)
+        return start_response(status, headers, exc_info)
+
+    return start  # type: ignore[return-value]
+
+
 class RelayApp:
     """The WSGI app of a relay process: the receiver (which takes the store as Receiving),
     with /metrics, the probes and the console mounted beside it (which read it as
@@ -139,6 +156,8 @@ class RelayApp:
         path = environ.get("PATH_INFO", "")
         if path == self.config.receiver.path:
             return self.receive(environ)(start_response)
+        if has_body(environ):
+            start_response = last_on_connection(environ, start_response)
         if path == "/healthz":
             return Answer(200, {"status": "alive"})(start_response)
         if path == "/readyz":
@@ -259,6 +278,7 @@ class RelayApp:
     def _receive(self, environ: WSGIEnvironment, fields: dict[str, Any],
                  marks: dict[str, int] | None = None) -> tuple[Answer, str]:
         receiver = self.config.receiver
+        read_all = False
         try:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise Rejected(405, "method_not_allowed", "only POST is accepted")
@@ -274,10 +294,13 @@ class RelayApp:
                 raise Rejected(408, "request_timeout", "the body did not arrive within "
                                f"{receiver.read_timeout_seconds:g} seconds") from None
             verify.check_length(len(body), receiver.max_body_bytes)
+            read_all = True
             verified = verify.verify(generated_at or "", api_key or "", body,
                                      list(receiver.secrets), receiver.tolerance_seconds,
                                      time.time())
         except Rejected as r:
+            if not read_all:  # refused before the whole body was read
+                stop_reading(environ)
             self.rejected(r, environ, fields)
             return error(r.status, r.reason, r.message), r.reason
         if marks is not None:

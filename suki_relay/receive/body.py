@@ -58,6 +58,19 @@ class _Read:
             return self.fired
 
 
+def stop_reading(environ: WSGIEnvironment) -> None:
+    """End the reading side of the request's connection (under gunicorn), for a request
+    answered without its body read to the end: kept alive, the connection would be read to
+    the end of its declared body before its next request, by the server, with no deadline
+    (a client dripping it held a thread for as long as it liked). The answer is still sent;
+    then the connection is closed. A ``Connection: close`` header would not do: gunicorn
+    drops the headers PEP 3333 leaves to the server."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
 def read_body(environ: WSGIEnvironment, limit: int, timeout: float) -> bytes:
     """Up to ``limit`` bytes of the body, all within ``timeout`` seconds (TooSlow if not)."""
     stream = get_input_stream(environ)
