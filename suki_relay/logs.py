@@ -43,11 +43,19 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
 
 
+MAX_WAITING = 100_000  # lines kept while the output does not take them; the rest counted
+
+
 class BatchWriter(logging.Handler):
     """Keeps records in memory; one thread formats and writes them every ``interval``
     seconds, in one write. A request thread only appends to a deque: it never waits on
     the output, and never wakes another thread (a wake-up per line costs more, under
-    load, than the line). Warnings and errors are written at once."""
+    load, than the line). Warnings and errors are written at once.
+
+    An output that takes nothing (a terminal paused, a log driver that blocks, a pipe
+    nobody reads) must not grow the process without bound, a flood of refused requests
+    logging a line each: past MAX_WAITING lines waiting, new ones are counted instead of
+    kept, and once the output takes lines again a warning says how many were dropped."""
 
     def __init__(self, formatter: logging.Formatter, stream: Any, interval: float = 0.05):
         super().__init__()
@@ -55,12 +63,18 @@ class BatchWriter(logging.Handler):
         self.stream = stream
         self.interval = interval
         self.records: deque[logging.LogRecord] = deque()
+        self.dropped = 0  # lines not kept since the last write (MAX_WAITING)
+        self._dropping = threading.Lock()
         self.wake = threading.Event()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="suki-relay-log", daemon=True)
         self.thread.start()
 
     def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: deque is atomic
+        if len(self.records) >= MAX_WAITING:
+            with self._dropping:
+                self.dropped += 1
+            return True
         self.records.append(record)
         if record.levelno >= logging.WARNING:
             self.wake.set()
@@ -77,6 +91,13 @@ class BatchWriter(logging.Handler):
 
     def write_out(self) -> None:
         lines = []
+        with self._dropping:
+            dropped, self.dropped = self.dropped, 0
+        if dropped:
+            note = logging.LogRecord(LOGGER, logging.WARNING, __file__, 0, "log lines dropped: "
+                                     "the output did not take them", None, None)
+            note.fields = {"dropped": dropped}
+            lines.append(self.format(note))
         while True:
             try:
                 record = self.records.popleft()
