@@ -5,6 +5,7 @@ and Suki's follow-up API (SukiStandIn). Importable from suki_relay.testing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -77,6 +78,7 @@ class Sink(StandIn):
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._stopped = threading.Event()
+        self._connections: set[socket.socket] = set()  # open, kept alive or mid-request
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,6 +86,16 @@ class Sink(StandIn):
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with sink._lock:
+                    sink._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with sink._lock:
+                    sink._connections.discard(self.connection)
+                super().finish()
 
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -107,10 +119,9 @@ class Sink(StandIn):
                         return
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    try:
-                        self.wfile.write(reply.body)
-                    except OSError:  # the client hung up (its reply bound, its deadline)
-                        self.close_connection = True
+                    self.wfile.write(reply.body)
+                except OSError:  # the client hung up (its reply bound, its deadline), or
+                    self.close_connection = True  # the sink stopped mid-reply
                 finally:
                     with sink._lock:
                         sink.active -= 1
@@ -155,11 +166,19 @@ class Sink(StandIn):
         self._release.set()
 
     def stop(self) -> None:
+        """Stop as a server process does: no new connection is accepted, and every open
+        one is closed, kept-alive ones included (a client then connects anew, and is
+        refused)."""
         self._timer.cancel()
         self._release.set()
         self._stopped.set()
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 

@@ -302,10 +302,8 @@ def test_a_create_that_never_left_is_retried_not_in_doubt(
     if down == "the token endpoint":
         ehr.revoke_tokens()  # the next create is refused 401: a new token is needed
         ehr.token_status = 503
-    else:  # its statement is still known; a new worker's action has no connection kept
+    else:  # its statement and the token still known; the kept connection closed with it
         ehr.stop()
-        spec = build_spec("fhir", options("generic", ehr, key_file, timeout_seconds=2),
-                          tmp_path, suki=suki.settings())
     with pytest.raises(RetryableError) as info:
         attempt_once(spec, delivery("s-2", at="2026-01-01T00:00:02.000Z"))
     assert not isinstance(info.value, InDoubtError)

@@ -203,3 +203,19 @@ def test_a_host_name_failing_idna_is_permanent(tmp_path: Path, host: str) -> Non
     event["session_id"] = host
     with pytest.raises(PermanentError, match=r"IDNA|InvalidURL"):  # not retried for a day
         http.deliver(make_delivery(event))
+
+
+def test_a_stopped_sink_closes_its_kept_alive_connections() -> None:
+    """A stand-in stops as a server process does: a client's kept-alive connection is
+    closed with it, so the next request connects anew and is refused (never sent),
+    instead of being answered by a server that was stopped."""
+    session = outbound.new_session()
+    sink = Sink()
+    try:
+        first = outbound.send(session, "GET", sink.url + "/a", what="target", timeout=5)
+        assert first.status_code == 200
+    finally:
+        sink.stop()
+    with pytest.raises(outbound.NotSent):
+        outbound.send(session, "GET", sink.url + "/b", what="target", timeout=5)
+    assert [r.path for r in sink.received] == ["/a"]
