@@ -378,7 +378,7 @@ class FhirStandIn(StandIn):
                 following = urlencode({k: v[0] for k, v in query.items()} | {"_page": page + 1})
                 bundle["link"] = [{"relation": "next", "url": f"{self.next_base or self.base_url}"
                                                               f"/DocumentReference?{following}"}]
-        bundle["entry"] = [{"fullUrl": f"{self.base_url}/DocumentReference/{d['id']}",
+        bundle["entry"] = [{"fullUrl": f"{self.base_url}/DocumentReference/{d.get('id')}",
                             "resource": d, "search": {"mode": "match"}} for d in found]
         return bundle
 

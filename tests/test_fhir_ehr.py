@@ -336,6 +336,25 @@ def test_a_candidate_that_cannot_be_told_apart_is_in_doubt(
     assert len(ehr.posts) == 1
 
 
+@pytest.mark.parametrize("stored_id", [None, "PHI Doe, Jane"])
+def test_a_match_found_without_a_usable_id_is_still_filed(
+        tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey,
+        stored_id: str | None) -> None:
+    """The search finds the relay's document but the server gives it no id, or one that is
+    not a FHIR id: the note is filed all the same (never a second create), and nothing of
+    what the server put there is repeated."""
+    ehr = standins("generic", conditional_create=False)
+    spec = build_spec("fhir", options("generic", ehr, key_file), tmp_path, suki=suki.settings())
+    attempt_once(spec, delivery())
+    (doc,) = ehr.documents.values()
+    if stored_id is None:
+        doc.pop("id")
+    else:
+        doc["id"] = stored_id
+    assert attempt_once(spec, delivery()) == "already filed DocumentReference (no id returned)"
+    assert len(ehr.posts) == 1
+
+
 @pytest.mark.parametrize("unread", ["pages past the last read", "a next link elsewhere"])
 def test_a_search_with_pages_left_unread_is_in_doubt(
         tmp_path: Path, suki: SukiStandIn, standins: Any, key_file: smart.SigningKey,

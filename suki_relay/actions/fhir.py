@@ -60,7 +60,7 @@ DEFAULT_IDENTIFIER_SYSTEM = "urn:suki:session-id"
 FHIR_JSON = "application/fhir+json"
 FROM_ENCOUNTER = "from_encounter"
 ENCOUNTER_SECONDS = 300.0  # how long an encounter's patient is remembered
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR's id datatype
+_ID = fhir_guard.FHIR_ID
 # SMART scopes that allow creating a DocumentReference (v1 write or *, v2 c...)
 _CREATE_SCOPE = re.compile(r"^(system|user)/(DocumentReference|\*)\.(write|\*|c[ruds]*)$")
 # FHIR R4's IssueType value set: only these are repeated from a server's answer, so a
@@ -409,9 +409,10 @@ class FhirAction(Action):
             except ValueError:
                 raise RetryableError("FHIR server (search) answered with no Bundle") from None
             verdict = fhir_guard.judge(found, resource)
-            if verdict.filed is not None:
+            if verdict.matches:  # filed, whatever the server says of its id
                 more = f" ({verdict.matches} documents match)" if verdict.matches > 1 else ""
-                return f"already filed DocumentReference/{verdict.filed}{more}"
+                named = f"/{verdict.filed}" if verdict.filed else " (no id returned)"
+                return f"already filed DocumentReference{named}{more}"
             unsure = unsure or verdict.unsure
         if unsure:
             raise InDoubtError("a document under this patient and type may be this note, and "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR's id datatype
 CAPABILITY_SECONDS = 3600.0  # how long a server's CapabilityStatement is trusted
 MAX_PAGES = 5  # search result pages read; more left unread is in doubt, not "none found"
 MAX_SEARCH_BYTES = 64 * 1024 * 1024  # a page of notes with their text inline can be large
@@ -131,9 +132,9 @@ def is_ours(candidate: Any, ours: dict[str, Any]) -> bool | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    filed: str | None  # the id of the relay's document, if found
+    filed: str | None  # the id of the relay's document, if it has a FHIR id
     unsure: bool  # some candidate could not be told apart
-    matches: int = 0
+    matches: int = 0  # the relay's documents found: filed, whether or not with an id
 
 
 def judge(candidates: list[Any], ours: dict[str, Any]) -> Verdict:
@@ -142,7 +143,8 @@ def judge(candidates: list[Any], ours: dict[str, Any]) -> Verdict:
     unsure = any(v is None for _, v in seen)
     if mine:
         found = mine[0].get("id")
-        return Verdict(found if isinstance(found, str) else None, False, len(mine))
+        usable = isinstance(found, str) and FHIR_ID.fullmatch(found) is not None
+        return Verdict(found if usable else None, False, len(mine))
     return Verdict(None, unsure)
 
 
