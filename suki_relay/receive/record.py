@@ -23,7 +23,7 @@ from typing import Any
 from suki_relay.config.load import Config
 from suki_relay.config.routing import route
 from suki_relay.receive.verify import Verified
-from suki_relay.store import NewEvent, Receiving, Recorded
+from suki_relay.store import NewEvent, Receiving, Recorded, StoreUnavailable
 from suki_relay.store.group_commit import GroupCommit
 
 TEXT_MAX = 200  # longest status or id kept in its own column (the body keeps all of it)
@@ -107,7 +107,15 @@ def recorder(store: Receiving) -> GroupCommit[NewEvent, Recorded]:
 
 def commit(commits: GroupCommit[NewEvent, Recorded], event: NewEvent) -> tuple[NewEvent, Recorded]:
     """Commit ``event``; returns what was committed: the event itself, or, if the store
-    refused it as it was, the same request kept as malformed. Raises StoreUnavailable (and
-    nothing else, short of a bug that even a malformed event meets)."""
-    recorded = commits.submit(event)
+    refused it as it was, the same request kept as malformed. Raises StoreUnavailable and
+    nothing else: a store that refuses even the malformed event (a PostgreSQL node that
+    came back as a read-only standby, privileges taken away, an SQLite file damaged) can
+    commit nothing, which is what unavailable means; the spool takes the event, or the
+    answer is 503 saying so, never a bare 500."""
+    try:
+        recorded = commits.submit(event)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"the store refuses every write: {type(exc).__name__}") from None
     return (malformed(event) if recorded.fallback else event), recorded

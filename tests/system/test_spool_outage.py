@@ -261,3 +261,25 @@ def test_a_database_that_takes_the_query_and_never_answers_spools(
     finally:
         node.stop()
         proxy.stop()
+
+
+def test_a_database_that_refuses_every_write_spools(tmp_path: Path, private_db, relay,
+                                                    sink) -> None:  # type: ignore[no-untyped-def]
+    """The database answers but refuses every write, the event even kept as malformed (a
+    node that came back as a read-only standby after a failover): nothing can be committed
+    there, so the spool takes the notification (it was answered 500, and lost); once
+    writes are taken again it is moved in and delivered, once."""
+    target = sink()
+    node = relay(write_config(tmp_path, private_db.url, target.url), workers=1)
+    accepted = [post_signed(node.webhook, unique_body()).json()["event_id"]]
+    ends = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{private_db.name}' AND pid <> pg_backend_pid()")
+    private_db._admin(f"ALTER DATABASE {private_db.name} SET default_transaction_read_only = on",
+                      ends)  # its connections come back read-only
+    try:
+        resp = post_signed(node.webhook, unique_body())
+    finally:
+        private_db._admin(f"ALTER DATABASE {private_db.name} RESET default_transaction_read_only",
+                          ends)
+    assert resp.status_code == 200 and resp.json()["spooled"], resp.text
+    delivered_once(target, [*accepted, resp.json()["event_id"]], private_db.url)
