@@ -359,6 +359,40 @@ def test_a_deadlock_is_retried(sql_spec, pg_url: str) -> None:  # type: ignore[n
     assert "deadlock: SQLSTATE 40P01 DeadlockDetected" in str(result["error"])
 
 
+def test_a_connection_lost_at_commit_is_retried_saying_it_may_have_committed(
+        sql_spec, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The server process is ended while it runs the COMMIT (a deferred trigger holds it
+    there): the attempt is retried, and its error says the commit's outcome is unknown,
+    not that the database could not be reached (it was: the statement ran)."""
+    target = _pg_target(pg_url)
+    target.sql(TABLE)
+    target.sql("CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$")
+    target.sql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON notes DEFERRABLE "
+               "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+    spec = sql_spec(sql_action(pg_url))
+    result: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            attempt_once(spec, make_delivery("failure"))
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    committing = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND query = 'COMMIT' AND state = 'active'")
+    wait_until(lambda: target.sql(committing) != [], message="the action's COMMIT")
+    target.sql(f"SELECT pg_terminate_backend(pid) FROM ({committing}) AS c")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(result.get("error"), RetryableError), result
+    assert str(result["error"]) == ("the connection was lost at COMMIT, so whether it "
+                                    "committed is unknown; it is run again: SQLSTATE 57P01 "
+                                    "AdminShutdown")
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_retry_after_the_database_is_stopped_and_started(
         write_config, local_relay, private_pg) -> None:  # type: ignore[no-untyped-def]

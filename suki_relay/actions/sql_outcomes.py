@@ -97,6 +97,9 @@ def outcome(exc: BaseException) -> DeliveryError:
     if names:
         said += f" ({names})"
     if _retryable(exc, orig, code):
+        if exc.statement is None and exc.connection_invalidated:  # lost at COMMIT
+            return RetryableError("the connection was lost at COMMIT, so whether it "
+                                  f"committed is unknown; it is run again: {said}")
         if exc.statement is None:  # connecting failed: nothing was run
             return RetryableError(f"cannot connect to the database: {said}")
         state = _state(code) or ""
