@@ -49,6 +49,18 @@ def test_record_keeps_the_first_of_each_dedup_key(store: Store) -> None:
     assert len(store.deliveries()) == 4  # a duplicate plans nothing
 
 
+def test_a_batch_of_many_events_keeps_each_field_in_its_own_row(store: Store) -> None:
+    """Forty events and their deliveries in one batch (520 parameters for the events: on
+    PostgreSQL, numbered placeholders past $9 and $99): each row holds its own values."""
+    recorded = store.record([new(f"many{i}", ("a", "b"), session=f"s{i}") for i in range(40)])
+    assert not any(r.duplicate for r in recorded)
+    rows = {r.session_id: r.id for r in store.events(EventFilter(limit=100))}
+    assert rows == {f"s{i}": recorded[i].event_id for i in range(40)}
+    planned = store.deliveries(limit=200)
+    assert sorted((d.event_id, d.action) for d in planned) == sorted(
+        (r.event_id, a) for r in recorded for a in ("a", "b"))
+
+
 def test_claim_leases_due_deliveries_within_each_actions_limit(store: Store) -> None:
     store.record([new(f"k{i}", ("slow", "fast")) for i in range(5)])
     claimed, full = store.claim("w1", 10, 30, {"slow": 2, "fast": 10})

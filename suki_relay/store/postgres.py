@@ -128,7 +128,7 @@ class Cut:
 
 
 class PostgresStore(SqlStore):
-    placeholder = "%s"
+    placeholder = "$n"  # a RawCursor: $1, $2 ... sent as they are (tx.py: numbered)
     blob_type = "BYTEA"
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
     now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
@@ -193,7 +193,7 @@ class PostgresStore(SqlStore):
                     cut = Cut(conn.fileno(), time.monotonic() + seconds)
                     watchdog.watch(cut)
                 try:
-                    with conn.transaction(), conn.cursor() as cur:
+                    with conn.transaction(), psycopg.RawCursor(conn) as cur:
                         if not durable:
                             cur.execute("SET LOCAL synchronous_commit TO OFF")
                         yield Tx(cur, self.placeholder)
