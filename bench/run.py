@@ -621,31 +621,36 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
     results: dict[str, list[float]] = {"requests loop": [], **{name: [] for name, _, _ in relays}}
     from_first: dict[str, list[float]] = {name: [] for name in results}
     start_up: dict[str, list[float]] = {name: [] for name in results}
+    cpu: dict[str, list[float]] = {name: [] for name in results}  # seconds, whole run
     loops_around: dict[str, list[float]] = {name: [] for name, _, _ in relays}
     loops_from_first: dict[str, list[float]] = {name: [] for name, _, _ in relays}
+    loops_cpu: dict[str, list[float]] = {name: [] for name, _, _ in relays}
     with server(gunicorn("bench.apps:bare", port), port):
         url = f"http://127.0.0.1:{port}/"
 
-        def loop() -> tuple[float, float, float]:
-            whole, first, steady = loop_delivery(url, body_file, n, concurrency)
+        def loop() -> tuple[float, float, float, float]:
+            whole, first, steady, used = loop_delivery(url, body_file, n, concurrency)
             results["requests loop"].append(whole)
             start_up["requests loop"].append(first)
             from_first["requests loop"].append(steady)
-            return whole, first, steady
+            cpu["requests loop"].append(used)
+            return whole, first, steady, used
 
         for rnd in range(args.rounds):
             # the loop runs before and after each relay: a relay's baseline is the mean of
             # the two around it (on a shared machine the load drifts within a round)
             before = loop()
             for i, (name, python, tree) in enumerate(relays if rnd % 2 == 0 else relays[::-1]):
-                whole, first, steady = relay_delivery(work / f"delivery-{rnd}-{i}", url,
-                                                      body_file, n, concurrency, python, tree)
+                whole, first, steady, used = relay_delivery(
+                    work / f"delivery-{rnd}-{i}", url, body_file, n, concurrency, python, tree)
                 after = loop()
                 results[name].append(whole)
                 start_up[name].append(first)
                 from_first[name].append(steady)
+                cpu[name].append(used)
                 loops_around[name].append((before[0] + after[0]) / 2)
                 loops_from_first[name].append((before[2] + after[2]) / 2)
+                loops_cpu[name].append((before[3] + after[3]) / 2)
                 before = after
             print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items())
                   + "; from the first delivery: " + ", ".join(
@@ -655,7 +660,8 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
         "path": "requests loop", "events_s": statistics.median(loop_rates), "ratio": 1.0,
         "rounds": loop_rates, "start_to_first_delivery_s": statistics.median(
             start_up["requests loop"]),
-        "from_first_events_s": statistics.median(from_first["requests loop"])}]
+        "from_first_events_s": statistics.median(from_first["requests loop"]),
+        "cpu_us_per_delivery": statistics.median(cpu["requests loop"]) / n * 1e6}]
     for name, _, _ in relays:
         rows.append({"path": name, "events_s": statistics.median(results[name]),
                      "ratio": paired_ratio(results[name], loops_around[name]),
@@ -664,11 +670,18 @@ def bench_delivery(args: argparse.Namespace, work: Path, out: dict[str, Any]) ->
                                       zip(results[name], loops_around[name], strict=True)],
                      "start_to_first_delivery_s": statistics.median(start_up[name]),
                      "from_first_events_s": statistics.median(from_first[name]),
-                     "from_first_ratio": paired_ratio(from_first[name], loops_from_first[name])})
+                     "from_first_ratio": paired_ratio(from_first[name], loops_from_first[name]),
+                     # CPU for the whole run (start-up included), per delivery, and over
+                     # the loops' around it: a figure the machine's load moves far less
+                     "cpu_us_per_delivery": statistics.median(cpu[name]) / n * 1e6,
+                     "cpu_to_loop": paired_ratio(cpu[name], loops_cpu[name])})
     if args.compare:
         rows[1]["to_compared"] = paired_ratio(results[relays[0][0]], results[relays[1][0]])
         rows[1]["to_compared_rounds"] = [round(a / b, 3) for a, b in zip(
             results[relays[0][0]], results[relays[1][0]], strict=True)]
+        rows[1]["cpu_to_compared"] = paired_ratio(cpu[relays[0][0]], cpu[relays[1][0]])
+        rows[1]["cpu_to_compared_rounds"] = [round(a / b, 3) for a, b in zip(
+            cpu[relays[0][0]], cpu[relays[1][0]], strict=True)]
     out["delivery"] = rows
     out["lag"] = bench_lag(args, work)
 
@@ -692,17 +705,22 @@ print(json.dumps({"first": min(ends), "last": max(ends), "done": len(ends)}))
 """
 
 
-def loop_delivery(url: str, body_file: Path, n: int, concurrency: int) -> tuple[float, float, float]:
+def loop_delivery(url: str, body_file: Path, n: int,
+                  concurrency: int) -> tuple[float, float, float, float]:
     """The ceiling: a new process POSTing the same body ``n`` times from ``concurrency``
     threads, each with its session (connections reused), as a worker's delivery threads
     do: events per second from its start, seconds from its start to its first request
-    done, and events per second after that."""
+    done, events per second after that, and the CPU seconds (user and system) it used."""
+    before = os.times()
     t0 = time.time()
     done = json.loads(subprocess.run([PY, "-c", LOOP, url, str(n), str(concurrency),
                                       str(body_file)], capture_output=True, check=True,
                                      timeout=600).stdout)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system
+                                                          - before.children_system)
     return done["done"] / (done["last"] - t0), done["first"] - t0, \
-        (done["done"] - 1) / (done["last"] - done["first"])
+        (done["done"] - 1) / (done["last"] - done["first"]), cpu
 
 
 RECORD = """
@@ -720,13 +738,14 @@ store.close()
 
 
 def relay_delivery(folder: Path, url: str, body_file: Path, n: int, concurrency: int,
-                   python: str, tree: Path) -> tuple[float, float, float]:
+                   python: str, tree: Path) -> tuple[float, float, float, float]:
     """One `suki-relay worker` (of the checkout at ``tree``) delivering ``n`` stored events
     to ``url``: events per second from its start, seconds from its start to its first
-    delivery done, and events per second after that. The store is made by that checkout
-    (its own schema), and read here with plain SQL, so that nothing here upgrades it.
-    The times are each delivery's recorded end (``updated_at``), so how often this
-    process looks does not count."""
+    delivery done, events per second after that, and the CPU seconds it used until the
+    last was done (read before it is stopped; at most 0.1 s of it idle). The store is made
+    by that checkout (its own schema), and read here with plain SQL, so that nothing here
+    upgrades it. The times are each delivery's recorded end (``updated_at``), so how often
+    this process looks does not count."""
     import sqlite3
 
     cfg = relay_config(folder, {"fast": {"type": "http", "url": url,
@@ -749,8 +768,9 @@ def relay_delivery(folder: Path, url: str, body_file: Path, n: int, concurrency:
                               stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: ends()[0] == n, 600, 0.1, "all deliveries done")
+        cpu = cpu_seconds(worker.pid, children=False)
         _, first, last = ends()
-        return n / (last - t0), first - t0, (n - 1) / (last - first)
+        return n / (last - t0), first - t0, (n - 1) / (last - first), cpu
     finally:
         os.kill(worker.pid, signal.SIGTERM)
         worker.wait(30)
