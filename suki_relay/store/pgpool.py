@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import threading
 import time
 import weakref
@@ -58,6 +59,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from suki_relay.errors import StoreUnavailable
+from suki_relay.watchdog import watchdog
 
 RECHECK_IDLE_SECONDS = 2.0  # idle longer than this: also one round trip before use
 PEER_WAIT_SECONDS = 0.5  # while down: how long a request waits for a connection
@@ -96,31 +98,41 @@ class Connections:
         self._down = True
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A live connection in autocommit mode (``conn.transaction()`` for a transaction)."""
+    def connection(self, cut: Cut | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A live connection in autocommit mode (``conn.transaction()`` for a transaction).
+        ``cut``: each connection taken is attached to it before it is checked, so a check
+        that waits on a database that never answers is cut off too."""
         pool = self._current()
-        conn = self._take(pool)
+        conn = self._take(pool, cut)
         try:
             yield conn
         except psycopg.OperationalError:
-            with suppress(Exception):
-                pool.check()  # the others are likely broken too: replace them now
+            if cut is None or not cut.fired:  # (a check waits on them: not within a cut)
+                with suppress(Exception):
+                    pool.check()  # the others are likely broken too: replace them now
             raise
         finally:
             self._idle_since[conn] = time.monotonic()
             with suppress(Exception):
                 pool.putconn(conn)
 
-    def _take(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+    def _take(self, pool: ConnectionPool[Any], cut: Cut | None = None
+              ) -> psycopg.Connection[Any]:
         suspicious = self._down
         for _ in range(self.size + 2):  # each dead one found empties the pool of the others
             conn = self._get(pool, suspicious)
+            if cut is not None:
+                cut.attach(conn.fileno())
             if _alive(conn, time.monotonic() - self._idle_since.get(conn, 0.0)):
                 self._down = False
                 return conn
+            if cut is not None:
+                cut.detach()  # closed next: its number may serve another socket
             with suppress(Exception):
                 conn.close()
             pool.putconn(conn)  # closed: the pool replaces it
+            if cut is not None and cut.fired:
+                break
             with suppress(Exception):
                 pool.check()
             suspicious = True
@@ -149,6 +161,63 @@ class Connections:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
+
+
+class Cut:
+    """A bound on one transaction, from the moment it has its connection: the watchdog
+    calls expire() at the deadline, which shuts the connection's socket down, so whatever
+    the driver waits in (the liveness check, a lock held elsewhere, a database that took the
+    query and never answers: a pooler such as PgBouncer holding it while the server
+    restarts, for up to its query_wait_timeout, two minutes by default) fails at once.
+    Shut down under the lock; detach() before a connection is closed and finish() before
+    it goes back to the pool, so a late expire() never reaches a socket another transaction
+    has, or that has taken the closed one's number. Once fired, a connection attached later
+    is shut down at once: the transaction fails, StoreUnavailable."""
+
+    __slots__ = ("deadline", "done", "fd", "fired", "lock", "seconds")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.deadline = 0.0  # set at the first attach()
+        self.fd: int | None = None
+        self.done = False
+        self.fired = False
+        self.lock = threading.Lock()
+
+    def attach(self, fd: int) -> None:
+        """The connection the transaction now uses (taken, about to be checked)."""
+        with self.lock:
+            self.fd = fd
+            first = not self.deadline
+            if first:
+                self.deadline = time.monotonic() + self.seconds
+            if self.fired:
+                _shut(fd)
+        if first:
+            watchdog.watch(self)
+
+    def detach(self) -> None:
+        with self.lock:
+            self.fd = None
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            if self.fd is not None:
+                _shut(self.fd)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+
+
+def _shut(fd: int) -> None:
+    """Shut the socket behind ``fd`` down both ways (through a copy of the descriptor,
+    which is closed; the driver's own stays open, and fails at its next use)."""
+    with suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _alive(conn: psycopg.Connection[Any], idle_for: float) -> bool:

@@ -10,23 +10,21 @@ operation raises StoreUnavailable (the receiver spools, or answers 503).
 Pool settings ride on the URL: ``?pool_size=10&pool_timeout=5&connect_timeout=5``; every
 query parameter is checked (query_problem) by `check` and when the store is opened.
 
-Every connection waits at most LOCK_TIMEOUT for a lock (PostgreSQL's ``lock_timeout``, set
-in the connection's startup options: no round trip): a notification whose INSERT meets a
-lock another session holds (``LOCK TABLE``, ``VACUUM FULL``, a migration queued behind a
-long backup) is spooled within seconds, not held until the lock goes, by which time Suki
-has given up. A ``lock_timeout`` in the URL's own ``options`` wins.
+The request path's transactions run under ``bounded()``: once a transaction has its
+connection (its liveness check included), it takes at most that long, or the watchdog
+shuts the connection down (pgpool.Cut) and StoreUnavailable is raised; the receiver spools.
+That bounds a lock held elsewhere and a database that takes the query and never answers.
+Nothing else is bounded so: a delivery's transaction waits for a lock as it always did (its
+lease is safe meanwhile: the lock holds back the claims that could take it over too).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -34,16 +32,14 @@ import psycopg.conninfo
 import psycopg.pq
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
-from suki_relay.store.pgpool import Connections
+from suki_relay.store.pgpool import Connections, Cut
 from suki_relay.store.sql import SqlStore
 from suki_relay.store.tx import Tx
-from suki_relay.watchdog import watchdog
 
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
 GATHER_SECONDS = 0.001  # group commit: how long a batch waits for more (docs/benchmarks.md)
 POOL_PARAMS = {"pool_size": 10, "pool_timeout": 5.0}
-LOCK_TIMEOUT = "2s"  # the longest wait for a lock; then StoreUnavailable (the receiver spools)
 _NUMBERS = {  # query parameter: (convert, test, what is expected)
     "pool_size": (int, lambda n: n > 0, "a positive integer"),
     "pool_timeout": (float, lambda n: 0 < n < math.inf, "a positive number of seconds"),
@@ -91,40 +87,7 @@ def split_url(url: str) -> tuple[str, dict[str, float]]:
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     pool = {k: float(query.pop(k, default)) for k, default in POOL_PARAMS.items()}
     query.setdefault("connect_timeout", "5")
-    # first, so a lock_timeout the URL's own options set wins (the last -c of a name does)
-    query["options"] = f"-c lock_timeout={LOCK_TIMEOUT} {query.get('options', '')}".strip()
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote))), pool
-
-
-class Cut:
-    """A transaction's connection, shut down if the transaction is still under way at its
-    deadline (the watchdog calls expire()): whatever the driver waits in then fails at
-    once. A database that takes the query and never answers (a pooler such as PgBouncer
-    holding it while the server restarts, for up to its query_wait_timeout, two minutes
-    by default; a peer gone without a word) holds a request no longer than that. Shut
-    down under the lock, and finish() is called before the connection goes back to the
-    pool, so a late expire() never reaches a connection another transaction has taken."""
-
-    __slots__ = ("deadline", "done", "fd", "fired", "lock")
-
-    def __init__(self, fd: int, deadline: float):
-        self.fd = fd
-        self.deadline = deadline
-        self.done = False
-        self.fired = False
-        self.lock = threading.Lock()
-
-    def expire(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.fired = True
-            with suppress(OSError), socket.socket(fileno=os.dup(self.fd)) as sock:
-                sock.shutdown(socket.SHUT_RDWR)  # the socket itself; the copy is closed
-
-    def finish(self) -> None:
-        with self.lock:
-            self.done = True
 
 
 class PostgresStore(SqlStore):
@@ -186,12 +149,9 @@ class PostgresStore(SqlStore):
         if not self._schema_ready and not ensuring:
             self._ready_schema()
         seconds = None if ensuring else getattr(self._bound, "seconds", None)
-        cut: Cut | None = None
+        cut = Cut(seconds) if seconds is not None else None
         try:
-            with self.connections.connection() as conn:
-                if seconds is not None:
-                    cut = Cut(conn.fileno(), time.monotonic() + seconds)
-                    watchdog.watch(cut)
+            with self.connections.connection(cut) as conn:
                 try:
                     with conn.transaction(), psycopg.RawCursor(conn) as cur:
                         if not durable:
