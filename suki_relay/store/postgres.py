@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.conninfo
+import psycopg.errors
 import psycopg.pq
 
 from suki_relay.errors import SchemaTooNew, StoreUnavailable
@@ -160,7 +161,11 @@ class PostgresStore(SqlStore):
                 finally:
                     if cut is not None:
                         cut.finish()  # before the connection goes back to the pool
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError,
+                psycopg.errors.ReadOnlySqlTransaction) as exc:
+            # read-only: a standby not yet promoted after a failover; nothing can be
+            # written until it is, so it is unavailable (a delivery's attempt is recorded
+            # once it is back, not abandoned and the delivery made again)
             if cut is not None and cut.fired:
                 raise StoreUnavailable(f"postgresql: no answer within {seconds:g} s") from None
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
