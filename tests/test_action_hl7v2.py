@@ -297,14 +297,12 @@ def test_an_ack_for_another_message_is_retried(tmp_path: Path, suki: SukiStandIn
 def test_a_listener_that_never_answers_is_cut_off_at_the_deadline(
         tmp_path: Path, suki: SukiStandIn) -> None:
     with MllpStandIn(Answer(silent=True)) as listener:
-        # 3 s: the note's fetch and the connection are done well within it, also on a
-        # loaded machine, so the deadline is met waiting for the acknowledgement
-        spec = sender(tmp_path, suki, listener, timeout_seconds=3)
+        spec = sender(tmp_path, suki, listener, timeout_seconds=1)
         started = time.monotonic()
-        with pytest.raises(RetryableError, match="no acknowledgement within 3s; the engine "
+        with pytest.raises(RetryableError, match="no acknowledgement within 1s; the engine "
                                                  "may have the message"):
             in_thread(lambda: attempt_once(spec, make_delivery(event())), wait=10)
-        assert time.monotonic() - started < 8
+        assert time.monotonic() - started < 5
 
 
 def test_a_slow_ack_within_the_deadline_delivers(tmp_path: Path, suki: SukiStandIn) -> None:

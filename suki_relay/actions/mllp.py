@@ -65,14 +65,20 @@ def exchange(host: str, port: int, message: bytes, timeout: float,
             except (OSError, ssl.SSLError) as exc:
                 raise NotSent(_why(exc, attempt.expired, timeout, "TLS handshake failed")) from None
             holder.sock = sock
+            sent = False
             try:
                 sock.sendall(frame(message))
+                sent = True
                 return read_frame(sock)
             except NoAnswer as exc:
                 if attempt.expired:
                     raise NoAnswer(f"no acknowledgement within {timeout:g}s") from None
                 raise NoAnswer(str(exc)) from None
             except OSError as exc:
+                # the socket's own timeout (the same length, started a moment later) may
+                # end the wait for the answer just before the watchdog does: the same case
+                if sent and (attempt.expired or isinstance(exc, TimeoutError)):
+                    raise NoAnswer(f"no acknowledgement within {timeout:g}s") from None
                 raise NoAnswer(_why(exc, attempt.expired, timeout, "connection failed")) from None
         finally:
             with contextlib.suppress(OSError):
