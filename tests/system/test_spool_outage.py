@@ -151,13 +151,16 @@ def test_a_worker_started_during_the_outage_moves_the_spool(tmp_path: Path, priv
 
 
 def test_a_table_locked_by_another_session_spools_within_seconds(
-        tmp_path: Path, pg_url: str, relay, sink) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, private_db, relay, sink) -> None:  # type: ignore[no-untyped-def]
     """PostgreSQL answers, but another session holds a lock the receiver's INSERT needs (an
     operator's LOCK TABLE or VACUUM FULL, a migration queued behind a long backup): the
     request's transaction is cut off after a few seconds, spooled and answered 200, not
     held until the lock goes (Suki would have given up); it moves in once the lock is gone,
-    and the delivery under way meanwhile is recorded once, not taken over."""
+    and the delivery under way meanwhile is recorded once, not taken over.
+    A database of its own: a claim held up by the lock holds the claimers' advisory lock,
+    which is the whole database's, and would hold up other tests' relays."""
     target = sink()
+    pg_url = private_db.url
     node = relay(write_config(tmp_path, pg_url, target.url))
     accepted = [post_signed(node.webhook, unique_body()).json()["event_id"]]
     with psycopg.connect(pg_url, autocommit=True) as holder:
