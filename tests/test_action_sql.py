@@ -367,10 +367,12 @@ def test_a_connection_lost_at_commit_is_retried_saying_it_may_have_committed(
     target = _pg_target(pg_url)
     target.sql(TABLE)
     target.sql("CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
-               "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$")
+               "$$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$")
     target.sql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON notes DEFERRABLE "
                "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
-    spec = sql_spec(sql_action(pg_url))
+    # the COMMIT is held far longer than a loaded machine takes to see and end it (it is
+    # ended as soon as it is seen): with 5 s, the COMMIT sometimes went through first
+    spec = sql_spec(sql_action(pg_url, timeout_seconds=60))
     result: dict[str, BaseException] = {}
 
     def run() -> None:
