@@ -420,6 +420,9 @@ def bench_breakdown(args: argparse.Namespace, work: Path, out: dict[str, Any]) -
         if args.compare:
             steps[f"PostgreSQL as it ships, at {checkout_label(args.compare.resolve())}"] = (
                 "compare", f"pgdb:{args.pg}")
+    if args.handlers:  # only these steps (bare WSGI always: every ratio is to it)
+        steps = {k: v for k, v in steps.items() if k.startswith("bare WSGI")
+                 or any(part in k for part in args.handlers)}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in steps}
     names = list(steps)
     orders = balanced_orders(len(names))
@@ -1348,9 +1351,9 @@ def main() -> None:
                         "checkout (an earlier release, say) in the same rounds: before and\n"
                         "after, paired")
     p.add_argument("--handlers", nargs="*", default=None, metavar="TEXT",
-                   help="acknowledgement: only the handlers whose name contains one of\n"
-                        "these (and bare WSGI), e.g. --handlers 'spool disabled' "
-                        "'PostgreSQL ('")
+                   help="acknowledgement and breakdown: only the handlers (steps) whose\n"
+                        "name contains one of these (and bare WSGI), e.g. --handlers "
+                        "'spool disabled' 'PostgreSQL ('")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     out: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {
