@@ -176,6 +176,46 @@ def test_callers_one_at_a_time_never_wait() -> None:
     assert batches == [[0], [1], [2], [3], [4]]
 
 
+@pytest.mark.parametrize("leaders", [1, 2])
+def test_a_second_batch_commits_while_the_first_waits(leaders: int) -> None:
+    """With two leaders (PostgreSQL: a batch spends its time waiting for the server), a
+    request arriving while a batch is under way commits in a batch of its own meanwhile;
+    with one (SQLite), it waits for that batch. No batch is ever empty."""
+    batches: list[list[int]] = []
+    first_running, go_on = threading.Event(), threading.Event()
+
+    def batch(items: list[int]) -> list[int]:
+        batches.append(items)
+        if items == [0]:
+            first_running.set()
+            assert go_on.wait(30)
+        return items
+
+    commits: GroupCommit[int, int] = GroupCommit(batch, nullcontext, leaders=leaders)
+    first = threading.Thread(target=commits.submit, args=(0,))
+    first.start()
+    assert first_running.wait(30)
+    later = [threading.Thread(target=commits.submit, args=(i,)) for i in (1, 2, 3)]
+    for t in later:
+        t.start()
+        time.sleep(0.05)
+    if leaders == 2:
+        for t in later:
+            t.join(30)
+            assert not t.is_alive()  # committed beside the first batch, still under way
+        assert first.is_alive()
+    else:
+        time.sleep(0.2)
+        assert all(t.is_alive() for t in later)  # queued behind the first batch
+    go_on.set()
+    for t in [first, *later]:
+        t.join(30)
+        assert not t.is_alive()
+    assert sorted(x for b in batches for x in b) == [0, 1, 2, 3]
+    assert all(batches)
+    assert not commits._leading and not commits._gathering and not commits._queue
+
+
 def test_the_sqlite_files_are_owner_only(tmp_path: Path) -> None:
     store = open_test_store("sqlite:///private/r.db", tmp_path)
     recorder(store).submit(event("k"))

@@ -102,7 +102,7 @@ def recorder(store: Receiving) -> GroupCommit[NewEvent, Recorded]:
             return store.record_each(events, malformed)
 
     return GroupCommit(record, store.exclusive, record_each,
-                       gather_seconds=store.gather_seconds)
+                       gather_seconds=store.gather_seconds, leaders=store.batches_at_once)
 
 
 def commit(commits: GroupCommit[NewEvent, Recorded], event: NewEvent) -> tuple[NewEvent, Recorded]:

@@ -140,6 +140,7 @@ class Receiving(Protocol):
 
     url: str
     gather_seconds: float  # how long a group commit waits for more (store/tx.py)
+    batches_at_once: int  # a group commit's batches under way at once (store/tx.py)
 
     def record(self, events: list[NewEvent]) -> list[Recorded]:
         """Commit events and their deliveries atomically; duplicates are found, not added."""

@@ -7,8 +7,11 @@ each waiter sleeps on its own lock. With ``gather_seconds`` (PostgreSQL, where e
 transaction costs the server a fixed share of CPU), a leader that sees requests coming
 together (another queued behind it, or more than one in the last batch) first waits up
 to that long, so that its transaction serves more of them; requests arriving one at a
-time never wait. Used for recording events (the request path) and for recording
-delivery attempts (the delivery path).
+time never wait. With ``leaders`` above 1 (PostgreSQL, where a batch spends most of its
+time waiting for the server), once a leader has taken its batch the next caller may lead
+another beside it, up to that many under way; one gathers at a time, so no batch is
+empty and every caller is in exactly one. Used for recording events (the request path)
+and for recording delivery attempts (the delivery path).
 
 Failures are contained. If the write lock (or the transaction) cannot even be entered,
 every caller queued at that moment is told StoreUnavailable and the next caller starts
@@ -50,15 +53,17 @@ class GroupCommit(Generic[T, R]):
     def __init__(self, batch: Callable[[list[T]], list[R]],
                  exclusive: Callable[[], AbstractContextManager[None]],
                  isolate: Callable[[list[T]], list[R | Exception]] | None = None,
-                 gather_seconds: float = 0.0):
+                 gather_seconds: float = 0.0, leaders: int = 1):
         self.batch = batch
         self.exclusive = exclusive
         self.isolate = isolate or self._one_by_one
         self.gather_seconds = gather_seconds
+        self.leaders = leaders  # batches under way at once (one of them gathering)
         self._lock = threading.Lock()
         self._full = threading.Condition(self._lock)
         self._queue: list[_Slot[T, R]] = []
-        self._leading = False
+        self._leading = 0  # leaders under way: gathering, or running their batch
+        self._gathering = False  # a leader has not taken its batch yet
         self._last = 0  # the size of the last batch
 
     def submit(self, item: T) -> R:
@@ -66,8 +71,9 @@ class GroupCommit(Generic[T, R]):
         slot: _Slot[T, R] = _Slot(item)
         with self._lock:
             self._queue.append(slot)
-            if not self._leading:
-                self._leading = slot.lead = True
+            if not self._gathering and self._leading < self.leaders:
+                self._leading += 1
+                self._gathering = slot.lead = True
             elif len(self._queue) == MAX_BATCH:
                 self._full.notify()
         if not slot.lead:
@@ -86,11 +92,13 @@ class GroupCommit(Generic[T, R]):
                     self._gather()
                     taken, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                     self._last = len(taken)
+                    self._gathering = False  # the next to arrive may lead a batch beside it
                 self._run(taken)
         except BaseException as exc:
             if not taken:  # the lock or the transaction could not be entered: nothing ran
                 with self._lock:
                     taken, self._queue = self._queue, []
+                    self._gathering = False
                 exc = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
                     f"cannot enter the write lock: {type(exc).__name__}")
             for s in taken:  # _run raised: none of them has a result
@@ -133,15 +141,16 @@ class GroupCommit(Generic[T, R]):
         return results
 
     def _hand_over(self, taken: list[_Slot[T, R]]) -> None:
-        """Wake everyone served; make the next one queued the leader (or nobody)."""
+        """Wake everyone served; make the next one queued the leader, unless another leader
+        is gathering them already (or nobody is queued)."""
         with self._lock:
             for s in taken:
                 s.done = True
-            following = self._queue[0] if self._queue else None
+            following = self._queue[0] if self._queue and not self._gathering else None
             if following is not None:
-                following.lead = True
+                self._gathering = following.lead = True
             else:
-                self._leading = False
+                self._leading -= 1
         for s in taken:
             if not s.lead:  # the leader is awake already
                 s.wake.release()

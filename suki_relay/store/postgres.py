@@ -40,6 +40,7 @@ from suki_relay.store.tx import Tx
 SCHEMA_LOCK = 0x5C1_0001
 CLAIM_LOCK = 0x5C1_0002
 GATHER_SECONDS = 0.001  # group commit: how long a batch waits for more (docs/benchmarks.md)
+BATCHES_AT_ONCE = 2  # group commit: batches under way at once in a process (idem)
 POOL_PARAMS = {"pool_size": 10, "pool_timeout": 5.0}
 _NUMBERS = {  # query parameter: (convert, test, what is expected)
     "pool_size": (int, lambda n: n > 0, "a positive integer"),
@@ -100,6 +101,9 @@ class PostgresStore(SqlStore):
     # a durable commit costs the server about as much CPU as eight events' rows (its WAL
     # flush and transaction), so a batch waits a moment for requests coming together
     gather_seconds = GATHER_SECONDS
+    # a batch spends most of its time waiting for the server (docs/benchmarks.md): while
+    # one commits, the next gathers and commits on a connection of its own
+    batches_at_once = BATCHES_AT_ONCE
 
     def __init__(self, url: str, lazy: bool = False):
         """``lazy``: connect at the first transaction, not now (a serving process connects

@@ -100,6 +100,10 @@ class Backend(ABC):
     # how long a group commit's leader may wait for the requests of its process that are
     # on their way to it (group_commit.py): 0 where batches gather by themselves
     gather_seconds = 0.0
+    # a group commit's batches under way at once in a process: 1 where one writer at a
+    # time commits (SQLite's write lock); more where a batch spends its time waiting for
+    # the database server, so the next batch commits meanwhile
+    batches_at_once = 1
 
     @abstractmethod
     def tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Tx]:
