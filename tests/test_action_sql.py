@@ -335,16 +335,7 @@ def test_a_deadlock_is_retried(sql_spec, pg_url: str) -> None:  # type: ignore[n
     try:
         other.execute("SET deadlock_timeout = '60s'")
         other.execute("UPDATE pair SET v = 'other' WHERE id = 2")
-        result: dict[str, BaseException] = {}
-
-        def run() -> None:
-            try:
-                attempt_once(spec, make_delivery("failure"))
-            except BaseException as exc:
-                result["error"] = exc
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        thread, result = _attempt_in_background(spec)
         wait_until(lambda: target.sql(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE pair SET v = $1 WHERE id = 2%%'"
@@ -357,6 +348,22 @@ def test_a_deadlock_is_retried(sql_spec, pg_url: str) -> None:  # type: ignore[n
         other.close()
     assert isinstance(result.get("error"), RetryableError), result
     assert "deadlock: SQLSTATE 40P01 DeadlockDetected" in str(result["error"])
+
+
+def _attempt_in_background(spec: Any) -> tuple[threading.Thread, dict[str, BaseException]]:
+    """One attempt of a failure notification on a thread of its own; what it raised
+    lands in the dict under "error"."""
+    result: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            attempt_once(spec, make_delivery("failure"))
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
 
 
 def test_a_connection_lost_at_commit_is_retried_saying_it_may_have_committed(
@@ -373,16 +380,7 @@ def test_a_connection_lost_at_commit_is_retried_saying_it_may_have_committed(
     # the COMMIT is held far longer than a loaded machine takes to see and end it (it is
     # ended as soon as it is seen): with 5 s, the COMMIT sometimes went through first
     spec = sql_spec(sql_action(pg_url, timeout_seconds=60))
-    result: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            attempt_once(spec, make_delivery("failure"))
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, result = _attempt_in_background(spec)
     committing = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                   "AND query = 'COMMIT' AND state = 'active'")
     wait_until(lambda: target.sql(committing) != [], message="the action's COMMIT")
