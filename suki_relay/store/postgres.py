@@ -97,7 +97,11 @@ class PostgresStore(SqlStore):
     blob_type = "BYTEA"
     skip_locked = " FOR UPDATE OF d SKIP LOCKED"
     now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
-    unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+    # read-only: a standby not yet promoted after a failover; nothing can be written until
+    # it is, so it is unavailable (a delivery's attempt is recorded once it is back, not
+    # abandoned and the delivery made again)
+    unavailable = (psycopg.OperationalError, psycopg.InterfaceError,
+                   psycopg.errors.ReadOnlySqlTransaction)
     # a durable commit costs the server about as much CPU as eight events' rows (its WAL
     # flush and transaction), so a batch waits a moment for requests coming together
     gather_seconds = GATHER_SECONDS
@@ -165,11 +169,7 @@ class PostgresStore(SqlStore):
                 finally:
                     if cut is not None:
                         cut.finish()  # before the connection goes back to the pool
-        except (psycopg.OperationalError, psycopg.InterfaceError,
-                psycopg.errors.ReadOnlySqlTransaction) as exc:
-            # read-only: a standby not yet promoted after a failover; nothing can be
-            # written until it is, so it is unavailable (a delivery's attempt is recorded
-            # once it is back, not abandoned and the delivery made again)
+        except self.unavailable as exc:
             if cut is not None and cut.fired:
                 raise StoreUnavailable(f"postgresql: no answer within {seconds:g} s") from None
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None

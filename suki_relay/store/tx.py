@@ -97,8 +97,8 @@ class Backend(ABC):
     # the driver's errors that mean the database failed, not the statement (re-raised as
     # StoreUnavailable by tx()); any other error inside a transaction is the statement's
     unavailable: tuple[type[Exception], ...] = ()
-    # how long a group commit's leader may wait for the requests of its process that are
-    # on their way to it (group_commit.py): 0 where batches gather by themselves
+    # how long a group commit's leader waits for more requests while they come together
+    # (group_commit.py): 0 where batches gather by themselves (behind SQLite's write lock)
     gather_seconds = 0.0
     # a group commit's batches under way at once in a process: 1 where one writer at a
     # time commits (SQLite's write lock); more where a batch spends its time waiting for
